@@ -1,0 +1,54 @@
+//! Example plugin `foo`, second build: `foo(a) = bar(frob(a))` over the `@2` contracts.
+//!
+//! `foo@1` is the entry point. Its input may ask for a pause between the frob call and the bar
+//! call (`pause_ms`), or for a gate: after frob returns, foo creates `GATE/frob-done` and waits for
+//! `GATE/go` before calling bar. Both make a request straddle a release going live.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use example_types::{BarOutput, FooInput, FooOutput, Frob2};
+use graft_api::{Context, Error, Import};
+
+graft_api::plugin! {
+    name: "foo",
+    version: env!("CARGO_PKG_VERSION"),
+    imports: {
+        FROB: Import<u64, Frob2> = "frob@2",
+        BAR: Import<Frob2, BarOutput> = "bar@2",
+    },
+    exports: {
+        "foo@1" => foo,
+    },
+}
+
+fn foo(ctx: &Context<'_>, input: FooInput) -> Result<FooOutput, Error> {
+    let frobbed = ctx.call(FROB, &input.a)?;
+    if input.pause_ms > 0 {
+        std::thread::sleep(Duration::from_millis(input.pause_ms));
+    }
+    if let Some(gate) = &input.gate {
+        wait_at_gate(Path::new(gate))?;
+    }
+    let frob_version = frobbed.version.clone();
+    let bar = ctx.call(BAR, &frobbed)?;
+    Ok(FooOutput {
+        value: bar.value,
+        foo: env!("CARGO_PKG_VERSION").to_owned(),
+        bar: bar.version,
+        frob: frob_version,
+    })
+}
+
+/// Signals that frob was called, then waits (at most 60 s) until the test opens the gate.
+fn wait_at_gate(gate: &Path) -> Result<(), Error> {
+    std::fs::write(gate.join("frob-done"), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gate.join("go").exists() {
+        if Instant::now() > deadline {
+            return Err(Error::new("gate never opened"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Example plugin `hello`, first build: `hello@1` greets a name.
+
+use graft_api::{Context, Error};
+
+graft_api::plugin! {
+    name: "hello",
+    version: env!("CARGO_PKG_VERSION"),
+    exports: {
+        "hello@1" => hello,
+    },
+}
+
+fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {
+    graft_api::tracing::debug!(%name, "greeting");
+    Ok(format!("hello, {name}"))
+}
