@@ -21,7 +21,11 @@ pub struct Import<I, O> {
 impl<I, O> Import<I, O> {
     #[doc(hidden)]
     pub const fn __at(slot: u32, contract: &'static str) -> Self {
-        Self { slot, contract, _types: PhantomData }
+        Self {
+            slot,
+            contract,
+            _types: PhantomData,
+        }
     }
 
     /// The contract this import is bound to, `name@N`.
@@ -39,7 +43,10 @@ impl<I, O> Copy for Import<I, O> {}
 
 impl<I, O> fmt::Debug for Import<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Import").field("slot", &self.slot).field("contract", &self.contract).finish()
+        f.debug_struct("Import")
+            .field("slot", &self.slot)
+            .field("contract", &self.contract)
+            .finish()
     }
 }
 
@@ -58,14 +65,20 @@ impl Context<'_> {
         input: &I,
     ) -> Result<O, Error> {
         let bytes = serde_json::to_vec(input).map_err(|e| {
-            Error::with_kind(ErrorKind::BAD_INPUT, format!("encoding input for {}: {e}", import.contract))
+            Error::with_kind(
+                ErrorKind::BAD_INPUT,
+                format!("encoding input for {}: {e}", import.contract),
+            )
         })?;
         let output = self.call_raw(import.slot, &bytes).map_err(|e| Error {
             kind: e.kind,
             message: format!("{}: {}", import.contract, e.message),
         })?;
         serde_json::from_slice(&output).map_err(|e| {
-            Error::with_kind(ErrorKind::BAD_OUTPUT, format!("decoding output of {}: {e}", import.contract))
+            Error::with_kind(
+                ErrorKind::BAD_OUTPUT,
+                format!("decoding output of {}: {e}", import.contract),
+            )
         })
     }
 
@@ -84,7 +97,10 @@ impl Context<'_> {
                 kind: ErrorKind::UNBOUND_IMPORT,
                 message: RString::from(format!("import slot {slot} is not bound")),
             })?;
-        let callee = Context { table: self.table, plugin: binding.plugin };
+        let callee = Context {
+            table: self.table,
+            plugin: binding.plugin,
+        };
         (binding.func)(&callee, RSlice::from_slice(input)).into_result()
     }
 }
@@ -107,7 +123,10 @@ impl Error {
 
     /// An error of the given kind.
     pub fn with_kind(kind: ErrorKind, message: impl fmt::Display) -> Self {
-        Self { kind, message: message.to_string() }
+        Self {
+            kind,
+            message: message.to_string(),
+        }
     }
 
     /// What went wrong.
@@ -121,7 +140,10 @@ impl Error {
     }
 
     pub(crate) fn into_ffi(self) -> FfiError {
-        FfiError { kind: self.kind, message: RString::from(self.message) }
+        FfiError {
+            kind: self.kind,
+            message: RString::from(self.message),
+        }
     }
 }
 

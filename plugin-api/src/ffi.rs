@@ -75,12 +75,15 @@ pub struct ExportDecl {
     /// The contract, `name@N`.
     pub contract: RStr<'static>,
     /// The implementation.
-    pub func: extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
+    pub func:
+        extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
 }
 
 impl std::fmt::Debug for ExportDecl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportDecl").field("contract", &self.contract).finish_non_exhaustive()
+        f.debug_struct("ExportDecl")
+            .field("contract", &self.contract)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,14 +110,17 @@ pub struct PluginLinks {
 #[derive(StableAbi, Clone, Copy)]
 pub struct Binding {
     /// The export's implementation.
-    pub func: extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
+    pub func:
+        extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
     /// Position of the exporting plugin in the generation (its [`Context`] when called).
     pub plugin: u32,
 }
 
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Binding").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("Binding")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 

@@ -37,7 +37,10 @@ impl Subscriber for Forward {
     }
 
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        (self.host.log_enabled())(level_to_u8(metadata.level()), RStr::from_str(metadata.target()))
+        (self.host.log_enabled())(
+            level_to_u8(metadata.level()),
+            RStr::from_str(metadata.target()),
+        )
     }
 
     fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {

@@ -79,7 +79,10 @@ fn flatten<T>(result: Result<Result<T, Error>, Box<dyn Any + Send>>) -> Result<T
             let message = panic_message(&*payload);
             // A payload whose own drop panics must not unwind out of here either.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            Err(FfiError { kind: ErrorKind::PANIC, message: RString::from(message) })
+            Err(FfiError {
+                kind: ErrorKind::PANIC,
+                message: RString::from(message),
+            })
         }
     }
 }

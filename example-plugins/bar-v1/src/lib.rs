@@ -12,5 +12,8 @@ graft_api::plugin! {
 }
 
 fn bar(_: &Context<'_>, input: Frob1) -> Result<BarOutput, Error> {
-    Ok(BarOutput { value: input.x * 2, version: env!("CARGO_PKG_VERSION").to_owned() })
+    Ok(BarOutput {
+        value: input.x * 2,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
 }

@@ -17,6 +17,10 @@ graft_api::plugin! {
 }
 
 fn frob_v1(ctx: &Context<'_>, a: u64) -> Result<Frob1, Error> {
-    let Frob2 { x, extra: _, version } = ctx.call(FROB2, &a)?;
+    let Frob2 {
+        x,
+        extra: _,
+        version,
+    } = ctx.call(FROB2, &a)?;
     Ok(Frob1 { x, version })
 }

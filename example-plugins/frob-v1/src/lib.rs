@@ -12,5 +12,8 @@ graft_api::plugin! {
 }
 
 fn frob(_: &Context<'_>, a: u64) -> Result<Frob1, Error> {
-    Ok(Frob1 { x: a + 1, version: env!("CARGO_PKG_VERSION").to_owned() })
+    Ok(Frob1 {
+        x: a + 1,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
 }

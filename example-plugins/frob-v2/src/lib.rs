@@ -12,5 +12,9 @@ graft_api::plugin! {
 }
 
 fn frob(_: &Context<'_>, a: u64) -> Result<Frob2, Error> {
-    Ok(Frob2 { x: a + 1, extra: 10, version: env!("CARGO_PKG_VERSION").to_owned() })
+    Ok(Frob2 {
+        x: a + 1,
+        extra: 10,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
 }

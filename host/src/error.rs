@@ -1,0 +1,194 @@
+//! The errors of deploying and calling.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use graft_api::ErrorKind;
+
+use crate::link::LinkError;
+use crate::loader::LoadError;
+use crate::release::ManifestError;
+
+/// The step of a deploy (or rollback) at which it failed.
+///
+/// A release goes through these in order; a failure at any of them changes nothing that serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Step {
+    /// Reading and validating the manifest, or planning a rollback.
+    Manifest,
+    /// Verifying a plugin file against the manifest's sha256.
+    Checksum,
+    /// Copying a plugin file to its unique staged name.
+    Stage,
+    /// Opening the staged library (`dlopen`, root module, abi_stable header).
+    Load,
+    /// Checking the plugin's API version, layout and declaration.
+    Check,
+    /// Binding every import of the new plugin set to exactly one export.
+    Link,
+    /// Running the new plugins' initialisers.
+    Init,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Manifest => "manifest",
+            Self::Checksum => "checksum",
+            Self::Stage => "stage",
+            Self::Load => "load",
+            Self::Check => "check",
+            Self::Link => "link",
+            Self::Init => "init",
+        })
+    }
+}
+
+/// A release that did not go live. The previous generation keeps serving.
+///
+/// The message names the step, the plugin and the file; the cause is [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[error("release rejected at {step}{}{}", .plugin.as_ref().map(|p| format!(", plugin {p}")).unwrap_or_default(), .file.as_ref().map(|f| format!(", file {}", f.display())).unwrap_or_default())]
+pub struct DeployError {
+    step: Step,
+    plugin: Option<String>,
+    file: Option<PathBuf>,
+    #[source]
+    cause: DeployCause,
+}
+
+impl DeployError {
+    pub(crate) fn new(
+        step: Step,
+        plugin: Option<&str>,
+        file: Option<PathBuf>,
+        cause: DeployCause,
+    ) -> Self {
+        Self {
+            step,
+            plugin: plugin.map(str::to_owned),
+            file,
+            cause,
+        }
+    }
+
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// The plugin concerned, if one is.
+    pub fn plugin(&self) -> Option<&str> {
+        self.plugin.as_deref()
+    }
+
+    /// The file concerned, if one is.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+
+    /// What went wrong.
+    pub fn cause(&self) -> &DeployCause {
+        &self.cause
+    }
+}
+
+/// Why a deploy failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployCause {
+    /// The manifest is missing, malformed or invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The release removes a plugin the current generation does not have.
+    #[error("the release removes plugin {0}, which the current generation does not have")]
+    RemoveUnknown(String),
+    /// There is no earlier release to roll back to.
+    #[error("no earlier release to roll back to")]
+    NothingToRollBack,
+    /// The file's checksum does not match the manifest.
+    #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
+    Checksum {
+        /// What the manifest says.
+        expected: String,
+        /// What the file hashes to.
+        actual: String,
+    },
+    /// Reading or staging the file failed.
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    /// The file is not a complete shared library for this machine.
+    #[error("not a loadable shared library")]
+    NotALibrary(#[source] crate::elf::ElfError),
+    /// Loading or checking the library failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The library declares another name than the manifest gives it.
+    #[error("the library declares itself as plugin {declared}")]
+    NameMismatch {
+        /// The name the library declares.
+        declared: String,
+    },
+    /// The new plugin set does not link.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// A plugin's initialiser returned an error or panicked.
+    #[error("initialiser failed: {0}")]
+    Init(String),
+}
+
+/// A call into the pinned generation that did not return a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No plugin of the generation exports the contract.
+    #[error("generation {generation} does not export {contract}")]
+    NotExported {
+        /// The contract called.
+        contract: String,
+        /// The pinned generation.
+        generation: u64,
+    },
+    /// The plugin returned an error, or panicked (the panic was caught at the boundary).
+    #[error("{contract} in generation {generation} failed with {kind}: {message}")]
+    Plugin {
+        /// The contract called.
+        contract: String,
+        /// The pinned generation.
+        generation: u64,
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The input could not be encoded as JSON.
+    #[error("encoding the input of {contract}")]
+    Encode {
+        /// The contract called.
+        contract: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The output could not be decoded as the expected type.
+    #[error("decoding the output of {contract}")]
+    Decode {
+        /// The contract called.
+        contract: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CallError {
+    /// The failure kind reported by the plugin, if the plugin reported one.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Plugin { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}

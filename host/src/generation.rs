@@ -1,0 +1,302 @@
+//! Generations: immutable snapshots of the loaded plugins and their links, and the pins that
+//! hold them.
+//!
+//! A [`Generation`] never changes after it is published. A request takes a pin ([`Pin`] or
+//! [`OwnedPin`]) once, at its start, and makes every call through it, so every call of the
+//! request, and every import call those make, runs in that generation. A pin keeps its
+//! generation, and so the generation's libraries, alive: when the last pin of a replaced
+//! generation drops, the generation drops and its libraries are released per the host's
+//! [`UnloadPolicy`](crate::UnloadPolicy).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use abi_stable::std_types::{RResult, RSlice};
+use graft_api::ffi::{Context, LinkTable};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::CallError;
+use crate::link::{Contract, ContractError, Entry, LinkReport, Linked};
+use crate::loader::{LoadedPlugin, PluginInfo};
+
+/// An immutable set of loaded plugins and the link table that binds them.
+pub struct Generation {
+    id: u64,
+    release: Option<String>,
+    created: Instant,
+    created_at: SystemTime,
+    table: LinkTable,
+    /// Indexed by [`Export`] id: the fast path of an entry call.
+    entries: Vec<Option<Entry>>,
+    /// Every export, for [`Export`]s named after this generation was linked.
+    exports: HashMap<Contract, Entry>,
+    report: LinkReport,
+    /// Dropped last: everything above may point into these libraries.
+    plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("release", &self.release)
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    pub(crate) fn empty() -> Self {
+        Self::new(0, None, Linked::default(), Vec::new(), &Exports::default())
+    }
+
+    pub(crate) fn new(
+        id: u64,
+        release: Option<String>,
+        linked: Linked,
+        plugins: Vec<Arc<LoadedPlugin>>,
+        names: &Exports,
+    ) -> Self {
+        let entries = names
+            .snapshot()
+            .iter()
+            .map(|c| linked.exports.get(c).copied())
+            .collect();
+        Self {
+            id,
+            release,
+            created: Instant::now(),
+            created_at: SystemTime::now(),
+            table: linked.table,
+            entries,
+            exports: linked.exports,
+            report: linked.report,
+            plugins,
+        }
+    }
+
+    /// The generation's number; 0 is the empty generation a host starts with.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The label of the release that produced it.
+    pub fn release(&self) -> Option<&str> {
+        self.release.as_deref()
+    }
+
+    /// The plugins, in link order.
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginInfo> {
+        self.plugins.iter().map(|p| p.info())
+    }
+
+    /// How the plugins' imports were bound.
+    pub fn link_report(&self) -> &LinkReport {
+        &self.report
+    }
+
+    pub(crate) fn loaded(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
+    }
+
+    /// When it was published.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// Resolves an export once, for many calls in this generation.
+    pub fn resolve<'g>(&'g self, export: &'g Export) -> Option<Resolved<'g>> {
+        let entry = match self.entries.get(export.id as usize) {
+            Some(entry) => *entry,
+            None => self.exports.get(&export.contract).copied(),
+        }?;
+        Some(Resolved {
+            generation: self,
+            export,
+            entry,
+        })
+    }
+
+    /// Calls an export with raw JSON input; returns its raw JSON output.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::NotExported`] if no plugin of this generation exports it, or
+    /// [`CallError::Plugin`] if the plugin failed or panicked.
+    pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        match self.resolve(export) {
+            Some(resolved) => resolved.call_raw(input),
+            None => Err(CallError::NotExported {
+                contract: export.to_string(),
+                generation: self.id,
+            }),
+        }
+    }
+
+    /// Calls an export with a typed input and output (JSON on the wire).
+    ///
+    /// # Errors
+    ///
+    /// As [`Generation::call_raw`], plus encoding and decoding errors.
+    pub fn call<I: Serialize, O: DeserializeOwned>(
+        &self,
+        export: &Export,
+        input: &I,
+    ) -> Result<O, CallError> {
+        let contract = || export.to_string();
+        let input = serde_json::to_vec(input).map_err(|source| CallError::Encode {
+            contract: contract(),
+            source,
+        })?;
+        let output = self.call_raw(export, &input)?;
+        serde_json::from_slice(&output).map_err(|source| CallError::Decode {
+            contract: contract(),
+            source,
+        })
+    }
+}
+
+/// An export resolved in one generation: the function pointer and its plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'g> {
+    generation: &'g Generation,
+    export: &'g Export,
+    entry: Entry,
+}
+
+impl Resolved<'_> {
+    /// Calls the export: one indirect call through the plugin's function pointer.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Plugin`] if the plugin failed or panicked.
+    pub fn call_raw(&self, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let ctx = Context {
+            table: &self.generation.table,
+            plugin: self.entry.plugin,
+        };
+        match (self.entry.func)(&ctx, RSlice::from_slice(input)) {
+            // `into_vec` copies a buffer the plugin allocated into one the host owns (and frees
+            // the plugin's through its own deallocator) while the generation is still pinned.
+            RResult::ROk(output) => Ok(output.into_vec()),
+            RResult::RErr(err) => Err(CallError::Plugin {
+                contract: self.export.to_string(),
+                generation: self.generation.id,
+                kind: err.kind,
+                message: err.message.into_string(),
+            }),
+        }
+    }
+}
+
+/// A pin on the generation that was current when it was taken; cheap, for synchronous work.
+///
+/// Backed by an `arc_swap` guard: no reference count is touched in the common case. Do not hold
+/// one across an `.await` or for long; use [`OwnedPin`] there.
+pub struct Pin(arc_swap::Guard<Arc<Generation>>);
+
+impl Pin {
+    pub(crate) fn new(guard: arc_swap::Guard<Arc<Generation>>) -> Self {
+        Self(guard)
+    }
+
+    /// Upgrades to an owned pin on the same generation.
+    pub fn to_owned_pin(&self) -> OwnedPin {
+        OwnedPin(Arc::clone(&self.0))
+    }
+}
+
+impl Deref for Pin {
+    type Target = Generation;
+    fn deref(&self) -> &Generation {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pin").field(&self.id()).finish()
+    }
+}
+
+/// An owned pin (an `Arc` of the generation): `Send`, `'static`, fine across `.await`.
+///
+/// Every owned pin counts as in flight in [`Host::status`](crate::Host::status).
+#[derive(Clone)]
+pub struct OwnedPin(Arc<Generation>);
+
+impl OwnedPin {
+    pub(crate) fn new(generation: Arc<Generation>) -> Self {
+        Self(generation)
+    }
+}
+
+impl Deref for OwnedPin {
+    type Target = Generation;
+    fn deref(&self) -> &Generation {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OwnedPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OwnedPin").field(&self.id()).finish()
+    }
+}
+
+/// A handle on an export contract, made once by [`Host::export`](crate::Host::export) and used
+/// for every call: a call indexes a table with it, it never hashes a name.
+#[derive(Clone, Debug)]
+pub struct Export {
+    id: u32,
+    contract: Arc<Contract>,
+}
+
+impl Export {
+    /// The contract.
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+}
+
+impl fmt::Display for Export {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.contract.fmt(f)
+    }
+}
+
+/// The host's table of export contracts that callers asked for, numbered in request order.
+#[derive(Debug, Default)]
+pub(crate) struct Exports {
+    names: Mutex<Vec<Arc<Contract>>>,
+}
+
+impl Exports {
+    pub(crate) fn get(&self, contract: &str) -> Result<Export, ContractError> {
+        let contract: Contract = contract.parse()?;
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match names.iter().position(|c| **c == contract) {
+            Some(id) => id,
+            None => {
+                names.push(Arc::new(contract));
+                names.len() - 1
+            }
+        };
+        let id32 = u32::try_from(id).expect("fewer than 2^32 export names");
+        Ok(Export {
+            id: id32,
+            contract: Arc::clone(&names[id]),
+        })
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Contract>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

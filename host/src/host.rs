@@ -1,0 +1,670 @@
+//! The [`Host`]: the current generation, deploys, rollbacks and status.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{CallError, DeployCause, DeployError, Step};
+use crate::generation::{Export, Exports, Generation, OwnedPin, Pin};
+use crate::link::{self, ContractError, LinkReport};
+use crate::loader::{LoadedPlugin, UnloadPolicy, Unloader};
+use crate::release::{self, Manifest, StageError, MANIFEST};
+use crate::services;
+use crate::status::{
+    DeployOutcome, GenerationStatus, LibraryState, LibraryStatus, PluginRecord, PluginStatus,
+    ReleaseRecord, Status,
+};
+
+/// Runs plugins and replaces them while callers keep calling.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let host = graft_host::Host::builder("/var/lib/graft").build()?;
+/// host.deploy("releases/v1")?;
+/// let foo = host.export("foo@1")?;
+///
+/// let pin = host.pin(); // one generation for the whole request
+/// let out: serde_json::Value = pin.call(&foo, &serde_json::json!({ "a": 1 }))?;
+/// # Ok(()) }
+/// ```
+pub struct Host {
+    current: ArcSwap<Generation>,
+    exports: Exports,
+    unloader: Unloader,
+    staging_dir: PathBuf,
+    unload_policy: UnloadPolicy,
+    history_len: usize,
+    /// Held for the whole of a deploy or rollback: they run one at a time.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_generation: u64,
+    /// Releases that went live, oldest first; the last one is current.
+    history: VecDeque<ReleaseRecord>,
+    /// Every live library by SHA-256, so a build that is still loaded is reused, not reloaded.
+    libraries: HashMap<String, Weak<LoadedPlugin>>,
+    /// Libraries kept alive by [`UnloadPolicy::Never`].
+    retained: Vec<Arc<LoadedPlugin>>,
+    generations: Vec<Weak<Generation>>,
+    last_deploy: Option<DeployOutcome>,
+}
+
+/// Configures a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostBuilder {
+    data_dir: PathBuf,
+    unload_policy: UnloadPolicy,
+    history_len: usize,
+}
+
+impl HostBuilder {
+    /// What to do with a library once no generation uses it (default [`UnloadPolicy::WhenDrained`]).
+    pub fn unload_policy(mut self, policy: UnloadPolicy) -> Self {
+        self.unload_policy = policy;
+        self
+    }
+
+    /// How many releases to keep for rollback, the current one included (default 5, at least 2).
+    pub fn history(mut self, releases: usize) -> Self {
+        self.history_len = releases.max(2);
+        self
+    }
+
+    /// Creates the host, with the empty generation 0 current.
+    ///
+    /// # Errors
+    ///
+    /// If the data directory cannot be created or the unloader thread cannot start.
+    pub fn build(self) -> std::io::Result<Host> {
+        let staging_dir = self.data_dir.join("staged");
+        std::fs::create_dir_all(&staging_dir)?;
+        Ok(Host {
+            current: ArcSwap::from_pointee(Generation::empty()),
+            exports: Exports::default(),
+            unloader: Unloader::spawn()?,
+            staging_dir,
+            unload_policy: self.unload_policy,
+            history_len: self.history_len,
+            state: Mutex::new(State {
+                next_generation: 1,
+                ..State::default()
+            }),
+        })
+    }
+}
+
+/// What a successful deploy or rollback did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct DeployReport {
+    /// The generation now current.
+    pub generation: u64,
+    /// The release label.
+    pub release: Option<String>,
+    /// The new generation's plugins and what happened to each.
+    pub plugins: Vec<PluginChange>,
+    /// Plugins the new generation no longer has.
+    pub removed: Vec<String>,
+    /// How imports were bound.
+    pub link: LinkReport,
+    /// From the start of the deploy to the store that made it live.
+    pub elapsed: Duration,
+}
+
+/// One plugin of a new generation.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PluginChange {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What the release did to it.
+    pub change: Change,
+}
+
+/// What a release did to a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Change {
+    /// New in this generation.
+    Added,
+    /// A new build replaced the previous one.
+    Replaced,
+    /// Carried over unchanged (or shipped again with identical bytes).
+    Kept,
+}
+
+/// A plugin a deploy will put in the new generation.
+struct Planned {
+    name: String,
+    source: PathBuf,
+    sha256: String,
+}
+
+struct Plan {
+    label: Option<String>,
+    complete: bool,
+    remove: Vec<String>,
+    plugins: Vec<Planned>,
+}
+
+impl Host {
+    /// Starts configuring a host that stages plugin copies under `data_dir`.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> HostBuilder {
+        HostBuilder {
+            data_dir: data_dir.into(),
+            unload_policy: UnloadPolicy::default(),
+            history_len: 5,
+        }
+    }
+
+    /// A handle on an export contract (`name@N`), for [`Generation::call`] and [`Host::call`].
+    ///
+    /// # Errors
+    ///
+    /// If `contract` is not of the form `name@N`.
+    pub fn export(&self, contract: &str) -> Result<Export, ContractError> {
+        self.exports.get(contract)
+    }
+
+    /// Pins the current generation for a synchronous piece of work.
+    pub fn pin(&self) -> Pin {
+        Pin::new(self.current.load())
+    }
+
+    /// Pins the current generation with an owned handle (for async work; counted in flight).
+    pub fn pin_owned(&self) -> OwnedPin {
+        OwnedPin::new(self.current.load_full())
+    }
+
+    /// Calls an export in the current generation: `self.pin().call(export, input)`.
+    ///
+    /// # Errors
+    ///
+    /// See [`Generation::call`].
+    pub fn call<I: Serialize, O: DeserializeOwned>(
+        &self,
+        export: &Export,
+        input: &I,
+    ) -> Result<O, CallError> {
+        self.pin().call(export, input)
+    }
+
+    /// Calls an export with raw JSON in the current generation.
+    ///
+    /// # Errors
+    ///
+    /// See [`Generation::call_raw`].
+    pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.pin().call_raw(export, input)
+    }
+
+    /// Deploys the release in `dir`: stage, load, check, link, initialise, then one atomic store.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`] naming the step, plugin and file that failed. Nothing changes then: the
+    /// current generation keeps serving.
+    pub fn deploy(&self, dir: impl AsRef<Path>) -> Result<DeployReport, DeployError> {
+        let dir = dir.as_ref();
+        let span = tracing::info_span!("deploy", release = %dir.display());
+        let _entered = span.enter();
+        let mut state = self.lock_state();
+        let result = Manifest::load(dir)
+            .map_err(|e| DeployError::new(Step::Manifest, None, Some(dir.join(MANIFEST)), e.into()))
+            .and_then(|manifest| {
+                let plan = Plan {
+                    label: manifest.name,
+                    complete: manifest.complete,
+                    remove: manifest.remove,
+                    plugins: manifest
+                        .plugins
+                        .into_iter()
+                        .map(|p| Planned {
+                            source: dir.join(&p.file),
+                            name: p.name,
+                            sha256: p.sha256,
+                        })
+                        .collect(),
+                };
+                self.apply(&mut state, plan)
+            });
+        if let Ok((_, record)) = &result {
+            state.history.push_back(record.clone());
+            while state.history.len() > self.history_len {
+                state.history.pop_front();
+            }
+        }
+        self.finish(&mut state, result)
+    }
+
+    /// Makes the previous release current again, as an all-or-nothing deploy of its plugin set.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployCause::NothingToRollBack`] with no earlier release; otherwise as [`Host::deploy`].
+    pub fn rollback(&self) -> Result<DeployReport, DeployError> {
+        let span = tracing::info_span!("rollback");
+        let _entered = span.enter();
+        let mut state = self.lock_state();
+        let result = match state
+            .history
+            .len()
+            .checked_sub(2)
+            .map(|i| state.history[i].clone())
+        {
+            None => Err(DeployError::new(
+                Step::Manifest,
+                None,
+                None,
+                DeployCause::NothingToRollBack,
+            )),
+            Some(target) => {
+                let plan = Plan {
+                    label: target.name.clone(),
+                    complete: true,
+                    remove: Vec::new(),
+                    plugins: target
+                        .plugins
+                        .iter()
+                        .map(|p| Planned {
+                            name: p.name.clone(),
+                            source: p.staged.clone(),
+                            sha256: p.sha256.clone(),
+                        })
+                        .collect(),
+                };
+                self.apply(&mut state, plan)
+            }
+        };
+        if let Ok((_, record)) = &result {
+            // The rolled-back release leaves the history; its predecessor becomes the top again.
+            state.history.pop_back();
+            state.history.pop_back();
+            state.history.push_back(record.clone());
+        }
+        self.finish(&mut state, result)
+    }
+
+    fn finish(
+        &self,
+        state: &mut State,
+        result: Result<(DeployReport, ReleaseRecord), DeployError>,
+    ) -> Result<DeployReport, DeployError> {
+        match &result {
+            Ok((report, _)) => {
+                tracing::info!(
+                    generation = report.generation,
+                    release = report.release.as_deref().unwrap_or(""),
+                    elapsed_us = report.elapsed.as_micros() as u64,
+                    "release live"
+                );
+                self.collect_staged(state);
+            }
+            Err(error) => tracing::warn!(error = %DisplayChain(error), "release rejected"),
+        }
+        state.last_deploy = Some(DeployOutcome {
+            at: SystemTime::now(),
+            generation: result.as_ref().ok().map(|(r, _)| r.generation),
+            error: result.as_ref().err().map(|e| DisplayChain(e).to_string()),
+        });
+        result.map(|(report, _)| report)
+    }
+
+    /// The pipeline every deploy and rollback goes through. Publishes only if every step passed.
+    fn apply(
+        &self,
+        state: &mut State,
+        plan: Plan,
+    ) -> Result<(DeployReport, ReleaseRecord), DeployError> {
+        let started = Instant::now();
+        let current = self.current.load_full();
+
+        // Stage, load, check.
+        let mut incoming: Vec<(Arc<LoadedPlugin>, bool)> = Vec::new();
+        for planned in &plan.plugins {
+            let (plugin, fresh) = self.stage_and_load(state, planned)?;
+            if plugin.info().name != planned.name {
+                let declared = plugin.info().name.clone();
+                let cause = DeployCause::NameMismatch { declared };
+                return Err(DeployError::new(
+                    Step::Check,
+                    Some(&planned.name),
+                    Some(planned.source.clone()),
+                    cause,
+                ));
+            }
+            incoming.push((plugin, fresh));
+        }
+
+        // The new plugin set: what carries over, then what the release ships.
+        for name in &plan.remove {
+            if !current.plugins().any(|p| &p.name == name) {
+                return Err(DeployError::new(
+                    Step::Manifest,
+                    Some(name),
+                    None,
+                    DeployCause::RemoveUnknown(name.clone()),
+                ));
+            }
+        }
+        let shipped = |name: &str| plan.plugins.iter().any(|p| p.name == name);
+        let mut set: Vec<Arc<LoadedPlugin>> = if plan.complete {
+            Vec::new()
+        } else {
+            current
+                .loaded()
+                .iter()
+                .filter(|p| !shipped(&p.info().name) && !plan.remove.contains(&p.info().name))
+                .cloned()
+                .collect()
+        };
+        set.extend(incoming.iter().map(|(p, _)| Arc::clone(p)));
+
+        // Link the whole set.
+        let linked = link::link(set.iter().map(|p| (p.info(), p.exports().map(|(_, f)| f))))
+            .map_err(|e| DeployError::new(Step::Link, None, None, e.into()))?;
+
+        // Initialise what was freshly loaded.
+        for (plugin, fresh) in &incoming {
+            if *fresh {
+                plugin.init(services::host_api()).map_err(|message| {
+                    DeployError::new(
+                        Step::Init,
+                        Some(&plugin.info().name),
+                        Some(plugin.path().to_owned()),
+                        DeployCause::Init(message),
+                    )
+                })?;
+            }
+        }
+
+        // Publish: one store.
+        let id = state.next_generation;
+        let generation = Arc::new(Generation::new(
+            id,
+            plan.label.clone(),
+            linked,
+            set,
+            &self.exports,
+        ));
+        self.current.store(Arc::clone(&generation));
+        let elapsed = started.elapsed();
+        state.next_generation += 1;
+
+        // Bookkeeping, after the release is live.
+        state.generations.retain(|g| g.strong_count() > 0);
+        state.generations.push(Arc::downgrade(&generation));
+        for (plugin, fresh) in &incoming {
+            if *fresh {
+                state
+                    .libraries
+                    .insert(plugin.sha256().to_owned(), Arc::downgrade(plugin));
+                if self.unload_policy == UnloadPolicy::Never {
+                    state.retained.push(Arc::clone(plugin));
+                }
+            }
+        }
+        state.libraries.retain(|_, p| p.strong_count() > 0);
+
+        let previous: HashMap<&str, &str> = current
+            .loaded()
+            .iter()
+            .map(|p| (&*p.info().name, p.sha256()))
+            .collect();
+        let plugins = generation
+            .loaded()
+            .iter()
+            .map(|p| PluginChange {
+                name: p.info().name.clone(),
+                version: p.info().version.clone(),
+                change: match previous.get(&*p.info().name) {
+                    None => Change::Added,
+                    Some(sha) if *sha == p.sha256() => Change::Kept,
+                    Some(_) => Change::Replaced,
+                },
+            })
+            .collect();
+        let removed = current
+            .plugins()
+            .filter(|old| !generation.plugins().any(|new| new.name == old.name))
+            .map(|p| p.name.clone())
+            .collect();
+        let record = ReleaseRecord {
+            generation: id,
+            name: plan.label.clone(),
+            plugins: generation
+                .loaded()
+                .iter()
+                .map(|p| PluginRecord {
+                    name: p.info().name.clone(),
+                    version: p.info().version.clone(),
+                    sha256: p.sha256().to_owned(),
+                    staged: p.path().to_owned(),
+                })
+                .collect(),
+        };
+        let report = DeployReport {
+            generation: id,
+            release: plan.label,
+            plugins,
+            removed,
+            link: generation.link_report().clone(),
+            elapsed,
+        };
+        Ok((report, record))
+    }
+
+    /// Stages one plugin file and loads it, or reuses the library already loaded from the same
+    /// build. Returns the plugin and whether it was freshly loaded (and so needs `init`).
+    fn stage_and_load(
+        &self,
+        state: &State,
+        planned: &Planned,
+    ) -> Result<(Arc<LoadedPlugin>, bool), DeployError> {
+        let name = Some(planned.name.as_str());
+        let file = Some(planned.source.clone());
+        let staged = release::stage(
+            &self.staging_dir,
+            &planned.name,
+            &planned.source,
+            &planned.sha256,
+        )
+        .map_err(|e| {
+            let (step, cause) = match e {
+                StageError::Read(source) => (
+                    Step::Stage,
+                    DeployCause::Io("reading the plugin file".into(), source),
+                ),
+                StageError::Checksum { expected, actual } => {
+                    (Step::Checksum, DeployCause::Checksum { expected, actual })
+                }
+                StageError::Elf(e) => (Step::Load, DeployCause::NotALibrary(e)),
+                StageError::Write(source) => (
+                    Step::Stage,
+                    DeployCause::Io("writing the staged copy".into(), source),
+                ),
+            };
+            DeployError::new(step, name, file.clone(), cause)
+        })?;
+        let (plugin, fresh) = match state.libraries.get(&planned.sha256).and_then(Weak::upgrade) {
+            Some(loaded) => (loaded, false),
+            None => {
+                let loaded =
+                    LoadedPlugin::load(&staged, &planned.sha256, &self.unloader).map_err(|e| {
+                        let step = if e.is_check() {
+                            Step::Check
+                        } else {
+                            Step::Load
+                        };
+                        DeployError::new(step, name, file.clone(), e.into())
+                    })?;
+                (Arc::new(loaded), true)
+            }
+        };
+        Ok((plugin, fresh))
+    }
+
+    /// Stages, loads, checks and initialises plugins without linking or publishing them; what
+    /// `graft check` runs on a scratch host. `(name, file, sha256)` each.
+    pub(crate) fn load_for_check(
+        &self,
+        plugins: &[(String, PathBuf, String)],
+    ) -> Result<Vec<Arc<LoadedPlugin>>, DeployError> {
+        let state = self.lock_state();
+        let mut loaded = Vec::new();
+        for (name, source, sha256) in plugins {
+            let planned = Planned {
+                name: name.clone(),
+                source: source.clone(),
+                sha256: sha256.clone(),
+            };
+            let (plugin, _) = self.stage_and_load(&state, &planned)?;
+            plugin.init(services::host_api()).map_err(|message| {
+                DeployError::new(
+                    Step::Init,
+                    Some(name),
+                    Some(source.clone()),
+                    DeployCause::Init(message),
+                )
+            })?;
+            loaded.push(plugin);
+        }
+        Ok(loaded)
+    }
+
+    /// Deletes staged copies that no live library and no recorded release refers to.
+    fn collect_staged(&self, state: &State) {
+        let keep: Vec<PathBuf> = state
+            .history
+            .iter()
+            .flat_map(|r| r.plugins.iter().map(|p| p.staged.clone()))
+            .chain(
+                state
+                    .libraries
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .map(|p| p.path().to_owned()),
+            )
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.staging_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "so") && !keep.contains(&path) {
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::debug!(path = %path.display(), %error, "could not remove staged copy");
+                }
+            }
+        }
+    }
+
+    /// The host's generations, libraries and history.
+    pub fn status(&self) -> Status {
+        let state = self.lock_state();
+        let current = self.current.load_full();
+        let generations: Vec<GenerationStatus> = std::iter::once(Arc::clone(&current))
+            .chain(
+                state
+                    .generations
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|g| g.id() != current.id()),
+            )
+            .map(|generation| {
+                let is_current = generation.id() == current.id();
+                // References that are not pins: `current` (above), the ArcSwap's if current, and
+                // the one this iterator holds.
+                let host_refs = if is_current { 3 } else { 1 };
+                GenerationStatus {
+                    id: generation.id(),
+                    release: generation.release().map(str::to_owned),
+                    current: is_current,
+                    plugins: generation
+                        .loaded()
+                        .iter()
+                        .map(|p| PluginStatus {
+                            name: p.info().name.clone(),
+                            version: p.info().version.clone(),
+                            api_version: p.info().api_version.clone(),
+                            sha256: p.sha256().to_owned(),
+                        })
+                        .collect(),
+                    in_flight: Arc::strong_count(&generation).saturating_sub(host_refs),
+                    age_ms: generation.age().as_millis() as u64,
+                }
+            })
+            .collect();
+        let mut generations = generations;
+        generations.sort_by_key(|g| g.id);
+        let mut libraries: Vec<LibraryStatus> = state
+            .libraries
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|p| LibraryStatus {
+                plugin: p.info().name.clone(),
+                version: p.info().version.clone(),
+                path: p.path().to_owned(),
+                state: LibraryState::Loaded,
+            })
+            .collect();
+        libraries.extend(self.unloader.lingering());
+        libraries.sort_by(|a, b| a.path.cmp(&b.path));
+        Status {
+            current: current.id(),
+            generations,
+            libraries,
+            history: state.history.iter().cloned().collect(),
+            unload_policy: self.unload_policy,
+            last_deploy: state.last_deploy.clone(),
+        }
+    }
+
+    /// Waits until every library released so far has been closed and checked.
+    ///
+    /// Libraries are closed off the request path, by a background thread; tests and tools that
+    /// want to observe an unload call this first.
+    pub fn flush_unloads(&self) {
+        self.unloader.flush();
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no half-published state: publishing is one store.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("current", &self.current.load().id())
+            .field("staging_dir", &self.staging_dir)
+            .field("unload_policy", &self.unload_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Displays an error and its sources, `outer: inner: innermost`.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

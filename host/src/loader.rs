@@ -1,0 +1,427 @@
+//! Loading and unloading plugin libraries: the only module of the host with `unsafe` code.
+//!
+//! The path from a staged file to a callable plugin, each step able to fail cleanly:
+//!
+//! 1. `dlopen(RTLD_NOW | RTLD_LOCAL)` of the staged copy (never of cargo's output, which the
+//!    next build rewrites in place; and always of a uniquely named copy, since `dlopen` of a
+//!    path that is already open returns the image already loaded).
+//! 2. Find abi_stable's root-module header and check its abi_stable version.
+//! 3. Gate on the plugin's graft API version **before** abi_stable's layout check: abi_stable
+//!    caches the largest prefix layout it has seen, process-wide, and a newer plugin that was
+//!    layout-checked and then unloaded makes every later check read freed memory.
+//! 4. abi_stable's layout check and the plugin's constructor (`init_root_module`; not
+//!    `RootModule::load_from*`, which cache one module per type and never unload).
+//! 5. Copy the declaration (name, version, contracts) into host-owned memory.
+//!
+//! A [`LoadedPlugin`] owns the library handle and everything taken out of it; no reference into
+//! the library escapes it, and the handle is released last, when the plugin is dropped. Release
+//! goes through the [`Unloader`]: a background thread closes the library and then checks, in
+//! `/proc/self/maps`, whether it really left the address space (a plugin that started a thread
+//! or touched a thread-local with a destructor stays mapped; that is reported, not crashed on).
+
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
+use abi_stable::std_types::RResult;
+use graft_api::ffi::{ExportFn, HostApiRef, PluginModRef};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+
+use crate::link::Contract;
+use crate::status::{LibraryState, LibraryStatus};
+
+/// Why a plugin library could not be loaded or failed its checks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// `dlopen` refused the file.
+    #[error("dlopen failed: {0}")]
+    Open(String),
+    /// The library does not export graft's root module.
+    #[error("no graft root module: not a plugin built with graft_api::plugin!")]
+    NoRootModule,
+    /// The root module was built with an incompatible abi_stable.
+    #[error("built with an incompatible abi_stable: {0}")]
+    AbiHeader(String),
+    /// The plugin speaks another graft API version than the host.
+    #[error("built against graft API {plugin}, this host speaks {host} (same major, minor at most the host's)")]
+    ApiVersion {
+        /// The plugin's API version.
+        plugin: String,
+        /// The host's API version.
+        host: &'static str,
+    },
+    /// abi_stable's layout check failed, or the plugin's root-module constructor failed.
+    #[error("root module rejected: {0}")]
+    Layout(String),
+    /// The plugin's declaration is invalid (bad contract, duplicate export, ...).
+    #[error("invalid declaration: {0}")]
+    Declaration(String),
+}
+
+impl LoadError {
+    /// Whether this failure belongs to the version-and-layout check step (as opposed to opening).
+    pub(crate) fn is_check(&self) -> bool {
+        matches!(
+            self,
+            Self::ApiVersion { .. } | Self::Layout(_) | Self::Declaration(_)
+        )
+    }
+}
+
+/// What a plugin declares about itself, copied out of the library.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    /// Unique name within a generation.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// The graft API version it was built against.
+    pub api_version: String,
+    /// What it provides.
+    pub exports: Vec<Contract>,
+    /// What it calls, in slot order.
+    pub imports: Vec<Contract>,
+}
+
+/// A loaded, checked plugin library. Shared by every generation that contains it.
+pub(crate) struct LoadedPlugin {
+    info: PluginInfo,
+    sha256: String,
+    path: PathBuf,
+    /// Implementations of `info.exports`, in the same order.
+    exports: Vec<ExportFn>,
+    module: PluginModRef,
+    unloader: Unloader,
+    /// Released last, in `Drop`, after nothing above can be used any more.
+    library: Option<Library>,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.info.name)
+            .field("version", &self.info.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Loads and checks the staged library at `path` (steps 1 to 5 of the module docs).
+    ///
+    /// The plugin's initialiser is not run; see [`LoadedPlugin::init`].
+    pub(crate) fn load(path: &Path, sha256: &str, unloader: &Unloader) -> Result<Self, LoadError> {
+        // SAFETY: loading a library runs its ELF constructors. The file is a staged copy that
+        // passed the ELF check and its manifest checksum; running the code of a release the
+        // operator deployed is the premise of graft. RTLD_LOCAL keeps its symbols out of the
+        // global namespace, RTLD_NOW fails here, not mid-request, on an unresolved symbol.
+        let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+            .map_err(|e| LoadError::Open(e.to_string()))?;
+        // If anything below fails, `library` is dropped (closed) on return: nothing taken out
+        // of it survives that return.
+        // SAFETY: the symbol abi_stable's `export_root_module` emits is a `LibHeader` static,
+        // which starts with an `AbiHeader`; `AbiHeaderRef` is a pointer to exactly that, and
+        // libloading hands out the symbol's address. The reference is used only while `library`
+        // is open.
+        let header: AbiHeaderRef =
+            unsafe { library.get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }
+                .map(|symbol| *symbol)
+                .map_err(|_| LoadError::NoRootModule)?;
+        let lib_header = header
+            .upgrade()
+            .map_err(|e| LoadError::AbiHeader(e.to_string()))?;
+
+        // Copied out at once: the string lives in the library.
+        let api_version = lib_header.version_strings().version.as_str().to_owned();
+        check_api_version(&api_version)?;
+
+        // Version check (again, abi_stable's own), layout check, then the plugin's constructor.
+        // Errors are turned into strings at once: abi_stable's errors may point into the library.
+        let module = lib_header
+            .init_root_module::<PluginModRef>()
+            .map_err(|e| LoadError::Layout(e.to_string()))?;
+
+        let (info, exports) = read_declaration(module, api_version)?;
+        Ok(Self {
+            info,
+            sha256: sha256.to_owned(),
+            path: path.to_owned(),
+            exports,
+            module,
+            unloader: unloader.clone(),
+            library: Some(library),
+        })
+    }
+
+    /// Runs the plugin's initialiser, which routes its logs to the host and runs its own `init`.
+    pub(crate) fn init(&self, host: HostApiRef) -> Result<(), String> {
+        match (self.module.init())(host) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(format!("{}: {}", e.kind, e.message)),
+        }
+    }
+
+    pub(crate) fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub(crate) fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn exports(&self) -> impl Iterator<Item = (&Contract, ExportFn)> {
+        self.info.exports.iter().zip(self.exports.iter().copied())
+    }
+}
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        if let Some(library) = self.library.take() {
+            self.unloader.unload(Unload {
+                library,
+                name: self.info.name.clone(),
+                version: self.info.version.clone(),
+                path: self.path.clone(),
+            });
+        }
+    }
+}
+
+/// The host accepts plugins of its own major API version and a minor no greater than its own.
+fn check_api_version(plugin: &str) -> Result<(), LoadError> {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    let host = graft_api::API_VERSION;
+    let compatible = match (parse(plugin), parse(host)) {
+        (Some((pmaj, pmin)), Some((hmaj, hmin))) => pmaj == hmaj && pmin <= hmin,
+        _ => false,
+    };
+    if compatible {
+        Ok(())
+    } else {
+        Err(LoadError::ApiVersion {
+            plugin: plugin.to_owned(),
+            host,
+        })
+    }
+}
+
+fn read_declaration(
+    module: PluginModRef,
+    api_version: String,
+) -> Result<(PluginInfo, Vec<ExportFn>), LoadError> {
+    let name = module.name().as_str().to_owned();
+    crate::release::check_plugin_name(&name).map_err(LoadError::Declaration)?;
+    let version = module.version().as_str().to_owned();
+    let mut exports = Vec::new();
+    let mut funcs = Vec::new();
+    for decl in module.exports().as_slice() {
+        let contract: Contract = decl
+            .contract
+            .as_str()
+            .parse()
+            .map_err(|e| LoadError::Declaration(format!("{e}")))?;
+        if exports.contains(&contract) {
+            return Err(LoadError::Declaration(format!("exports {contract} twice")));
+        }
+        exports.push(contract);
+        funcs.push(decl.func);
+    }
+    let imports = module
+        .imports()
+        .as_slice()
+        .iter()
+        .map(|c| {
+            c.as_str()
+                .parse()
+                .map_err(|e| LoadError::Declaration(format!("{e}")))
+        })
+        .collect::<Result<Vec<Contract>, _>>()?;
+    Ok((
+        PluginInfo {
+            name,
+            version,
+            api_version,
+            exports,
+            imports,
+        },
+        funcs,
+    ))
+}
+
+/// What to do with a plugin's library once no generation uses it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnloadPolicy {
+    /// Close the library as soon as the last generation using it has drained (the default).
+    #[default]
+    WhenDrained,
+    /// Keep every library loaded while the host runs: instant rollback to any earlier build,
+    /// at the price of memory that grows with every new build.
+    Never,
+}
+
+struct Unload {
+    library: Library,
+    name: String,
+    version: String,
+    path: PathBuf,
+}
+
+enum Job {
+    Unload(Unload),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Closes libraries off the request path and records whether they really left memory.
+///
+/// Cloned into every [`LoadedPlugin`]; the background thread ends when the last clone is gone.
+#[derive(Clone)]
+pub(crate) struct Unloader {
+    jobs: mpsc::Sender<Job>,
+    lingering: Arc<Mutex<Vec<LibraryStatus>>>,
+}
+
+impl fmt::Debug for Unloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unloader").finish_non_exhaustive()
+    }
+}
+
+impl Unloader {
+    pub(crate) fn spawn() -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel();
+        let lingering = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&lingering);
+        std::thread::Builder::new()
+            .name("graft-unloader".into())
+            .spawn(move || run_unloader(rx, record))?;
+        Ok(Self { jobs, lingering })
+    }
+
+    fn unload(&self, job: Unload) {
+        if let Err(mpsc::SendError(Job::Unload(job))) = self.jobs.send(Job::Unload(job)) {
+            // The thread is gone (it never is while a clone of `self` exists); unload here.
+            close(job);
+        }
+    }
+
+    /// Waits until every library released before this call has been closed and checked.
+    pub(crate) fn flush(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Libraries that were closed but are still mapped, re-checked now.
+    pub(crate) fn lingering(&self) -> Vec<LibraryStatus> {
+        let mut lingering = self.lingering.lock().unwrap_or_else(|e| e.into_inner());
+        lingering.retain(|lib| is_mapped(&lib.path));
+        lingering.clone()
+    }
+}
+
+fn run_unloader(jobs: mpsc::Receiver<Job>, lingering: Arc<Mutex<Vec<LibraryStatus>>>) {
+    for job in jobs {
+        match job {
+            Job::Unload(job) => {
+                if let Some(status) = close(job) {
+                    lingering
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(status);
+                }
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Closes the library; returns its status if it is still mapped afterwards.
+fn close(job: Unload) -> Option<LibraryStatus> {
+    let Unload {
+        library,
+        name,
+        version,
+        path,
+    } = job;
+    if let Err(error) = library.close() {
+        tracing::warn!(plugin = %name, path = %path.display(), %error, "dlclose failed");
+    }
+    if is_mapped(&path) {
+        tracing::warn!(
+            plugin = %name,
+            %version,
+            path = %path.display(),
+            "library still mapped after unload: the plugin pins itself (a thread, or a \
+             thread-local with a destructor); it stays in memory until that ends"
+        );
+        Some(LibraryStatus {
+            plugin: name,
+            version,
+            path,
+            state: LibraryState::Pinned,
+        })
+    } else {
+        tracing::debug!(plugin = %name, %version, path = %path.display(), "library unloaded");
+        None
+    }
+}
+
+/// Whether a file is mapped into this process, per `/proc/self/maps`.
+pub fn is_mapped(path: &Path) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let path = path.to_string_lossy();
+    maps.lines().any(|line| {
+        // address perms offset dev inode [path]; the path may end in " (deleted)".
+        let mapped = line
+            .splitn(6, ' ')
+            .nth(5)
+            .map(str::trim_start)
+            .unwrap_or_default();
+        mapped == path || mapped.strip_suffix(" (deleted)") == Some(&*path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_newer_than_the_host_or_of_another_major_are_rejected() {
+        let host = graft_api::API_VERSION;
+        assert!(check_api_version(host).is_ok());
+        let (major, minor) = {
+            let mut p = host.split('.').map(|n| n.parse::<u64>().unwrap());
+            (p.next().unwrap(), p.next().unwrap())
+        };
+        assert!(check_api_version(&format!("{major}.{}.0", minor + 1)).is_err());
+        assert!(check_api_version(&format!("{}.0.0", major + 1)).is_err());
+        assert!(check_api_version("garbage").is_err());
+        if minor > 0 {
+            assert!(check_api_version(&format!("{major}.{}.0", minor - 1)).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_test_binary_itself_is_mapped_and_a_random_path_is_not() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(is_mapped(&exe));
+        assert!(!is_mapped(Path::new("/nonexistent/graft/lib.so")));
+    }
+}

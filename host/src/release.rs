@@ -1,0 +1,333 @@
+//! Releases on disk: the `release.toml` manifest, checksums, and staging.
+//!
+//! A release is a directory holding plugin libraries and a manifest:
+//!
+//! ```toml
+//! name = "v2"                 # optional label, shown in status and history
+//! complete = false            # true: the release is the whole plugin set, nothing carries over
+//! remove = ["frob-shim"]      # plugins of the current generation to drop
+//!
+//! [[plugin]]
+//! name = "frob"               # must match the name the library declares
+//! file = "libfrob_v2.so"      # relative to the release directory
+//! sha256 = "9f2c…"            # of the file; a mismatch rejects the release
+//! ```
+//!
+//! By default a release names only the plugins that change; the others carry over from the
+//! current generation, and the new set is linked as a whole before it goes live.
+//!
+//! Staging copies each library to `DATA/staged/NAME-SHA.so`: a name unique per build (so `dlopen`
+//! never returns an older image loaded from the same path), in a place no build tool rewrites,
+//! written with temp file + fsync + rename. The bytes are read once, and the checksum and ELF
+//! checks run on the very bytes that are staged.
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::atomic_file;
+use crate::elf::{self, ElfError};
+
+/// The manifest's file name inside a release directory.
+pub const MANIFEST: &str = "release.toml";
+
+/// A parsed, validated `release.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// A label for the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether the release is the whole plugin set (nothing carries over).
+    #[serde(default)]
+    pub complete: bool,
+    /// Plugins of the current generation to drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// The plugins the release ships.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<ManifestPlugin>,
+}
+
+/// One plugin file of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPlugin {
+    /// The plugin's declared name.
+    pub name: String,
+    /// The library, relative to the release directory.
+    pub file: PathBuf,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The release directory has no manifest.
+    #[error("no {MANIFEST} in {}", dir.display())]
+    Missing {
+        /// The release directory.
+        dir: PathBuf,
+    },
+    /// The manifest could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The manifest is not valid TOML of the expected shape.
+    #[error("malformed {}", path.display())]
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The manifest parses but says something impossible.
+    #[error("invalid {}: {reason}", path.display())]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Manifest {
+    /// Reads and validates `DIR/release.toml`.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError`] when the file is missing, unreadable, malformed or invalid.
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ManifestError::Missing {
+                dir: dir.to_owned(),
+            },
+            _ => ManifestError::Read {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let manifest: Self = toml::from_str(&text).map_err(|source| ManifestError::Parse {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        manifest
+            .validate()
+            .map_err(|reason| ManifestError::Invalid { path, reason })?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.plugins.is_empty() && self.remove.is_empty() {
+            return Err("it names no plugin and removes none".into());
+        }
+        let mut seen = Vec::new();
+        for plugin in &self.plugins {
+            check_plugin_name(&plugin.name)?;
+            if seen.contains(&&plugin.name) {
+                return Err(format!("plugin {} is listed twice", plugin.name));
+            }
+            seen.push(&plugin.name);
+            let inside = plugin
+                .file
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            if !inside || plugin.file.as_os_str().is_empty() {
+                return Err(format!(
+                    "plugin {}: file {} must be a relative path inside the release",
+                    plugin.name,
+                    plugin.file.display()
+                ));
+            }
+            let hex_ok = plugin.sha256.len() == 64
+                && plugin
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex_ok {
+                return Err(format!(
+                    "plugin {}: sha256 must be 64 lowercase hex digits",
+                    plugin.name
+                ));
+            }
+        }
+        if let Some(both) = self.remove.iter().find(|r| seen.contains(r)) {
+            return Err(format!("plugin {both} is both shipped and removed"));
+        }
+        if self.complete && !self.remove.is_empty() {
+            return Err("a complete release replaces everything; it cannot also remove".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a plugin name is non-empty and made of `[a-z0-9_-]`.
+pub(crate) fn check_plugin_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid plugin name {name:?}: use 1 to 64 of [a-z0-9_-]"
+        ))
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Why a plugin file could not be staged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum StageError {
+    #[error("reading the plugin file")]
+    Read(#[source] io::Error),
+    #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
+    Checksum { expected: String, actual: String },
+    #[error("not a loadable shared library")]
+    Elf(#[source] ElfError),
+    #[error("writing the staged copy")]
+    Write(#[source] io::Error),
+}
+
+/// Copies a checked plugin file into `staging_dir` under a name unique to its content.
+///
+/// Returns the staged path. A file already staged under that name (the same build) is reused.
+pub(crate) fn stage(
+    staging_dir: &Path,
+    name: &str,
+    source: &Path,
+    expected_sha256: &str,
+) -> Result<PathBuf, StageError> {
+    let bytes = fs::read(source).map_err(StageError::Read)?;
+    let actual = sha256_hex(&bytes);
+    if actual != expected_sha256 {
+        return Err(StageError::Checksum {
+            expected: expected_sha256.to_owned(),
+            actual,
+        });
+    }
+    elf::check(&bytes).map_err(StageError::Elf)?;
+    let staged = staged_path(staging_dir, name, &actual);
+    if staged != source && !staged.exists() {
+        fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
+        atomic_file::write(&staged, &bytes).map_err(StageError::Write)?;
+    }
+    Ok(staged)
+}
+
+pub(crate) fn staged_path(staging_dir: &Path, name: &str, sha256: &str) -> PathBuf {
+    staging_dir.join(format!("{name}-{}.so", &sha256[..16]))
+}
+
+/// Writes a release directory: copies each `(name, library)` into `dir` and writes a manifest
+/// with their checksums. What `graft pack` does once it has read the plugins' names.
+///
+/// # Errors
+///
+/// Any I/O error while copying or writing.
+pub fn write_release(
+    dir: &Path,
+    label: Option<&str>,
+    complete: bool,
+    plugins: &[(&str, &Path)],
+) -> io::Result<Manifest> {
+    fs::create_dir_all(dir)?;
+    let mut manifest = Manifest {
+        name: label.map(str::to_owned),
+        complete,
+        remove: Vec::new(),
+        plugins: Vec::new(),
+    };
+    for (name, library) in plugins {
+        let bytes = fs::read(library)?;
+        let file = PathBuf::from(library.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no file name", library.display()),
+            )
+        })?);
+        atomic_file::write(&dir.join(&file), &bytes)?;
+        manifest.plugins.push(ManifestPlugin {
+            name: (*name).to_owned(),
+            file,
+            sha256: sha256_hex(&bytes),
+        });
+    }
+    let text =
+        toml::to_string(&manifest).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    atomic_file::write(&dir.join(MANIFEST), text.as_bytes())?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Manifest, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(MANIFEST), text).unwrap();
+        Manifest::load(dir.path())
+    }
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_good_manifest_parses() {
+        let m = load(&format!(
+            "name = \"v2\"\nremove = [\"old\"]\n[[plugin]]\nname = \"foo\"\nfile = \"libfoo.so\"\nsha256 = \"{SHA}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.name.as_deref(), Some("v2"));
+        assert_eq!(m.plugins[0].file, Path::new("libfoo.so"));
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Manifest::load(dir.path()),
+            Err(ManifestError::Missing { .. })
+        ));
+        assert!(matches!(
+            load("[[plugin]\nname ="),
+            Err(ManifestError::Parse { .. })
+        ));
+        assert!(matches!(
+            load("colour = \"blue\""),
+            Err(ManifestError::Parse { .. })
+        ));
+        let cases = [
+            ("", "names no plugin"),
+            (&*format!("[[plugin]]\nname = \"Foo\"\nfile = \"a.so\"\nsha256 = \"{SHA}\""), "invalid plugin name"),
+            (&*format!("[[plugin]]\nname = \"foo\"\nfile = \"../a.so\"\nsha256 = \"{SHA}\""), "inside the release"),
+            ("[[plugin]]\nname = \"foo\"\nfile = \"a.so\"\nsha256 = \"abc\"", "64 lowercase hex"),
+            (
+                &*format!("[[plugin]]\nname = \"foo\"\nfile = \"a.so\"\nsha256 = \"{SHA}\"\n[[plugin]]\nname = \"foo\"\nfile = \"b.so\"\nsha256 = \"{SHA}\""),
+                "listed twice",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}
