@@ -84,13 +84,12 @@ pub enum ManifestError {
         source: io::Error,
     },
     /// The manifest is not valid TOML of the expected shape.
-    #[error("malformed {}", path.display())]
+    #[error("malformed {}: {reason}", path.display())]
     Parse {
         /// The manifest.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: Box<toml::de::Error>,
+        /// Where and why, on one line (`line 3, column 9: ...`).
+        reason: String,
     },
     /// The manifest parses but says something impossible.
     #[error("invalid {}: {reason}", path.display())]
@@ -119,9 +118,9 @@ impl Manifest {
                 source,
             },
         })?;
-        let manifest: Self = toml::from_str(&text).map_err(|source| ManifestError::Parse {
+        let manifest: Self = toml::from_str(&text).map_err(|e| ManifestError::Parse {
             path: path.clone(),
-            source: Box::new(source),
+            reason: one_line(&text, &e),
         })?;
         manifest
             .validate()
@@ -170,6 +169,25 @@ impl Manifest {
             return Err("a complete release replaces everything; it cannot also remove".into());
         }
         Ok(())
+    }
+}
+
+/// A TOML error as `line L, column C: message`, without the multi-line source snippet.
+fn one_line(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 

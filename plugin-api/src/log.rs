@@ -25,6 +25,31 @@ pub(crate) fn forward_to_host(host: HostApiRef, plugin: &'static str) {
     let _ = tracing_core::dispatcher::set_global_default(dispatch);
 }
 
+/// Replaces this image's panic hook (each plugin carries its own copy of std, and so its own
+/// hook) with one that reports the panic through the host's log instead of printing to stderr.
+/// The panic itself is still caught at the boundary and returned as an error.
+pub(crate) fn forward_panics_to_host(host: HostApiRef, plugin: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string payload".to_owned());
+        let message = format!("plugin panicked{location}: {message}");
+        (host.log())(LogRecord {
+            plugin: RStr::from_str(plugin),
+            level: level_to_u8(&tracing_core::Level::ERROR),
+            target: RStr::from_str("panic"),
+            message: RStr::from_str(&message),
+        });
+    }));
+}
+
 struct Forward {
     host: HostApiRef,
     plugin: &'static str,

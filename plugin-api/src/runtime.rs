@@ -63,6 +63,7 @@ pub fn run_init(
 ) -> RResult<(), FfiError> {
     let result = catch_unwind(AssertUnwindSafe(|| {
         log::forward_to_host(host, plugin);
+        log::forward_panics_to_host(host, plugin);
         match init {
             Some(init) => init(),
             None => Ok(()),

@@ -1,0 +1,111 @@
+//! `graft check` and `graft pack`, run as a user would.
+
+use std::process::Command;
+
+use crate::util::{bad_releases, graft_bin, library, Env, V1};
+
+fn graft(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(graft_bin())
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_reports_a_good_release_with_its_links() {
+    let env = Env::new();
+    let dir = env.complete_release("v1", V1);
+    let (ok, stdout, stderr) = graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(ok, "{stderr}");
+    for expected in [
+        "release    v1 (complete)",
+        "plugin     foo 1.0.0",
+        "exports  frob@1",
+        "foo -> bar (bar@1)",
+        "foo -> frob (frob@1)",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn check_lists_the_open_imports_of_a_partial_release() {
+    let env = Env::new();
+    let dir = env.release("frob2+shim", &["frob-v2", "frob-shim"]);
+    let (ok, stdout, stderr) = graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("frob-shim -> frob (frob@2)"), "{stdout}");
+
+    let dir = env.release("v2-callers", &["foo-v2"]);
+    let (ok, stdout, _) = graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(ok);
+    assert!(stdout.contains("open       foo imports frob@2"), "{stdout}");
+}
+
+#[test]
+fn check_exits_1_with_the_reason_for_every_bad_release() {
+    let env = Env::new();
+    for case in bad_releases(&env) {
+        let (ok, stdout, stderr) = graft(&["check".as_ref(), case.dir.as_os_str()]);
+        assert!(!ok, "{}: check passed:\n{stdout}", case.label);
+        assert!(
+            stderr.starts_with("error: checking "),
+            "{}: {stderr}",
+            case.label
+        );
+        assert!(
+            stderr.contains(case.says),
+            "{}: expected {:?} in {stderr:?}",
+            case.label,
+            case.says
+        );
+        assert!(
+            stderr.contains(&format!("release rejected at {}", case.step)),
+            "{}: {stderr}",
+            case.label
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{}: one line: {stderr}",
+            case.label
+        );
+    }
+}
+
+#[test]
+fn check_of_a_single_library_prints_its_declaration() {
+    let (ok, stdout, stderr) = graft(&["check".as_ref(), library("frob-shim").as_os_str()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("plugin     frob-shim 1.0.0"), "{stdout}");
+    assert!(stdout.contains("imports  frob@2"), "{stdout}");
+}
+
+#[test]
+fn pack_writes_a_release_that_deploys() {
+    let env = Env::new();
+    let out = env.path("packed");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "pack".as_ref(),
+        out.as_os_str(),
+        "--name".as_ref(),
+        "packed".as_ref(),
+        "--complete".as_ref(),
+    ];
+    args.extend(V1.iter().map(|k| library(k).as_os_str()));
+    let (ok, _, stderr) = graft(&args);
+    assert!(ok, "{stderr}");
+    let host = env.host();
+    let report = host.deploy(&out).unwrap();
+    assert_eq!(report.release.as_deref(), Some("packed"));
+    assert_eq!(report.plugins.len(), 3);
+}

@@ -1,0 +1,10 @@
+//! graft's integration tests: real plugins, built once per run, loaded into real hosts.
+
+mod util;
+
+mod bad_input;
+mod check_cli;
+mod logging;
+mod pinning;
+mod releases;
+mod unload;

@@ -1,0 +1,231 @@
+//! Invariant 2: releases go live whole or not at all; links, shims, carry-over and rollback.
+
+use example_types::{FooInput, FooOutput};
+use graft_host::{Change, DeployCause, Step};
+
+use crate::util::{Env, V1, V2};
+
+fn foo(host: &graft_host::Host, a: u64) -> FooOutput {
+    let foo = host.export("foo@1").unwrap();
+    host.call(
+        &foo,
+        &FooInput {
+            a,
+            ..FooInput::default()
+        },
+    )
+    .unwrap()
+}
+
+fn versions(out: &FooOutput) -> (&str, &str, &str) {
+    (&out.foo, &out.bar, &out.frob)
+}
+
+#[test]
+fn a_new_bar_without_the_new_frob_is_rejected_and_the_old_release_keeps_serving() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+
+    let err = host
+        .deploy(env.release("bar-only", &["foo-v2", "bar-v2"]))
+        .unwrap_err();
+    assert_eq!(err.step(), Step::Link);
+    let message = graft_host::DisplayChain(&err).to_string();
+    assert!(
+        message.contains("plugin foo imports frob@2, which no plugin in the release exports"),
+        "{message}"
+    );
+
+    let err = host
+        .deploy(env.release("frob-only", &["frob-v2"]))
+        .unwrap_err();
+    let message = graft_host::DisplayChain(&err).to_string();
+    assert!(message.contains("plugin foo imports frob@1"), "{message}");
+
+    assert_eq!(host.pin().id(), 1);
+    assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));
+}
+
+#[test]
+fn a_shim_for_the_old_contract_lets_the_new_frob_ship_alone() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+
+    let report = host
+        .deploy(env.release("frob2+shim", &["frob-v2", "frob-shim"]))
+        .unwrap();
+    let edges: Vec<_> = report
+        .link
+        .edges
+        .iter()
+        .map(|e| {
+            (
+                e.importer.as_str(),
+                e.contract.to_string(),
+                e.provider.as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        edges.contains(&("foo", "frob@1".into(), "frob-shim")),
+        "{edges:?}"
+    );
+    assert!(
+        edges.contains(&("frob-shim", "frob@2".into(), "frob")),
+        "{edges:?}"
+    );
+    let kept: Vec<_> = report
+        .plugins
+        .iter()
+        .filter(|p| p.change == Change::Kept)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(kept, ["foo", "bar"]);
+
+    let out = foo(&host, 1);
+    assert_eq!(
+        versions(&out),
+        ("1.0.0", "1.0.0", "2.0.0"),
+        "unchanged callers reach frob 2 through the shim"
+    );
+    assert_eq!(out.value, 4);
+
+    // Then the callers move to contract 2 and the shim goes, in one release.
+    let dir = env.release("v2-callers", &["foo-v2", "bar-v2"]);
+    let manifest = std::fs::read_to_string(dir.join("release.toml")).unwrap();
+    std::fs::write(
+        dir.join("release.toml"),
+        format!("remove = [\"frob-shim\"]\n{manifest}"),
+    )
+    .unwrap();
+    let report = host.deploy(&dir).unwrap();
+    assert_eq!(report.removed, ["frob-shim"]);
+    assert_eq!(versions(&foo(&host, 1)), ("2.0.0", "2.0.0", "2.0.0"));
+}
+
+#[test]
+fn bar_and_frob_together_go_live_as_one_generation() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    let before = host.pin();
+    let report = host.deploy(env.release("v2", V2)).unwrap();
+    assert_eq!(
+        report.generation,
+        before.id() + 1,
+        "one store, one generation"
+    );
+    assert!(
+        report.plugins.iter().all(|p| p.change == Change::Replaced),
+        "{:?}",
+        report.plugins
+    );
+    assert_eq!(versions(&foo(&host, 3)), ("2.0.0", "2.0.0", "2.0.0"));
+    let old: FooOutput = before
+        .call(
+            &host.export("foo@1").unwrap(),
+            &FooInput {
+                a: 3,
+                ..FooInput::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(versions(&old), ("1.0.0", "1.0.0", "1.0.0"));
+}
+
+#[test]
+fn rollback_restores_the_previous_release() {
+    let env = Env::new();
+    let host = env.host();
+    let err = host.rollback().unwrap_err();
+    assert!(
+        matches!(err.cause(), DeployCause::NothingToRollBack),
+        "{err}"
+    );
+
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    host.deploy(env.complete_release("v2", V2)).unwrap();
+    assert_eq!(foo(&host, 1).value, 14);
+    let report = host.rollback().unwrap();
+    assert_eq!(report.release.as_deref(), Some("v1"));
+    let out = foo(&host, 1);
+    assert_eq!(
+        (versions(&out), out.value),
+        (("1.0.0", "1.0.0", "1.0.0"), 4)
+    );
+    let history: Vec<_> = host
+        .status()
+        .history
+        .iter()
+        .map(|r| r.name.clone().unwrap())
+        .collect();
+    assert_eq!(history, ["v1"]);
+    assert!(matches!(
+        host.rollback().unwrap_err().cause(),
+        DeployCause::NothingToRollBack
+    ));
+}
+
+#[test]
+fn rollback_reloads_from_the_staged_copy_when_the_release_directory_is_gone() {
+    let env = Env::new();
+    let host = env.host();
+    let v1 = env.complete_release("v1", V1);
+    host.deploy(&v1).unwrap();
+    host.deploy(env.complete_release("v2", V2)).unwrap();
+    host.flush_unloads();
+    std::fs::remove_dir_all(&v1).unwrap();
+    host.rollback().unwrap();
+    assert_eq!(versions(&foo(&host, 2)), ("1.0.0", "1.0.0", "1.0.0"));
+}
+
+#[test]
+fn history_keeps_the_configured_number_of_releases() {
+    let env = Env::new();
+    let host = graft_host::Host::builder(env.path("data"))
+        .history(3)
+        .build()
+        .unwrap();
+    let (v1, v2) = (
+        env.complete_release("v1", V1),
+        env.complete_release("v2", V2),
+    );
+    for i in 0..6 {
+        host.deploy(if i % 2 == 0 { &v1 } else { &v2 }).unwrap();
+    }
+    let status = host.status();
+    assert_eq!(status.history.len(), 3);
+    assert_eq!(status.history.last().unwrap().generation, 6);
+    // Only the staged copies of recorded releases are kept.
+    let staged = std::fs::read_dir(env.path("data/staged")).unwrap().count();
+    assert_eq!(staged, 6, "three plugins in each of two builds");
+}
+
+#[test]
+fn status_reports_generations_plugins_and_libraries() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    let status = host.status();
+    assert_eq!(status.current, 1);
+    let current = status.generations.iter().find(|g| g.current).unwrap();
+    let mut plugins: Vec<_> = current
+        .plugins
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    plugins.sort();
+    assert_eq!(
+        plugins,
+        [("bar", "1.0.0"), ("foo", "1.0.0"), ("frob", "1.0.0")]
+    );
+    assert_eq!(status.libraries.len(), 3);
+    assert!(status.last_deploy.as_ref().unwrap().error.is_none());
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(
+        json["generations"][0]["plugins"][0]["api_version"],
+        graft_host::API_VERSION
+    );
+}

@@ -1,0 +1,98 @@
+//! Invariant 3: old code stays mapped until its last pin drops; then the unload policy decides.
+
+use graft_host::{status::LibraryState, UnloadPolicy};
+
+use crate::util::{mapped, staged_path, Env};
+
+#[test]
+fn a_replaced_generation_is_unmapped_once_its_last_pin_drops() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", &["hello-v1"]))
+        .unwrap();
+    let v1 = staged_path(&host, "hello");
+    assert!(mapped(&v1));
+
+    let pin = host.pin_owned();
+    host.deploy(env.complete_release("v2", &["hello-v2"]))
+        .unwrap();
+    host.flush_unloads();
+    assert!(mapped(&v1), "a pin still holds generation 1");
+    let hello = host.export("hello@1").unwrap();
+    assert_eq!(pin.call::<_, String>(&hello, &"old").unwrap(), "hello, old");
+
+    drop(pin);
+    host.flush_unloads();
+    assert!(!mapped(&v1), "{} is still in /proc/self/maps", v1.display());
+    let status = host.status();
+    assert!(
+        status.libraries.iter().all(|l| l.path != v1),
+        "{:?}",
+        status.libraries
+    );
+    assert_eq!(status.generations.len(), 1, "generation 1 is gone");
+    assert!(
+        mapped(&staged_path(&host, "hello")),
+        "generation 2 is untouched"
+    );
+}
+
+#[test]
+fn with_the_never_policy_old_libraries_stay_mapped_and_rollback_reuses_them() {
+    let env = Env::new();
+    let host = env.host_with(UnloadPolicy::Never);
+    host.deploy(env.complete_release("v1", &["hello-v1"]))
+        .unwrap();
+    let v1 = staged_path(&host, "hello");
+    host.deploy(env.complete_release("v2", &["hello-v2"]))
+        .unwrap();
+    host.flush_unloads();
+    assert!(mapped(&v1), "Never keeps the library mapped");
+    let status = host.status();
+    let kept = status
+        .libraries
+        .iter()
+        .find(|l| l.path == v1)
+        .expect("listed");
+    assert_eq!(kept.state, LibraryState::Loaded);
+
+    host.rollback().unwrap();
+    assert_eq!(
+        staged_path(&host, "hello"),
+        v1,
+        "the kept library is reused"
+    );
+    let hello = host.export("hello@1").unwrap();
+    assert_eq!(
+        host.call::<_, String>(&hello, &"again").unwrap(),
+        "hello, again"
+    );
+}
+
+#[test]
+fn many_load_and_unload_cycles_leave_no_library_mapped() {
+    let env = Env::new();
+    let host = env.host();
+    let (v1, v2) = (
+        env.complete_release("v1", &["hello-v1"]),
+        env.complete_release("v2", &["hello-v2"]),
+    );
+    let hello = host.export("hello@1").unwrap();
+    for i in 0..50 {
+        host.deploy(if i % 2 == 0 { &v1 } else { &v2 }).unwrap();
+        host.call::<_, String>(&hello, &"x").unwrap();
+    }
+    host.flush_unloads();
+    let staged = env.path("data/staged");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let ours = maps
+        .lines()
+        .filter(|l| l.contains(staged.to_str().unwrap()))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        ours.len(),
+        1,
+        "only the current build stays mapped: {ours:?}"
+    );
+}

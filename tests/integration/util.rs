@@ -1,0 +1,379 @@
+//! Shared helpers: the example plugins (built once per test process), a temp dir per test,
+//! release directories, and the catalogue of bad releases.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use graft_host::{release, Host, Step, UnloadPolicy};
+
+/// Every example plugin crate, with the plugin name it declares.
+const PLUGINS: &[(&str, &str)] = &[
+    ("hello-v1", "hello"),
+    ("hello-v2", "hello"),
+    ("foo-v1", "foo"),
+    ("foo-v2", "foo"),
+    ("bar-v1", "bar"),
+    ("bar-v2", "bar"),
+    ("frob-v1", "frob"),
+    ("frob-v2", "frob"),
+    ("frob-shim", "frob-shim"),
+    ("misbehaving", "misbehaving"),
+    ("panic-init", "panic-init"),
+    ("unlinked", "unlinked"),
+    ("not-a-plugin", "not-a-plugin"),
+    ("newer-api", "newer-api"),
+];
+
+/// The first build of foo/bar/frob.
+pub(crate) const V1: &[&str] = &["foo-v1", "bar-v1", "frob-v1"];
+/// The second build, where frob@2 and bar@2 replace contract 1.
+pub(crate) const V2: &[&str] = &["foo-v2", "bar-v2", "frob-v2"];
+
+struct Artifacts {
+    libraries: HashMap<String, PathBuf>,
+    graft: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// Runs `cargo build` and returns the artifacts it reports: `(target name, file)`.
+fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .arg("build")
+        .arg("--message-format=json-render-diagnostics")
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cargo runs");
+    let mut artifacts = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let message: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let name = message["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(exe) = message["executable"].as_str() {
+            artifacts.push((name.clone(), PathBuf::from(exe)));
+        }
+        for file in message["filenames"].as_array().into_iter().flatten() {
+            let file = PathBuf::from(file.as_str().unwrap());
+            if file.extension().is_some_and(|e| e == "so") {
+                artifacts.push((name.clone(), file));
+            }
+        }
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "cargo build {args:?} failed"
+    );
+    artifacts
+}
+
+fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let mut args = vec!["-p", "graft-host", "--bins", "--lib"];
+        for (krate, _) in PLUGINS.iter().filter(|(k, _)| *k != "newer-api") {
+            args.extend(["-p", krate]);
+        }
+        let mut built = cargo_build(&args);
+        // Not a workspace member, so its graft-api feature cannot leak into the host.
+        let target_dir = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        let manifest = workspace_root().join("example-plugins/newer-api/Cargo.toml");
+        built.extend(cargo_build(&[
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "--target-dir",
+            target_dir.to_str().unwrap(),
+        ]));
+        let graft = built
+            .iter()
+            .find(|(n, f)| n == "graft" && f.extension().is_none())
+            .expect("graft binary built")
+            .1
+            .clone();
+        let libraries = built
+            .into_iter()
+            .filter(|(_, f)| f.extension().is_some_and(|e| e == "so"))
+            .map(|(name, file)| (name.replace('_', "-"), file))
+            .collect();
+        Artifacts { libraries, graft }
+    })
+}
+
+/// The built library of an example plugin crate (`"foo-v1"`). Never loaded from there: the
+/// host stages its own copy.
+pub(crate) fn library(krate: &str) -> &'static Path {
+    artifacts()
+        .libraries
+        .get(krate)
+        .unwrap_or_else(|| panic!("no library built for {krate}"))
+}
+
+/// The `graft` binary.
+pub(crate) fn graft_bin() -> &'static Path {
+    &artifacts().graft
+}
+
+fn plugin_name(krate: &str) -> &'static str {
+    PLUGINS
+        .iter()
+        .find(|(k, _)| *k == krate)
+        .unwrap_or_else(|| panic!("unknown plugin crate {krate}"))
+        .1
+}
+
+/// One test's world: a temp dir holding the host's data and the releases it makes.
+pub(crate) struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub(crate) fn host(&self) -> Host {
+        self.host_with(UnloadPolicy::WhenDrained)
+    }
+
+    pub(crate) fn host_with(&self, policy: UnloadPolicy) -> Host {
+        Host::builder(self.path("data"))
+            .unload_policy(policy)
+            .build()
+            .unwrap()
+    }
+
+    /// A release of these example crates, partial (the rest carries over).
+    pub(crate) fn release(&self, label: &str, crates: &[&str]) -> PathBuf {
+        self.write_release(label, crates, false)
+    }
+
+    /// A release of these example crates that replaces the whole plugin set.
+    pub(crate) fn complete_release(&self, label: &str, crates: &[&str]) -> PathBuf {
+        self.write_release(label, crates, true)
+    }
+
+    fn write_release(&self, label: &str, crates: &[&str], complete: bool) -> PathBuf {
+        let dir = self.path(&format!("releases/{label}"));
+        let plugins: Vec<(&str, &Path)> = crates
+            .iter()
+            .map(|k| (plugin_name(k), library(k)))
+            .collect();
+        release::write_release(&dir, Some(label), complete, &plugins).unwrap();
+        dir
+    }
+
+    /// A release whose files and manifest are given verbatim: `(name, file name, bytes, sha256)`.
+    pub(crate) fn raw_release(
+        &self,
+        label: &str,
+        manifest_extra: &str,
+        files: &[(&str, &str, Vec<u8>, Option<&str>)],
+    ) -> PathBuf {
+        let dir = self.path(&format!("releases/{label}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut manifest = format!("name = \"{label}\"\n{manifest_extra}\n");
+        for (name, file, bytes, sha) in files {
+            std::fs::write(dir.join(file), bytes).unwrap();
+            let sha = sha
+                .map(str::to_owned)
+                .unwrap_or_else(|| release::sha256_hex(bytes));
+            manifest.push_str(&format!(
+                "[[plugin]]\nname = \"{name}\"\nfile = \"{file}\"\nsha256 = \"{sha}\"\n"
+            ));
+        }
+        std::fs::write(dir.join(release::MANIFEST), manifest).unwrap();
+        dir
+    }
+}
+
+/// A release that must be rejected, and what the rejection must say.
+pub(crate) struct BadCase {
+    pub(crate) label: &'static str,
+    pub(crate) dir: PathBuf,
+    pub(crate) step: Step,
+    pub(crate) plugin: Option<&'static str>,
+    /// A phrase the error chain must contain.
+    pub(crate) says: &'static str,
+}
+
+/// Every kind of bad release: not a library, truncated, no root module, newer API, panicking
+/// initialiser, missing and malformed manifests, wrong checksum, unresolvable import, wrong name.
+pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
+    let hello_v2 = std::fs::read(library("hello-v2")).unwrap();
+    let read = |krate: &str| std::fs::read(library(krate)).unwrap();
+    let case = |label, dir, step, plugin, says| BadCase {
+        label,
+        dir,
+        step,
+        plugin,
+        says,
+    };
+    let empty = env.path("releases/no-manifest");
+    std::fs::create_dir_all(&empty).unwrap();
+    let malformed = env.path("releases/malformed");
+    std::fs::create_dir_all(&malformed).unwrap();
+    std::fs::write(malformed.join(release::MANIFEST), "[[plugin]\nname = hello").unwrap();
+    vec![
+        case(
+            "not a library",
+            env.raw_release(
+                "text",
+                "",
+                &[(
+                    "hello",
+                    "libhello.so",
+                    b"#!/bin/sh\necho not a library\n".to_vec(),
+                    None,
+                )],
+            ),
+            Step::Load,
+            Some("hello"),
+            "not a loadable shared library",
+        ),
+        case(
+            "truncated build",
+            env.raw_release(
+                "truncated",
+                "",
+                &[(
+                    "hello",
+                    "libhello.so",
+                    hello_v2[..hello_v2.len() / 2].to_vec(),
+                    None,
+                )],
+            ),
+            Step::Load,
+            Some("hello"),
+            "truncated",
+        ),
+        case(
+            "no root module",
+            env.raw_release(
+                "not-a-plugin",
+                "",
+                &[("hello", "libnot.so", read("not-a-plugin"), None)],
+            ),
+            Step::Load,
+            Some("hello"),
+            "no graft root module",
+        ),
+        case(
+            "newer graft API",
+            env.raw_release(
+                "newer-api",
+                "",
+                &[("newer-api", "libnewer.so", read("newer-api"), None)],
+            ),
+            Step::Check,
+            Some("newer-api"),
+            "built against graft API 1.1.0",
+        ),
+        case(
+            "panicking initialiser",
+            env.raw_release(
+                "panic-init",
+                "",
+                &[("panic-init", "libpanic.so", read("panic-init"), None)],
+            ),
+            Step::Init,
+            Some("panic-init"),
+            "panic-init refuses to start",
+        ),
+        case(
+            "missing manifest",
+            empty,
+            Step::Manifest,
+            None,
+            "no release.toml",
+        ),
+        case(
+            "malformed manifest",
+            malformed,
+            Step::Manifest,
+            None,
+            "malformed",
+        ),
+        case(
+            "sha256 mismatch",
+            env.raw_release(
+                "bad-sha",
+                "",
+                &[(
+                    "hello",
+                    "libhello.so",
+                    hello_v2.clone(),
+                    Some(&"0".repeat(64)),
+                )],
+            ),
+            Step::Checksum,
+            Some("hello"),
+            "sha256 mismatch",
+        ),
+        case(
+            "unresolvable import",
+            env.raw_release(
+                "unlinked",
+                "complete = true",
+                &[("unlinked", "libunlinked.so", read("unlinked"), None)],
+            ),
+            Step::Link,
+            None,
+            "plugin unlinked imports nothing@1",
+        ),
+        case(
+            "name mismatch",
+            env.raw_release(
+                "misnamed",
+                "",
+                &[("hello", "libfoo.so", read("foo-v1"), None)],
+            ),
+            Step::Check,
+            Some("hello"),
+            "declares itself as plugin foo",
+        ),
+    ]
+}
+
+/// Whether `path` is mapped into this process, read straight from `/proc/self/maps`.
+pub(crate) fn mapped(path: &Path) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let path = path.to_str().unwrap();
+    maps.lines()
+        .any(|l| l.ends_with(path) || l.ends_with(&format!("{path} (deleted)")))
+}
+
+/// The staged file the current generation loaded a plugin from.
+pub(crate) fn staged_path(host: &Host, plugin: &str) -> PathBuf {
+    let status = host.status();
+    let record = status.history.last().expect("a release is live");
+    record
+        .plugins
+        .iter()
+        .find(|p| p.name == plugin)
+        .expect("plugin in the current release")
+        .staged
+        .clone()
+}
