@@ -8,7 +8,6 @@
 //! generation drops, the generation drops and its libraries are released per the host's
 //! [`UnloadPolicy`](crate::UnloadPolicy).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -29,10 +28,9 @@ pub struct Generation {
     created: Instant,
     created_at: SystemTime,
     table: LinkTable,
-    /// Indexed by [`Export`] id: the fast path of an entry call.
+    /// Indexed by [`Export`] id. Every contract this generation exports was numbered before
+    /// the table was built, so an id past its end is a contract it does not export.
     entries: Vec<Option<Entry>>,
-    /// Every export, for [`Export`]s named after this generation was linked.
-    exports: HashMap<Contract, Entry>,
     report: LinkReport,
     /// Dropped last: everything above may point into these libraries.
     plugins: Vec<Arc<LoadedPlugin>>,
@@ -61,7 +59,7 @@ impl Generation {
         names: &Exports,
     ) -> Self {
         let entries = names
-            .snapshot()
+            .number_all(linked.exports.keys())
             .iter()
             .map(|c| linked.exports.get(c).copied())
             .collect();
@@ -72,7 +70,6 @@ impl Generation {
             created_at: SystemTime::now(),
             table: linked.table,
             entries,
-            exports: linked.exports,
             report: linked.report,
             plugins,
         }
@@ -112,11 +109,9 @@ impl Generation {
     }
 
     /// Resolves an export once, for many calls in this generation.
+    #[inline]
     pub fn resolve<'g>(&'g self, export: &'g Export) -> Option<Resolved<'g>> {
-        let entry = match self.entries.get(export.id as usize) {
-            Some(entry) => *entry,
-            None => self.exports.get(&export.contract).copied(),
-        }?;
+        let entry = self.entries.get(export.id as usize).copied().flatten()?;
         Some(Resolved {
             generation: self,
             export,
@@ -130,6 +125,7 @@ impl Generation {
     ///
     /// [`CallError::NotExported`] if no plugin of this generation exports it, or
     /// [`CallError::Plugin`] if the plugin failed or panicked.
+    #[inline]
     pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
         match self.resolve(export) {
             Some(resolved) => resolved.call_raw(input),
@@ -203,6 +199,7 @@ impl Resolved<'_> {
 pub struct Pin(arc_swap::Guard<Arc<Generation>>);
 
 impl Pin {
+    #[inline]
     pub(crate) fn new(guard: arc_swap::Guard<Arc<Generation>>) -> Self {
         Self(guard)
     }
@@ -215,6 +212,7 @@ impl Pin {
 
 impl Deref for Pin {
     type Target = Generation;
+    #[inline]
     fn deref(&self) -> &Generation {
         &self.0
     }
@@ -240,6 +238,7 @@ impl OwnedPin {
 
 impl Deref for OwnedPin {
     type Target = Generation;
+    #[inline]
     fn deref(&self) -> &Generation {
         &self.0
     }
@@ -296,7 +295,15 @@ impl Exports {
         })
     }
 
-    fn snapshot(&self) -> Vec<Arc<Contract>> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Numbers every contract of `contracts` not numbered yet; returns all numbered contracts,
+    /// in id order.
+    fn number_all<'a>(&self, contracts: impl Iterator<Item = &'a Contract>) -> Vec<Arc<Contract>> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        for contract in contracts {
+            if !names.iter().any(|c| **c == *contract) {
+                names.push(Arc::new(contract.clone()));
+            }
+        }
+        names.clone()
     }
 }

@@ -176,6 +176,7 @@ impl Host {
     }
 
     /// Pins the current generation for a synchronous piece of work.
+    #[inline]
     pub fn pin(&self) -> Pin {
         Pin::new(self.current.load())
     }
@@ -203,6 +204,7 @@ impl Host {
     /// # Errors
     ///
     /// See [`Generation::call_raw`].
+    #[inline]
     pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
         self.pin().call_raw(export, input)
     }

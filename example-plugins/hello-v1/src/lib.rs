@@ -7,10 +7,16 @@ graft_api::plugin! {
     version: env!("CARGO_PKG_VERSION"),
     exports: {
         "hello@1" => hello,
+        "ping@1" => ping,
     },
 }
 
 fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {
     graft_api::tracing::debug!(%name, "greeting");
     Ok(format!("hello, {name}"))
+}
+
+/// A trivial export, for measuring dispatch cost (`host/benches/dispatch.rs`).
+fn ping(_: &Context<'_>, n: u64) -> Result<u64, Error> {
+    Ok(n.wrapping_add(1))
 }
