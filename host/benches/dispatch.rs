@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench -p graft-host --bench dispatch` (builds the example plugin in release mode).
 
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Barrier, RwLock};

@@ -115,6 +115,12 @@ pub struct DeployReport {
     pub link: LinkReport,
     /// From the start of the deploy to the store that made it live.
     pub elapsed: Duration,
+    /// Of `elapsed`, reading, hashing and durably staging the files, then loading and checking
+    /// them: bound by file size and disk (each staged copy is fsynced).
+    pub staging: Duration,
+    /// Of `elapsed`, linking, initialising and the store: the step from "everything is loaded"
+    /// to "new requests run the new code".
+    pub go_live: Duration,
 }
 
 /// One plugin of a new generation.
@@ -307,6 +313,7 @@ impl Host {
                     generation = report.generation,
                     release = report.release.as_deref().unwrap_or(""),
                     elapsed_us = report.elapsed.as_micros() as u64,
+                    go_live_us = report.go_live.as_micros() as u64,
                     "release live"
                 );
                 self.collect_staged(state);
@@ -346,6 +353,8 @@ impl Host {
             }
             incoming.push((plugin, fresh));
         }
+
+        let staged = Instant::now();
 
         // The new plugin set: what carries over, then what the release ships.
         for name in &plan.remove {
@@ -399,7 +408,7 @@ impl Host {
             &self.exports,
         ));
         self.current.store(Arc::clone(&generation));
-        let elapsed = started.elapsed();
+        let (elapsed, go_live) = (started.elapsed(), staged.elapsed());
         state.next_generation += 1;
 
         // Bookkeeping, after the release is live.
@@ -461,6 +470,8 @@ impl Host {
             removed,
             link: generation.link_report().clone(),
             elapsed,
+            staging: elapsed - go_live,
+            go_live,
         };
         Ok((report, record))
     }

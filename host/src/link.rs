@@ -109,7 +109,7 @@ impl fmt::Display for LinkProblem {
             Self::Missing { importer, contract } => {
                 write!(
                     f,
-                    "plugin {importer} imports {contract}, which no plugin in the release exports"
+                    "plugin {importer} imports {contract}, which no plugin of the new generation exports"
                 )
             }
             Self::Ambiguous {

@@ -163,10 +163,15 @@ macro_rules! plugin {
                 },
             ));
 
-        /// The plugin's abi_stable root module.
-        #[$crate::__private::export_root_module]
-        pub fn __graft_root_module() -> $crate::PluginModRef {
-            $crate::PluginModRef(__GRAFT_MODULE.static_as_prefix())
+        /// The plugin's abi_stable root module (the static it exports has no docs of its own).
+        #[doc(hidden)]
+        #[allow(missing_docs)]
+        pub mod __graft_root {
+            /// Returns the plugin's root module.
+            #[$crate::__private::export_root_module]
+            pub fn __graft_root_module() -> $crate::PluginModRef {
+                $crate::PluginModRef(super::__GRAFT_MODULE.static_as_prefix())
+            }
         }
     };
 }

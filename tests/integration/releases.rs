@@ -33,7 +33,8 @@ fn a_new_bar_without_the_new_frob_is_rejected_and_the_old_release_keeps_serving(
     assert_eq!(err.step(), Step::Link);
     let message = graft_host::DisplayChain(&err).to_string();
     assert!(
-        message.contains("plugin foo imports frob@2, which no plugin in the release exports"),
+        message
+            .contains("plugin foo imports frob@2, which no plugin of the new generation exports"),
         "{message}"
     );
 
