@@ -367,7 +367,8 @@ fn close(job: Unload) -> Option<LibraryStatus> {
             %version,
             path = %path.display(),
             "library still mapped after unload: the plugin pins itself (a thread, or a \
-             thread-local with a destructor); it stays in memory until that ends"
+             thread-local with a destructor); it stays in memory until that thread exits and a \
+             later unload lets glibc sweep it"
         );
         Some(LibraryStatus {
             plugin: name,

@@ -6,7 +6,7 @@
 //! the author's own serde types; the macro generates the FFI wrappers, which catch panics and
 //! return them as errors.
 //!
-//! ```ignore
+//! ```no_run
 //! use graft_api::{Context, Error, Import};
 //!
 //! graft_api::plugin! {
@@ -25,6 +25,7 @@
 //!     graft_api::tracing::info!(a, x, "foo called");
 //!     Ok(x + 1)
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! # Contracts

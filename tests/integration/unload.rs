@@ -96,3 +96,60 @@ fn many_load_and_unload_cycles_leave_no_library_mapped() {
         "only the current build stays mapped: {ours:?}"
     );
 }
+
+#[test]
+fn a_plugin_that_pins_itself_is_reported_and_released_when_its_thread_ends() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("pins", &["pins-itself"]))
+        .unwrap();
+    let pinned = staged_path(&host, "pins-itself");
+    let remember = host.export("remember@1").unwrap();
+
+    // A thread that calls the plugin (filling its thread-local) and stays alive until told.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (called_tx, called_rx) = std::sync::mpsc::channel::<usize>();
+    let worker = {
+        let host = &host;
+        let remember = remember.clone();
+        std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                called_tx
+                    .send(host.call::<_, usize>(&remember, &"x").unwrap())
+                    .unwrap();
+                done_rx.recv().unwrap();
+            });
+            assert_eq!(called_rx.recv().unwrap(), 1);
+
+            host.deploy(env.complete_release("clean", &["hello-v1"]))
+                .unwrap();
+            host.flush_unloads();
+            assert!(mapped(&pinned), "the thread-local keeps the library mapped");
+            let status = host.status();
+            let lib = status
+                .libraries
+                .iter()
+                .find(|l| l.path == pinned)
+                .expect("reported");
+            assert_eq!(lib.state, LibraryState::Pinned);
+            assert_eq!(lib.plugin, "pins-itself");
+
+            done_tx.send(()).unwrap();
+            worker.join()
+        })
+    };
+    worker.unwrap();
+    // The thread's exit ran the destructor; glibc frees the library at the next dlclose (it
+    // sweeps every unused object then), here the unload of hello v1.
+    host.deploy(env.complete_release("clean-again", &["hello-v2"]))
+        .unwrap();
+    host.flush_unloads();
+    assert!(
+        !mapped(&pinned),
+        "unmapped once the pinning thread exited and something unloaded"
+    );
+    assert!(
+        host.status().libraries.iter().all(|l| l.path != pinned),
+        "no longer reported"
+    );
+}

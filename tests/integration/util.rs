@@ -24,6 +24,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("panic-init", "panic-init"),
     ("unlinked", "unlinked"),
     ("not-a-plugin", "not-a-plugin"),
+    ("pins-itself", "pins-itself"),
     ("newer-api", "newer-api"),
 ];
 

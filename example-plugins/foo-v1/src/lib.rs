@@ -5,7 +5,7 @@
 //! `GATE/go` before calling bar. Both make a request straddle a release going live.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use example_types::{BarOutput, FooInput, FooOutput, Frob1};
 use graft_api::{Context, Error, Import};
@@ -28,7 +28,7 @@ fn foo(ctx: &Context<'_>, input: FooInput) -> Result<FooOutput, Error> {
         std::thread::sleep(Duration::from_millis(input.pause_ms));
     }
     if let Some(gate) = &input.gate {
-        wait_at_gate(Path::new(gate))?;
+        example_types::wait_at_gate(Path::new(gate)).map_err(Error::new)?;
     }
     let frob_version = frobbed.version.clone();
     let bar = ctx.call(BAR, &frobbed)?;
@@ -38,17 +38,4 @@ fn foo(ctx: &Context<'_>, input: FooInput) -> Result<FooOutput, Error> {
         bar: bar.version,
         frob: frob_version,
     })
-}
-
-/// Signals that frob was called, then waits (at most 60 s) until the test opens the gate.
-fn wait_at_gate(gate: &Path) -> Result<(), Error> {
-    std::fs::write(gate.join("frob-done"), b"")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !gate.join("go").exists() {
-        if Instant::now() > deadline {
-            return Err(Error::new("gate never opened"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
 }

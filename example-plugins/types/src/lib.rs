@@ -68,3 +68,23 @@ pub struct BarOutput {
     /// Version of the bar plugin that ran.
     pub version: String,
 }
+
+/// What foo does at a gate (see [`FooInput::gate`]): signal that frob was called by creating
+/// `GATE/frob-done`, then wait (at most 60 s) for the test to create `GATE/go`.
+///
+/// # Errors
+///
+/// When the marker cannot be written or the gate never opens.
+pub fn wait_at_gate(gate: &std::path::Path) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+    std::fs::write(gate.join("frob-done"), b"")
+        .map_err(|e| format!("writing the gate marker: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gate.join("go").exists() {
+        if Instant::now() > deadline {
+            return Err("gate never opened".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
