@@ -337,6 +337,13 @@ impl Host {
         let started = Instant::now();
         let current = self.current.load_full();
 
+        for name in &plan.remove {
+            if !current.plugins().any(|p| &p.name == name) {
+                let cause = DeployCause::RemoveUnknown(name.clone());
+                return Err(DeployError::new(Step::Manifest, Some(name), None, cause));
+            }
+        }
+
         // Stage, load, check.
         let mut incoming: Vec<(Arc<LoadedPlugin>, bool)> = Vec::new();
         for planned in &plan.plugins {
@@ -357,16 +364,6 @@ impl Host {
         let staged = Instant::now();
 
         // The new plugin set: what carries over, then what the release ships.
-        for name in &plan.remove {
-            if !current.plugins().any(|p| &p.name == name) {
-                return Err(DeployError::new(
-                    Step::Manifest,
-                    Some(name),
-                    None,
-                    DeployCause::RemoveUnknown(name.clone()),
-                ));
-            }
-        }
         let shipped = |name: &str| plan.plugins.iter().any(|p| p.name == name);
         let mut set: Vec<Arc<LoadedPlugin>> = if plan.complete {
             Vec::new()

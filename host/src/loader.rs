@@ -74,6 +74,7 @@ impl LoadError {
 
 /// What a plugin declares about itself, copied out of the library.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// Unique name within a generation.
     pub name: String,

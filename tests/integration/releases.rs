@@ -230,3 +230,24 @@ fn status_reports_generations_plugins_and_libraries() {
         graft_host::API_VERSION
     );
 }
+
+#[test]
+fn removing_a_plugin_the_generation_does_not_have_is_refused_before_anything_loads() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    let dir = env.release("ghost", &["hello-v1"]);
+    let manifest = std::fs::read_to_string(dir.join("release.toml")).unwrap();
+    std::fs::write(
+        dir.join("release.toml"),
+        format!("remove = [\"ghost\"]\n{manifest}"),
+    )
+    .unwrap();
+    let err = host.deploy(&dir).unwrap_err();
+    assert_eq!((err.step(), err.plugin()), (Step::Manifest, Some("ghost")));
+    assert!(
+        matches!(err.cause(), DeployCause::RemoveUnknown(name) if name == "ghost"),
+        "{err}"
+    );
+    assert_eq!(host.status().libraries.len(), 3, "hello was never loaded");
+}
