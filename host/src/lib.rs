@@ -8,6 +8,7 @@
 //! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one.
 //! - [`Host`]: the current generation in an `ArcSwap`; [`Host::deploy`], [`Host::rollback`],
 //!   [`Host::status`].
+//! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
 //!
 //! # Invariants
 //!
@@ -32,6 +33,7 @@
 
 mod atomic_file;
 pub mod check;
+pub mod client;
 mod elf;
 mod error;
 mod generation;
@@ -39,6 +41,7 @@ mod host;
 pub mod link;
 mod loader;
 pub mod release;
+pub mod serve;
 mod services;
 pub mod status;
 

@@ -15,8 +15,54 @@ struct Cli {
     command: Command,
 }
 
+/// Where the admin API is.
+#[derive(clap::Args)]
+struct Admin {
+    /// The admin API's URL.
+    #[arg(long, env = "GRAFT_ADMIN", default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    /// Its bearer token, if it has one.
+    #[arg(long, env = "GRAFT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Admin {
+    fn client(&self) -> graft_host::client::AdminClient {
+        graft_host::client::AdminClient::new(&self.admin, self.token.clone())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve HTTP routes from plugin exports, with the admin API beside them.
+    ///
+    /// Stops on SIGTERM or Ctrl-C: stops accepting, lets in-flight requests finish (at most the
+    /// drain timeout), exits 0.
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "graft.toml")]
+        config: PathBuf,
+    },
+    /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
+    Deploy {
+        /// The release directory (on the server's filesystem).
+        dir: PathBuf,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Make the previous release current again on a running server.
+    Rollback {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Show a running server's generations, plugins and libraries.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Load a release directory or a plugin library without serving it, and report on it.
     ///
     /// Stages, loads, checks, initialises and links exactly as a deploy would. Exits 1 with the
@@ -63,6 +109,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config } => serve(&config)?,
+        Command::Deploy { dir, admin } => {
+            let dir = std::path::absolute(&dir)
+                .with_context(|| format!("resolving {}", dir.display()))?;
+            let report = admin.client().deploy(&dir)?;
+            println!("{}", deploy_line(&report));
+        }
+        Command::Rollback { admin } => {
+            let report = admin.client().rollback()?;
+            println!("{}", deploy_line(&report));
+        }
+        Command::Status { json, admin } => {
+            let status = admin.client().status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_table(&status));
+            }
+        }
         Command::Check { path, json } => {
             let report = graft_host::check::check(&path)
                 .with_context(|| format!("checking {}", path.display()))?;
@@ -96,4 +161,86 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = graft_host::serve::ServeConfig::load(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = graft_host::serve::Server::start(config).await?;
+        println!(
+            "graft: serving on http://{}, admin on http://{}",
+            server.addr(),
+            server.admin_addr()
+        );
+        server.run_until(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn deploy_line(report: &serde_json::Value) -> String {
+    let plugins: Vec<String> = report["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{} {} ({})",
+                str_of(&p["name"]),
+                str_of(&p["version"]),
+                str_of(&p["change"])
+            )
+        })
+        .collect();
+    format!(
+        "generation {} live: release {}; {}",
+        report["generation"],
+        str_of(&report["release"]),
+        plugins.join(", ")
+    )
+}
+
+fn status_table(status: &serde_json::Value) -> String {
+    let mut out = format!("current generation {}\n", status["current"]);
+    out.push_str(&format!(
+        "{:<6} {:<8} {:<12} {:>9} {:>10}  plugins\n",
+        "gen", "current", "release", "in-flight", "age"
+    ));
+    for g in status["generations"].as_array().into_iter().flatten() {
+        let plugins: Vec<String> = g["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} {}", str_of(&p["name"]), str_of(&p["version"])))
+            .collect();
+        out.push_str(&format!(
+            "{:<6} {:<8} {:<12} {:>9} {:>8}ms  {}\n",
+            g["id"],
+            if g["current"] == true { "*" } else { "" },
+            str_of(&g["release"]),
+            g["in_flight"],
+            g["age_ms"],
+            plugins.join(", ")
+        ));
+    }
+    let libraries = status["libraries"].as_array().map_or(0, Vec::len);
+    out.push_str(&format!("libraries mapped: {libraries}\n"));
+    if let Some(error) = status["last_deploy"]["error"].as_str() {
+        out.push_str(&format!("last deploy failed: {error}\n"));
+    }
+    out
+}
+
+fn str_of(value: &serde_json::Value) -> &str {
+    value.as_str().unwrap_or("-")
 }

@@ -7,4 +7,5 @@ mod check_cli;
 mod logging;
 mod pinning;
 mod releases;
+mod serve;
 mod unload;

@@ -1,0 +1,122 @@
+//! A client of the admin API (see [`serve`](crate::serve)): what `graft deploy`, `graft rollback`
+//! and `graft status` use.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::serve::DeployRejection;
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The admin API could not be reached or answered garbage.
+    #[error("talking to the admin API at {url}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: ureq::Error,
+    },
+    /// The server refused the release; the previous one keeps serving.
+    #[error("{}", .0.error)]
+    Rejected(DeployRejection),
+    /// The server answered with an unexpected status.
+    #[error("the admin API answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
+}
+
+/// Talks to one server's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `base` (`http://127.0.0.1:9090`), with an optional token.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// `GET /status`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] if the request fails.
+    pub fn status(&self) -> Result<Value, ClientError> {
+        self.send("GET", "/status", None)
+    }
+
+    /// `POST /deploy` of a release directory on the server's filesystem.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Rejected`] with the server's reason when the release is refused.
+    pub fn deploy(&self, dir: &Path) -> Result<Value, ClientError> {
+        self.send("POST", "/deploy", Some(serde_json::json!({ "dir": dir })))
+    }
+
+    /// `POST /rollback`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Rejected`] with the server's reason when there is nothing to roll back to.
+    pub fn rollback(&self) -> Result<Value, ClientError> {
+        self.send("POST", "/rollback", Some(Value::Null))
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut response = match (method, body) {
+            ("GET", _) => {
+                let mut request = self.agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("authorization", auth);
+                }
+                request.call()
+            }
+            (_, body) => {
+                let mut request = self.agent.post(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("authorization", auth);
+                }
+                request.send_json(body.unwrap_or(Value::Null))
+            }
+        }
+        .map_err(transport)?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(transport)?;
+        match status {
+            200 => serde_json::from_str(&text).map_err(|e| ClientError::Status {
+                status,
+                body: e.to_string(),
+            }),
+            422 => match serde_json::from_str(&text) {
+                Ok(rejection) => Err(ClientError::Rejected(rejection)),
+                Err(_) => Err(ClientError::Status { status, body: text }),
+            },
+            _ => Err(ClientError::Status { status, body: text }),
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! `graft serve`: HTTP routes mapped to plugin exports, and the admin API.
+//!
+//! Every HTTP request takes an owned pin on the current generation when it starts and runs its
+//! export (and every import call the export makes) in that generation, on tokio's blocking pool
+//! (plugin calls are synchronous). The response carries `x-graft-generation`. A plugin error or
+//! panic becomes a short JSON error (400 for undecodable input, 500 otherwise); the server lives
+//! on. On shutdown the listeners stop accepting and in-flight requests finish, bounded by the
+//! drain timeout.
+//!
+//! The admin API listens on its own address, loopback by default; a bearer token is optional on
+//! loopback and required on any other address:
+//!
+//! - `GET /status`: [`Host::status`] as JSON.
+//! - `POST /deploy` with `{"dir": "/path/to/release"}`: [`Host::deploy`]; 200 with the report,
+//!   or 422 with `{"error", "step", "plugin", "file"}`.
+//! - `POST /rollback`: [`Host::rollback`], answered the same way.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, post, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::error::{CallError, DeployError};
+use crate::{DeployReport, DisplayChain, ErrorKind, Export, Host, UnloadPolicy};
+
+/// The response header naming the generation that served a request.
+pub const GENERATION_HEADER: &str = "x-graft-generation";
+
+/// `graft.toml`: what `graft serve` runs. Relative paths are relative to the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// Where the service listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where graft keeps staged plugin copies.
+    pub data_dir: PathBuf,
+    /// A release to deploy at start.
+    #[serde(default)]
+    pub release: Option<PathBuf>,
+    /// How long in-flight requests may run after a shutdown signal.
+    #[serde(default = "default_drain_ms")]
+    pub drain_timeout_ms: u64,
+    /// What happens to libraries no generation uses.
+    #[serde(default)]
+    pub unload_policy: UnloadPolicy,
+    /// Releases kept for rollback.
+    #[serde(default = "default_history")]
+    pub history: usize,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// HTTP routes to exports.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+}
+
+/// The admin API's address and token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Where the admin API listens (loopback by default).
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+    /// A bearer token; required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+            token: None,
+        }
+    }
+}
+
+/// One HTTP route: a method and path, served by an export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Route {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path (axum syntax).
+    pub path: String,
+    /// The export contract, `name@N`. Its input is the request body (JSON; `null` when empty).
+    pub export: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_drain_ms() -> u64 {
+    10_000
+}
+fn default_history() -> usize {
+    5
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The config file could not be read.
+    #[error("reading {}", path.display())]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config is malformed or invalid.
+    #[error("invalid config {}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The host could not start.
+    #[error("starting the host in {}", dir.display())]
+    Host {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initial release was rejected.
+    #[error("deploying the initial release")]
+    Deploy(#[source] DeployError),
+    /// A listener could not bind.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServeConfig {
+    /// Reads `graft.toml`, resolving relative paths against its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::ReadConfig`] or [`ServeError::Config`].
+    pub fn load(path: &Path) -> Result<Self, ServeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |reason: String| ServeError::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        config.release = config.release.map(|r| base.join(r));
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            return Err(format!(
+                "the admin API listens on {}, which is not loopback: set admin.token",
+                self.admin.listen
+            ));
+        }
+        for route in &self.routes {
+            method_filter(&route.method)?;
+            route
+                .export
+                .parse::<crate::link::Contract>()
+                .map_err(|e| e.to_string())?;
+            if !route.path.starts_with('/') {
+                return Err(format!("route path {:?} must start with /", route.path));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn method_filter(method: &str) -> Result<MethodFilter, String> {
+    let method: Method = method
+        .parse()
+        .map_err(|_| format!("unknown HTTP method {method:?}"))?;
+    MethodFilter::try_from(method.clone()).map_err(|_| format!("unsupported HTTP method {method}"))
+}
+
+/// A running server: its addresses, and the way to stop it.
+#[derive(Debug)]
+pub struct Server {
+    host: Arc<Host>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    drain: Duration,
+    app: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    /// Starts the host (deploying the configured release) and both listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] if the host, the initial release or a listener fails.
+    pub async fn start(config: ServeConfig) -> Result<Self, ServeError> {
+        let host = Host::builder(&config.data_dir)
+            .unload_policy(config.unload_policy)
+            .history(config.history)
+            .build()
+            .map_err(|source| ServeError::Host {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
+        let host = Arc::new(host);
+        if let Some(release) = &config.release {
+            let (h, r) = (Arc::clone(&host), release.clone());
+            tokio::task::spawn_blocking(move || h.deploy(r))
+                .await
+                .expect("deploy does not panic")
+                .map_err(ServeError::Deploy)?;
+        }
+        let app = app_router(&host, &config.routes).map_err(|reason| ServeError::Config {
+            path: PathBuf::from("graft.toml"),
+            reason,
+        })?;
+        let admin = admin_router(Arc::clone(&host), config.admin.token.clone());
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let (app_listener, admin_listener) =
+            (bind(config.listen).await?, bind(config.admin.listen).await?);
+        let addr = app_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: config.admin.listen,
+                source,
+            })?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let app = tokio::spawn(
+            axum::serve(app_listener, app)
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .into_future(),
+        );
+        let admin = tokio::spawn(
+            axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .into_future(),
+        );
+        tracing::info!(%addr, %admin_addr, generation = host.pin().id(), "serving");
+        Ok(Self {
+            host,
+            addr,
+            admin_addr,
+            drain: Duration::from_millis(config.drain_timeout_ms),
+            app,
+            admin,
+            stop,
+        })
+    }
+
+    /// The service's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The host behind the server.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Runs until `signal` completes, then stops accepting and lets in-flight requests finish
+    /// (at most the drain timeout). Returns whether everything drained in time.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> bool {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most the drain timeout). Returns
+    /// whether everything drained in time.
+    pub async fn shutdown(self) -> bool {
+        tracing::info!(
+            drain_timeout_ms = self.drain.as_millis() as u64,
+            "shutting down: draining"
+        );
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(self.drain, async {
+            let _ = self.app.await;
+            let _ = self.admin.await;
+        })
+        .await
+        .is_ok();
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!("drain timeout: requests still in flight were abandoned");
+        }
+        drained
+    }
+}
+
+fn app_router(host: &Arc<Host>, routes: &[Route]) -> Result<Router, String> {
+    let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    for route in routes {
+        let export = host.export(&route.export).map_err(|e| e.to_string())?;
+        let filter = method_filter(&route.method)?;
+        let host = Arc::clone(host);
+        let handler = on(filter, move |body: Bytes| {
+            call_export(Arc::clone(&host), export.clone(), body)
+        });
+        let merged = match by_path.remove(route.path.as_str()) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(&route.path, merged);
+    }
+    Ok(by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        }))
+}
+
+/// One HTTP request: pin, call on the blocking pool, answer with the generation that served it.
+async fn call_export(host: Arc<Host>, export: Export, body: Bytes) -> Response {
+    let pin = host.pin_owned();
+    let generation = pin.id();
+    let input = if body.is_empty() {
+        Bytes::from_static(b"null")
+    } else {
+        body
+    };
+    let result = tokio::task::spawn_blocking(move || pin.call_raw(&export, &input)).await;
+    let mut response = match result {
+        Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
+        Ok(Err(error)) => {
+            let status = match error.kind() {
+                Some(ErrorKind::BAD_INPUT) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::debug!(generation, error = %error, "request failed");
+            (status, Json(CallFailure::from(&error))).into_response()
+        }
+        Err(join) => {
+            let body = CallFailure {
+                error: "internal".into(),
+                message: join.to_string(),
+            };
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(GENERATION_HEADER, HeaderValue::from(generation));
+    response
+}
+
+/// The JSON body of a failed request.
+#[derive(Debug, Serialize, Deserialize)]
+struct CallFailure {
+    error: String,
+    message: String,
+}
+
+impl From<&CallError> for CallFailure {
+    fn from(error: &CallError) -> Self {
+        let kind = match error.kind() {
+            Some(kind) => kind.to_string(),
+            None if matches!(error, CallError::NotExported { .. }) => "not exported".into(),
+            None => "codec".into(),
+        };
+        Self {
+            error: kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn admin_router(host: Arc<Host>, token: Option<String>) -> Router {
+    let router = Router::new()
+        .route("/status", axum::routing::get(status))
+        .route("/deploy", post(deploy))
+        .route("/rollback", post(rollback))
+        .with_state(host);
+    match token {
+        Some(token) => router.layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        )),
+        None => router,
+    }
+}
+
+async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+    let expected = format!("Bearer {token}");
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if given == Some(expected.as_str()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(host): State<Arc<Host>>) -> Response {
+    match tokio::task::spawn_blocking(move || host.status()).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The body of `POST /deploy`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// A release directory on the server's filesystem.
+    pub dir: PathBuf,
+}
+
+async fn deploy(State(host): State<Arc<Host>>, Json(request): Json<DeployRequest>) -> Response {
+    deploy_response(tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await)
+}
+
+async fn rollback(State(host): State<Arc<Host>>) -> Response {
+    deploy_response(tokio::task::spawn_blocking(move || host.rollback()).await)
+}
+
+/// The body of a rejected deploy or rollback.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeployRejection {
+    /// The whole error chain, one line.
+    pub error: String,
+    /// The step that failed.
+    pub step: String,
+    /// The plugin concerned.
+    pub plugin: Option<String>,
+    /// The file concerned.
+    pub file: Option<PathBuf>,
+}
+
+fn deploy_response(
+    result: Result<Result<DeployReport, DeployError>, tokio::task::JoinError>,
+) -> Response {
+    match result {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(error)) => {
+            let body = DeployRejection {
+                error: DisplayChain(&error).to_string(),
+                step: error.step().to_string(),
+                plugin: error.plugin().map(str::to_owned),
+                file: error.file().map(Path::to_owned),
+            };
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

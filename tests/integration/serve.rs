@@ -1,0 +1,338 @@
+//! `graft serve`: routes, errors as 500s, the admin API, the CLI, and draining on SIGTERM.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use example_types::FooOutput;
+use graft_host::serve::{ServeConfig, Server, GENERATION_HEADER};
+
+use crate::util::{graft_bin, Env, V1, V2};
+
+/// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
+fn config(env: &Env, extra: &str) -> PathBuf {
+    let mut v1: Vec<&str> = V1.to_vec();
+    v1.push("misbehaving");
+    env.complete_release("v1", &v1);
+    env.release("v2", V2);
+    let path = env.path("graft.toml");
+    let text = format!(
+        r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+drain_timeout_ms = 10000
+{extra}
+[admin]
+listen = "127.0.0.1:0"
+
+[[route]]
+method = "POST"
+path = "/foo"
+export = "foo@1"
+
+[[route]]
+method = "POST"
+path = "/panic"
+export = "panic@1"
+
+[[route]]
+method = "GET"
+path = "/echo"
+export = "echo@1"
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    )
+}
+
+/// POSTs JSON; returns status, generation header and body.
+fn post(url: &str, body: &str) -> (u16, u64, String) {
+    let mut response = agent()
+        .post(url)
+        .content_type("application/json")
+        .send(body)
+        .unwrap();
+    let generation = response.headers()[GENERATION_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        response.status().as_u16(),
+        generation,
+        response.body_mut().read_to_string().unwrap(),
+    )
+}
+
+fn in_process(env: &Env) -> (tokio::runtime::Runtime, Server) {
+    let config = ServeConfig::load(&config(env, "")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(Server::start(config)).unwrap();
+    (runtime, server)
+}
+
+#[test]
+fn routes_call_their_exports_and_name_the_generation() {
+    let env = Env::new();
+    let (runtime, server) = in_process(&env);
+    let base = format!("http://{}", server.addr());
+    let (status, generation, body) = post(&format!("{base}/foo"), r#"{"a": 2}"#);
+    assert_eq!((status, generation), (200, 1), "{body}");
+    let out: FooOutput = serde_json::from_str(&body).unwrap();
+    assert_eq!((out.value, out.foo.as_str()), (6, "1.0.0"));
+
+    let mut echo = agent().get(&format!("{base}/echo")).call().unwrap();
+    assert_eq!(
+        echo.status().as_u16(),
+        400,
+        "GET sends null, which is not a string"
+    );
+    let _ = echo.body_mut().read_to_string();
+    assert_eq!(
+        agent()
+            .get(&format!("{base}/nowhere"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn a_panicking_export_is_a_500_and_the_server_keeps_serving() {
+    let env = Env::new();
+    let (runtime, server) = in_process(&env);
+    let base = format!("http://{}", server.addr());
+    for _ in 0..3 {
+        let (status, _, body) = post(&format!("{base}/panic"), r#""boom""#);
+        assert_eq!(status, 500, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"], "panic");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("misbehaving plugin panicked on boom"),
+            "{body}"
+        );
+    }
+    let (status, _, body) = post(&format!("{base}/foo"), "not json");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).0, 200);
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn deploy_and_rollback_through_the_admin_api() {
+    let env = Env::new();
+    let (runtime, server) = in_process(&env);
+    let base = format!("http://{}", server.addr());
+    let admin =
+        graft_host::client::AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+
+    let report = admin.deploy(&env.path("releases/v2")).unwrap();
+    assert_eq!(report["generation"], 2);
+    let (_, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+    assert_eq!(
+        (
+            generation,
+            serde_json::from_str::<FooOutput>(&body)
+                .unwrap()
+                .foo
+                .as_str()
+        ),
+        (2, "2.0.0")
+    );
+
+    // A partial release that does not link is refused; v2 keeps serving.
+    let bad = env.release("bad", &["frob-v1"]);
+    match admin.deploy(&bad) {
+        Err(graft_host::client::ClientError::Rejected(rejection)) => {
+            assert_eq!(rejection.step, "link");
+            assert!(
+                rejection.error.contains("plugin foo imports frob@2"),
+                "{}",
+                rejection.error
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 2);
+
+    admin.rollback().unwrap();
+    let (_, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+    assert_eq!(
+        (
+            generation,
+            serde_json::from_str::<FooOutput>(&body)
+                .unwrap()
+                .foo
+                .as_str()
+        ),
+        (3, "1.0.0")
+    );
+    let status = admin.status().unwrap();
+    assert_eq!(status["current"], 3);
+    assert!(status["last_deploy"]["error"].is_null());
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
+    let env = Env::new();
+    let path = config(&env, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n"),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
+        .unwrap();
+    let url = format!("http://{}", server.admin_addr());
+    let anonymous = graft_host::client::AdminClient::new(&url, None);
+    assert!(matches!(
+        anonymous.status(),
+        Err(graft_host::client::ClientError::Status { status: 401, .. })
+    ));
+    let authorised = graft_host::client::AdminClient::new(&url, Some("s3cret".into()));
+    assert_eq!(authorised.status().unwrap()["current"], 1);
+    assert!(runtime.block_on(server.shutdown()));
+
+    std::fs::write(
+        &path,
+        text.replace(
+            "listen = \"127.0.0.1:0\"\n\n[[route]]",
+            "listen = \"0.0.0.0:0\"\n\n[[route]]",
+        ),
+    )
+    .unwrap();
+    let err = ServeConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("not loopback: set admin.token"), "{err}");
+}
+
+/// `graft serve` as a child process; returns it and its two base URLs.
+fn spawn_graft_serve(config: &Path) -> (std::process::Child, String, String) {
+    let mut child = Command::new(graft_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "graft: serving on http://A, admin on http://B"
+    let urls: Vec<String> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches(',').to_owned())
+        .collect();
+    assert_eq!(urls.len(), 2, "unexpected first line: {line:?}");
+    (child, urls[0].clone(), urls[1].clone())
+}
+
+fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
+    let out = Command::new(graft_bin())
+        .args(args)
+        .args(["--admin", admin])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_cli_deploys_rolls_back_and_reports_refusals() {
+    let env = Env::new();
+    let (mut child, base, admin) = spawn_graft_serve(&config(&env, ""));
+
+    let v2 = env.path("releases/v2");
+    let (ok, stdout, stderr) = graft_cli(&["deploy", v2.to_str().unwrap()], &admin);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("generation 2 live: release v2"), "{stdout}");
+
+    let bad = env.release("bad", &["frob-v1"]);
+    let (ok, _, stderr) = graft_cli(&["deploy", bad.to_str().unwrap()], &admin);
+    assert!(!ok, "a refused deploy exits non-zero");
+    assert!(
+        stderr.contains("release rejected at link") && stderr.contains("plugin foo imports frob@2"),
+        "{stderr}"
+    );
+    assert_eq!(
+        post(&format!("{base}/foo"), r#"{"a": 1}"#).1,
+        2,
+        "v2 still serves"
+    );
+
+    let (ok, stdout, stderr) = graft_cli(&["status"], &admin);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("current generation 2"), "{stdout}");
+    assert!(
+        stdout.contains("last deploy failed: release rejected at link"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, _) = graft_cli(&["rollback"], &admin);
+    assert!(ok);
+    assert!(stdout.contains("generation 3 live: release v1"), "{stdout}");
+    let (ok, stdout, _) = graft_cli(&["status", "--json"], &admin);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["current"],
+        3
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let env = Env::new();
+    let (mut child, base, _) = spawn_graft_serve(&config(&env, ""));
+    let gate = env.path("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let slow = {
+        let body = serde_json::json!({ "a": 5, "gate": gate }).to_string();
+        let url = format!("{base}/foo");
+        std::thread::spawn(move || post(&url, &body))
+    };
+    while !gate.join("frob-done").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The server stops accepting while the slow request is still held at the gate.
+    let refused = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::net::TcpStream::connect(base.trim_start_matches("http://")).is_err()
+    });
+    assert!(refused, "the listener closed after SIGTERM");
+    std::fs::write(gate.join("go"), b"").unwrap();
+    let (status, generation, body) = slow.join().unwrap();
+    assert_eq!((status, generation), (200, 1), "{body}");
+    assert_eq!(serde_json::from_str::<FooOutput>(&body).unwrap().value, 12);
+    assert!(child.wait().unwrap().success(), "exit 0 after draining");
+}
