@@ -105,6 +105,9 @@ pub enum DeployCause {
     /// The release removes a plugin the current generation does not have.
     #[error("the release removes plugin {0}, which the current generation does not have")]
     RemoveUnknown(String),
+    /// The record of live releases (`releases.json`) is corrupt.
+    #[error("corrupt release record: {0}")]
+    Record(String),
     /// There is no earlier release to roll back to.
     #[error("no earlier release to roll back to")]
     NothingToRollBack,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::atomic_file;
 use crate::error::{CallError, DeployCause, DeployError, Step};
 use crate::generation::{Export, Exports, Generation, OwnedPin, Pin};
 use crate::link::{self, ContractError, LinkReport};
@@ -36,6 +37,8 @@ pub struct Host {
     exports: Exports,
     unloader: Unloader,
     staging_dir: PathBuf,
+    /// `DATA/releases.json`: the releases that went live, the last one current.
+    record_path: PathBuf,
     unload_policy: UnloadPolicy,
     history_len: usize,
     /// Held for the whole of a deploy or rollback: they run one at a time.
@@ -54,6 +57,9 @@ struct State {
     generations: Vec<Weak<Generation>>,
     last_deploy: Option<DeployOutcome>,
 }
+
+/// The file, in the data directory, that records the releases that went live.
+pub const RECORD: &str = "releases.json";
 
 /// Configures a [`Host`].
 #[derive(Debug, Clone)]
@@ -89,6 +95,7 @@ impl HostBuilder {
             exports: Exports::default(),
             unloader: Unloader::spawn()?,
             staging_dir,
+            record_path: self.data_dir.join(RECORD),
             unload_policy: self.unload_policy,
             history_len: self.history_len,
             state: Mutex::new(State {
@@ -276,20 +283,7 @@ impl Host {
                 DeployCause::NothingToRollBack,
             )),
             Some(target) => {
-                let plan = Plan {
-                    label: target.name.clone(),
-                    complete: true,
-                    remove: Vec::new(),
-                    plugins: target
-                        .plugins
-                        .iter()
-                        .map(|p| Planned {
-                            name: p.name.clone(),
-                            source: p.staged.clone(),
-                            sha256: p.sha256.clone(),
-                        })
-                        .collect(),
-                };
+                let plan = Self::plan_from(&target);
                 self.apply(&mut state, plan)
             }
         };
@@ -316,6 +310,7 @@ impl Host {
                     go_live_us = report.go_live.as_micros() as u64,
                     "release live"
                 );
+                self.write_record(state);
                 self.collect_staged(state);
             }
             Err(error) => tracing::warn!(error = %DisplayChain(error), "release rejected"),
@@ -549,6 +544,81 @@ impl Host {
             loaded.push(plugin);
         }
         Ok(loaded)
+    }
+
+    /// Makes the last release recorded in the data directory current again: what a restarted
+    /// host does first. Returns `None` when there is no record (a fresh data directory).
+    ///
+    /// The record is written only after a release went live, so a host killed in the middle of
+    /// a deploy comes back on the last release that was live, never on a half-deployed one.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`] if the record is unreadable or its release no longer deploys (for
+    /// example a staged copy was deleted: its checksum no longer matches).
+    pub fn restore(&self) -> Result<Option<DeployReport>, DeployError> {
+        let span = tracing::info_span!("restore", record = %self.record_path.display());
+        let _entered = span.enter();
+        let file = || Some(self.record_path.clone());
+        let text = match std::fs::read_to_string(&self.record_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(DeployError::new(
+                    Step::Manifest,
+                    None,
+                    file(),
+                    DeployCause::Io("reading the release record".into(), e),
+                ))
+            }
+        };
+        let history: VecDeque<ReleaseRecord> = serde_json::from_str(&text).map_err(|e| {
+            DeployError::new(
+                Step::Manifest,
+                None,
+                file(),
+                DeployCause::Record(e.to_string()),
+            )
+        })?;
+        let Some(last) = history.back().cloned() else {
+            return Ok(None);
+        };
+        let mut state = self.lock_state();
+        let result = self.apply(&mut state, Self::plan_from(&last));
+        if let Ok((_, record)) = &result {
+            state.history = history;
+            state.history.pop_back();
+            state.history.push_back(record.clone());
+        }
+        self.finish(&mut state, result).map(Some)
+    }
+
+    fn plan_from(record: &ReleaseRecord) -> Plan {
+        Plan {
+            label: record.name.clone(),
+            complete: true,
+            remove: Vec::new(),
+            plugins: record
+                .plugins
+                .iter()
+                .map(|p| Planned {
+                    name: p.name.clone(),
+                    source: p.staged.clone(),
+                    sha256: p.sha256.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the history to `DATA/releases.json` (temp file, fsync, rename).
+    fn write_record(&self, state: &State) {
+        let result = serde_json::to_vec_pretty(&state.history)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_file::write(&self.record_path, &bytes));
+        if let Err(error) = result {
+            // The release is live; only a restart would miss it. Say so loudly.
+            tracing::error!(path = %self.record_path.display(), %error, "could not record the live release");
+        }
     }
 
     /// Deletes staged copies that no live library and no recorded release refers to.

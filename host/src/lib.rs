@@ -49,5 +49,5 @@ pub use elf::ElfError;
 pub use error::{CallError, DeployCause, DeployError, Step};
 pub use generation::{Export, Generation, OwnedPin, Pin, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
-pub use host::{Change, DeployReport, DisplayChain, Host, HostBuilder, PluginChange};
+pub use host::{Change, DeployReport, DisplayChain, Host, HostBuilder, PluginChange, RECORD};
 pub use loader::{is_mapped, LoadError, PluginInfo, UnloadPolicy};

@@ -48,7 +48,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Where graft keeps staged plugin copies.
     pub data_dir: PathBuf,
-    /// A release to deploy at start.
+    /// A release to deploy at start, unless the data directory records a live release (which
+    /// is restored instead).
     #[serde(default)]
     pub release: Option<PathBuf>,
     /// How long in-flight requests may run after a shutdown signal.
@@ -240,13 +241,16 @@ impl Server {
                 source,
             })?;
         let host = Arc::new(host);
-        if let Some(release) = &config.release {
-            let (h, r) = (Arc::clone(&host), release.clone());
-            tokio::task::spawn_blocking(move || h.deploy(r))
-                .await
-                .expect("deploy does not panic")
-                .map_err(ServeError::Deploy)?;
-        }
+        // The last release that went live wins over the configured one: a restart (even after
+        // SIGKILL mid-deploy) comes back on what was serving.
+        let (h, release) = (Arc::clone(&host), config.release.clone());
+        tokio::task::spawn_blocking(move || match h.restore()? {
+            Some(report) => Ok(Some(report)),
+            None => release.map(|r| h.deploy(r)).transpose(),
+        })
+        .await
+        .expect("deploy does not panic")
+        .map_err(ServeError::Deploy)?;
         let app = app_router(&host, &config.routes).map_err(|reason| ServeError::Config {
             path: PathBuf::from("graft.toml"),
             reason,

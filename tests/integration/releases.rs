@@ -251,3 +251,25 @@ fn removing_a_plugin_the_generation_does_not_have_is_refused_before_anything_loa
     );
     assert_eq!(host.status().libraries.len(), 3, "hello was never loaded");
 }
+
+#[test]
+fn a_new_host_on_the_same_data_dir_restores_the_last_live_release_and_its_history() {
+    let env = Env::new();
+    {
+        let host = env.host();
+        assert!(host.restore().unwrap().is_none(), "nothing recorded yet");
+        host.deploy(env.complete_release("v1", V1)).unwrap();
+        host.deploy(env.complete_release("v2", V2)).unwrap();
+        let _ = host.deploy(env.release("bad", &["frob-v1"])).unwrap_err();
+    }
+    let host = env.host();
+    let report = host.restore().unwrap().expect("a release was recorded");
+    assert_eq!(report.release.as_deref(), Some("v2"));
+    assert_eq!(versions(&foo(&host, 1)), ("2.0.0", "2.0.0", "2.0.0"));
+    host.rollback().unwrap();
+    assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));
+
+    std::fs::write(env.path("data").join(graft_host::RECORD), "{ not json").unwrap();
+    let err = env.host().restore().unwrap_err();
+    assert!(matches!(err.cause(), DeployCause::Record(_)), "{err}");
+}

@@ -225,9 +225,17 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
 
 /// `graft serve` as a child process; returns it and its two base URLs.
 fn spawn_graft_serve(config: &Path) -> (std::process::Child, String, String) {
+    spawn_graft_serve_with(config, &[])
+}
+
+fn spawn_graft_serve_with(
+    config: &Path,
+    env: &[(&str, &Path)],
+) -> (std::process::Child, String, String) {
     let mut child = Command::new(graft_bin())
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -335,4 +343,62 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     assert_eq!((status, generation), (200, 1), "{body}");
     assert_eq!(serde_json::from_str::<FooOutput>(&body).unwrap().value, 12);
     assert!(child.wait().unwrap().success(), "exit 0 after draining");
+}
+
+#[test]
+fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
+    let env = Env::new();
+    let config = config(&env, "");
+    let gate = env.path("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let (mut server, _, admin) =
+        spawn_graft_serve_with(&config, &[("GRAFT_TEST_INIT_GATE", &gate)]);
+    let v2 = env.path("releases/v2");
+    assert!(graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
+
+    // A deploy whose plugin initialiser is held: the host is killed in the middle of it.
+    let held = env.release("held", &["slow-init"]);
+    let mut deploy = Command::new(graft_bin())
+        .args(["deploy", held.to_str().unwrap(), "--admin", &admin])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !gate.join("init-started").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    assert!(
+        !deploy.wait().unwrap().success(),
+        "the interrupted deploy did not succeed"
+    );
+
+    // The restart ignores the configured v1 and comes back on v2, the last release live.
+    let (mut server, base, admin) = spawn_graft_serve(&config);
+    let (status, _, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+    assert_eq!(status, 200, "{body}");
+    let out: FooOutput = serde_json::from_str(&body).unwrap();
+    assert_eq!((out.foo.as_str(), out.frob.as_str()), ("2.0.0", "2.0.0"));
+    let status = graft_host::client::AdminClient::new(&admin, None)
+        .status()
+        .unwrap();
+    let history: Vec<_> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(history, ["v1", "v2"], "the history survives the restart");
+    assert!(
+        graft_cli(&["rollback"], &admin).0,
+        "and rollback still works"
+    );
+    assert_eq!(
+        serde_json::from_str::<FooOutput>(&post(&format!("{base}/foo"), r#"{"a": 1}"#).2)
+            .unwrap()
+            .foo,
+        "1.0.0"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

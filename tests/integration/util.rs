@@ -25,6 +25,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("unlinked", "unlinked"),
     ("not-a-plugin", "not-a-plugin"),
     ("pins-itself", "pins-itself"),
+    ("slow-init", "slow-init"),
     ("newer-api", "newer-api"),
 ];
 
