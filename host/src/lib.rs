@@ -40,6 +40,7 @@ mod generation;
 mod host;
 pub mod link;
 mod loader;
+mod metrics;
 pub mod release;
 pub mod serve;
 mod services;

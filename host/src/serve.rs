@@ -14,6 +14,7 @@
 //! - `POST /deploy` with `{"dir": "/path/to/release"}`: [`Host::deploy`]; 200 with the report,
 //!   or 422 with `{"error", "step", "plugin", "file"}`.
 //! - `POST /rollback`: [`Host::rollback`], answered the same way.
+//! - `GET /metrics`: Prometheus text (see the `metrics` module for what it holds).
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::error::{CallError, DeployError};
+use crate::metrics::Metrics;
 use crate::{DeployReport, DisplayChain, ErrorKind, Export, Host, UnloadPolicy};
 
 /// The response header naming the generation that served a request.
@@ -251,11 +253,19 @@ impl Server {
         .await
         .expect("deploy does not panic")
         .map_err(ServeError::Deploy)?;
-        let app = app_router(&host, &config.routes).map_err(|reason| ServeError::Config {
-            path: PathBuf::from("graft.toml"),
-            reason,
-        })?;
-        let admin = admin_router(Arc::clone(&host), config.admin.token.clone());
+        let metrics = Metrics::new();
+        let app =
+            app_router(&host, &metrics, &config.routes).map_err(|reason| ServeError::Config {
+                path: PathBuf::from("graft.toml"),
+                reason,
+            })?;
+        let admin = admin_router(
+            Admin {
+                host: Arc::clone(&host),
+                metrics,
+            },
+            config.admin.token.clone(),
+        );
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -347,14 +357,23 @@ impl Server {
     }
 }
 
-fn app_router(host: &Arc<Host>, routes: &[Route]) -> Result<Router, String> {
+fn app_router(
+    host: &Arc<Host>,
+    metrics: &Arc<Metrics>,
+    routes: &[Route],
+) -> Result<Router, String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     for route in routes {
         let export = host.export(&route.export).map_err(|e| e.to_string())?;
         let filter = method_filter(&route.method)?;
-        let host = Arc::clone(host);
+        let (host, metrics) = (Arc::clone(host), Arc::clone(metrics));
         let handler = on(filter, move |body: Bytes| {
-            call_export(Arc::clone(&host), export.clone(), body)
+            call_export(
+                Arc::clone(&host),
+                Arc::clone(&metrics),
+                export.clone(),
+                body,
+            )
         });
         let merged = match by_path.remove(route.path.as_str()) {
             Some(existing) => existing.merge(handler),
@@ -370,7 +389,13 @@ fn app_router(host: &Arc<Host>, routes: &[Route]) -> Result<Router, String> {
 }
 
 /// One HTTP request: pin, call on the blocking pool, answer with the generation that served it.
-async fn call_export(host: Arc<Host>, export: Export, body: Bytes) -> Response {
+async fn call_export(
+    host: Arc<Host>,
+    metrics: Arc<Metrics>,
+    export: Export,
+    body: Bytes,
+) -> Response {
+    let started = std::time::Instant::now();
     let pin = host.pin_owned();
     let generation = pin.id();
     let input = if body.is_empty() {
@@ -379,6 +404,7 @@ async fn call_export(host: Arc<Host>, export: Export, body: Bytes) -> Response {
         body
     };
     let result = tokio::task::spawn_blocking(move || pin.call_raw(&export, &input)).await;
+    metrics.request(generation, matches!(result, Ok(Ok(_))), started.elapsed());
     let mut response = match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
         Ok(Err(error)) => {
@@ -424,12 +450,20 @@ impl From<&CallError> for CallFailure {
     }
 }
 
-fn admin_router(host: Arc<Host>, token: Option<String>) -> Router {
+/// What the admin handlers share.
+#[derive(Clone)]
+struct Admin {
+    host: Arc<Host>,
+    metrics: Arc<Metrics>,
+}
+
+fn admin_router(admin: Admin, token: Option<String>) -> Router {
     let router = Router::new()
         .route("/status", axum::routing::get(status))
+        .route("/metrics", axum::routing::get(metrics))
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
-        .with_state(host);
+        .with_state(admin);
     match token {
         Some(token) => router.layer(middleware::from_fn_with_state(
             Arc::new(token),
@@ -456,7 +490,7 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
     }
 }
 
-async fn status(State(host): State<Arc<Host>>) -> Response {
+async fn status(State(Admin { host, .. }): State<Admin>) -> Response {
     match tokio::task::spawn_blocking(move || host.status()).await {
         Ok(status) => Json(status).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -470,12 +504,31 @@ pub struct DeployRequest {
     pub dir: PathBuf,
 }
 
-async fn deploy(State(host): State<Arc<Host>>, Json(request): Json<DeployRequest>) -> Response {
-    deploy_response(tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await)
+async fn metrics(State(Admin { host, metrics }): State<Admin>) -> Response {
+    match tokio::task::spawn_blocking(move || metrics.render(&host)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
-async fn rollback(State(host): State<Arc<Host>>) -> Response {
-    deploy_response(tokio::task::spawn_blocking(move || host.rollback()).await)
+async fn deploy(
+    State(Admin { host, metrics }): State<Admin>,
+    Json(request): Json<DeployRequest>,
+) -> Response {
+    let result = tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await;
+    deploy_response(&metrics, result)
+}
+
+async fn rollback(State(Admin { host, metrics }): State<Admin>) -> Response {
+    let result = tokio::task::spawn_blocking(move || host.rollback()).await;
+    deploy_response(&metrics, result)
 }
 
 /// The body of a rejected deploy or rollback.
@@ -492,8 +545,12 @@ pub struct DeployRejection {
 }
 
 fn deploy_response(
+    metrics: &Metrics,
     result: Result<Result<DeployReport, DeployError>, tokio::task::JoinError>,
 ) -> Response {
+    if let Ok(result) = &result {
+        metrics.deploy(result.as_ref().ok().map(|r| r.go_live));
+    }
     match result {
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(error)) => {

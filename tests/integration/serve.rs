@@ -184,6 +184,21 @@ fn deploy_and_rollback_through_the_admin_api() {
     let status = admin.status().unwrap();
     assert_eq!(status["current"], 3);
     assert!(status["last_deploy"]["error"].is_null());
+
+    let mut response = agent().get(&format!("http://{}/metrics", server.admin_addr())).call().unwrap();
+    let metrics = response.body_mut().read_to_string().unwrap();
+    for expected in [
+        "graft_requests_total{generation=\"2\"} 2",
+        "graft_requests_total{generation=\"3\"} 1",
+        "graft_deploys_total{result=\"succeeded\"} 2",
+        "graft_deploys_total{result=\"rejected\"} 1",
+        "graft_request_duration_seconds_count{generation=\"2\"} 2",
+        "graft_go_live_seconds_count 2",
+        "graft_in_flight{generation=\"3\"} 0",
+        "graft_libraries_mapped 4",
+    ] {
+        assert!(metrics.contains(expected), "{expected:?} missing from:\n{metrics}");
+    }
     assert!(runtime.block_on(server.shutdown()));
 }
 

@@ -1,0 +1,147 @@
+//! Prometheus metrics of a serving host, exposed by the admin API at `GET /metrics`.
+//!
+//! Per generation: requests, errors (plugin errors, panics, bad input), a latency histogram and
+//! in-flight requests; per result: deploys; go-live latency (link, init, store); libraries mapped.
+//! In-flight and libraries are read from [`Host::status`] at scrape time, so they cost nothing
+//! per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::Host;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenerationLabel {
+    generation: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The metrics of one server.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<GenerationLabel, Counter>,
+    errors: Family<GenerationLabel, Counter>,
+    latency: Family<GenerationLabel, Histogram, fn() -> Histogram>,
+    in_flight: Family<GenerationLabel, Gauge>,
+    deploys: Family<ResultLabel, Counter>,
+    go_live: Histogram,
+    libraries: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("graft");
+        let requests = Family::<GenerationLabel, Counter>::default();
+        let errors = Family::<GenerationLabel, Counter>::default();
+        let latency = Family::<GenerationLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let in_flight = Family::<GenerationLabel, Gauge>::default();
+        let deploys = Family::<ResultLabel, Counter>::default();
+        let go_live = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        let libraries = Gauge::default();
+        registry.register(
+            "requests",
+            "HTTP requests served, by generation",
+            requests.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Requests that ended in a plugin error or panic, by generation",
+            errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency, by generation",
+            latency.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Requests holding a generation (owned pins)",
+            in_flight.clone(),
+        );
+        registry.register(
+            "deploys",
+            "Deploys and rollbacks, by result (succeeded, rejected)",
+            deploys.clone(),
+        );
+        registry.register(
+            "go_live_seconds",
+            "From a release loaded to live: link, init, store",
+            go_live.clone(),
+        );
+        registry.register(
+            "libraries_mapped",
+            "Plugin libraries mapped by the host",
+            libraries.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            errors,
+            latency,
+            in_flight,
+            deploys,
+            go_live,
+            libraries,
+        })
+    }
+
+    pub(crate) fn request(&self, generation: u64, ok: bool, elapsed: Duration) {
+        let label = GenerationLabel { generation };
+        self.requests.get_or_create(&label).inc();
+        if !ok {
+            self.errors.get_or_create(&label).inc();
+        }
+        self.latency
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn deploy(&self, go_live: Option<Duration>) {
+        let result = if go_live.is_some() {
+            "succeeded"
+        } else {
+            "rejected"
+        };
+        self.deploys.get_or_create(&ResultLabel { result }).inc();
+        if let Some(go_live) = go_live {
+            self.go_live.observe(go_live.as_secs_f64());
+        }
+    }
+
+    /// The exposition text, with the gauges read from the host now.
+    pub(crate) fn render(&self, host: &Host) -> String {
+        let status = host.status();
+        self.in_flight.clear();
+        for generation in &status.generations {
+            let gauge = self.in_flight.get_or_create(&GenerationLabel {
+                generation: generation.id,
+            });
+            gauge.set(i64::try_from(generation.in_flight).unwrap_or(i64::MAX));
+        }
+        self.libraries
+            .set(i64::try_from(status.libraries.len()).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+}
