@@ -29,3 +29,43 @@ echo "==> graft check $work/v2"
 
 echo "==> live patching"
 "$target/examples/live_patch" "$work/v1" "$work/v2" "$work/bad" "$work/data"
+
+echo
+echo "==> graft serve (loopback), patched with the CLI"
+port=$((20000 + RANDOM % 20000))
+admin="http://127.0.0.1:$((port + 1))"
+cat >"$work/graft.toml" <<EOF
+data_dir = "serve-data"
+release = "v1"
+listen = "127.0.0.1:$port"
+
+[admin]
+listen = "127.0.0.1:$((port + 1))"
+
+[[route]]
+method = "POST"
+path = "/foo"
+export = "foo@1"
+EOF
+"$graft" serve --config "$work/graft.toml" &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 200); do curl -s -o /dev/null "$admin/status" && break; sleep 0.02; done
+foo() {
+  echo "\$ curl -si -X POST -d '{\"a\": 1}' http://127.0.0.1:$port/foo"
+  curl -s -i -X POST -d '{"a": 1}' "http://127.0.0.1:$port/foo" | tr -d '\r' | grep -E '^x-graft-generation|^\{'
+}
+foo
+echo "\$ graft deploy v2";  "$graft" deploy "$work/v2" --admin "$admin"
+foo
+echo "\$ graft deploy new-bar-without-new-frob (on v2: it links)"
+"$graft" deploy "$work/bad" --admin "$admin"
+echo "\$ graft rollback";   "$graft" rollback --admin "$admin"
+echo "\$ graft rollback";   "$graft" rollback --admin "$admin"
+foo
+echo "\$ graft deploy new-bar-without-new-frob (on v1: refused, v1 keeps serving)"
+"$graft" deploy "$work/bad" --admin "$admin" || true
+foo
+echo "\$ graft status";     "$graft" status --admin "$admin"
+kill -TERM "$server"
+wait "$server"

@@ -225,11 +225,11 @@ fn status_table(status: &serde_json::Value) -> String {
             .collect();
         out.push_str(&format!(
             "{:<6} {:<8} {:<12} {:>9} {:>8}ms  {}\n",
-            g["id"],
+            g["id"].to_string(),
             if g["current"] == true { "*" } else { "" },
             str_of(&g["release"]),
-            g["in_flight"],
-            g["age_ms"],
+            g["in_flight"].to_string(),
+            g["age_ms"].to_string(),
             plugins.join(", ")
         ));
     }

@@ -185,7 +185,10 @@ fn deploy_and_rollback_through_the_admin_api() {
     assert_eq!(status["current"], 3);
     assert!(status["last_deploy"]["error"].is_null());
 
-    let mut response = agent().get(&format!("http://{}/metrics", server.admin_addr())).call().unwrap();
+    let mut response = agent()
+        .get(&format!("http://{}/metrics", server.admin_addr()))
+        .call()
+        .unwrap();
     let metrics = response.body_mut().read_to_string().unwrap();
     for expected in [
         "graft_requests_total{generation=\"2\"} 2",
@@ -197,7 +200,10 @@ fn deploy_and_rollback_through_the_admin_api() {
         "graft_in_flight{generation=\"3\"} 0",
         "graft_libraries_mapped 4",
     ] {
-        assert!(metrics.contains(expected), "{expected:?} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "{expected:?} missing from:\n{metrics}"
+        );
     }
     assert!(runtime.block_on(server.shutdown()));
 }
