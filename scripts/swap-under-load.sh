@@ -3,7 +3,7 @@
 # while releases v1 and v2 are deployed alternately; a Lua script checks every response.
 #
 # Run: scripts/swap-under-load.sh [--duration 30] [--interval-ms 50] [--connections 32]
-#                                 [--threads 2] [--baseline restart]
+#                                 [--threads 2] [--baseline restart] [--unload-policy never]
 #
 # It runs the same load twice: first steady (no deploys), then swapping. One route in ten is
 # slow (foo pauses 5 ms between its frob call and its bar call), so requests straddle swaps.
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=30 interval_ms=50 connections=32 threads=2 baseline=graft
+duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=when-drained
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
     --connections) connections=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --baseline) baseline=$2; shift 2 ;;
+    --unload-policy) unload_policy=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +59,7 @@ data_dir = "data-$1"
 release = "$2"
 listen = "127.0.0.1:$port_app"
 drain_timeout_ms = 10000
+unload_policy = "$unload_policy"
 
 [admin]
 listen = "127.0.0.1:$port_admin"
