@@ -27,9 +27,21 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// One generation's request metrics, resolved once: recording a request through them takes no
+/// lock and looks nothing up.
+#[derive(Debug)]
+struct GenerationMetrics {
+    generation: u64,
+    requests: Counter,
+    errors: Counter,
+    latency: Histogram,
+}
+
 /// The metrics of one server.
 #[derive(Debug)]
 pub(crate) struct Metrics {
+    /// The handles of the generation most recently served (almost always the current one).
+    recent: arc_swap::ArcSwapOption<GenerationMetrics>,
     registry: Registry,
     requests: Family<GenerationLabel, Counter>,
     errors: Family<GenerationLabel, Counter>,
@@ -93,6 +105,7 @@ impl Metrics {
             libraries.clone(),
         );
         Arc::new(Self {
+            recent: arc_swap::ArcSwapOption::empty(),
             registry,
             requests,
             errors,
@@ -105,14 +118,29 @@ impl Metrics {
     }
 
     pub(crate) fn request(&self, generation: u64, ok: bool, elapsed: Duration) {
-        let label = GenerationLabel { generation };
-        self.requests.get_or_create(&label).inc();
+        let recent = self.recent.load();
+        let fresh;
+        let handles = match recent.as_deref() {
+            Some(handles) if handles.generation == generation => handles,
+            _ => {
+                // A generation not cached: resolve its labelled series (a lock and a map
+                // lookup), once per switch rather than per request.
+                let label = GenerationLabel { generation };
+                fresh = Arc::new(GenerationMetrics {
+                    generation,
+                    requests: self.requests.get_or_create(&label).clone(),
+                    errors: self.errors.get_or_create(&label).clone(),
+                    latency: self.latency.get_or_create(&label).clone(),
+                });
+                self.recent.store(Some(Arc::clone(&fresh)));
+                &*fresh
+            }
+        };
+        handles.requests.inc();
         if !ok {
-            self.errors.get_or_create(&label).inc();
+            handles.errors.inc();
         }
-        self.latency
-            .get_or_create(&label)
-            .observe(elapsed.as_secs_f64());
+        handles.latency.observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn deploy(&self, go_live: Option<Duration>) {

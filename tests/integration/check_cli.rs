@@ -1,27 +1,12 @@
 //! `graft check` and `graft pack`, run as a user would.
 
-use std::process::Command;
-
-use crate::util::{bad_releases, graft_bin, library, Env, V1};
-
-fn graft(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let out = Command::new(graft_bin())
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use crate::util::{bad_releases, library, run_graft, Env, V1};
 
 #[test]
 fn check_reports_a_good_release_with_its_links() {
     let env = Env::new();
     let dir = env.complete_release("v1", V1);
-    let (ok, stdout, stderr) = graft(&["check".as_ref(), dir.as_os_str()]);
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
     assert!(ok, "{stderr}");
     for expected in [
         "release    v1 (complete)",
@@ -41,12 +26,12 @@ fn check_reports_a_good_release_with_its_links() {
 fn check_lists_the_open_imports_of_a_partial_release() {
     let env = Env::new();
     let dir = env.release("frob2+shim", &["frob-v2", "frob-shim"]);
-    let (ok, stdout, stderr) = graft(&["check".as_ref(), dir.as_os_str()]);
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("frob-shim -> frob (frob@2)"), "{stdout}");
 
     let dir = env.release("v2-callers", &["foo-v2"]);
-    let (ok, stdout, _) = graft(&["check".as_ref(), dir.as_os_str()]);
+    let (ok, stdout, _) = run_graft(&["check".as_ref(), dir.as_os_str()]);
     assert!(ok);
     assert!(stdout.contains("open       foo imports frob@2"), "{stdout}");
 }
@@ -55,7 +40,7 @@ fn check_lists_the_open_imports_of_a_partial_release() {
 fn check_exits_1_with_the_reason_for_every_bad_release() {
     let env = Env::new();
     for case in bad_releases(&env) {
-        let (ok, stdout, stderr) = graft(&["check".as_ref(), case.dir.as_os_str()]);
+        let (ok, stdout, stderr) = run_graft(&["check".as_ref(), case.dir.as_os_str()]);
         assert!(!ok, "{}: check passed:\n{stdout}", case.label);
         assert!(
             stderr.starts_with("error: checking "),
@@ -84,7 +69,7 @@ fn check_exits_1_with_the_reason_for_every_bad_release() {
 
 #[test]
 fn check_of_a_single_library_prints_its_declaration() {
-    let (ok, stdout, stderr) = graft(&["check".as_ref(), library("frob-shim").as_os_str()]);
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), library("frob-shim").as_os_str()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("plugin     frob-shim 1.0.0"), "{stdout}");
     assert!(stdout.contains("imports  frob@2"), "{stdout}");
@@ -102,7 +87,7 @@ fn pack_writes_a_release_that_deploys() {
         "--complete".as_ref(),
     ];
     args.extend(V1.iter().map(|k| library(k).as_os_str()));
-    let (ok, _, stderr) = graft(&args);
+    let (ok, _, stderr) = run_graft(&args);
     assert!(ok, "{stderr}");
     let host = env.host();
     let report = host.deploy(&out).unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use example_types::FooOutput;
 use graft_host::serve::{ServeConfig, Server, GENERATION_HEADER};
 
-use crate::util::{graft_bin, Env, V1, V2};
+use crate::util::{graft_bin, run_graft, Env, V1, V2};
 
 /// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
 fn config(env: &Env, extra: &str) -> PathBuf {
@@ -276,16 +276,7 @@ fn spawn_graft_serve_with(
 }
 
 fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
-    let out = Command::new(graft_bin())
-        .args(args)
-        .args(["--admin", admin])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    run_graft(&[args, &["--admin", admin]].concat())
 }
 
 #[test]

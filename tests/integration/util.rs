@@ -132,6 +132,20 @@ pub(crate) fn graft_bin() -> &'static Path {
     &artifacts().graft
 }
 
+/// Runs `graft ARGS...`; returns whether it succeeded, its stdout and its stderr.
+pub(crate) fn run_graft<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let out = Command::new(graft_bin())
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 fn plugin_name(krate: &str) -> &'static str {
     PLUGINS
         .iter()
