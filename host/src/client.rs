@@ -72,6 +72,30 @@ impl AdminClient {
         self.send("POST", "/deploy", Some(serde_json::json!({ "dir": dir })))
     }
 
+    /// `POST /deploy` of a release bundle (see [`release::pack_bundle`](crate::release::pack_bundle)):
+    /// for a host that shares no filesystem with the caller.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Rejected`] with the server's reason when the release is refused.
+    pub fn deploy_bundle(&self, bundle: &[u8]) -> Result<Value, ClientError> {
+        let url = format!("{}/deploy", self.base);
+        let mut request = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/x-tar");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request
+            .send(bundle)
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        answer(&url, response)
+    }
+
     /// `POST /rollback`.
     ///
     /// # Errors
@@ -88,7 +112,7 @@ impl AdminClient {
             source,
         };
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut response = match (method, body) {
+        let response = match (method, body) {
             ("GET", _) => {
                 let mut request = self.agent.get(&url);
                 if let Some(auth) = &auth {
@@ -105,18 +129,29 @@ impl AdminClient {
             }
         }
         .map_err(transport)?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().map_err(transport)?;
-        match status {
-            200 => serde_json::from_str(&text).map_err(|e| ClientError::Status {
-                status,
-                body: e.to_string(),
-            }),
-            422 => match serde_json::from_str(&text) {
-                Ok(rejection) => Err(ClientError::Rejected(rejection)),
-                Err(_) => Err(ClientError::Status { status, body: text }),
-            },
-            _ => Err(ClientError::Status { status, body: text }),
-        }
+        answer(&url, response)
+    }
+}
+
+/// Reads an admin API answer: the JSON on 200, the rejection on 422, an error otherwise.
+fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Value, ClientError> {
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|source| ClientError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+    match status {
+        200 => serde_json::from_str(&text).map_err(|e| ClientError::Status {
+            status,
+            body: e.to_string(),
+        }),
+        422 => match serde_json::from_str(&text) {
+            Ok(rejection) => Err(ClientError::Rejected(rejection)),
+            Err(_) => Err(ClientError::Status { status, body: text }),
+        },
+        _ => Err(ClientError::Status { status, body: text }),
     }
 }

@@ -44,9 +44,16 @@ enum Command {
         config: PathBuf,
     },
     /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
+    ///
+    /// A server on this machine reads the directory itself; to any other address the release is
+    /// uploaded as a tar bundle (its manifest and the files it names; checksums are verified by
+    /// the server either way).
     Deploy {
-        /// The release directory (on the server's filesystem).
+        /// The release directory.
         dir: PathBuf,
+        /// Upload the release as a bundle even to a server on this machine.
+        #[arg(long)]
+        upload: bool,
         #[command(flatten)]
         admin: Admin,
     },
@@ -110,10 +117,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config)?,
-        Command::Deploy { dir, admin } => {
-            let dir = std::path::absolute(&dir)
-                .with_context(|| format!("resolving {}", dir.display()))?;
-            let report = admin.client().deploy(&dir)?;
+        Command::Deploy { dir, upload, admin } => {
+            let report = if upload || !is_local(&admin.admin) {
+                let bundle = graft_host::release::pack_bundle(&dir)
+                    .with_context(|| format!("packing {}", dir.display()))?;
+                admin.client().deploy_bundle(&bundle)?
+            } else {
+                let dir = std::path::absolute(&dir)
+                    .with_context(|| format!("resolving {}", dir.display()))?;
+                admin.client().deploy(&dir)?
+            };
             println!("{}", deploy_line(&report));
         }
         Command::Rollback { admin } => {
@@ -188,6 +201,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether an admin URL points at this machine (a loopback address or `localhost`).
+fn is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn deploy_line(report: &serde_json::Value) -> String {
     let plugins: Vec<String> = report["plugins"]
         .as_array()
@@ -243,4 +272,26 @@ fn status_table(status: &serde_json::Value) -> String {
 
 fn str_of(value: &serde_json::Value) -> &str {
     value.as_str().unwrap_or("-")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_admin_urls_are_local_and_others_are_not() {
+        for local in [
+            "http://127.0.0.1:9090",
+            "http://localhost:9090/",
+            "http://[::1]:9090",
+            "127.0.0.5:1",
+        ] {
+            assert!(super::is_local(local), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.7:9090",
+            "http://graft.example:9090",
+            "http://[2001:db8::1]:9090",
+        ] {
+            assert!(!super::is_local(remote), "{remote}");
+        }
+    }
 }

@@ -11,8 +11,10 @@
 //! loopback and required on any other address:
 //!
 //! - `GET /status`: [`Host::status`] as JSON.
-//! - `POST /deploy` with `{"dir": "/path/to/release"}`: [`Host::deploy`]; 200 with the report,
-//!   or 422 with `{"error", "step", "plugin", "file"}`.
+//! - `POST /deploy` with `{"dir": "/path/to/release"}` (a directory on the server), or with a
+//!   tar bundle of the release as the body (`Content-Type: application/x-tar`; see
+//!   [`release::pack_bundle`](crate::release::pack_bundle)): [`Host::deploy`]; 200 with the
+//!   report, 422 with `{"error", "step", "plugin", "file"}`, 400 for a bundle that does not unpack.
 //! - `POST /rollback`: [`Host::rollback`], answered the same way.
 //! - `GET /metrics`: Prometheus text (see the `metrics` module for what it holds).
 
@@ -259,10 +261,12 @@ impl Server {
                 path: PathBuf::from("graft.toml"),
                 reason,
             })?;
+        let uploads = config.data_dir.join("uploads");
         let admin = admin_router(
             Admin {
                 host: Arc::clone(&host),
                 metrics,
+                uploads,
             },
             config.admin.token.clone(),
         );
@@ -455,7 +459,13 @@ impl From<&CallError> for CallFailure {
 struct Admin {
     host: Arc<Host>,
     metrics: Arc<Metrics>,
+    /// Where uploaded bundles are unpacked, each in a directory of its own, removed after the
+    /// deploy (its files were staged by then).
+    uploads: PathBuf,
 }
+
+/// The largest release bundle the admin API accepts.
+const MAX_BUNDLE_BYTES: usize = 512 << 20;
 
 fn admin_router(admin: Admin, token: Option<String>) -> Router {
     let router = Router::new()
@@ -463,6 +473,7 @@ fn admin_router(admin: Admin, token: Option<String>) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE_BYTES))
         .with_state(admin);
     match token {
         Some(token) => router.layer(middleware::from_fn_with_state(
@@ -504,7 +515,7 @@ pub struct DeployRequest {
     pub dir: PathBuf,
 }
 
-async fn metrics(State(Admin { host, metrics }): State<Admin>) -> Response {
+async fn metrics(State(Admin { host, metrics, .. }): State<Admin>) -> Response {
     match tokio::task::spawn_blocking(move || metrics.render(&host)).await {
         Ok(text) => (
             [(
@@ -519,14 +530,53 @@ async fn metrics(State(Admin { host, metrics }): State<Admin>) -> Response {
 }
 
 async fn deploy(
-    State(Admin { host, metrics }): State<Admin>,
-    Json(request): Json<DeployRequest>,
+    State(admin): State<Admin>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let result = tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await;
-    deploy_response(&metrics, result)
+    let is_bundle = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
+    let Admin {
+        host,
+        metrics,
+        uploads,
+    } = admin;
+    if !is_bundle {
+        let request: DeployRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return bad_request(format!("expected {{\"dir\": PATH}} or a tar bundle: {e}"))
+            }
+        };
+        let result = tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await;
+        return deploy_response(&metrics, result);
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = uploads.join(format!("upload-{}-{n}", std::process::id()));
+        let deployed = crate::release::unpack_bundle(&body, &dir).map(|()| host.deploy(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        deployed
+    })
+    .await;
+    match result {
+        Ok(Ok(deployed)) => deploy_response(&metrics, Ok(deployed)),
+        Ok(Err(error)) => bad_request(DisplayChain(&error).to_string()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
-async fn rollback(State(Admin { host, metrics }): State<Admin>) -> Response {
+fn bad_request(error: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
+}
+
+async fn rollback(State(Admin { host, metrics, .. }): State<Admin>) -> Response {
     let result = tokio::task::spawn_blocking(move || host.rollback()).await;
     deploy_response(&metrics, result)
 }

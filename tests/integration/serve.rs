@@ -414,3 +414,59 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
+    let env = Env::new();
+    let (mut child, base, admin) = spawn_graft_serve(&config(&env, ""));
+
+    // The release directory is moved away first: only the uploaded bytes can reach the server.
+    let v2 = env.path("releases/v2");
+    let elsewhere = env.path("operator/v2");
+    std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    std::fs::rename(&v2, &elsewhere).unwrap();
+    let (ok, stdout, stderr) =
+        graft_cli(&["deploy", "--upload", elsewhere.to_str().unwrap()], &admin);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("generation 2 live: release v2"), "{stdout}");
+    let out: FooOutput =
+        serde_json::from_str(&post(&format!("{base}/foo"), r#"{"a": 1}"#).2).unwrap();
+    assert_eq!(out.foo, "2.0.0");
+
+    // A bundle whose manifest checksum does not match its file is refused by the server.
+    let manifest = elsewhere.join("release.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let sha = text.split("sha256 = \"").nth(1).unwrap()[..64].to_owned();
+    std::fs::write(&manifest, text.replacen(&sha, &"0".repeat(64), 1)).unwrap();
+    let (ok, _, stderr) = graft_cli(&["deploy", "--upload", elsewhere.to_str().unwrap()], &admin);
+    assert!(!ok);
+    assert!(
+        stderr.contains("release rejected at checksum") && stderr.contains("sha256 mismatch"),
+        "{stderr}"
+    );
+
+    // Bytes that are not a tar bundle: 400, nothing deployed.
+    let mut response = agent()
+        .post(&format!("{admin}/deploy"))
+        .content_type("application/x-tar")
+        .send(&b"not a tar archive, just text"[..])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("not a readable tar bundle"));
+    let status = graft_host::client::AdminClient::new(&admin, None)
+        .status()
+        .unwrap();
+    assert_eq!(status["current"], 2);
+    let uploads = env.path("data/uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "unpacked bundles are removed: {left:?}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
