@@ -9,6 +9,7 @@
 //! - [`Host`]: the current generation in an `ArcSwap`; [`Host::deploy`], [`Host::rollback`],
 //!   [`Host::status`].
 //! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
+//! - [`watch`]: deploy a release when its directory, files or pointer change.
 //!
 //! # Invariants
 //!
@@ -45,6 +46,7 @@ pub mod release;
 pub mod serve;
 mod services;
 pub mod status;
+pub mod watch;
 
 pub use elf::ElfError;
 pub use error::{CallError, DeployCause, DeployError, Step};

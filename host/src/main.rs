@@ -42,6 +42,10 @@ enum Command {
         /// The config file.
         #[arg(long, default_value = "graft.toml")]
         config: PathBuf,
+        /// Deploy what appears in this release directory (or behind this symlink); overrides
+        /// the config's `watch`.
+        #[arg(long)]
+        watch: Option<PathBuf>,
     },
     /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
     ///
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(&config)?,
+        Command::Serve { config, watch } => serve(&config, watch)?,
         Command::Deploy { dir, upload, admin } => {
             let report = if upload || !is_local(&admin.admin) {
                 let bundle = graft_host::release::pack_bundle(&dir)
@@ -176,8 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: &std::path::Path) -> anyhow::Result<()> {
-    let config = graft_host::serve::ServeConfig::load(config)?;
+fn serve(config: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = graft_host::serve::ServeConfig::load(config)?;
+    if let Some(watch) = watch {
+        config.watch = Some(
+            std::path::absolute(&watch)
+                .with_context(|| format!("resolving {}", watch.display()))?,
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let server = graft_host::serve::Server::start(config).await?;

@@ -39,6 +39,9 @@ use crate::error::{CallError, DeployError};
 use crate::metrics::Metrics;
 use crate::{DeployReport, DisplayChain, ErrorKind, Export, Host, UnloadPolicy};
 
+/// How long file events must stop before the watcher reads a release.
+const WATCH_SETTLE: Duration = Duration::from_millis(100);
+
 /// The response header naming the generation that served a request.
 pub const GENERATION_HEADER: &str = "x-graft-generation";
 
@@ -56,6 +59,10 @@ pub struct ServeConfig {
     /// is restored instead).
     #[serde(default)]
     pub release: Option<PathBuf>,
+    /// A release directory (or a symlink to one) to watch: what appears there is deployed
+    /// (see [`watch`](crate::watch)).
+    #[serde(default)]
+    pub watch: Option<PathBuf>,
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(default = "default_drain_ms")]
     pub drain_timeout_ms: u64,
@@ -154,6 +161,9 @@ pub enum ServeError {
     /// The initial release was rejected.
     #[error("deploying the initial release")]
     Deploy(#[source] DeployError),
+    /// The watched path could not be watched.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     /// A listener could not bind.
     #[error("binding {addr}")]
     Bind {
@@ -185,6 +195,7 @@ impl ServeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.release = config.release.map(|r| base.join(r));
+        config.watch = config.watch.map(|w| base.join(w));
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -227,6 +238,7 @@ pub struct Server {
     app: tokio::task::JoinHandle<std::io::Result<()>>,
     admin: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    _watch: Option<crate::watch::Watch>,
 }
 
 impl Server {
@@ -304,6 +316,14 @@ impl Server {
                 .with_graceful_shutdown(until_stopped(stopped))
                 .into_future(),
         );
+        let watch = match &config.watch {
+            Some(path) => Some(crate::watch::watch(
+                Arc::clone(&host),
+                path.clone(),
+                WATCH_SETTLE,
+            )?),
+            None => None,
+        };
         tracing::info!(%addr, %admin_addr, generation = host.pin().id(), "serving");
         Ok(Self {
             host,
@@ -313,6 +333,7 @@ impl Server {
             app,
             admin,
             stop,
+            _watch: watch,
         })
     }
 

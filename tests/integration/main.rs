@@ -9,3 +9,4 @@ mod pinning;
 mod releases;
 mod serve;
 mod unload;
+mod watch;

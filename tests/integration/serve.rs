@@ -470,3 +470,50 @@ fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn graft_serve_watch_deploys_a_release_that_appears() {
+    let env = Env::new();
+    let config = config(&env, "");
+    let incoming = env.path("releases/incoming");
+    let mut child = Command::new(graft_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--watch")
+        .arg(&incoming)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+
+    env.release("incoming", V2); // copies the libraries, then writes the manifest
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+        assert_eq!(status, 200, "{body}");
+        if generation == 2 {
+            assert_eq!(
+                serde_json::from_str::<FooOutput>(&body).unwrap().foo,
+                "2.0.0"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watched release never went live"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,155 @@
+//! Watch mode: new releases are picked up, half-written files are not, pointers are followed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use example_types::{FooInput, FooOutput};
+use graft_host::{release, watch, Host};
+
+use crate::util::{library, Env};
+
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Writes foo, bar and frob of `version` ("v1" or "v2") into `dir` under stable file names,
+/// the libraries first and the manifest last.
+fn write_release(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut manifest = format!("name = \"{version}\"\ncomplete = true\n");
+    for plugin in ["foo", "bar", "frob"] {
+        let bytes = std::fs::read(library(&format!("{plugin}-{version}"))).unwrap();
+        std::fs::write(dir.join(format!("{plugin}.so")), &bytes).unwrap();
+        manifest.push_str(&format!(
+            "[[plugin]]\nname = \"{plugin}\"\nfile = \"{plugin}.so\"\nsha256 = \"{}\"\n",
+            release::sha256_hex(&bytes)
+        ));
+    }
+    std::fs::write(dir.join("release.toml.new"), manifest).unwrap();
+    std::fs::rename(dir.join("release.toml.new"), dir.join(release::MANIFEST)).unwrap();
+}
+
+fn foo_version(host: &Host) -> String {
+    let foo = host.export("foo@1").unwrap();
+    host.call::<_, FooOutput>(
+        &foo,
+        &FooInput {
+            a: 1,
+            ..FooInput::default()
+        },
+    )
+    .unwrap()
+    .foo
+}
+
+/// Waits (at most 30 s) until the current generation is `generation`.
+fn wait_for_generation(host: &Host, generation: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.pin().id() != generation {
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} never went live: {:?}",
+            host.status().last_deploy
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_new_release_in_the_watched_directory_goes_live() {
+    let env = Env::new();
+    let host = Arc::new(env.host());
+    let live = env.path("watched/live");
+    write_release(&live, "v1");
+    host.deploy(&live).unwrap();
+    let _watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+
+    write_release(&live, "v2");
+    wait_for_generation(&host, 2);
+    assert_eq!(foo_version(&host), "2.0.0");
+}
+
+#[test]
+fn a_half_written_library_is_not_loaded_until_it_is_complete() {
+    let env = Env::new();
+    let host = Arc::new(env.host());
+    let live = env.path("watched/live");
+    write_release(&live, "v1");
+    host.deploy(&live).unwrap();
+    let _watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+
+    // The manifest already names the v2 build of frob, whose file is only half there.
+    let frob = std::fs::read(library("frob-v2")).unwrap();
+    let text = std::fs::read_to_string(live.join("release.toml")).unwrap();
+    let old_sha = text.split("sha256 = \"").nth(3).unwrap()[..64].to_owned();
+    std::fs::write(live.join("frob.so"), &frob[..frob.len() / 2]).unwrap();
+    std::fs::write(
+        live.join("release.toml"),
+        text.replace(&old_sha, &release::sha256_hex(&frob)),
+    )
+    .unwrap();
+    std::thread::sleep(SETTLE * 10);
+    assert_eq!(
+        host.pin().id(),
+        1,
+        "nothing deployed while frob.so is incomplete"
+    );
+
+    // Completing the file completes the release, which is then refused at link (foo v1 imports
+    // frob@1, frob v2 exports frob@2): the watcher loaded it only once it was whole.
+    std::fs::write(live.join("frob.so"), &frob).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host
+        .status()
+        .last_deploy
+        .as_ref()
+        .and_then(|d| d.error.clone())
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the complete release was never tried"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let error = host.status().last_deploy.unwrap().error.unwrap();
+    assert!(error.contains("plugin foo imports frob@1"), "{error}");
+    assert_eq!(host.pin().id(), 1);
+}
+
+#[test]
+fn a_data_symlink_swap_and_an_ln_sfn_pointer_are_followed() {
+    let env = Env::new();
+    let host = Arc::new(env.host());
+
+    // Kubernetes-style volume: timestamped directories, `..data` pointing at one, and the
+    // visible names symlinked through `..data`.
+    let volume = env.path("volume");
+    write_release(&volume.join("..2026_11_22_a"), "v1");
+    std::os::unix::fs::symlink("..2026_11_22_a", volume.join("..data")).unwrap();
+    for name in ["release.toml", "foo.so", "bar.so", "frob.so"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), volume.join(name)).unwrap();
+    }
+    host.deploy(&volume).unwrap();
+    let _watch = watch::watch(Arc::clone(&host), volume.clone(), SETTLE).unwrap();
+
+    write_release(&volume.join("..2026_11_22_b"), "v2");
+    std::os::unix::fs::symlink("..2026_11_22_b", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    wait_for_generation(&host, 2);
+    assert_eq!(foo_version(&host), "2.0.0");
+
+    // A `current` pointer switched with ln -sfn.
+    let releases = env.path("pointer");
+    write_release(&releases.join("r1"), "v1");
+    write_release(&releases.join("r2"), "v2");
+    std::os::unix::fs::symlink("r2", releases.join("current")).unwrap();
+    let _pointer = watch::watch(Arc::clone(&host), releases.join("current"), SETTLE).unwrap();
+    let status = std::process::Command::new("ln")
+        .args(["-sfn", "r1"])
+        .arg(releases.join("current"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_generation(&host, 3);
+    assert_eq!(foo_version(&host), "1.0.0");
+}
