@@ -246,16 +246,19 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
 
 /// `graft serve` as a child process; returns it and its two base URLs.
 fn spawn_graft_serve(config: &Path) -> (std::process::Child, String, String) {
-    spawn_graft_serve_with(config, &[])
+    spawn_graft_serve_with(config, &[], &[])
 }
 
+/// `graft serve` with extra environment variables and arguments.
 fn spawn_graft_serve_with(
     config: &Path,
     env: &[(&str, &Path)],
+    args: &[&std::ffi::OsStr],
 ) -> (std::process::Child, String, String) {
     let mut child = Command::new(graft_bin())
         .args(["serve", "--config"])
         .arg(config)
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -364,7 +367,7 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
     let gate = env.path("gate");
     std::fs::create_dir_all(&gate).unwrap();
     let (mut server, _, admin) =
-        spawn_graft_serve_with(&config, &[("GRAFT_TEST_INIT_GATE", &gate)]);
+        spawn_graft_serve_with(&config, &[("GRAFT_TEST_INIT_GATE", &gate)], &[]);
     let v2 = env.path("releases/v2");
     assert!(graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
 
@@ -476,25 +479,8 @@ fn graft_serve_watch_deploys_a_release_that_appears() {
     let env = Env::new();
     let config = config(&env, "");
     let incoming = env.path("releases/incoming");
-    let mut child = Command::new(graft_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--watch")
-        .arg(&incoming)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
+    let (mut child, base, _) =
+        spawn_graft_serve_with(&config, &[], &["--watch".as_ref(), incoming.as_os_str()]);
 
     env.release("incoming", V2); // copies the libraries, then writes the manifest
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
