@@ -382,6 +382,13 @@ impl Server {
     }
 }
 
+/// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
+struct RouteState {
+    host: Arc<Host>,
+    metrics: Arc<Metrics>,
+    export: Export,
+}
+
 fn app_router(
     host: &Arc<Host>,
     metrics: &Arc<Metrics>,
@@ -389,17 +396,12 @@ fn app_router(
 ) -> Result<Router, String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     for route in routes {
-        let export = host.export(&route.export).map_err(|e| e.to_string())?;
-        let filter = method_filter(&route.method)?;
-        let (host, metrics) = (Arc::clone(host), Arc::clone(metrics));
-        let handler = on(filter, move |body: Bytes| {
-            call_export(
-                Arc::clone(&host),
-                Arc::clone(&metrics),
-                export.clone(),
-                body,
-            )
+        let state = Arc::new(RouteState {
+            host: Arc::clone(host),
+            metrics: Arc::clone(metrics),
+            export: host.export(&route.export).map_err(|e| e.to_string())?,
         });
+        let handler = on(method_filter(&route.method)?, call_export).with_state(state);
         let merged = match by_path.remove(route.path.as_str()) {
             Some(existing) => existing.merge(handler),
             None => handler,
@@ -414,22 +416,20 @@ fn app_router(
 }
 
 /// One HTTP request: pin, call on the blocking pool, answer with the generation that served it.
-async fn call_export(
-    host: Arc<Host>,
-    metrics: Arc<Metrics>,
-    export: Export,
-    body: Bytes,
-) -> Response {
+async fn call_export(State(route): State<Arc<RouteState>>, body: Bytes) -> Response {
     let started = std::time::Instant::now();
-    let pin = host.pin_owned();
+    let pin = route.host.pin_owned();
     let generation = pin.id();
     let input = if body.is_empty() {
         Bytes::from_static(b"null")
     } else {
         body
     };
-    let result = tokio::task::spawn_blocking(move || pin.call_raw(&export, &input)).await;
-    metrics.request(generation, matches!(result, Ok(Ok(_))), started.elapsed());
+    let call = Arc::clone(&route);
+    let result = tokio::task::spawn_blocking(move || pin.call_raw(&call.export, &input)).await;
+    route
+        .metrics
+        .request(generation, matches!(result, Ok(Ok(_))), started.elapsed());
     let mut response = match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
         Ok(Err(error)) => {

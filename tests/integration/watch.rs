@@ -54,14 +54,20 @@ fn wait_for_generation(host: &Host, generation: u64) {
     }
 }
 
-#[test]
-fn a_new_release_in_the_watched_directory_goes_live() {
-    let env = Env::new();
+/// A host serving v1 from `watched/live`, and a watch on that directory.
+fn watching_v1(env: &Env) -> (Arc<Host>, std::path::PathBuf, watch::Watch) {
     let host = Arc::new(env.host());
     let live = env.path("watched/live");
     write_release(&live, "v1");
     host.deploy(&live).unwrap();
-    let _watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+    let watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+    (host, live, watch)
+}
+
+#[test]
+fn a_new_release_in_the_watched_directory_goes_live() {
+    let env = Env::new();
+    let (host, live, _watch) = watching_v1(&env);
 
     write_release(&live, "v2");
     wait_for_generation(&host, 2);
@@ -71,11 +77,7 @@ fn a_new_release_in_the_watched_directory_goes_live() {
 #[test]
 fn a_half_written_library_is_not_loaded_until_it_is_complete() {
     let env = Env::new();
-    let host = Arc::new(env.host());
-    let live = env.path("watched/live");
-    write_release(&live, "v1");
-    host.deploy(&live).unwrap();
-    let _watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+    let (host, live, _watch) = watching_v1(&env);
 
     // The manifest already names the v2 build of frob, whose file is only half there.
     let frob = std::fs::read(library("frob-v2")).unwrap();
