@@ -7,12 +7,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory).
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -23,23 +22,49 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             format!("{} has no file name", path.display()),
         )
     })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
+    write_temp(dir, &file_name.to_string_lossy(), bytes)?.persist(path)
+}
+
+/// Writes `bytes` to a new temp file in `dir` (named after `name`) and flushes it to disk; the
+/// caller then [persists](Temp::persist) it under its final name, in the same directory.
+pub(crate) fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<Temp> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        ".{name}.tmp-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
+    let mut file = File::create(&path)?;
+    let temp = Temp(Some(path));
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(temp)
+}
+
+/// A flushed temp file; removed when dropped unless persisted.
+#[derive(Debug)]
+pub(crate) struct Temp(Option<PathBuf>);
+
+impl Temp {
+    /// Renames the file to `path` (in the same directory) and flushes the directory entry.
+    pub(crate) fn persist(mut self, path: &Path) -> io::Result<()> {
+        let temp = self.0.as_deref().expect("a temp file is persisted once");
+        fs::rename(temp, path)?;
+        self.0 = None;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,9 @@ pub enum DeployCause {
         /// The name the library declares.
         declared: String,
     },
+    /// Two libraries of one deploy declare the same plugin name.
+    #[error("two libraries of the release declare plugin {0}")]
+    DuplicatePlugin(String),
     /// The new plugin set does not link.
     #[error(transparent)]
     Link(#[from] LinkError),

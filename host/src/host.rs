@@ -155,11 +155,24 @@ pub enum Change {
     Kept,
 }
 
-/// A plugin a deploy will put in the new generation.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Added => "added",
+            Self::Replaced => "replaced",
+            Self::Kept => "kept",
+        })
+    }
+}
+
+/// One plugin file a deploy loads.
 struct Planned {
-    name: String,
+    /// The name the manifest gives it, which the library must declare; `None` for a build
+    /// deployed by [`Host::deploy_libraries`], which goes by the name it declares.
+    name: Option<String>,
     source: PathBuf,
-    sha256: String,
+    /// The manifest's checksum, which the file must match; `None` for a build graft made.
+    sha256: Option<String>,
 }
 
 struct Plan {
@@ -245,20 +258,64 @@ impl Host {
                         .into_iter()
                         .map(|p| Planned {
                             source: dir.join(&p.file),
-                            name: p.name,
-                            sha256: p.sha256,
+                            name: Some(p.name),
+                            sha256: Some(p.sha256),
                         })
                         .collect(),
                 };
                 self.apply(&mut state, plan)
             });
-        if let Ok((_, record)) = &result {
+        self.push_history(&mut state, &result);
+        self.finish(&mut state, result)
+    }
+
+    /// Deploys plugin libraries as a partial release without a manifest: each replaces (or
+    /// adds) the plugin of the name it declares, and the rest of the current generation carries
+    /// over. What [`dev`](crate::dev) does with each new build.
+    ///
+    /// There is no checksum to verify: graft hashes each file itself (while writing its staged
+    /// copy) and goes through the same steps and the same single store as [`Host::deploy`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::deploy`].
+    pub fn deploy_libraries(
+        &self,
+        label: Option<String>,
+        libraries: &[PathBuf],
+    ) -> Result<DeployReport, DeployError> {
+        let span = tracing::info_span!("deploy", release = label.as_deref().unwrap_or("builds"));
+        let _entered = span.enter();
+        let mut state = self.lock_state();
+        let plan = Plan {
+            label,
+            complete: false,
+            remove: Vec::new(),
+            plugins: libraries
+                .iter()
+                .map(|source| Planned {
+                    name: None,
+                    source: source.clone(),
+                    sha256: None,
+                })
+                .collect(),
+        };
+        let result = self.apply(&mut state, plan);
+        self.push_history(&mut state, &result);
+        self.finish(&mut state, result)
+    }
+
+    fn push_history(
+        &self,
+        state: &mut State,
+        result: &Result<(DeployReport, ReleaseRecord), DeployError>,
+    ) {
+        if let Ok((_, record)) = result {
             state.history.push_back(record.clone());
             while state.history.len() > self.history_len {
                 state.history.pop_front();
             }
         }
-        self.finish(&mut state, result)
     }
 
     /// Makes the previous release current again, as an all-or-nothing deploy of its plugin set.
@@ -343,12 +400,24 @@ impl Host {
         let mut incoming: Vec<(Arc<LoadedPlugin>, bool)> = Vec::new();
         for planned in &plan.plugins {
             let (plugin, fresh) = self.stage_and_load(state, planned)?;
-            if plugin.info().name != planned.name {
+            if let Some(name) = planned.name.as_ref().filter(|n| **n != plugin.info().name) {
                 let declared = plugin.info().name.clone();
                 let cause = DeployCause::NameMismatch { declared };
                 return Err(DeployError::new(
                     Step::Check,
-                    Some(&planned.name),
+                    Some(name),
+                    Some(planned.source.clone()),
+                    cause,
+                ));
+            }
+            if incoming
+                .iter()
+                .any(|(p, _)| p.info().name == plugin.info().name)
+            {
+                let cause = DeployCause::DuplicatePlugin(plugin.info().name.clone());
+                return Err(DeployError::new(
+                    Step::Check,
+                    Some(&plugin.info().name),
                     Some(planned.source.clone()),
                     cause,
                 ));
@@ -359,7 +428,7 @@ impl Host {
         let staged = Instant::now();
 
         // The new plugin set: what carries over, then what the release ships.
-        let shipped = |name: &str| plan.plugins.iter().any(|p| p.name == name);
+        let shipped = |name: &str| incoming.iter().any(|(p, _)| p.info().name == name);
         let mut set: Vec<Arc<LoadedPlugin>> = if plan.complete {
             Vec::new()
         } else {
@@ -475,13 +544,18 @@ impl Host {
         state: &State,
         planned: &Planned,
     ) -> Result<(Arc<LoadedPlugin>, bool), DeployError> {
-        let name = Some(planned.name.as_str());
+        let name = planned.name.as_deref();
         let file = Some(planned.source.clone());
-        let staged = release::stage(
+        // A build has no manifest name yet: its staged copy is named after its file.
+        let stem = planned.source.file_stem().map(|s| s.to_string_lossy());
+        let label = name
+            .or_else(|| stem.as_deref().map(|s| s.strip_prefix("lib").unwrap_or(s)))
+            .unwrap_or("plugin");
+        let (staged, sha256) = release::stage(
             &self.staging_dir,
-            &planned.name,
+            label,
             &planned.source,
-            &planned.sha256,
+            planned.sha256.as_deref(),
         )
         .map_err(|e| {
             let (step, cause) = match e {
@@ -500,18 +574,17 @@ impl Host {
             };
             DeployError::new(step, name, file.clone(), cause)
         })?;
-        let (plugin, fresh) = match state.libraries.get(&planned.sha256).and_then(Weak::upgrade) {
+        let (plugin, fresh) = match state.libraries.get(&sha256).and_then(Weak::upgrade) {
             Some(loaded) => (loaded, false),
             None => {
-                let loaded =
-                    LoadedPlugin::load(&staged, &planned.sha256, &self.unloader).map_err(|e| {
-                        let step = if e.is_check() {
-                            Step::Check
-                        } else {
-                            Step::Load
-                        };
-                        DeployError::new(step, name, file.clone(), e.into())
-                    })?;
+                let loaded = LoadedPlugin::load(&staged, &sha256, &self.unloader).map_err(|e| {
+                    let step = if e.is_check() {
+                        Step::Check
+                    } else {
+                        Step::Load
+                    };
+                    DeployError::new(step, name, file.clone(), e.into())
+                })?;
                 (Arc::new(loaded), true)
             }
         };
@@ -528,9 +601,9 @@ impl Host {
         let mut loaded = Vec::new();
         for (name, source, sha256) in plugins {
             let planned = Planned {
-                name: name.clone(),
+                name: Some(name.clone()),
                 source: source.clone(),
-                sha256: sha256.clone(),
+                sha256: Some(sha256.clone()),
             };
             let (plugin, _) = self.stage_and_load(&state, &planned)?;
             plugin.init(services::host_api()).map_err(|message| {
@@ -602,9 +675,9 @@ impl Host {
                 .plugins
                 .iter()
                 .map(|p| Planned {
-                    name: p.name.clone(),
+                    name: Some(p.name.clone()),
                     source: p.staged.clone(),
-                    sha256: p.sha256.clone(),
+                    sha256: Some(p.sha256.clone()),
                 })
                 .collect(),
         }

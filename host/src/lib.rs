@@ -10,6 +10,7 @@
 //!   [`Host::status`].
 //! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
 //! - [`watch`]: deploy a release when its directory, files or pointer change.
+//! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
 //!
 //! # Invariants
 //!
@@ -35,6 +36,7 @@
 mod atomic_file;
 pub mod check;
 pub mod client;
+pub mod dev;
 mod elf;
 mod error;
 mod generation;

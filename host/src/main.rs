@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,27 @@ enum Command {
         /// the config's `watch`.
         #[arg(long)]
         watch: Option<PathBuf>,
+    },
+    /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
+    ///
+    /// Builds each crate with cargo, deploys the libraries on top of the config's release, then
+    /// watches the sources: every build that compiles goes live, one line per reload with the
+    /// build time and how soon after the build the new code was live. A build that fails shows
+    /// the compiler's errors, and the previous code keeps serving.
+    Dev {
+        /// The plugin crates: directories with a Cargo.toml whose [lib] is a cdylib.
+        #[arg(required = true)]
+        crates: Vec<PathBuf>,
+        /// The config file (routes, addresses, a release to start from).
+        #[arg(long, default_value = "graft.toml")]
+        config: PathBuf,
+        /// Build with --release.
+        #[arg(long)]
+        release: bool,
+        /// Stage builds here instead of in a fresh temp directory (in /dev/shm when there is
+        /// one), which is removed on exit.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
     ///
@@ -121,6 +143,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, watch } => serve(&config, watch)?,
+        Command::Dev {
+            crates,
+            config,
+            release,
+            data_dir,
+        } => dev(&config, crates, release, data_dir)?,
         Command::Deploy { dir, upload, admin } => {
             let report = if upload || !is_local(&admin.admin) {
                 let bundle = graft_host::release::pack_bundle(&dir)
@@ -199,6 +227,135 @@ fn serve(config: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<()>
         server.run_until(shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+fn dev(
+    config: &std::path::Path,
+    crates: Vec<PathBuf>,
+    release: bool,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use graft_host::dev::DevLoop;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut config = graft_host::serve::ServeConfig::load(config)?;
+    let dev = DevLoop::new(crates)?.release(release);
+    // Dev builds are throwaway: stage them where flushing costs nothing, unless told otherwise.
+    let _scratch = match data_dir {
+        Some(dir) => {
+            config.data_dir = dir;
+            None
+        }
+        None => {
+            let shm = std::path::Path::new("/dev/shm");
+            let base = if shm.is_dir() {
+                shm.to_owned()
+            } else {
+                std::env::temp_dir()
+            };
+            let scratch = tempfile::Builder::new()
+                .prefix("graft-dev-")
+                .tempdir_in(&base)
+                .with_context(|| format!("creating a data directory in {}", base.display()))?;
+            config.data_dir = scratch.path().to_owned();
+            Some(scratch)
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = graft_host::serve::Server::start(config).await?;
+        println!(
+            "graft dev: serving on http://{}, admin on http://{}",
+            server.addr(),
+            server.admin_addr()
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (host, stopping) = (Arc::clone(server.host()), Arc::clone(&stop));
+        let watching = std::thread::Builder::new()
+            .name("graft-dev".into())
+            .spawn(move || {
+                dev.run(&host, &|| stopping.load(Ordering::Relaxed), &mut |event| {
+                    if let Some(line) = dev_line(&event) {
+                        println!("{line}");
+                    }
+                })
+            })
+            .context("starting the dev loop")?;
+        let ended = async {
+            while !watching.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = ended => {}
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.shutdown().await;
+        if watching.is_finished() {
+            watching
+                .join()
+                .map_err(|_| anyhow::anyhow!("the dev loop panicked"))??;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// One line per reload: what went live and how fast, or why nothing did.
+fn dev_line(event: &graft_host::dev::DevEvent) -> Option<String> {
+    use graft_host::dev::DevEvent;
+    use graft_host::DisplayChain;
+    match event {
+        DevEvent::Reloaded {
+            reload,
+            build,
+            live_after_build,
+            report,
+        } => {
+            let plugins: Vec<String> = report
+                .plugins
+                .iter()
+                .filter(|p| p.change != graft_host::Change::Kept)
+                .map(|p| format!("{} {} {}", p.name, p.version, p.change))
+                .collect();
+            Some(format!(
+                "reload {reload}: generation {} live ({}); built in {:.2} s, live {:.1} ms after \
+                 the build (staged and loaded in {:.1} ms, then linked, initialised and \
+                 published in {:.2} ms)",
+                report.generation,
+                if plugins.is_empty() {
+                    "no change".into()
+                } else {
+                    plugins.join(", ")
+                },
+                build.as_secs_f64(),
+                live_after_build.as_secs_f64() * 1e3,
+                report.staging.as_secs_f64() * 1e3,
+                report.go_live.as_secs_f64() * 1e3,
+            ))
+        }
+        DevEvent::BuildFailed {
+            reload,
+            build,
+            error,
+            serving,
+        } => Some(format!(
+            "reload {reload}: build failed after {:.2} s: {}; generation {serving} keeps serving",
+            build.as_secs_f64(),
+            DisplayChain(error)
+        )),
+        DevEvent::DeployFailed {
+            reload,
+            build,
+            error,
+            serving,
+        } => Some(format!(
+            "reload {reload}: built in {:.2} s but refused: {}; generation {serving} keeps serving",
+            build.as_secs_f64(),
+            DisplayChain(error)
+        )),
+        _ => None,
+    }
 }
 
 /// SIGTERM or Ctrl-C.

@@ -228,28 +228,45 @@ pub(crate) enum StageError {
 
 /// Copies a checked plugin file into `staging_dir` under a name unique to its content.
 ///
-/// Returns the staged path. A file already staged under that name (the same build) is reused.
+/// With `expected_sha256` (a release manifest's checksum) the file is hashed and compared first,
+/// and a file already staged under that name (the same build) is reused. Without it (a build
+/// graft made itself, see [`Host::deploy_libraries`](crate::Host::deploy_libraries)), the build
+/// is almost certainly new, so the copy is written to a temp file while another thread hashes
+/// it, then renamed to its content name: the two costs overlap instead of adding up.
+///
+/// Returns the staged path and the file's sha256.
 pub(crate) fn stage(
     staging_dir: &Path,
     name: &str,
     source: &Path,
-    expected_sha256: &str,
-) -> Result<PathBuf, StageError> {
+    expected_sha256: Option<&str>,
+) -> Result<(PathBuf, String), StageError> {
     let bytes = fs::read(source).map_err(StageError::Read)?;
+    elf::check(&bytes).map_err(StageError::Elf)?;
+    fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
+    let Some(expected) = expected_sha256 else {
+        let (sha256, written) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| sha256_hex(&bytes));
+            let written = atomic_file::write_temp(staging_dir, name, &bytes);
+            (hashing.join().expect("hashing does not panic"), written)
+        });
+        let temp = written.map_err(StageError::Write)?;
+        let staged = staged_path(staging_dir, name, &sha256);
+        temp.persist(&staged).map_err(StageError::Write)?;
+        return Ok((staged, sha256));
+    };
     let actual = sha256_hex(&bytes);
-    if actual != expected_sha256 {
+    if actual != expected {
         return Err(StageError::Checksum {
-            expected: expected_sha256.to_owned(),
+            expected: expected.to_owned(),
             actual,
         });
     }
-    elf::check(&bytes).map_err(StageError::Elf)?;
     let staged = staged_path(staging_dir, name, &actual);
     if staged != source && !staged.exists() {
-        fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
         atomic_file::write(&staged, &bytes).map_err(StageError::Write)?;
     }
-    Ok(staged)
+    Ok((staged, actual))
 }
 
 pub(crate) fn staged_path(staging_dir: &Path, name: &str, sha256: &str) -> PathBuf {

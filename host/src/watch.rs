@@ -161,7 +161,7 @@ fn stamp(file: &Path) -> Result<(u64, Option<std::time::SystemTime>), String> {
 }
 
 /// Swap, backup and lock files editors write next to the files they save.
-fn is_editor_temp(path: &Path) -> bool {
+pub(crate) fn is_editor_temp(path: &Path) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())

@@ -4,6 +4,7 @@ mod util;
 
 mod bad_input;
 mod check_cli;
+mod dev;
 mod logging;
 mod pinning;
 mod releases;

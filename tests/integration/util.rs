@@ -39,7 +39,7 @@ struct Artifacts {
     graft: PathBuf,
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the workspace")
@@ -84,6 +84,13 @@ fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
     artifacts
 }
 
+/// Where cargo builds the workspace.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"))
+}
+
 fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
@@ -93,9 +100,7 @@ fn artifacts() -> &'static Artifacts {
         }
         let mut built = cargo_build(&args);
         // Not a workspace member, so its graft-api feature cannot leak into the host.
-        let target_dir = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace_root().join("target"));
+        let target_dir = target_dir();
         let manifest = workspace_root().join("example-plugins/newer-api/Cargo.toml");
         built.extend(cargo_build(&[
             "--manifest-path",

@@ -1,0 +1,502 @@
+//! The dev loop: rebuild plugin crates when their sources change and deploy every build that
+//! compiles, while the server keeps serving.
+//!
+//! [`DevLoop::run`] builds each crate with `cargo build --message-format=json`, deploys the
+//! libraries it produced with [`Host::deploy_libraries`] (the same steps and the same single
+//! store as any deploy), then watches the sources and does it again after every change:
+//!
+//! - What is watched: each crate's directory, and the directory of every path dependency its last
+//!   build read (from cargo's dep-info file, so editing a shared types crate rebuilds the plugins
+//!   that use it). Build output (`target/`) and editor temp files are ignored; events are
+//!   debounced.
+//! - A build that fails reports the compiler's messages, and the generation that was serving
+//!   keeps serving. So does a build that compiles but is refused (it does not link, its
+//!   initialiser fails): the deploy error names the step.
+//! - Each reload reports how long the build took and how long after the build the new code was
+//!   live ([`DevEvent::Reloaded`]).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher as _};
+
+use crate::{DeployError, DeployReport, Host};
+
+/// How long file events must stop before a rebuild starts.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Rebuilds and redeploys plugin crates as their sources change.
+#[derive(Debug, Clone)]
+pub struct DevLoop {
+    crates: Vec<PathBuf>,
+    release: bool,
+    cargo: PathBuf,
+}
+
+/// What the dev loop did; [`DevLoop::run`] reports each to its caller.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DevEvent {
+    /// Sources changed; a build started.
+    Building {
+        /// Which reload this is (1 for the first build).
+        reload: u64,
+        /// The crates being built.
+        crates: Vec<PathBuf>,
+    },
+    /// Every crate built and the builds are live.
+    Reloaded {
+        /// Which reload this is.
+        reload: u64,
+        /// How long the builds took.
+        build: Duration,
+        /// From the end of the build to the new generation being current.
+        live_after_build: Duration,
+        /// The deploy.
+        report: DeployReport,
+    },
+    /// A crate did not compile; the serving generation keeps serving.
+    BuildFailed {
+        /// Which reload this is.
+        reload: u64,
+        /// How long the build took.
+        build: Duration,
+        /// Why.
+        error: BuildError,
+        /// The generation that keeps serving.
+        serving: u64,
+    },
+    /// The builds compiled but the release was refused; the serving generation keeps serving.
+    DeployFailed {
+        /// Which reload this is.
+        reload: u64,
+        /// How long the build took.
+        build: Duration,
+        /// Why.
+        error: DeployError,
+        /// The generation that keeps serving.
+        serving: u64,
+    },
+}
+
+/// Why a crate did not build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// cargo could not be run.
+    #[error("running {cargo} for {}", krate.display())]
+    Spawn {
+        /// The cargo executable.
+        cargo: String,
+        /// The crate.
+        krate: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The compiler reported errors (already printed to standard error as they came).
+    #[error("{} does not compile: {errors} error(s)", krate.display())]
+    Compile {
+        /// The crate.
+        krate: PathBuf,
+        /// How many error messages the compiler gave.
+        errors: usize,
+    },
+    /// The crate built, but produced no `cdylib`.
+    #[error("{} builds no cdylib: add `crate-type = [\"cdylib\"]` to its [lib] section", krate.display())]
+    NoLibrary {
+        /// The crate.
+        krate: PathBuf,
+    },
+}
+
+/// Why the dev loop could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevError {
+    /// A crate directory has no `Cargo.toml`.
+    #[error("{} is not a crate directory (no Cargo.toml)", path.display())]
+    NotACrate {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The sources could not be watched.
+    #[error("watching {}", path.display())]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// One crate's successful build.
+struct Build {
+    libraries: Vec<PathBuf>,
+    /// The source directories it was built from (the crate's and its path dependencies').
+    roots: BTreeSet<PathBuf>,
+    /// Where cargo puts its output (events there are ignored).
+    target_dir: Option<PathBuf>,
+}
+
+impl DevLoop {
+    /// A dev loop for these crate directories, built in the debug profile.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::NotACrate`] if a directory has no `Cargo.toml`.
+    pub fn new(crates: Vec<PathBuf>) -> Result<Self, DevError> {
+        let crates = crates
+            .into_iter()
+            .map(|dir| match std::fs::canonicalize(&dir) {
+                Ok(dir) if dir.join("Cargo.toml").is_file() => Ok(dir),
+                _ => Err(DevError::NotACrate { path: dir }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            crates,
+            release: false,
+            cargo: std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from),
+        })
+    }
+
+    /// Builds with `--release` instead.
+    pub fn release(mut self, release: bool) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Builds every crate and deploys the builds, then again whenever their sources change.
+    /// Returns when `stop` says so (checked between events) or the watch ends.
+    ///
+    /// Compiler messages go to standard error as cargo prints them; everything else is
+    /// reported through `report`.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Watch`] if the sources cannot be watched.
+    pub fn run(
+        &self,
+        host: &Arc<Host>,
+        stop: &dyn Fn() -> bool,
+        report: &mut dyn FnMut(DevEvent),
+    ) -> Result<(), DevError> {
+        let (events, rx) = mpsc::channel::<PathBuf>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event {
+                    if !event.kind.is_access() {
+                        for path in event.paths {
+                            let _ = events.send(path);
+                        }
+                    }
+                }
+            })
+            .map_err(|source| DevError::Watch {
+                path: self.crates[0].clone(),
+                source,
+            })?;
+        let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut ignored: BTreeSet<PathBuf> = BTreeSet::new();
+        // Which crates each watched root belongs to: a change there rebuilds those crates.
+        let mut roots_of: Vec<BTreeSet<PathBuf>> = self
+            .crates
+            .iter()
+            .map(|c| BTreeSet::from([c.clone()]))
+            .collect();
+        let mut dirty: BTreeSet<usize> = (0..self.crates.len()).collect();
+        let mut reload = 0;
+        loop {
+            if !dirty.is_empty() {
+                reload += 1;
+                let crates: Vec<usize> = std::mem::take(&mut dirty).into_iter().collect();
+                let builds = self.reload(host, reload, &crates, report);
+                for (i, build) in builds {
+                    roots_of[i].extend(build.roots);
+                    ignored.extend(build.target_dir);
+                }
+                for root in roots_of.iter().flatten() {
+                    if watched.insert(root.clone()) {
+                        watcher
+                            .watch(root, RecursiveMode::Recursive)
+                            .map_err(|source| DevError::Watch {
+                                path: root.clone(),
+                                source,
+                            })?;
+                    }
+                }
+            }
+            // Wait for a relevant change, then until changes stop for `SETTLE`.
+            let mut changed = Vec::new();
+            loop {
+                let timeout = if changed.is_empty() {
+                    Duration::from_millis(200)
+                } else {
+                    SETTLE
+                };
+                match rx.recv_timeout(timeout) {
+                    Ok(path) if is_source_change(&path, &ignored) => changed.push(path),
+                    Ok(_) => {}
+                    Err(RecvTimeoutError::Timeout) if changed.is_empty() => {
+                        if stop() {
+                            return Ok(());
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+            for (i, roots) in roots_of.iter().enumerate() {
+                if changed
+                    .iter()
+                    .any(|path| roots.iter().any(|r| path.starts_with(r)))
+                {
+                    dirty.insert(i);
+                }
+            }
+        }
+    }
+
+    /// Builds `crates` and deploys what they produced, all or nothing.
+    fn reload(
+        &self,
+        host: &Arc<Host>,
+        reload: u64,
+        crates: &[usize],
+        report: &mut dyn FnMut(DevEvent),
+    ) -> Vec<(usize, Build)> {
+        report(DevEvent::Building {
+            reload,
+            crates: crates.iter().map(|&i| self.crates[i].clone()).collect(),
+        });
+        let started = Instant::now();
+        let mut builds = Vec::new();
+        for &i in crates {
+            match self.build(&self.crates[i]) {
+                Ok(build) => builds.push((i, build)),
+                Err(error) => {
+                    report(DevEvent::BuildFailed {
+                        reload,
+                        build: started.elapsed(),
+                        error,
+                        serving: host.pin().id(),
+                    });
+                    return builds;
+                }
+            }
+        }
+        let build = started.elapsed();
+        let built = Instant::now();
+        let libraries: Vec<PathBuf> = builds
+            .iter()
+            .flat_map(|(_, b)| b.libraries.iter().cloned())
+            .collect();
+        let deploying = Instant::now();
+        match host.deploy_libraries(Some(format!("dev-{reload}")), &libraries) {
+            Ok(deployed) => {
+                // `elapsed` runs from the start of the deploy to the store.
+                let live_after_build = deploying.duration_since(built) + deployed.elapsed;
+                report(DevEvent::Reloaded {
+                    reload,
+                    build,
+                    live_after_build,
+                    report: deployed,
+                });
+            }
+            Err(error) => report(DevEvent::DeployFailed {
+                reload,
+                build,
+                error,
+                serving: host.pin().id(),
+            }),
+        }
+        builds
+    }
+
+    /// Runs `cargo build` for one crate; compiler messages go to standard error.
+    fn build(&self, krate: &Path) -> Result<Build, BuildError> {
+        let manifest = krate.join("Cargo.toml");
+        let format = if std::io::stderr().is_terminal() {
+            "--message-format=json-diagnostic-rendered-ansi"
+        } else {
+            "--message-format=json"
+        };
+        let mut command = Command::new(&self.cargo);
+        command
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg(format)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if self.release {
+            command.arg("--release");
+        }
+        let spawn_error = |source| BuildError::Spawn {
+            cargo: self.cargo.display().to_string(),
+            krate: krate.to_owned(),
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_error)?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (mut libraries, mut errors, mut success) = (Vec::new(), 0, false);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match message["reason"].as_str() {
+                Some("compiler-message") => {
+                    if message["message"]["level"] == "error" {
+                        errors += 1;
+                    }
+                    if let Some(rendered) = message["message"]["rendered"].as_str() {
+                        eprint!("{rendered}");
+                    }
+                }
+                Some("compiler-artifact") if is_this_cdylib(&message, &manifest) => {
+                    libraries.extend(
+                        message["filenames"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| f.as_str())
+                            .filter(|f| f.ends_with(std::env::consts::DLL_SUFFIX))
+                            .map(PathBuf::from),
+                    );
+                }
+                Some("build-finished") => success = message["success"] == true,
+                _ => {}
+            }
+        }
+        let status = child.wait().map_err(spawn_error)?;
+        if !(success && status.success()) {
+            return Err(BuildError::Compile {
+                krate: krate.to_owned(),
+                errors,
+            });
+        }
+        if libraries.is_empty() {
+            return Err(BuildError::NoLibrary {
+                krate: krate.to_owned(),
+            });
+        }
+        let dep_info = libraries[0].with_extension("d");
+        let target_dir = libraries[0]
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_owned);
+        let mut roots = BTreeSet::from([krate.to_owned()]);
+        roots.extend(path_dependency_roots(&dep_info));
+        Ok(Build {
+            libraries,
+            roots,
+            target_dir,
+        })
+    }
+}
+
+/// Whether a cargo artifact message is the cdylib of the crate at `manifest`.
+fn is_this_cdylib(message: &serde_json::Value, manifest: &Path) -> bool {
+    let ours = message["manifest_path"]
+        .as_str()
+        .is_some_and(|m| Path::new(m) == manifest);
+    let cdylib = message["target"]["kind"]
+        .as_array()
+        .is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"));
+    ours && cdylib
+}
+
+/// The package directories of the local sources a build read, from cargo's dep-info file
+/// (`target/debug/libNAME.d`, Makefile syntax). Registry and toolchain sources are left out:
+/// only directories with a `Cargo.toml` that are not under `CARGO_HOME` or the sysroot count.
+fn path_dependency_roots(dep_info: &Path) -> BTreeSet<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(dep_info) else {
+        return BTreeSet::new();
+    };
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
+    let excluded: Vec<PathBuf> = cargo_home.into_iter().chain(rustup_home).collect();
+    let mut roots = BTreeSet::new();
+    for file in dep_info_files(&text) {
+        let file = PathBuf::from(file);
+        if !file.is_absolute() || excluded.iter().any(|e| file.starts_with(e)) {
+            continue;
+        }
+        if let Some(root) = file
+            .ancestors()
+            .skip(1)
+            .find(|d| d.join("Cargo.toml").is_file())
+        {
+            roots.insert(root.to_owned());
+        }
+    }
+    roots
+}
+
+/// The prerequisites of the first rule of a dep-info file (`target: dep dep\ with\ space ...`).
+fn dep_info_files(text: &str) -> Vec<String> {
+    let Some(line) = text.lines().next() else {
+        return Vec::new();
+    };
+    let Some((_, deps)) = line.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    let mut current = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    files.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        files.push(current);
+    }
+    files
+}
+
+/// Whether a changed path can change a build: not build output, not an editor's temp file.
+fn is_source_change(path: &Path, ignored: &BTreeSet<PathBuf>) -> bool {
+    !crate::watch::is_editor_temp(path)
+        && !ignored.iter().any(|dir| path.starts_with(dir))
+        && !path.components().any(|c| c.as_os_str() == "target")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dep_info_prerequisites_unescape_spaces() {
+        let text = "/t/debug/libx.so: /src/a\\ b/lib.rs /src/c.rs\n\n/src/c.rs:\n";
+        assert_eq!(
+            super::dep_info_files(text),
+            ["/src/a b/lib.rs", "/src/c.rs"]
+        );
+    }
+
+    #[test]
+    fn build_output_and_editor_files_are_not_source_changes() {
+        let ignored = std::collections::BTreeSet::from([std::path::PathBuf::from("/w/out")]);
+        let change = |p: &str| super::is_source_change(std::path::Path::new(p), &ignored);
+        assert!(change("/w/plugin/src/lib.rs"));
+        assert!(!change("/w/out/debug/libx.so"));
+        assert!(!change("/w/plugin/target/debug/libx.so"));
+        assert!(!change("/w/plugin/src/.lib.rs.swp"));
+        assert!(!change("/w/plugin/src/lib.rs~"));
+    }
+}

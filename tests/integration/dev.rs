@@ -1,0 +1,172 @@
+//! `graft dev`: edit a plugin's source and the next request runs the new build; a build that
+//! does not compile leaves the previous one serving.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::util::{graft_bin, target_dir, workspace_root, Env};
+
+/// A plugin crate outside the workspace, the way a user's own plugin would be.
+fn write_plugin_crate(dir: &Path, greeting: &str) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let api = workspace_root().join("plugin-api");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "dev-loop-plugin"
+version = "1.0.0"
+edition = "2021"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+graft-api = {{ path = {api:?} }}
+abi_stable = "0.11.3"
+serde = {{ version = "1", features = ["derive"] }}
+
+[workspace]
+"#
+        ),
+    )
+    .unwrap();
+    // The workspace's lock file, so the build reuses the dependencies the tests already built.
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    set_greeting(dir, greeting);
+}
+
+fn set_greeting(dir: &Path, greeting: &str) {
+    write_source(
+        dir,
+        &format!(
+            r#"use graft_api::{{Context, Error}};
+
+graft_api::plugin! {{
+    name: "hello",
+    version: env!("CARGO_PKG_VERSION"),
+    exports: {{ "hello@1" => hello }},
+}}
+
+fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {{
+    Ok(format!("{greeting}, {{name}}"))
+}}
+"#
+        ),
+    );
+}
+
+fn write_source(dir: &Path, text: &str) {
+    // Written in place, as an editor saving the file would.
+    std::fs::write(dir.join("src/lib.rs"), text).unwrap();
+}
+
+/// `graft dev` as a child process: its service URL, and its output lines as they come.
+fn spawn_graft_dev(
+    env: &Env,
+    krate: &Path,
+) -> (std::process::Child, String, mpsc::Receiver<String>) {
+    let config = env.path("graft.toml");
+    std::fs::write(
+        &config,
+        r#"data_dir = "unused"
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[route]]
+method = "POST"
+path = "/hello"
+export = "hello@1"
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(graft_bin())
+        .args(["dev", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(env.path("data"))
+        .arg(krate)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base, rx)
+}
+
+/// The next output line, which must start with `prefix`.
+fn expect_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    // The first build may compile graft-api; later ones only the plugin.
+    let line = rx
+        .recv_timeout(Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("no line starting {prefix:?}: {e}"));
+    assert!(
+        line.starts_with(prefix),
+        "expected {prefix:?}, got {line:?}"
+    );
+    line
+}
+
+fn hello(base: &str) -> (u64, String) {
+    let mut response = ureq::post(format!("{base}/hello"))
+        .content_type("application/json")
+        .send(r#""you""#)
+        .unwrap();
+    let generation = response.headers()["x-graft-generation"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (generation, response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn an_edit_goes_live_and_a_syntax_error_keeps_the_last_build_serving() {
+    let env = Env::new();
+    let krate: PathBuf = env.path("plugin");
+    write_plugin_crate(&krate, "hello");
+    let (mut child, base, rx) = spawn_graft_dev(&env, &krate);
+
+    expect_line(&rx, "reload 1: generation 1 live (hello 1.0.0 added)");
+    assert_eq!(hello(&base), (1, r#""hello, you""#.into()));
+
+    set_greeting(&krate, "good morning");
+    let line = expect_line(&rx, "reload 2: generation 2 live (hello 1.0.0 replaced)");
+    assert!(line.contains("ms after the build"), "{line}");
+    assert_eq!(hello(&base), (2, r#""good morning, you""#.into()));
+
+    write_source(&krate, "fn hello( {");
+    let line = expect_line(&rx, "reload 3: build failed");
+    assert!(line.ends_with("generation 2 keeps serving"), "{line}");
+    assert_eq!(hello(&base), (2, r#""good morning, you""#.into()));
+
+    // Fixing the error goes live again.
+    set_greeting(&krate, "good evening");
+    expect_line(&rx, "reload 4: generation 3 live (hello 1.0.0 replaced)");
+    assert_eq!(hello(&base), (3, r#""good evening, you""#.into()));
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
