@@ -55,7 +55,7 @@ enum Command {
     /// build time and how soon after the build the new code was live. A build that fails shows
     /// the compiler's errors, and the previous code keeps serving.
     Dev {
-        /// The plugin crates: directories with a Cargo.toml whose [lib] is a cdylib.
+        /// The plugin crates: directories with a Cargo.toml whose `[lib]` is a cdylib.
         #[arg(required = true)]
         crates: Vec<PathBuf>,
         /// The config file (routes, addresses, a release to start from).
