@@ -4,16 +4,18 @@
 # error and checks that the last good build keeps serving. Prints graft dev's reload lines and
 # the median build time and time-to-live after the build.
 #
-# Run: scripts/dev-loop.sh [--edits N]      (loopback only; everything under a temp dir)
+# Run: scripts/dev-loop.sh [--edits N] [--release]   (loopback only; everything under a temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 edits=10
+profile=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --edits) edits=$2; shift 2 ;;
-    *) echo "usage: $0 [--edits N]" >&2; exit 2 ;;
+    --release) profile=(--release); shift ;;
+    *) echo "usage: $0 [--edits N] [--release]" >&2; exit 2 ;;
   esac
 done
 
@@ -73,7 +75,7 @@ path = "/hello"
 export = "hello@1"
 EOF
 
-CARGO_TARGET_DIR="$target" "$target/debug/graft" dev --config "$work/graft.toml" "$work/hello" \
+CARGO_TARGET_DIR="$target" "$target/debug/graft" dev "${profile[@]}" --config "$work/graft.toml" "$work/hello" \
   >"$work/out" 2>"$work/err" &
 pid=$!
 
