@@ -5,10 +5,12 @@
 # Run: scripts/swap-under-load.sh [--duration 30] [--interval-ms 50] [--connections 32]
 #                                 [--threads 2] [--baseline restart] [--unload-policy never]
 #
-# It runs the same load twice: first steady (no deploys), then swapping. One route in ten is
-# slow (foo pauses 5 ms between its frob call and its bar call), so requests straddle swaps.
-# With --baseline restart, the swapping run restarts the service as a process on each deploy
-# instead (what people do without graft). It ends with exactly one line:
+# The same load runs steady (no deploys) and swapping, --duration seconds each, in alternating
+# windows of about 5 s against the same server, so that drift in the machine's speed weighs on
+# both alike. One request in ten is slow (foo pauses 5 ms between its frob call and its bar
+# call), so requests straddle swaps. With --baseline restart, the swapping windows restart the
+# service as a process on each deploy instead (what people do without graft). It ends with
+# exactly one line:
 #   requests=N non2xx=N socket_errors=N mixed=N deploys=N rps_swapping=N rps_steady=N
 # where `mixed` counts responses whose foo, bar and frob major versions disagree.
 set -euo pipefail
@@ -115,76 +117,108 @@ function done(summary, latency, requests)
   local m, b = 0, 0
   for _, t in ipairs(threads) do m = m + t:get("mixed"); b = b + t:get("bad") end
   local e = summary.errors
-  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d rps=%d\n",
-    summary.requests, b, e.connect + e.read + e.write + e.timeout, m,
-    math.floor(summary.requests / (summary.duration / 1e6))))
+  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d duration_us=%d\n",
+    summary.requests, b, e.connect + e.read + e.write + e.timeout, m, summary.duration))
 end
 EOF
 
-load() { wrk -t"$threads" -c"$connections" -d"${duration}s" -s "$work/check.lua" "http://127.0.0.1:$port_app" | grep '^RESULT'; }
-field() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
-
-# Steady: the same load, no deploys.
-start "$(config steady "$work/v1")"
-echo "steady run: ${duration}s" >&2
-steady=$(load)
-kill -TERM "$server"; wait "$server" || true
-
-# Swapping.
-deploys_file="$work/deploys"
-echo 0 >"$deploys_file"
-if [ "$baseline" = graft ]; then
-  start "$(config swap "$work/v1")"
-  echo "swapping run: ${duration}s, a deploy every ${interval_ms} ms" >&2
-  # One keep-alive client for all deploys: spawning a process per deploy would cost the
-  # server's CPU more than the deploys do.
-  python3 - "$port_admin" "$work" "$duration" "$interval_ms" "$deploys_file" <<'PY' &
-import http.client, json, sys, time
-port, work, duration, interval_ms, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-conn = http.client.HTTPConnection("127.0.0.1", int(port))
-deadline, i, ok = time.monotonic() + duration, 0, 0
+cat >"$work/deployer.py" <<'PY'
+# deployer.py PORT WORK SECONDS INTERVAL_MS COUNT_FILE: deploys v2 and v1 alternately through
+# one keep-alive connection (a process per deploy would cost the server's CPU more than the
+# deploys do). COUNT_FILE holds the number of deploys so far; the alternation carries on from it.
+import json, socket, sys, time
+port, work, duration, interval_ms, count_file = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+# Both requests are built once; the loop only writes them and reads the answers.
+def request(release):
+    body = json.dumps({"dir": f"{work}/{release}"}).encode()
+    head = f"POST /deploy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+requests = [request("v2"), request("v1")]
+conn = socket.create_connection(("127.0.0.1", int(port)))
+buffer = b""
+def response():
+    global buffer
+    while b"\r\n\r\n" not in buffer:
+        buffer += conn.recv(65536)
+    head, buffer = buffer.split(b"\r\n\r\n", 1)
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
+    while len(buffer) < length:
+        buffer += conn.recv(65536)
+    body, buffer = buffer[:length], buffer[length:]
+    return int(head.split(b" ")[1]), body
+ok = int(open(count_file).read())
+deadline = time.monotonic() + duration
 while time.monotonic() < deadline:
-    release = "v2" if i % 2 == 0 else "v1"
-    conn.request("POST", "/deploy", json.dumps({"dir": f"{work}/{release}"}), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    body = response.read()
-    if response.status == 200:
+    conn.sendall(requests[ok % 2])
+    status, body = response()
+    if status == 200:
         ok += 1
     else:
-        print(f"deploy {release} refused: {body.decode()}", file=sys.stderr)
-    i += 1
+        print(f"deploy refused: {body.decode()}", file=sys.stderr)
     time.sleep(interval_ms / 1000)
-open(out, "w").write(str(ok))
+open(count_file, "w").write(str(ok))
 PY
-  deployer=$!
-  swapping=$(load)
-  wait "$deployer"
+
+# One wrk run of $1 seconds; prints its RESULT line.
+load() { wrk -t"$threads" -c"$connections" -d"${1}s" -s "$work/check.lua" "http://127.0.0.1:$port_app" | grep '^RESULT'; }
+field() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
+# add TOTALS RESULT: sums the fields of a RESULT line into a "k=v ..." line.
+add() {
+  local out="" k
+  for k in requests non2xx socket_errors mixed duration_us; do
+    out="$out $k=$(( $(field "$1" "$k") + $(field "$2" "$k") ))"
+  done
+  echo "$out"
+}
+
+# Steady and swapping windows alternate, so that a machine slowing down or speeding up during
+# the run (other tenants, frequency changes) weighs on both figures alike.
+windows=$(( duration >= 10 ? duration / 5 : 1 ))
+window=$(( duration / windows ))
+zero="requests=0 non2xx=0 socket_errors=0 mixed=0 duration_us=0"
+steady=$zero swapping=$zero
+deploys_file="$work/deploys"
+echo 0 >"$deploys_file"
+echo "$windows steady and $windows swapping windows of ${window}s, a $([ "$baseline" = graft ] && echo deploy || echo restart) every ${interval_ms} ms" >&2
+if [ "$baseline" = graft ]; then
+  start "$(config swap "$work/v1")"
+  for _ in $(seq 1 "$windows"); do
+    steady=$(add "$steady" "$(load "$window")")
+    python3 "$work/deployer.py" "$port_admin" "$work" "$window" "$interval_ms" "$deploys_file" &
+    deployer=$!
+    swapping=$(add "$swapping" "$(load "$window")")
+    wait "$deployer"
+  done
   kill -TERM "$server"; wait "$server" || true
 else
   v1_config=$(config restart-v1 "$work/v1")
   v2_config=$(config restart-v2 "$work/v2")
   start "$v1_config"
-  echo "restart baseline: ${duration}s, a restart every ${interval_ms} ms" >&2
-  (
-    deadline=$((SECONDS + duration)); i=0
-    while [ $SECONDS -lt $deadline ]; do
-      sleep "$(printf '0.%03d' "$interval_ms")"
-      next=$([ $((i % 2)) -eq 0 ] && echo "$v2_config" || echo "$v1_config")
-      rm -rf "$work/data-restart-v1" "$work/data-restart-v2"
-      kill -TERM "$(cat "$work/server.pid")" 2>/dev/null || true
-      while kill -0 "$(cat "$work/server.pid")" 2>/dev/null; do sleep 0.001; done
-      RUST_LOG=warn "$graft" serve --config "$next" >>"$work/serve.log" 2>&1 &
-      echo $! >"$work/server.pid"
-      i=$((i + 1)); echo $i >"$deploys_file"
-    done
-    kill -TERM "$(cat "$work/server.pid")" 2>/dev/null || true
-  ) &
   echo "$server" >"$work/server.pid"
-  restarter=$!
-  swapping=$(load)
-  wait "$restarter"
+  for _ in $(seq 1 "$windows"); do
+    steady=$(add "$steady" "$(load "$window")")
+    # Restart the service as a process on each "deploy"; the last one started keeps serving.
+    (
+      deadline=$((SECONDS + window)); i=$(cat "$deploys_file")
+      while [ $SECONDS -lt $deadline ]; do
+        sleep "$(printf '0.%03d' "$interval_ms")"
+        next=$([ $((i % 2)) -eq 0 ] && echo "$v2_config" || echo "$v1_config")
+        rm -rf "$work/data-restart-v1" "$work/data-restart-v2"
+        kill -TERM "$(cat "$work/server.pid")" 2>/dev/null || true
+        while kill -0 "$(cat "$work/server.pid")" 2>/dev/null; do sleep 0.001; done
+        RUST_LOG=warn "$graft" serve --config "$next" >>"$work/serve.log" 2>&1 &
+        echo $! >"$work/server.pid"
+        i=$((i + 1)); echo $i >"$deploys_file"
+      done
+    ) &
+    restarter=$!
+    swapping=$(add "$swapping" "$(load "$window")")
+    wait "$restarter"
+  done
+  kill -TERM "$(cat "$work/server.pid")" 2>/dev/null || true
 fi
 
+rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }
 echo "requests=$(field "$swapping" requests) non2xx=$(field "$swapping" non2xx)" \
   "socket_errors=$(field "$swapping" socket_errors) mixed=$(field "$swapping" mixed)" \
-  "deploys=$(cat "$deploys_file") rps_swapping=$(field "$swapping" rps) rps_steady=$(field "$steady" rps)"
+  "deploys=$(cat "$deploys_file") rps_swapping=$(rps "$swapping") rps_steady=$(rps "$steady")"

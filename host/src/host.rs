@@ -52,6 +52,8 @@ struct State {
     history: VecDeque<ReleaseRecord>,
     /// Every live library by SHA-256, so a build that is still loaded is reused, not reloaded.
     libraries: HashMap<String, Weak<LoadedPlugin>>,
+    /// Release files already verified against their checksums.
+    checksums: release::ChecksumCache,
     /// Libraries kept alive by [`UnloadPolicy::Never`].
     retained: Vec<Arc<LoadedPlugin>>,
     generations: Vec<Weak<Generation>>,
@@ -541,7 +543,7 @@ impl Host {
     /// build. Returns the plugin and whether it was freshly loaded (and so needs `init`).
     fn stage_and_load(
         &self,
-        state: &State,
+        state: &mut State,
         planned: &Planned,
     ) -> Result<(Arc<LoadedPlugin>, bool), DeployError> {
         let name = planned.name.as_deref();
@@ -556,6 +558,7 @@ impl Host {
             label,
             &planned.source,
             planned.sha256.as_deref(),
+            &mut state.checksums,
         )
         .map_err(|e| {
             let (step, cause) = match e {
@@ -597,7 +600,7 @@ impl Host {
         &self,
         plugins: &[(String, PathBuf, String)],
     ) -> Result<Vec<Arc<LoadedPlugin>>, DeployError> {
-        let state = self.lock_state();
+        let mut state = self.lock_state();
         let mut loaded = Vec::new();
         for (name, source, sha256) in plugins {
             let planned = Planned {
@@ -605,7 +608,7 @@ impl Host {
                 source: source.clone(),
                 sha256: Some(sha256.clone()),
             };
-            let (plugin, _) = self.stage_and_load(&state, &planned)?;
+            let (plugin, _) = self.stage_and_load(&mut state, &planned)?;
             plugin.init(services::host_api()).map_err(|message| {
                 DeployError::new(
                     Step::Init,

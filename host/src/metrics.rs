@@ -3,9 +3,12 @@
 //! Per generation: requests, errors (plugin errors, panics, bad input), a latency histogram and
 //! in-flight requests; per result: deploys; go-live latency (link, init, store); libraries mapped.
 //! In-flight and libraries are read from [`Host::status`] at scrape time, so they cost nothing
-//! per request.
+//! per request. The request series of the [`KEPT_GENERATIONS`] most recently served generations
+//! are kept; older ones are dropped, so a server deployed to every minute for months does not
+//! grow without bound.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -27,6 +30,9 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// How many generations keep their request series.
+const KEPT_GENERATIONS: usize = 32;
+
 /// One generation's request metrics, resolved once: recording a request through them takes no
 /// lock and looks nothing up.
 #[derive(Debug)]
@@ -42,6 +48,8 @@ struct GenerationMetrics {
 pub(crate) struct Metrics {
     /// The handles of the generation most recently served (almost always the current one).
     recent: arc_swap::ArcSwapOption<GenerationMetrics>,
+    /// The generations with request series, oldest first.
+    served: Mutex<VecDeque<u64>>,
     registry: Registry,
     requests: Family<GenerationLabel, Counter>,
     errors: Family<GenerationLabel, Counter>,
@@ -106,6 +114,7 @@ impl Metrics {
         );
         Arc::new(Self {
             recent: arc_swap::ArcSwapOption::empty(),
+            served: Mutex::default(),
             registry,
             requests,
             errors,
@@ -126,6 +135,7 @@ impl Metrics {
                 // A generation not cached: resolve its labelled series (a lock and a map
                 // lookup), once per switch rather than per request.
                 let label = GenerationLabel { generation };
+                self.note_served(generation);
                 fresh = Arc::new(GenerationMetrics {
                     generation,
                     requests: self.requests.get_or_create(&label).clone(),
@@ -141,6 +151,25 @@ impl Metrics {
             handles.errors.inc();
         }
         handles.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records that `generation` has request series, and drops the series of the oldest
+    /// generations beyond [`KEPT_GENERATIONS`].
+    fn note_served(&self, generation: u64) {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        if served.contains(&generation) {
+            return;
+        }
+        served.push_back(generation);
+        while served.len() > KEPT_GENERATIONS {
+            let Some(old) = served.pop_front() else {
+                break;
+            };
+            let label = GenerationLabel { generation: old };
+            self.requests.remove(&label);
+            self.errors.remove(&label);
+            self.latency.remove(&label);
+        }
     }
 
     pub(crate) fn deploy(&self, go_live: Option<Duration>) {
@@ -171,5 +200,27 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn only_the_most_recent_generations_keep_their_series() {
+        let metrics = super::Metrics::new();
+        for generation in 1..=100 {
+            metrics.request(generation, true, Duration::from_millis(1));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        let kept = text
+            .lines()
+            .filter(|l| l.starts_with("graft_requests_total{"))
+            .count();
+        assert_eq!(kept, super::KEPT_GENERATIONS);
+        assert!(text.contains(r#"graft_requests_total{generation="100"} 1"#));
+        assert!(!text.contains(r#"graft_requests_total{generation="1"}"#));
     }
 }
