@@ -3,7 +3,8 @@
 # while releases v1 and v2 are deployed alternately; a Lua script checks every response.
 #
 # Run: scripts/swap-under-load.sh [--duration 30] [--interval-ms 50] [--connections 32]
-#                                 [--threads 2] [--baseline restart] [--unload-policy never]
+#                                 [--threads 2] [--baseline restart]
+#                                 [--unload-policy keep-history|when-drained|never]
 #
 # The same load runs steady (no deploys) and swapping, --duration seconds each, in alternating
 # windows of about 5 s against the same server, so that drift in the machine's speed weighs on
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=when-drained
+duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=keep-history
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;

@@ -54,7 +54,7 @@ struct State {
     libraries: HashMap<String, Weak<LoadedPlugin>>,
     /// Release files already verified against their checksums.
     checksums: release::ChecksumCache,
-    /// Libraries kept alive by [`UnloadPolicy::Never`].
+    /// Libraries kept alive by [`UnloadPolicy::Never`] or [`UnloadPolicy::KeepHistory`].
     retained: Vec<Arc<LoadedPlugin>>,
     generations: Vec<Weak<Generation>>,
     last_deploy: Option<DeployOutcome>,
@@ -72,7 +72,8 @@ pub struct HostBuilder {
 }
 
 impl HostBuilder {
-    /// What to do with a library once no generation uses it (default [`UnloadPolicy::WhenDrained`]).
+    /// What to do with a library once no generation uses it (default
+    /// [`UnloadPolicy::KeepHistory`]).
     pub fn unload_policy(mut self, policy: UnloadPolicy) -> Self {
         self.unload_policy = policy;
         self
@@ -370,6 +371,9 @@ impl Host {
                     "release live"
                 );
                 self.write_record(state);
+                if self.unload_policy == UnloadPolicy::KeepHistory {
+                    Self::retain_history(state);
+                }
                 self.collect_staged(state);
             }
             Err(error) => tracing::warn!(error = %DisplayChain(error), "release rejected"),
@@ -684,6 +688,22 @@ impl Host {
                 })
                 .collect(),
         }
+    }
+
+    /// [`UnloadPolicy::KeepHistory`]: holds the libraries of the releases in the history, and
+    /// lets go of the rest (each is closed once no generation uses it).
+    fn retain_history(state: &mut State) {
+        let kept: std::collections::HashSet<&str> = state
+            .history
+            .iter()
+            .flat_map(|r| r.plugins.iter().map(|p| p.sha256.as_str()))
+            .collect();
+        state.retained = state
+            .libraries
+            .iter()
+            .filter(|(sha, _)| kept.contains(sha.as_str()))
+            .filter_map(|(_, plugin)| plugin.upgrade())
+            .collect();
     }
 
     /// Writes the history to `DATA/releases.json` (temp file, fsync, rename).

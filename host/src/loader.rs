@@ -264,8 +264,13 @@ fn read_declaration(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnloadPolicy {
-    /// Close the library as soon as the last generation using it has drained (the default).
+    /// Keep the libraries of the releases in the rollback history loaded (the default): a
+    /// rollback to any of them, or deploying one of them again, reuses its libraries instead of
+    /// loading them anew. A library is closed once it has left the history and its last
+    /// generation has drained, so memory stays bounded by the history length.
     #[default]
+    KeepHistory,
+    /// Close the library as soon as the last generation using it has drained.
     WhenDrained,
     /// Keep every library loaded while the host runs: instant rollback to any earlier build,
     /// at the price of memory that grows with every new build.

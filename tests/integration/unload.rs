@@ -70,6 +70,41 @@ fn with_the_never_policy_old_libraries_stay_mapped_and_rollback_reuses_them() {
 }
 
 #[test]
+fn keep_history_holds_the_libraries_of_recent_releases_and_unloads_older_ones() {
+    let env = Env::new();
+    let host = graft_host::Host::builder(env.path("data"))
+        .unload_policy(UnloadPolicy::KeepHistory)
+        .history(2)
+        .build()
+        .unwrap();
+    host.deploy(env.complete_release("v1", &["hello-v1"]))
+        .unwrap();
+    let v1 = staged_path(&host, "hello");
+    host.deploy(env.complete_release("v2", &["hello-v2"]))
+        .unwrap();
+    let v2 = staged_path(&host, "hello");
+    host.flush_unloads();
+    assert!(mapped(&v1), "v1 is in the history: kept for rollback");
+
+    // v1 again: its library was never closed, so it is reused, and v2 is kept in turn.
+    host.deploy(env.path("releases/v1")).unwrap();
+    assert_eq!(staged_path(&host, "hello"), v1);
+    host.flush_unloads();
+    assert!(mapped(&v2), "v2 is in the history: kept");
+
+    // A third release pushes v2 out of a history of two: it is closed once drained.
+    host.deploy(env.complete_release("v3", &["misbehaving"]))
+        .unwrap();
+    host.flush_unloads();
+    assert!(
+        !mapped(&v2),
+        "{} left the history but is still mapped",
+        v2.display()
+    );
+    assert!(mapped(&v1), "v1 is still in the history");
+}
+
+#[test]
 fn many_load_and_unload_cycles_leave_no_library_mapped() {
     let env = Env::new();
     let host = env.host();
