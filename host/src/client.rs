@@ -1,5 +1,5 @@
-//! A client of the admin API (see [`serve`](crate::serve)): what `graft deploy`, `graft rollback`
-//! and `graft status` use.
+//! A client of the admin API (see [`serve`](crate::serve)): what `graft deploy`, `graft rollback`,
+//! `graft status`, `graft rollout` and `graft fleet` use.
 
 use std::path::Path;
 
@@ -69,7 +69,47 @@ impl AdminClient {
     ///
     /// [`ClientError::Rejected`] with the server's reason when the release is refused.
     pub fn deploy(&self, dir: &Path) -> Result<Value, ClientError> {
-        self.send("POST", "/deploy", Some(serde_json::json!({ "dir": dir })))
+        self.deploy_canary(dir, None, None)
+    }
+
+    /// `POST /deploy` of a release directory, as the canary of a staged rollout starting at
+    /// `canary` percent (or the plan's first step) and following `plan` (or the server's).
+    /// Neither: an ordinary deploy.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Rejected`] with the server's reason when the release is refused.
+    pub fn deploy_canary(
+        &self,
+        dir: &Path,
+        canary: Option<u32>,
+        plan: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let request = crate::serve::DeployRequest {
+            dir: dir.to_owned(),
+            canary,
+            plan: plan.map(str::to_owned),
+        };
+        let body = serde_json::to_value(request).unwrap_or_default();
+        self.send("POST", "/deploy", Some(body))
+    }
+
+    /// `GET /rollout`: the rollout under way, or the last one.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Status`] 404 if no rollout has run.
+    pub fn rollout(&self) -> Result<Value, ClientError> {
+        self.send("GET", "/rollout", None)
+    }
+
+    /// `POST /rollout/ACTION`: `pause`, `resume`, `promote` or `abort`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Status`] 409 if no rollout is under way.
+    pub fn rollout_action(&self, action: &str) -> Result<Value, ClientError> {
+        self.send("POST", &format!("/rollout/{action}"), Some(Value::Null))
     }
 
     /// `POST /deploy` of a release bundle (see [`release::pack_bundle`](crate::release::pack_bundle)):
@@ -79,7 +119,42 @@ impl AdminClient {
     ///
     /// [`ClientError::Rejected`] with the server's reason when the release is refused.
     pub fn deploy_bundle(&self, bundle: &[u8]) -> Result<Value, ClientError> {
-        let url = format!("{}/deploy", self.base);
+        self.deploy_bundle_canary(bundle, None, None)
+    }
+
+    /// `POST /deploy` of a release bundle as the canary of a staged rollout (see
+    /// [`AdminClient::deploy_canary`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Rejected`] with the server's reason when the release is refused.
+    pub fn deploy_bundle_canary(
+        &self,
+        bundle: &[u8],
+        canary: Option<u32>,
+        plan: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut query = Vec::new();
+        if let Some(weight) = canary {
+            query.push(format!("canary={weight}"));
+        }
+        if let Some(plan) = plan {
+            let encoded: String = plan
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            query.push(format!("plan={encoded}"));
+        }
+        let url = if query.is_empty() {
+            format!("{}/deploy", self.base)
+        } else {
+            format!("{}/deploy?{}", self.base, query.join("&"))
+        };
         let mut request = self
             .agent
             .post(&url)

@@ -108,6 +108,9 @@ pub enum DeployCause {
     /// The record of live releases (`releases.json`) is corrupt.
     #[error("corrupt release record: {0}")]
     Record(String),
+    /// A staged rollout is under way: promote or abort its canary first.
+    #[error("a rollout is under way (canary generation {0}): promote or abort it first")]
+    RolloutInProgress(u64),
     /// There is no earlier release to roll back to.
     #[error("no earlier release to roll back to")]
     NothingToRollBack,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::atomic_file;
@@ -34,6 +34,8 @@ use crate::status::{
 /// ```
 pub struct Host {
     current: ArcSwap<Generation>,
+    /// The canary of a staged rollout: live beside `current` for the requests routed to it.
+    canary: ArcSwapOption<Generation>,
     exports: Exports,
     unloader: Unloader,
     staging_dir: PathBuf,
@@ -58,6 +60,8 @@ struct State {
     retained: Vec<Arc<LoadedPlugin>>,
     generations: Vec<Weak<Generation>>,
     last_deploy: Option<DeployOutcome>,
+    /// The canary's release, recorded in the history once it is promoted.
+    canary_record: Option<ReleaseRecord>,
 }
 
 /// The file, in the data directory, that records the releases that went live.
@@ -95,6 +99,7 @@ impl HostBuilder {
         std::fs::create_dir_all(&staging_dir)?;
         Ok(Host {
             current: ArcSwap::from_pointee(Generation::empty()),
+            canary: ArcSwapOption::empty(),
             exports: Exports::default(),
             unloader: Unloader::spawn()?,
             staging_dir,
@@ -178,6 +183,13 @@ struct Planned {
     sha256: Option<String>,
 }
 
+/// Where a deploy publishes its generation.
+#[derive(Clone, Copy)]
+enum Slot {
+    Current,
+    Canary,
+}
+
 struct Plan {
     label: Option<String>,
     complete: bool,
@@ -249,27 +261,125 @@ impl Host {
         let span = tracing::info_span!("deploy", release = %dir.display());
         let _entered = span.enter();
         let mut state = self.lock_state();
-        let result = Manifest::load(dir)
-            .map_err(|e| DeployError::new(Step::Manifest, None, Some(dir.join(MANIFEST)), e.into()))
-            .and_then(|manifest| {
-                let plan = Plan {
-                    label: manifest.name,
-                    complete: manifest.complete,
-                    remove: manifest.remove,
-                    plugins: manifest
-                        .plugins
-                        .into_iter()
-                        .map(|p| Planned {
-                            source: dir.join(&p.file),
-                            name: Some(p.name),
-                            sha256: Some(p.sha256),
-                        })
-                        .collect(),
-                };
-                self.apply(&mut state, plan)
-            });
+        let result = self
+            .no_rollout()
+            .and_then(|()| Self::plan_dir(dir))
+            .and_then(|plan| self.apply(&mut state, plan, Slot::Current));
         self.push_history(&mut state, &result);
         self.finish(&mut state, result)
+    }
+
+    /// Deploys the release in `dir` as the canary of a staged rollout: the same steps as
+    /// [`Host::deploy`] (a partial release builds on the current generation), but the store
+    /// publishes it beside the current generation instead of in its place. Requests reach it
+    /// only through [`Host::pin_canary`]; [`Host::promote_canary`] makes it current and
+    /// [`Host::abort_canary`] drops it. The record of live releases keeps naming the current
+    /// release until the canary is promoted, so a restart comes back on the stable one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::deploy`], and [`DeployCause::RolloutInProgress`] if there is a canary already.
+    pub fn deploy_canary(&self, dir: impl AsRef<Path>) -> Result<DeployReport, DeployError> {
+        let dir = dir.as_ref();
+        let span = tracing::info_span!("deploy_canary", release = %dir.display());
+        let _entered = span.enter();
+        let mut state = self.lock_state();
+        let result = self
+            .no_rollout()
+            .and_then(|()| Self::plan_dir(dir))
+            .and_then(|plan| self.apply(&mut state, plan, Slot::Canary));
+        if let Ok((_, record)) = &result {
+            state.canary_record = Some(record.clone());
+        }
+        let outcome = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| DisplayChain(e).to_string());
+        if let Err(error) = &outcome {
+            tracing::warn!(%error, "canary rejected");
+        }
+        state.last_deploy = Some(DeployOutcome {
+            at: SystemTime::now(),
+            generation: result.as_ref().ok().map(|(r, _)| r.generation),
+            error: outcome.err(),
+        });
+        result.map(|(report, _)| report)
+    }
+
+    /// Makes the canary the current generation: one store, after which every new request sees
+    /// it; the old current generation drains. Records the canary's release as live. Returns the
+    /// promoted generation's id, or `None` if there is no canary.
+    pub fn promote_canary(&self) -> Option<u64> {
+        let mut state = self.lock_state();
+        let canary = self.canary.load_full()?;
+        self.current.store(Arc::clone(&canary));
+        self.canary.store(None);
+        if let Some(record) = state.canary_record.take() {
+            state.history.push_back(record);
+            while state.history.len() > self.history_len {
+                state.history.pop_front();
+            }
+        }
+        tracing::info!(generation = canary.id(), "canary promoted: current");
+        self.write_record(&state);
+        if self.unload_policy == UnloadPolicy::KeepHistory {
+            Self::retain_history(&mut state);
+        }
+        self.collect_staged(&state);
+        Some(canary.id())
+    }
+
+    /// Drops the canary: no new request reaches it, and its libraries are let go once its
+    /// in-flight requests finish. Returns its id, or `None` if there is no canary.
+    pub fn abort_canary(&self) -> Option<u64> {
+        let mut state = self.lock_state();
+        let canary = self.canary.swap(None)?;
+        state.canary_record = None;
+        tracing::info!(generation = canary.id(), "canary dropped");
+        Some(canary.id())
+    }
+
+    /// Pins the canary generation, if a rollout has one.
+    pub fn pin_canary(&self) -> Option<OwnedPin> {
+        self.canary.load_full().map(OwnedPin::new)
+    }
+
+    /// The canary generation's id, if a rollout has one.
+    pub fn canary_id(&self) -> Option<u64> {
+        self.canary.load().as_ref().map(|g| g.id())
+    }
+
+    fn no_rollout(&self) -> Result<(), DeployError> {
+        match self.canary_id() {
+            Some(generation) => Err(DeployError::new(
+                Step::Manifest,
+                None,
+                None,
+                DeployCause::RolloutInProgress(generation),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The plan of the release in `dir`, from its manifest.
+    fn plan_dir(dir: &Path) -> Result<Plan, DeployError> {
+        let manifest = Manifest::load(dir).map_err(|e| {
+            DeployError::new(Step::Manifest, None, Some(dir.join(MANIFEST)), e.into())
+        })?;
+        Ok(Plan {
+            label: manifest.name,
+            complete: manifest.complete,
+            remove: manifest.remove,
+            plugins: manifest
+                .plugins
+                .into_iter()
+                .map(|p| Planned {
+                    source: dir.join(&p.file),
+                    name: Some(p.name),
+                    sha256: Some(p.sha256),
+                })
+                .collect(),
+        })
     }
 
     /// Deploys plugin libraries as a partial release without a manifest: each replaces (or
@@ -303,7 +413,9 @@ impl Host {
                 })
                 .collect(),
         };
-        let result = self.apply(&mut state, plan);
+        let result = self
+            .no_rollout()
+            .and_then(|()| self.apply(&mut state, plan, Slot::Current));
         self.push_history(&mut state, &result);
         self.finish(&mut state, result)
     }
@@ -342,10 +454,9 @@ impl Host {
                 None,
                 DeployCause::NothingToRollBack,
             )),
-            Some(target) => {
-                let plan = Self::plan_from(&target);
-                self.apply(&mut state, plan)
-            }
+            Some(target) => self
+                .no_rollout()
+                .and_then(|()| self.apply(&mut state, Self::plan_from(&target), Slot::Current)),
         };
         if let Ok((_, record)) = &result {
             // The rolled-back release leaves the history; its predecessor becomes the top again.
@@ -391,6 +502,7 @@ impl Host {
         &self,
         state: &mut State,
         plan: Plan,
+        slot: Slot,
     ) -> Result<(DeployReport, ReleaseRecord), DeployError> {
         let started = Instant::now();
         let current = self.current.load_full();
@@ -474,7 +586,10 @@ impl Host {
             set,
             &self.exports,
         ));
-        self.current.store(Arc::clone(&generation));
+        match slot {
+            Slot::Current => self.current.store(Arc::clone(&generation)),
+            Slot::Canary => self.canary.store(Some(Arc::clone(&generation))),
+        }
         let (elapsed, go_live) = (started.elapsed(), staged.elapsed());
         state.next_generation += 1;
 
@@ -664,7 +779,7 @@ impl Host {
             return Ok(None);
         };
         let mut state = self.lock_state();
-        let result = self.apply(&mut state, Self::plan_from(&last));
+        let result = self.apply(&mut state, Self::plan_from(&last), Slot::Current);
         if let Ok((_, record)) = &result {
             state.history = history;
             state.history.pop_back();
@@ -748,6 +863,7 @@ impl Host {
     pub fn status(&self) -> Status {
         let state = self.lock_state();
         let current = self.current.load_full();
+        let canary = self.canary_id();
         let generations: Vec<GenerationStatus> = std::iter::once(Arc::clone(&current))
             .chain(
                 state
@@ -758,13 +874,19 @@ impl Host {
             )
             .map(|generation| {
                 let is_current = generation.id() == current.id();
-                // References that are not pins: `current` (above), the ArcSwap's if current, and
-                // the one this iterator holds.
-                let host_refs = if is_current { 3 } else { 1 };
+                let is_canary = canary == Some(generation.id());
+                // References that are not pins: `current` (above), the ArcSwap's if current or
+                // canary, and the one this iterator holds.
+                let host_refs = match (is_current, is_canary) {
+                    (true, _) => 3,
+                    (false, true) => 2,
+                    (false, false) => 1,
+                };
                 GenerationStatus {
                     id: generation.id(),
                     release: generation.release().map(str::to_owned),
                     current: is_current,
+                    canary: is_canary,
                     plugins: generation
                         .loaded()
                         .iter()
@@ -797,6 +919,7 @@ impl Host {
         libraries.sort_by(|a, b| a.path.cmp(&b.path));
         Status {
             current: current.id(),
+            canary,
             generations,
             libraries,
             history: state.history.iter().cloned().collect(),

@@ -8,6 +8,8 @@
 //! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one.
 //! - [`Host`]: the current generation in an `ArcSwap`; [`Host::deploy`], [`Host::rollback`],
 //!   [`Host::status`].
+//! - [`rollout`]: staged rollouts, a canary generation beside the current one, analysed and
+//!   promoted or aborted step by step.
 //! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
 //! - [`watch`]: deploy a release when its directory, files or pointer change.
 //! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
@@ -45,6 +47,7 @@ pub mod link;
 mod loader;
 mod metrics;
 pub mod release;
+pub mod rollout;
 pub mod serve;
 mod services;
 pub mod status;

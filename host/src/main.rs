@@ -80,6 +80,24 @@ enum Command {
         /// Upload the release as a bundle even to a server on this machine.
         #[arg(long)]
         upload: bool,
+        /// Start a staged rollout: the release serves this percentage of requests as a canary,
+        /// then steps up through the plan while its analysis passes.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<u32>,
+        /// The rollout's steps (`5:30s,25:30s,50:60s,100`) instead of the server's plan.
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Show or steer the staged rollout of a running server.
+    Rollout {
+        /// What to do.
+        #[arg(value_enum)]
+        action: RolloutAction,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: Admin,
     },
@@ -124,6 +142,21 @@ enum Command {
     },
 }
 
+/// What `graft rollout` does.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RolloutAction {
+    /// Step, weights, per-generation figures, last verdict and events.
+    Status,
+    /// Hold the rollout at its step (a breach still aborts it).
+    Pause,
+    /// Go on from a pause.
+    Resume,
+    /// Make the canary the stable release now.
+    Promote,
+    /// Drop the canary now.
+    Abort,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -149,17 +182,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             release,
             data_dir,
         } => dev(&config, crates, release, data_dir)?,
-        Command::Deploy { dir, upload, admin } => {
+        Command::Deploy {
+            dir,
+            upload,
+            canary,
+            plan,
+            admin,
+        } => {
             let report = if upload || !is_local(&admin.admin) {
                 let bundle = graft_host::release::pack_bundle(&dir)
                     .with_context(|| format!("packing {}", dir.display()))?;
-                admin.client().deploy_bundle(&bundle)?
+                admin
+                    .client()
+                    .deploy_bundle_canary(&bundle, canary, plan.as_deref())?
             } else {
                 let dir = std::path::absolute(&dir)
                     .with_context(|| format!("resolving {}", dir.display()))?;
-                admin.client().deploy(&dir)?
+                admin
+                    .client()
+                    .deploy_canary(&dir, canary, plan.as_deref())?
             };
-            println!("{}", deploy_line(&report));
+            if report["rollout"].is_object() {
+                println!(
+                    "generation {} deployed as a canary: release {}",
+                    report["generation"],
+                    str_of(&report["release"])
+                );
+                print!("{}", rollout_table(&report["rollout"]));
+            } else {
+                println!("{}", deploy_line(&report));
+            }
+        }
+        Command::Rollout {
+            action,
+            json,
+            admin,
+        } => {
+            let client = admin.client();
+            let status = match action {
+                RolloutAction::Status => client.rollout()?,
+                RolloutAction::Pause => client.rollout_action("pause")?,
+                RolloutAction::Resume => client.rollout_action("resume")?,
+                RolloutAction::Promote => client.rollout_action("promote")?,
+                RolloutAction::Abort => client.rollout_action("abort")?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", rollout_table(&status));
+            }
         }
         Command::Rollback { admin } => {
             let report = admin.client().rollback()?;
@@ -433,6 +504,69 @@ fn status_table(status: &serde_json::Value) -> String {
     out.push_str(&format!("libraries mapped: {libraries}\n"));
     if let Some(error) = status["last_deploy"]["error"].as_str() {
         out.push_str(&format!("last deploy failed: {error}\n"));
+    }
+    if status["rollout"].is_object() {
+        out.push_str(&rollout_table(&status["rollout"]));
+    }
+    out
+}
+
+/// A rollout's state, step, weights, per-generation figures and last verdict.
+fn rollout_table(rollout: &serde_json::Value) -> String {
+    let plan: Vec<String> = rollout["plan"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| match step[1].as_u64() {
+            Some(0) | None => format!("{}%", step[0]),
+            Some(ms) => format!("{}%/{:.0}s", step[0], ms as f64 / 1000.0),
+        })
+        .collect();
+    let mut out = format!(
+        "rollout {}: release {}, canary generation {} beside stable generation {}\n",
+        str_of(&rollout["state"]),
+        str_of(&rollout["release"]),
+        rollout["canary"],
+        rollout["stable"],
+    );
+    out.push_str(&format!(
+        "step {} of {}, canary weight {}%, {:.1} s into the step (plan {})\n",
+        rollout["step"],
+        plan.len(),
+        rollout["weight"],
+        rollout["step_elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        plan.join(", ")
+    ));
+    out.push_str(&format!(
+        "{:<8} {:>9} {:>7} {:>10} {:>10}\n",
+        "", "requests", "errors", "error rate", "p99"
+    ));
+    for side in ["stable", "canary"] {
+        let w = &rollout[format!("{side}_window")];
+        out.push_str(&format!(
+            "{:<8} {:>9} {:>7} {:>9.2}% {:>10}\n",
+            side,
+            w["requests"],
+            w["errors"],
+            w["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            w["p99_ms"]
+                .as_f64()
+                .map_or("-".into(), |ms| format!("{ms:.2} ms")),
+        ));
+    }
+    let verdict = &rollout["last_verdict"];
+    if let Some(kind) = verdict["verdict"].as_str() {
+        match verdict["reason"].as_str() {
+            Some(reason) => out.push_str(&format!("last verdict: {kind}: {reason}\n")),
+            None => out.push_str(&format!("last verdict: {kind}\n")),
+        }
+    }
+    if let Some(last) = rollout["events"].as_array().and_then(|e| e.last()) {
+        out.push_str(&format!(
+            "last event: {}: {}\n",
+            str_of(&last["event"]),
+            str_of(&last["message"])
+        ));
     }
     out
 }

@@ -18,11 +18,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::rollout::{RolloutState, RolloutStatus};
 use crate::Host;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GenerationLabel {
     generation: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    generation: u64,
+    role: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +65,9 @@ pub(crate) struct Metrics {
     deploys: Family<ResultLabel, Counter>,
     go_live: Histogram,
     libraries: Gauge,
+    role: Family<RoleLabel, Gauge>,
+    canary_weight: Gauge,
+    rollout_step: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,6 +87,24 @@ impl Metrics {
         let deploys = Family::<ResultLabel, Counter>::default();
         let go_live = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
         let libraries = Gauge::default();
+        let role = Family::<RoleLabel, Gauge>::default();
+        let canary_weight = Gauge::default();
+        let rollout_step = Gauge::default();
+        registry.register(
+            "generation_role",
+            "1 for the stable generation and for a rollout's canary",
+            role.clone(),
+        );
+        registry.register(
+            "rollout_canary_weight_percent",
+            "The share of requests routed to the canary (0 without a rollout under way)",
+            canary_weight.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "The step of the rollout under way, from 1 (0 without one)",
+            rollout_step.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests served, by generation",
@@ -123,6 +151,9 @@ impl Metrics {
             deploys,
             go_live,
             libraries,
+            role,
+            canary_weight,
+            rollout_step,
         })
     }
 
@@ -184,9 +215,30 @@ impl Metrics {
         }
     }
 
-    /// The exposition text, with the gauges read from the host now.
-    pub(crate) fn render(&self, host: &Host) -> String {
+    /// The exposition text, with the gauges read from the host (and the rollout) now.
+    pub(crate) fn render(&self, host: &Host, rollout: Option<&RolloutStatus>) -> String {
         let status = host.status();
+        self.role.clear();
+        self.role
+            .get_or_create(&RoleLabel {
+                generation: status.current,
+                role: "stable",
+            })
+            .set(1);
+        if let Some(canary) = status.canary {
+            self.role
+                .get_or_create(&RoleLabel {
+                    generation: canary,
+                    role: "canary",
+                })
+                .set(1);
+        }
+        let running =
+            rollout.filter(|r| matches!(r.state, RolloutState::Running | RolloutState::Paused));
+        self.canary_weight
+            .set(running.map_or(0, |r| i64::from(r.weight)));
+        self.rollout_step
+            .set(running.map_or(0, |r| i64::try_from(r.step).unwrap_or(0)));
         self.in_flight.clear();
         for generation in &status.generations {
             let gauge = self.in_flight.get_or_create(&GenerationLabel {

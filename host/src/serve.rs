@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{CallError, DeployError};
 use crate::metrics::Metrics;
+use crate::rollout::{RolloutConfig, RolloutError, Rollouts, Route as Side};
 use crate::{DeployReport, DisplayChain, ErrorKind, Export, Host, UnloadPolicy};
 
 /// How long file events must stop before the watcher reads a release.
@@ -75,6 +76,9 @@ pub struct ServeConfig {
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Staged rollouts: the default plan, the sticky key, the analysis thresholds.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
     /// HTTP routes to exports.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
@@ -268,16 +272,19 @@ impl Server {
         .expect("deploy does not panic")
         .map_err(ServeError::Deploy)?;
         let metrics = Metrics::new();
-        let app =
-            app_router(&host, &metrics, &config.routes).map_err(|reason| ServeError::Config {
+        let rollouts = Rollouts::new(Arc::clone(&host), config.rollout.clone());
+        let app = app_router(&host, &metrics, &rollouts, &config.routes).map_err(|reason| {
+            ServeError::Config {
                 path: PathBuf::from("graft.toml"),
                 reason,
-            })?;
+            }
+        })?;
         let uploads = config.data_dir.join("uploads");
         let admin = admin_router(
             Admin {
                 host: Arc::clone(&host),
                 metrics,
+                rollouts,
                 uploads,
             },
             config.admin.token.clone(),
@@ -382,9 +389,12 @@ impl Server {
     }
 }
 
+/// The request header that forces a side of a rollout: `stable` or `canary`.
+pub const ROUTE_HEADER: &str = "x-graft-route";
+
 /// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
 struct RouteState {
-    host: Arc<Host>,
+    rollouts: Arc<Rollouts>,
     metrics: Arc<Metrics>,
     export: Export,
 }
@@ -392,12 +402,13 @@ struct RouteState {
 fn app_router(
     host: &Arc<Host>,
     metrics: &Arc<Metrics>,
+    rollouts: &Arc<Rollouts>,
     routes: &[Route],
 ) -> Result<Router, String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     for route in routes {
         let state = Arc::new(RouteState {
-            host: Arc::clone(host),
+            rollouts: Arc::clone(rollouts),
             metrics: Arc::clone(metrics),
             export: host.export(&route.export).map_err(|e| e.to_string())?,
         });
@@ -415,10 +426,25 @@ fn app_router(
         }))
 }
 
-/// One HTTP request: pin, call on the blocking pool, answer with the generation that served it.
-async fn call_export(State(route): State<Arc<RouteState>>, body: Bytes) -> Response {
+/// One HTTP request: route (stable or canary) and pin, call on the blocking pool, answer with
+/// the generation that served it.
+async fn call_export(
+    State(route): State<Arc<RouteState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = std::time::Instant::now();
-    let pin = route.host.pin_owned();
+    let force = headers
+        .get(ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Side>().ok());
+    let config = route.rollouts.config();
+    let key = sticky_key(
+        &headers,
+        config.sticky_header.as_deref(),
+        config.sticky_cookie.as_deref(),
+    );
+    let (pin, side) = route.rollouts.route(key, force);
     let generation = pin.id();
     let input = if body.is_empty() {
         Bytes::from_static(b"null")
@@ -427,9 +453,10 @@ async fn call_export(State(route): State<Arc<RouteState>>, body: Bytes) -> Respo
     };
     let call = Arc::clone(&route);
     let result = tokio::task::spawn_blocking(move || pin.call_raw(&call.export, &input)).await;
+    let elapsed = started.elapsed();
     route
         .metrics
-        .request(generation, matches!(result, Ok(Ok(_))), started.elapsed());
+        .request(generation, matches!(result, Ok(Ok(_))), elapsed);
     let mut response = match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
         Ok(Err(error)) => {
@@ -448,10 +475,35 @@ async fn call_export(State(route): State<Arc<RouteState>>, body: Bytes) -> Respo
             (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
         }
     };
+    route
+        .rollouts
+        .record(generation, response.status().is_server_error(), elapsed);
+    let headers = response.headers_mut();
+    headers.insert(GENERATION_HEADER, HeaderValue::from(generation));
+    if side == Side::Canary {
+        headers.insert(ROUTE_HEADER, HeaderValue::from_static("canary"));
+    }
     response
-        .headers_mut()
-        .insert(GENERATION_HEADER, HeaderValue::from(generation));
-    response
+}
+
+/// The sticky key of a request: the configured header's value, or the configured cookie's.
+fn sticky_key<'a>(
+    headers: &'a axum::http::HeaderMap,
+    header_name: Option<&str>,
+    cookie_name: Option<&str>,
+) -> Option<&'a [u8]> {
+    if let Some(value) = header_name.and_then(|name| headers.get(name)) {
+        return Some(value.as_bytes());
+    }
+    let cookie_name = cookie_name?;
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == cookie_name)
+        .map(|(_, value)| value.as_bytes())
 }
 
 /// The JSON body of a failed request.
@@ -480,6 +532,7 @@ impl From<&CallError> for CallFailure {
 struct Admin {
     host: Arc<Host>,
     metrics: Arc<Metrics>,
+    rollouts: Arc<Rollouts>,
     /// Where uploaded bundles are unpacked, each in a directory of its own, removed after the
     /// deploy (its files were staged by then).
     uploads: PathBuf,
@@ -494,6 +547,8 @@ fn admin_router(admin: Admin, token: Option<String>) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
+        .route("/rollout", axum::routing::get(rollout_status))
+        .route("/rollout/{action}", post(rollout_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE_BYTES))
         .with_state(admin);
     match token {
@@ -522,22 +577,82 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
     }
 }
 
-async fn status(State(Admin { host, .. }): State<Admin>) -> Response {
-    match tokio::task::spawn_blocking(move || host.status()).await {
+async fn status(State(Admin { host, rollouts, .. }): State<Admin>) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut status = serde_json::to_value(host.status()).unwrap_or_default();
+        status["rollout"] = serde_json::to_value(rollouts.status()).unwrap_or_default();
+        status
+    })
+    .await;
+    match result {
         Ok(status) => Json(status).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-/// The body of `POST /deploy`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The body of `POST /deploy` (for a bundle, `canary` and `plan` are query parameters).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DeployRequest {
     /// A release directory on the server's filesystem.
     pub dir: PathBuf,
+    /// Start a staged rollout with the release as the canary, at this weight (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+    /// The rollout's plan (`5:30s,25:30s,100`) instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
-async fn metrics(State(Admin { host, metrics, .. }): State<Admin>) -> Response {
-    match tokio::task::spawn_blocking(move || metrics.render(&host)).await {
+async fn rollout_status(State(Admin { rollouts, .. }): State<Admin>) -> Response {
+    match rollouts.status() {
+        Some(status) => Json(status).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no rollout has run" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn rollout_action(
+    State(Admin { rollouts, .. }): State<Admin>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+) -> Response {
+    let result = tokio::task::spawn_blocking(move || match action.as_str() {
+        "pause" => Some(rollouts.pause()),
+        "resume" => Some(rollouts.resume()),
+        "promote" => Some(rollouts.promote()),
+        "abort" => Some(rollouts.abort()),
+        _ => None,
+    })
+    .await;
+    match result {
+        Ok(Some(Ok(status))) => Json(status).into_response(),
+        Ok(Some(Err(error))) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": DisplayChain(&error).to_string() })),
+        )
+            .into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "rollout actions: pause, resume, promote, abort" })),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(
+    State(Admin {
+        host,
+        metrics,
+        rollouts,
+        ..
+    }): State<Admin>,
+) -> Response {
+    match tokio::task::spawn_blocking(move || metrics.render(&host, rollouts.status().as_ref()))
+        .await
+    {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -552,17 +667,13 @@ async fn metrics(State(Admin { host, metrics, .. }): State<Admin>) -> Response {
 
 async fn deploy(
     State(admin): State<Admin>,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let is_bundle = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
-    let Admin {
-        host,
-        metrics,
-        uploads,
-    } = admin;
     if !is_bundle {
         let request: DeployRequest = match serde_json::from_slice(&body) {
             Ok(request) => request,
@@ -570,23 +681,93 @@ async fn deploy(
                 return bad_request(format!("expected {{\"dir\": PATH}} or a tar bundle: {e}"))
             }
         };
-        let result = tokio::task::spawn_blocking(move || host.deploy(&request.dir)).await;
-        return deploy_response(&metrics, result);
+        let result = tokio::task::spawn_blocking(move || deploy_dir(&admin, &request)).await;
+        return result.unwrap_or_else(|e| internal(&e));
+    }
+    let mut request = DeployRequest::default();
+    for (key, value) in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match key {
+            "canary" => match value.parse() {
+                Ok(weight) => request.canary = Some(weight),
+                Err(_) => return bad_request(format!("canary={value}: a percentage")),
+            },
+            "plan" => request.plan = Some(percent_decode(value)),
+            _ => {}
+        }
     }
     let result = tokio::task::spawn_blocking(move || {
         static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = uploads.join(format!("upload-{}-{n}", std::process::id()));
-        let deployed = crate::release::unpack_bundle(&body, &dir).map(|()| host.deploy(&dir));
-        let _ = std::fs::remove_dir_all(&dir);
-        deployed
+        request.dir = admin
+            .uploads
+            .join(format!("upload-{}-{n}", std::process::id()));
+        let response = match crate::release::unpack_bundle(&body, &request.dir) {
+            Ok(()) => deploy_dir(&admin, &request),
+            Err(error) => bad_request(DisplayChain(&error).to_string()),
+        };
+        let _ = std::fs::remove_dir_all(&request.dir);
+        response
     })
     .await;
-    match result {
-        Ok(Ok(deployed)) => deploy_response(&metrics, Ok(deployed)),
-        Ok(Err(error)) => bad_request(DisplayChain(&error).to_string()),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    result.unwrap_or_else(|e| internal(&e))
+}
+
+/// Deploys a release directory, or starts a rollout with it as the canary.
+fn deploy_dir(admin: &Admin, request: &DeployRequest) -> Response {
+    if request.canary.is_none() && request.plan.is_none() {
+        return deploy_response(&admin.metrics, Ok(admin.host.deploy(&request.dir)));
     }
+    let plan = match request.plan.as_deref().map(str::parse).transpose() {
+        Ok(plan) => plan,
+        Err(reason) => return bad_request(format!("invalid rollout plan: {reason}")),
+    };
+    match admin.rollouts.start(&request.dir, request.canary, plan) {
+        Ok((report, rollout)) => {
+            admin.metrics.deploy(Some(report.go_live));
+            let mut body = serde_json::to_value(&report).unwrap_or_default();
+            body["rollout"] = serde_json::to_value(rollout).unwrap_or_default();
+            Json(body).into_response()
+        }
+        Err(RolloutError::Deploy(error)) => deploy_response(&admin.metrics, Ok(Err(error))),
+        Err(error) => bad_request(DisplayChain(&error).to_string()),
+    }
+}
+
+/// Decodes `%XX` escapes (a query parameter's value).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn internal(error: &tokio::task::JoinError) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
 }
 
 fn bad_request(error: String) -> Response {

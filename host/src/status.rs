@@ -13,6 +13,8 @@ use crate::loader::UnloadPolicy;
 pub struct Status {
     /// The current generation's id.
     pub current: u64,
+    /// The canary generation's id, while a staged rollout has one.
+    pub canary: Option<u64>,
     /// Every live generation (current, and replaced ones still draining), oldest first.
     pub generations: Vec<GenerationStatus>,
     /// Every library mapped by the host.
@@ -35,6 +37,8 @@ pub struct GenerationStatus {
     pub release: Option<String>,
     /// Whether it is the current one.
     pub current: bool,
+    /// Whether it is the canary of a staged rollout.
+    pub canary: bool,
     /// Its plugins.
     pub plugins: Vec<PluginStatus>,
     /// Pins holding it: every owned pin; for a replaced generation, every pin. (Short synchronous

@@ -8,6 +8,7 @@ mod dev;
 mod logging;
 mod pinning;
 mod releases;
+mod rollout;
 mod serve;
 mod unload;
 mod watch;

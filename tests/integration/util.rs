@@ -13,6 +13,7 @@ use graft_host::{release, Host, Step, UnloadPolicy};
 const PLUGINS: &[(&str, &str)] = &[
     ("hello-v1", "hello"),
     ("hello-v2", "hello"),
+    ("hello-flaky", "hello"),
     ("foo-v1", "foo"),
     ("foo-v2", "foo"),
     ("bar-v1", "bar"),

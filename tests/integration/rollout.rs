@@ -1,0 +1,255 @@
+//! Staged rollouts: sticky routing, automatic abort, promotion, and too little traffic.
+//!
+//! These drive a host's [`Rollouts`] the way `graft serve` does for each request: route (which
+//! pins one generation), call, record. The analysis thread is slowed down to once an hour so
+//! that each test runs the analysis itself, with `tick`, where it needs to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use graft_host::rollout::{
+    AnalysisConfig, RolloutConfig, RolloutPlan, RolloutState, RolloutStatus, Rollouts, Route,
+    Verdict,
+};
+use graft_host::{Export, Host, UnloadPolicy};
+
+use crate::util::{mapped, staged_path, Env};
+
+fn config(plan: &str, min_requests: u64) -> RolloutConfig {
+    let mut config = RolloutConfig::default();
+    config.plan = plan.parse().unwrap();
+    config.analysis = AnalysisConfig::default();
+    config.analysis.min_requests = min_requests;
+    config.analysis.interval_ms = 3_600_000;
+    config
+}
+
+/// A host serving hello-v1, and its rollouts.
+fn setup(env: &Env, config: RolloutConfig) -> (Arc<Host>, Arc<Rollouts>, Export) {
+    let host = Arc::new(env.host_with(UnloadPolicy::WhenDrained));
+    host.deploy(env.complete_release("stable", &["hello-v1"]))
+        .unwrap();
+    let hello = host.export("hello@1").unwrap();
+    let rollouts = Rollouts::new(Arc::clone(&host), config);
+    (host, rollouts, hello)
+}
+
+/// One request as `graft serve` runs it; returns the side and generation that served it and
+/// whether it succeeded.
+fn request(rollouts: &Rollouts, hello: &Export, key: Option<&str>) -> (Route, u64, bool) {
+    let started = Instant::now();
+    let (pin, side) = rollouts.route(key.map(str::as_bytes), None);
+    let ok = pin.call::<_, String>(hello, &"you").is_ok();
+    rollouts.record(pin.id(), !ok, started.elapsed());
+    (side, pin.id(), ok)
+}
+
+fn status(rollouts: &Rollouts) -> RolloutStatus {
+    rollouts.status().expect("a rollout has run")
+}
+
+#[test]
+fn sticky_keys_split_by_weight_stay_put_and_stay_in_the_canary_as_it_grows() {
+    let env = Env::new();
+    let (_host, rollouts, hello) = setup(&env, config("10:0s,25:1h,100", 1));
+    rollouts
+        .start(&env.complete_release("canary", &["hello-v2"]), None, None)
+        .unwrap();
+    let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+
+    let mut side_of: HashMap<&str, Route> = HashMap::new();
+    for key in &keys {
+        let (side, _, ok) = request(&rollouts, &hello, Some(key));
+        assert!(ok);
+        side_of.insert(key, side);
+    }
+    let in_canary = side_of.values().filter(|s| **s == Route::Canary).count();
+    let share = in_canary as f64 / keys.len() as f64 * 100.0;
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "canary share {share:.2}% at weight 10%"
+    );
+    for key in &keys {
+        let (side, _, _) = request(&rollouts, &hello, Some(key));
+        assert_eq!(side, side_of[key.as_str()], "{key} moved");
+    }
+
+    // The step passed (its bake time is 0 and its window is healthy): weight 25%.
+    rollouts.tick();
+    assert_eq!(status(&rollouts).weight, 25);
+    let mut now_in_canary = 0;
+    for key in &keys {
+        let (side, _, _) = request(&rollouts, &hello, Some(key));
+        if side_of[key.as_str()] == Route::Canary {
+            assert_eq!(side, Route::Canary, "{key} left the canary when it grew");
+        }
+        now_in_canary += usize::from(side == Route::Canary);
+    }
+    let share = now_in_canary as f64 / keys.len() as f64 * 100.0;
+    assert!(
+        (23.0..=27.0).contains(&share),
+        "canary share {share:.2}% at weight 25%"
+    );
+}
+
+#[test]
+fn a_canary_failing_a_fifth_of_its_calls_is_aborted_and_stable_never_fails() {
+    let env = Env::new();
+    let (host, rollouts, hello) = setup(&env, config("10:1h,100", 50));
+    let stable = host.pin().id();
+    let (report, _) = rollouts
+        .start(&env.complete_release("flaky", &["hello-flaky"]), None, None)
+        .unwrap();
+    let canary = report.generation;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served = 0;
+    while status(&rollouts).state == RolloutState::Running {
+        for _ in 0..100 {
+            let (side, generation, ok) = request(&rollouts, &hello, None);
+            if side == Route::Stable {
+                assert!(ok, "stable failed a request");
+                assert_eq!(generation, stable);
+            }
+            served += 1;
+        }
+        rollouts.tick();
+        assert!(
+            Instant::now() < deadline,
+            "never aborted after {served} requests"
+        );
+    }
+
+    let after = status(&rollouts);
+    assert_eq!(after.state, RolloutState::Aborted);
+    assert_eq!(after.step, 1, "aborted within the first step's window");
+    assert_eq!(after.weight, 0);
+    let abort = after.events.last().unwrap();
+    assert_eq!(abort.event, "aborted");
+    assert!(abort.message.contains("error rate"), "{}", abort.message);
+    assert!(abort.canary.requests >= 50, "{:?}", abort.canary);
+    assert!(abort.canary.error_rate > 0.15, "{:?}", abort.canary);
+    assert!(matches!(after.last_verdict, Some(Verdict::Breach(_))));
+
+    assert_eq!(host.canary_id(), None);
+    for _ in 0..1000 {
+        let (side, generation, ok) = request(&rollouts, &hello, None);
+        assert_eq!((side, generation, ok), (Route::Stable, stable, true));
+    }
+    // Even forced, a request can no longer reach it.
+    let (pin, side) = rollouts.route(None, Some(Route::Canary));
+    assert_eq!((side, pin.id()), (Route::Stable, stable));
+    assert_ne!(pin.id(), canary);
+}
+
+#[test]
+fn a_healthy_canary_walks_the_plan_becomes_stable_and_the_old_stable_unloads() {
+    let env = Env::new();
+    let (host, rollouts, hello) = setup(&env, config("10:50ms,50:50ms,100:50ms", 20));
+    let old = staged_path(&host, "hello");
+    let (report, _) = rollouts
+        .start(&env.complete_release("v2", &["hello-v2"]), None, None)
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&rollouts).state == RolloutState::Running {
+        for _ in 0..100 {
+            assert!(request(&rollouts, &hello, None).2);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        rollouts.tick();
+        assert!(Instant::now() < deadline, "never promoted");
+    }
+
+    let done = status(&rollouts);
+    assert_eq!(done.state, RolloutState::Promoted);
+    let steps: Vec<(String, u32)> = done
+        .events
+        .iter()
+        .filter(|e| e.event != "waiting")
+        .map(|e| (e.event.clone(), e.weight))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("started".into(), 10),
+            ("step".into(), 50),
+            ("step".into(), 100),
+            ("promoted".into(), 100)
+        ]
+    );
+    assert_eq!(
+        host.pin().id(),
+        report.generation,
+        "the canary is stable now"
+    );
+    assert_eq!(host.canary_id(), None);
+    let (side, generation, _) = request(&rollouts, &hello, None);
+    assert_eq!((side, generation), (Route::Stable, report.generation));
+
+    host.flush_unloads();
+    assert!(!mapped(&old), "the old stable's library is still mapped");
+    assert_eq!(host.status().generations.len(), 1, "the old stable drained");
+}
+
+#[test]
+fn too_little_traffic_keeps_the_rollout_waiting_instead_of_promoting() {
+    let env = Env::new();
+    let (host, rollouts, hello) = setup(&env, config("10:20ms,100", 100));
+    let stable = host.pin().id();
+    rollouts
+        .start(&env.complete_release("v2", &["hello-v2"]), None, None)
+        .unwrap();
+    for _ in 0..50 {
+        request(&rollouts, &hello, None);
+    }
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(30));
+        rollouts.tick();
+    }
+
+    let waiting = status(&rollouts);
+    assert_eq!(waiting.state, RolloutState::Running);
+    assert_eq!((waiting.step, waiting.weight), (1, 10));
+    assert!(
+        matches!(&waiting.last_verdict, Some(Verdict::Inconclusive(r)) if r.contains("needed")),
+        "{:?}",
+        waiting.last_verdict
+    );
+    let logged: Vec<&str> = waiting.events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        logged,
+        ["started", "waiting"],
+        "one waiting event, not one per tick"
+    );
+    assert_eq!(host.pin().id(), stable, "nothing was promoted");
+}
+
+#[test]
+fn a_plan_given_at_start_overrides_the_configured_one() {
+    let env = Env::new();
+    let (_host, rollouts, _) = setup(&env, config("5:30s,100", 1));
+    let plan: RolloutPlan = "20:1s,60:1s,100".parse().unwrap();
+    let (_, started) = rollouts
+        .start(
+            &env.complete_release("v2", &["hello-v2"]),
+            Some(40),
+            Some(plan),
+        )
+        .unwrap();
+    let weights: Vec<u32> = started.plan.iter().map(|(w, _)| *w).collect();
+    assert_eq!(
+        weights,
+        [40, 60, 100],
+        "starts at 40%, then the plan's greater steps"
+    );
+    assert_eq!(started.weight, 40);
+
+    // A second rollout cannot start while this one runs; nor can an ordinary deploy.
+    let second = rollouts.start(&env.complete_release("v3", &["hello-flaky"]), None, None);
+    assert!(second
+        .unwrap_err()
+        .to_string()
+        .contains("deploying the canary"));
+}
