@@ -253,3 +253,123 @@ fn a_plan_given_at_start_overrides_the_configured_one() {
         .to_string()
         .contains("deploying the canary"));
 }
+
+/// POSTs to `url` with extra headers; returns the generation, the `x-graft-route` header and
+/// whether the answer was a 200.
+fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut request = agent.post(url).content_type("application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send(r#""you""#).unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    (
+        header("x-graft-generation").unwrap().parse().unwrap(),
+        header("x-graft-route"),
+        response.status() == 200,
+    )
+}
+
+#[test]
+fn through_graft_serve_the_canary_is_sticky_can_be_forced_and_the_cli_steers_it() {
+    let env = Env::new();
+    env.complete_release("v1", &["hello-v1"]);
+    let config = env.path("graft.toml");
+    std::fs::write(
+        &config,
+        r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[rollout]
+plan = "50:1h,100"
+sticky_header = "x-user"
+interval_ms = 50
+
+[[route]]
+method = "POST"
+path = "/hello"
+export = "hello@1"
+"#,
+    )
+    .unwrap();
+    let (mut child, base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
+    let url = format!("{base}/hello");
+    let cli = |args: &[&str]| crate::serve::graft_cli(args, &admin);
+
+    let v2 = env.complete_release("v2", &["hello-v2"]);
+    let (ok, stdout, stderr) = cli(&["deploy", v2.to_str().unwrap(), "--canary", "50"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("generation 2 deployed as a canary"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rollout running"), "{stdout}");
+
+    // Sticky by the x-user header: each user keeps its side; both sides serve some users.
+    let mut canary_users = 0;
+    for user in 0..200 {
+        let user = format!("user-{user}");
+        let first = post_hello(&url, &[("x-user", &user)]);
+        let again = post_hello(&url, &[("x-user", &user)]);
+        assert_eq!(first, again, "{user} moved");
+        assert!(first.2);
+        if first.0 == 2 {
+            assert_eq!(first.1.as_deref(), Some("canary"));
+            canary_users += 1;
+        }
+    }
+    assert!(
+        (50..=150).contains(&canary_users),
+        "{canary_users} of 200 in a 50% canary"
+    );
+    // The override header picks a side.
+    assert_eq!(post_hello(&url, &[("x-graft-route", "canary")]).0, 2);
+    assert_eq!(post_hello(&url, &[("x-graft-route", "stable")]).0, 1);
+
+    let (ok, stdout, _) = cli(&["rollout", "status"]);
+    assert!(ok);
+    assert!(stdout.contains("canary weight 50%"), "{stdout}");
+    let (_, stdout, _) = cli(&["status"]);
+    assert!(stdout.contains("rollout running"), "{stdout}");
+    let metrics = ureq::get(format!("{admin}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("graft_rollout_canary_weight_percent 50"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"graft_generation_role{generation="2",role="canary"} 1"#));
+
+    // No other deploy while a rollout is under way.
+    let (ok, _, stderr) = cli(&["deploy", env.path("releases/v1").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("a rollout is under way"), "{stderr}");
+
+    let (ok, stdout, stderr) = cli(&["rollout", "promote"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rollout promoted"), "{stdout}");
+    assert_eq!(post_hello(&url, &[("x-user", "user-1")]).0, 2);
+    let (ok, _, stderr) = cli(&["rollout", "abort"]);
+    assert!(!ok);
+    assert!(stderr.contains("no rollout is under way"), "{stderr}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

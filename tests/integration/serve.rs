@@ -250,7 +250,7 @@ fn spawn_graft_serve(config: &Path) -> (std::process::Child, String, String) {
 }
 
 /// `graft serve` with extra environment variables and arguments.
-fn spawn_graft_serve_with(
+pub(crate) fn spawn_graft_serve_with(
     config: &Path,
     env: &[(&str, &Path)],
     args: &[&std::ffi::OsStr],
@@ -278,7 +278,7 @@ fn spawn_graft_serve_with(
     (child, urls[0].clone(), urls[1].clone())
 }
 
-fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
+pub(crate) fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
     run_graft(&[args, &["--admin", admin]].concat())
 }
 
