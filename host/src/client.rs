@@ -69,12 +69,16 @@ impl AdminClient {
     ///
     /// [`ClientError::Rejected`] with the server's reason when the release is refused.
     pub fn deploy(&self, dir: &Path) -> Result<Value, ClientError> {
-        self.deploy_canary(dir, None, None)
+        let request = crate::serve::DeployRequest {
+            dir: dir.to_owned(),
+            ..Default::default()
+        };
+        let body = serde_json::to_value(request).unwrap_or_default();
+        self.send("POST", "/deploy", Some(body))
     }
 
     /// `POST /deploy` of a release directory, as the canary of a staged rollout starting at
     /// `canary` percent (or the plan's first step) and following `plan` (or the server's).
-    /// Neither: an ordinary deploy.
     ///
     /// # Errors
     ///
@@ -87,6 +91,7 @@ impl AdminClient {
     ) -> Result<Value, ClientError> {
         let request = crate::serve::DeployRequest {
             dir: dir.to_owned(),
+            rollout: true,
             canary,
             plan: plan.map(str::to_owned),
         };
@@ -119,7 +124,7 @@ impl AdminClient {
     ///
     /// [`ClientError::Rejected`] with the server's reason when the release is refused.
     pub fn deploy_bundle(&self, bundle: &[u8]) -> Result<Value, ClientError> {
-        self.deploy_bundle_canary(bundle, None, None)
+        self.post_bundle(bundle, &format!("{}/deploy", self.base))
     }
 
     /// `POST /deploy` of a release bundle as the canary of a staged rollout (see
@@ -134,7 +139,7 @@ impl AdminClient {
         canary: Option<u32>,
         plan: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut query = Vec::new();
+        let mut query = vec!["rollout=1".to_owned()];
         if let Some(weight) = canary {
             query.push(format!("canary={weight}"));
         }
@@ -150,14 +155,14 @@ impl AdminClient {
                 .collect();
             query.push(format!("plan={encoded}"));
         }
-        let url = if query.is_empty() {
-            format!("{}/deploy", self.base)
-        } else {
-            format!("{}/deploy?{}", self.base, query.join("&"))
-        };
+        let url = format!("{}/deploy?{}", self.base, query.join("&"));
+        self.post_bundle(bundle, &url)
+    }
+
+    fn post_bundle(&self, bundle: &[u8], url: &str) -> Result<Value, ClientError> {
         let mut request = self
             .agent
-            .post(&url)
+            .post(url)
             .header("content-type", "application/x-tar");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -165,10 +170,10 @@ impl AdminClient {
         let response = request
             .send(bundle)
             .map_err(|source| ClientError::Transport {
-                url: url.clone(),
+                url: url.to_owned(),
                 source,
             })?;
-        answer(&url, response)
+        answer(url, response)
     }
 
     /// `POST /rollback`.

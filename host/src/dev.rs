@@ -213,6 +213,17 @@ impl DevLoop {
         let mut dirty: BTreeSet<usize> = (0..self.crates.len()).collect();
         let mut reload = 0;
         loop {
+            // Watch before building: a change saved during the build is seen, and builds again.
+            for root in roots_of.iter().flatten() {
+                if watched.insert(root.clone()) {
+                    watcher
+                        .watch(root, RecursiveMode::Recursive)
+                        .map_err(|source| DevError::Watch {
+                            path: root.clone(),
+                            source,
+                        })?;
+                }
+            }
             if !dirty.is_empty() {
                 reload += 1;
                 let crates: Vec<usize> = std::mem::take(&mut dirty).into_iter().collect();
@@ -221,16 +232,7 @@ impl DevLoop {
                     roots_of[i].extend(build.roots);
                     ignored.extend(build.target_dir);
                 }
-                for root in roots_of.iter().flatten() {
-                    if watched.insert(root.clone()) {
-                        watcher
-                            .watch(root, RecursiveMode::Recursive)
-                            .map_err(|source| DevError::Watch {
-                                path: root.clone(),
-                                source,
-                            })?;
-                    }
-                }
+                continue;
             }
             // Wait for a relevant change, then until changes stop for `SETTLE`.
             let mut changed = Vec::new();
@@ -471,9 +473,11 @@ fn dep_info_files(text: &str) -> Vec<String> {
     files
 }
 
-/// Whether a changed path can change a build: not build output, not an editor's temp file.
+/// Whether a changed path can change a build: not build output, not an editor's temp file, not
+/// the lock file cargo itself rewrites.
 fn is_source_change(path: &Path, ignored: &BTreeSet<PathBuf>) -> bool {
     !crate::watch::is_editor_temp(path)
+        && path.file_name().is_none_or(|name| name != "Cargo.lock")
         && !ignored.iter().any(|dir| path.starts_with(dir))
         && !path.components().any(|c| c.as_os_str() == "target")
 }
@@ -498,5 +502,6 @@ mod tests {
         assert!(!change("/w/plugin/target/debug/libx.so"));
         assert!(!change("/w/plugin/src/.lib.rs.swp"));
         assert!(!change("/w/plugin/src/lib.rs~"));
+        assert!(!change("/w/plugin/Cargo.lock"));
     }
 }

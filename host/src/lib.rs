@@ -10,6 +10,7 @@
 //!   [`Host::status`].
 //! - [`rollout`]: staged rollouts, a canary generation beside the current one, analysed and
 //!   promoted or aborted step by step.
+//! - [`fleet`]: `graft fleet rollout`, a release across many hosts in waves.
 //! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
 //! - [`watch`]: deploy a release when its directory, files or pointer change.
 //! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
@@ -41,6 +42,7 @@ pub mod client;
 pub mod dev;
 mod elf;
 mod error;
+pub mod fleet;
 mod generation;
 mod host;
 pub mod link;

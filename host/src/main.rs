@@ -1,5 +1,6 @@
 //! The `graft` command line: parse arguments, call the library, print the result.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,8 +81,12 @@ enum Command {
         /// Upload the release as a bundle even to a server on this machine.
         #[arg(long)]
         upload: bool,
-        /// Start a staged rollout: the release serves this percentage of requests as a canary,
-        /// then steps up through the plan while its analysis passes.
+        /// Start a staged rollout following the server's plan: the release is a canary beside
+        /// the current one, and steps up through the plan while its analysis passes.
+        #[arg(long)]
+        rollout: bool,
+        /// Start a staged rollout at this weight: the release serves this percentage of
+        /// requests first, then the plan's greater steps.
         #[arg(long, value_name = "PERCENT")]
         canary: Option<u32>,
         /// The rollout's steps (`5:30s,25:30s,50:60s,100`) instead of the server's plan.
@@ -100,6 +105,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         admin: Admin,
+    },
+    /// Act on many servers at once.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Make the previous release current again on a running server.
     Rollback {
@@ -139,6 +149,34 @@ enum Command {
         /// Mark the release complete: it replaces the whole plugin set.
         #[arg(long)]
         complete: bool,
+    },
+}
+
+/// What `graft fleet` does.
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Take a release across the hosts in waves (one host, then 2, 4, 8...): each host runs a
+    /// staged rollout with its own analysis, and the next wave starts once every host of this
+    /// one promoted. If a host aborts or refuses, stop, and roll back the hosts already updated.
+    /// Exits 1 then.
+    Rollout {
+        /// The hosts file: `[[host]]` entries with `admin` (URL), optional `name` and `token`.
+        #[arg(long)]
+        hosts: PathBuf,
+        /// The release directory; uploaded to every host as a bundle.
+        dir: PathBuf,
+        /// The canary weight each host starts at (default: its plan's first step).
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<u32>,
+        /// The plan each host follows (default: its configured plan).
+        #[arg(long)]
+        plan: Option<String>,
+        /// How long a wave may take, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        wave_timeout: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -185,22 +223,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy {
             dir,
             upload,
+            rollout,
             canary,
             plan,
             admin,
         } => {
+            let client = admin.client();
+            let rollout = rollout || canary.is_some() || plan.is_some();
             let report = if upload || !is_local(&admin.admin) {
                 let bundle = graft_host::release::pack_bundle(&dir)
                     .with_context(|| format!("packing {}", dir.display()))?;
-                admin
-                    .client()
-                    .deploy_bundle_canary(&bundle, canary, plan.as_deref())?
+                if rollout {
+                    client.deploy_bundle_canary(&bundle, canary, plan.as_deref())?
+                } else {
+                    client.deploy_bundle(&bundle)?
+                }
             } else {
                 let dir = std::path::absolute(&dir)
                     .with_context(|| format!("resolving {}", dir.display()))?;
-                admin
-                    .client()
-                    .deploy_canary(&dir, canary, plan.as_deref())?
+                if rollout {
+                    client.deploy_canary(&dir, canary, plan.as_deref())?
+                } else {
+                    client.deploy(&dir)?
+                }
             };
             if report["rollout"].is_object() {
                 println!(
@@ -211,6 +256,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", rollout_table(&report["rollout"]));
             } else {
                 println!("{}", deploy_line(&report));
+            }
+        }
+        Command::Fleet {
+            command:
+                FleetCommand::Rollout {
+                    hosts,
+                    dir,
+                    canary,
+                    plan,
+                    wave_timeout,
+                    json,
+                },
+        } => {
+            use graft_host::fleet::{self, FleetEvent, FleetOptions};
+            let hosts = fleet::read_hosts(&hosts)?;
+            let mut options = FleetOptions::default();
+            options.canary = canary;
+            options.plan = plan;
+            options.wave_timeout = std::time::Duration::from_secs(wave_timeout);
+            let report = fleet::rollout(&hosts, &dir, &options, &mut |event| match event {
+                FleetEvent::Wave { wave, waves, hosts } => {
+                    println!("wave {wave}/{waves}: {}", hosts.join(", "));
+                }
+                FleetEvent::Host { host, line } => println!("  {host}: {line}"),
+                FleetEvent::Stopping { reason } => {
+                    println!("stopping: {reason}; putting updated hosts back");
+                }
+                _ => {}
+            })
+            .with_context(|| format!("rolling out {}", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fleet::summary(&report));
+            }
+            if !report.succeeded {
+                anyhow::bail!("the fleet rollout failed");
             }
         }
         Command::Rollout {
@@ -347,7 +429,8 @@ fn dev(
             .spawn(move || {
                 dev.run(&host, &|| stopping.load(Ordering::Relaxed), &mut |event| {
                     if let Some(line) = dev_line(&event) {
-                        println!("{line}");
+                        // Nobody reading (a closed pipe) is no reason to stop the loop.
+                        let _ = writeln!(std::io::stdout(), "{line}");
                     }
                 })
             })

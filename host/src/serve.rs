@@ -590,12 +590,16 @@ async fn status(State(Admin { host, rollouts, .. }): State<Admin>) -> Response {
     }
 }
 
-/// The body of `POST /deploy` (for a bundle, `canary` and `plan` are query parameters).
+/// The body of `POST /deploy` (for a bundle, `rollout`, `canary` and `plan` are query
+/// parameters).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DeployRequest {
     /// A release directory on the server's filesystem.
     pub dir: PathBuf,
-    /// Start a staged rollout with the release as the canary, at this weight (percent).
+    /// Start a staged rollout with the release as the canary (implied by `canary` or `plan`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollout: bool,
+    /// The canary's first weight (percent) instead of the plan's first step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<u32>,
     /// The rollout's plan (`5:30s,25:30s,100`) instead of the configured one.
@@ -692,6 +696,7 @@ async fn deploy(
         .filter_map(|kv| kv.split_once('='))
     {
         match key {
+            "rollout" => request.rollout = value != "0",
             "canary" => match value.parse() {
                 Ok(weight) => request.canary = Some(weight),
                 Err(_) => return bad_request(format!("canary={value}: a percentage")),
@@ -719,7 +724,7 @@ async fn deploy(
 
 /// Deploys a release directory, or starts a rollout with it as the canary.
 fn deploy_dir(admin: &Admin, request: &DeployRequest) -> Response {
-    if request.canary.is_none() && request.plan.is_none() {
+    if !request.rollout && request.canary.is_none() && request.plan.is_none() {
         return deploy_response(&admin.metrics, Ok(admin.host.deploy(&request.dir)));
     }
     let plan = match request.plan.as_deref().map(str::parse).transpose() {

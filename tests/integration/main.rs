@@ -5,6 +5,7 @@ mod util;
 mod bad_input;
 mod check_cli;
 mod dev;
+mod fleet;
 mod logging;
 mod pinning;
 mod releases;

@@ -22,6 +22,9 @@ fn config(plan: &str, min_requests: u64) -> RolloutConfig {
     config.analysis = AnalysisConfig::default();
     config.analysis.min_requests = min_requests;
     config.analysis.interval_ms = 3_600_000;
+    // These tests are about errors and traffic; latency on a busy test machine is noise (the
+    // latency analysis has unit tests of its own).
+    config.analysis.p99_slack_ms = 60_000;
     config
 }
 

@@ -378,7 +378,12 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !gate.join("init-started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held deploy never reached its plugin's init"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     server.kill().unwrap(); // SIGKILL

@@ -399,3 +399,14 @@ pub(crate) fn staged_path(host: &Host, plugin: &str) -> PathBuf {
         .staged
         .clone()
 }
+
+/// A child process that is killed when dropped, so that a failing test leaves no server behind
+/// (one would hold the test's output open).
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
