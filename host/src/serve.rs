@@ -84,6 +84,10 @@ pub struct ServeConfig {
     pub routes: Vec<Route>,
 }
 
+/// The environment variable that gives the admin token when `graft.toml` sets none (so that a
+/// secret need not be written into the file).
+pub const ADMIN_TOKEN_ENV: &str = "GRAFT_ADMIN_TOKEN";
+
 /// The admin API's address and token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,7 +96,8 @@ pub struct AdminConfig {
     /// Where the admin API listens (loopback by default).
     #[serde(default = "default_admin")]
     pub listen: SocketAddr,
-    /// A bearer token; required when `listen` is not a loopback address.
+    /// A bearer token; required when `listen` is not a loopback address. When the file sets
+    /// none, [`ADMIN_TOKEN_ENV`] is read.
     #[serde(default)]
     pub token: Option<String>,
 }
@@ -200,6 +205,11 @@ impl ServeConfig {
         config.data_dir = base.join(&config.data_dir);
         config.release = config.release.map(|r| base.join(r));
         config.watch = config.watch.map(|w| base.join(w));
+        if config.admin.token.is_none() {
+            config.admin.token = std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty());
+        }
         config.validate().map_err(invalid)?;
         Ok(config)
     }
