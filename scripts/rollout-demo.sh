@@ -53,6 +53,8 @@ plan = "$plan"
 sticky_header = "x-user"
 min_requests = 200
 interval_ms = 250
+# wrk saturates this machine: queueing, not code, sets p99 on both sides, within a few ms.
+p99_slack_ms = 25
 
 [[route]]
 method = "POST"
