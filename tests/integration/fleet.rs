@@ -43,11 +43,7 @@ export = "hello@1"
 /// Keeps requests flowing to `url` until `stop`: each host's analysis needs traffic.
 fn traffic(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build(),
-        );
+        let agent = crate::serve::agent();
         while !stop.load(Ordering::Relaxed) {
             let _ = agent
                 .post(&url)

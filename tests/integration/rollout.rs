@@ -260,12 +260,9 @@ fn a_plan_given_at_start_overrides_the_configured_one() {
 /// POSTs to `url` with extra headers; returns the generation, the `x-graft-route` header and
 /// whether the answer was a 200.
 fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build(),
-    );
-    let mut request = agent.post(url).content_type("application/json");
+    let mut request = crate::serve::agent()
+        .post(url)
+        .content_type("application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -45,7 +45,8 @@ export = "echo@1"
     path
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client that returns error statuses as answers, not as errors.
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
