@@ -291,18 +291,10 @@ impl Host {
         if let Ok((_, record)) = &result {
             state.canary_record = Some(record.clone());
         }
-        let outcome = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| DisplayChain(e).to_string());
-        if let Err(error) = &outcome {
-            tracing::warn!(%error, "canary rejected");
+        if let Err(error) = &result {
+            tracing::warn!(error = %DisplayChain(error), "canary rejected");
         }
-        state.last_deploy = Some(DeployOutcome {
-            at: SystemTime::now(),
-            generation: result.as_ref().ok().map(|(r, _)| r.generation),
-            error: outcome.err(),
-        });
+        Self::note_outcome(&mut state, &result);
         result.map(|(report, _)| report)
     }
 
@@ -315,17 +307,10 @@ impl Host {
         self.current.store(Arc::clone(&canary));
         self.canary.store(None);
         if let Some(record) = state.canary_record.take() {
-            state.history.push_back(record);
-            while state.history.len() > self.history_len {
-                state.history.pop_front();
-            }
+            self.push_record(&mut state, record);
         }
         tracing::info!(generation = canary.id(), "canary promoted: current");
-        self.write_record(&state);
-        if self.unload_policy == UnloadPolicy::KeepHistory {
-            Self::retain_history(&mut state);
-        }
-        self.collect_staged(&state);
+        self.after_live(&mut state);
         Some(canary.id())
     }
 
@@ -426,10 +411,15 @@ impl Host {
         result: &Result<(DeployReport, ReleaseRecord), DeployError>,
     ) {
         if let Ok((_, record)) = result {
-            state.history.push_back(record.clone());
-            while state.history.len() > self.history_len {
-                state.history.pop_front();
-            }
+            self.push_record(state, record.clone());
+        }
+    }
+
+    /// Appends a release that went live to the history, which keeps the last `history_len`.
+    fn push_record(&self, state: &mut State, record: ReleaseRecord) {
+        state.history.push_back(record);
+        while state.history.len() > self.history_len {
+            state.history.pop_front();
         }
     }
 
@@ -481,20 +471,34 @@ impl Host {
                     go_live_us = report.go_live.as_micros() as u64,
                     "release live"
                 );
-                self.write_record(state);
-                if self.unload_policy == UnloadPolicy::KeepHistory {
-                    Self::retain_history(state);
-                }
-                self.collect_staged(state);
+                self.after_live(state);
             }
             Err(error) => tracing::warn!(error = %DisplayChain(error), "release rejected"),
         }
+        Self::note_outcome(state, &result);
+        result.map(|(report, _)| report)
+    }
+
+    /// Bookkeeping once a new current generation is live: the record of live releases, the
+    /// libraries the unload policy holds, the staged copies nothing refers to any more.
+    fn after_live(&self, state: &mut State) {
+        self.write_record(state);
+        if self.unload_policy == UnloadPolicy::KeepHistory {
+            Self::retain_history(state);
+        }
+        self.collect_staged(state);
+    }
+
+    /// Remembers the result of the last deploy, for status.
+    fn note_outcome(
+        state: &mut State,
+        result: &Result<(DeployReport, ReleaseRecord), DeployError>,
+    ) {
         state.last_deploy = Some(DeployOutcome {
             at: SystemTime::now(),
             generation: result.as_ref().ok().map(|(r, _)| r.generation),
             error: result.as_ref().err().map(|e| DisplayChain(e).to_string()),
         });
-        result.map(|(report, _)| report)
     }
 
     /// The pipeline every deploy and rollback goes through. Publishes only if every step passed.
