@@ -124,7 +124,7 @@ impl AdminClient {
     ///
     /// [`ClientError::Rejected`] with the server's reason when the release is refused.
     pub fn deploy_bundle(&self, bundle: &[u8]) -> Result<Value, ClientError> {
-        self.post_bundle(bundle, &format!("{}/deploy", self.base))
+        self.post_bundle(bundle, &[])
     }
 
     /// `POST /deploy` of a release bundle as the canary of a staged rollout (see
@@ -139,30 +139,19 @@ impl AdminClient {
         canary: Option<u32>,
         plan: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut query = vec!["rollout=1".to_owned()];
-        if let Some(weight) = canary {
-            query.push(format!("canary={weight}"));
-        }
-        if let Some(plan) = plan {
-            let encoded: String = plan
-                .bytes()
-                .map(|b| match b {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
-                        char::from(b).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            query.push(format!("plan={encoded}"));
-        }
-        let url = format!("{}/deploy?{}", self.base, query.join("&"));
-        self.post_bundle(bundle, &url)
+        let mut query = vec![("rollout", "true".to_owned())];
+        query.extend(canary.map(|weight| ("canary", weight.to_string())));
+        query.extend(plan.map(|plan| ("plan", plan.to_owned())));
+        self.post_bundle(bundle, &query)
     }
 
-    fn post_bundle(&self, bundle: &[u8], url: &str) -> Result<Value, ClientError> {
+    /// `POST /deploy` of a bundle, with `query` (percent-encoded by ureq).
+    fn post_bundle(&self, bundle: &[u8], query: &[(&str, String)]) -> Result<Value, ClientError> {
+        let url = format!("{}/deploy", self.base);
         let mut request = self
             .agent
-            .post(url)
+            .post(&url)
+            .query_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
             .header("content-type", "application/x-tar");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -170,10 +159,10 @@ impl AdminClient {
         let response = request
             .send(bundle)
             .map_err(|source| ClientError::Transport {
-                url: url.to_owned(),
+                url: url.clone(),
                 source,
             })?;
-        answer(url, response)
+        answer(&url, response)
     }
 
     /// `POST /rollback`.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -617,6 +617,15 @@ pub struct DeployRequest {
     pub plan: Option<String>,
 }
 
+/// The query of `POST /deploy` with a bundle: what [`DeployRequest`] says besides `dir`.
+#[derive(Debug, Default, Deserialize)]
+struct BundleParams {
+    #[serde(default)]
+    rollout: bool,
+    canary: Option<u32>,
+    plan: Option<String>,
+}
+
 async fn rollout_status(State(Admin { rollouts, .. }): State<Admin>) -> Response {
     match rollouts.status() {
         Some(status) => Json(status).into_response(),
@@ -681,7 +690,7 @@ async fn metrics(
 
 async fn deploy(
     State(admin): State<Admin>,
-    uri: axum::http::Uri,
+    params: Query<BundleParams>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -698,23 +707,13 @@ async fn deploy(
         let result = tokio::task::spawn_blocking(move || deploy_dir(&admin, &request)).await;
         return result.unwrap_or_else(|e| internal(&e));
     }
-    let mut request = DeployRequest::default();
-    for (key, value) in uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        match key {
-            "rollout" => request.rollout = value != "0",
-            "canary" => match value.parse() {
-                Ok(weight) => request.canary = Some(weight),
-                Err(_) => return bad_request(format!("canary={value}: a percentage")),
-            },
-            "plan" => request.plan = Some(percent_decode(value)),
-            _ => {}
-        }
-    }
+    let Query(params) = params;
+    let mut request = DeployRequest {
+        dir: PathBuf::new(),
+        rollout: params.rollout,
+        canary: params.canary,
+        plan: params.plan,
+    };
     let result = tokio::task::spawn_blocking(move || {
         static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -751,34 +750,6 @@ fn deploy_dir(admin: &Admin, request: &DeployRequest) -> Response {
         Err(RolloutError::Deploy(error)) => deploy_response(&admin.metrics, Ok(Err(error))),
         Err(error) => bad_request(DisplayChain(&error).to_string()),
     }
-}
-
-/// Decodes `%XX` escapes (a query parameter's value).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn internal(error: &tokio::task::JoinError) -> Response {
