@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::util::{graft_bin, target_dir, workspace_root, Env};
+use crate::util::{graft_bin, target_dir, workspace_root, Env, KillOnDrop};
 
 /// A plugin crate outside the workspace, the way a user's own plugin would be.
 fn write_plugin_crate(dir: &Path, greeting: &str) {
@@ -65,10 +65,7 @@ fn write_source(dir: &Path, text: &str) {
 }
 
 /// `graft dev` as a child process: its service URL, and its output lines as they come.
-fn spawn_graft_dev(
-    env: &Env,
-    krate: &Path,
-) -> (std::process::Child, String, mpsc::Receiver<String>) {
+fn spawn_graft_dev(env: &Env, krate: &Path) -> (KillOnDrop, String, mpsc::Receiver<String>) {
     let config = env.path("graft.toml");
     std::fs::write(
         &config,
@@ -113,7 +110,7 @@ export = "hello@1"
         .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
         .trim_end_matches(',')
         .to_owned();
-    (child, base, rx)
+    (KillOnDrop(child), base, rx)
 }
 
 /// The next output line, which must start with `prefix`.
@@ -147,7 +144,7 @@ fn an_edit_goes_live_and_a_syntax_error_keeps_the_last_build_serving() {
     let env = Env::new();
     let krate: PathBuf = env.path("plugin");
     write_plugin_crate(&krate, "hello");
-    let (mut child, base, rx) = spawn_graft_dev(&env, &krate);
+    let (_child, base, rx) = spawn_graft_dev(&env, &krate);
 
     expect_line(&rx, "reload 1: generation 1 live (hello 1.0.0 added)");
     assert_eq!(hello(&base), (1, r#""hello, you""#.into()));
@@ -166,7 +163,4 @@ fn an_edit_goes_live_and_a_syntax_error_keeps_the_last_build_serving() {
     set_greeting(&krate, "good evening");
     expect_line(&rx, "reload 4: generation 3 live (hello 1.0.0 replaced)");
     assert_eq!(hello(&base), (3, r#""good evening, you""#.into()));
-
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::serve::spawn_graft_serve_with;
-use crate::util::{run_graft, Env, KillOnDrop};
+use crate::util::{run_graft, Env};
 
 /// Writes host `n`'s config and its own stable release.
 fn host_config(env: &Env, n: usize) -> std::path::PathBuf {
@@ -67,7 +67,7 @@ fn a_failing_canary_on_one_host_stops_the_fleet_and_rolls_back_the_updated_hosts
             &[],
         );
         let load = traffic(format!("{base}/hello"), Arc::clone(&stop));
-        hosts.push((KillOnDrop(child), admin, load));
+        hosts.push((child, admin, load));
     }
     let hosts_file = env.path("hosts.toml");
     let entries: String = hosts

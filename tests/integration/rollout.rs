@@ -306,7 +306,7 @@ export = "hello@1"
 "#,
     )
     .unwrap();
-    let (mut child, base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
+    let (_child, base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
     let url = format!("{base}/hello");
     let cli = |args: &[&str]| crate::serve::graft_cli(args, &admin);
 
@@ -369,7 +369,4 @@ export = "hello@1"
     let (ok, _, stderr) = cli(&["rollout", "abort"]);
     assert!(!ok);
     assert!(stderr.contains("no rollout is under way"), "{stderr}");
-
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use example_types::FooOutput;
 use graft_host::serve::{ServeConfig, Server, GENERATION_HEADER};
 
-use crate::util::{graft_bin, run_graft, Env, V1, V2};
+use crate::util::{graft_bin, run_graft, Env, KillOnDrop, V1, V2};
 
 /// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
 fn config(env: &Env, extra: &str) -> PathBuf {
@@ -245,8 +245,8 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
     assert!(err.contains("not loopback: set admin.token"), "{err}");
 }
 
-/// `graft serve` as a child process; returns it and its two base URLs.
-fn spawn_graft_serve(config: &Path) -> (std::process::Child, String, String) {
+/// `graft serve` as a child process (killed when dropped); returns it and its two base URLs.
+fn spawn_graft_serve(config: &Path) -> (KillOnDrop, String, String) {
     spawn_graft_serve_with(config, &[], &[])
 }
 
@@ -255,7 +255,7 @@ pub(crate) fn spawn_graft_serve_with(
     config: &Path,
     env: &[(&str, &Path)],
     args: &[&std::ffi::OsStr],
-) -> (std::process::Child, String, String) {
+) -> (KillOnDrop, String, String) {
     let mut child = Command::new(graft_bin())
         .args(["serve", "--config"])
         .arg(config)
@@ -276,7 +276,7 @@ pub(crate) fn spawn_graft_serve_with(
         .map(|w| w.trim_end_matches(',').to_owned())
         .collect();
     assert_eq!(urls.len(), 2, "unexpected first line: {line:?}");
-    (child, urls[0].clone(), urls[1].clone())
+    (KillOnDrop(child), urls[0].clone(), urls[1].clone())
 }
 
 pub(crate) fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
@@ -286,7 +286,7 @@ pub(crate) fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
 #[test]
 fn the_cli_deploys_rolls_back_and_reports_refusals() {
     let env = Env::new();
-    let (mut child, base, admin) = spawn_graft_serve(&config(&env, ""));
+    let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
 
     let v2 = env.path("releases/v2");
     let (ok, stdout, stderr) = graft_cli(&["deploy", v2.to_str().unwrap()], &admin);
@@ -323,9 +323,6 @@ fn the_cli_deploys_rolls_back_and_reports_refusals() {
         serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["current"],
         3
     );
-
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -395,7 +392,7 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
     );
 
     // The restart ignores the configured v1 and comes back on v2, the last release live.
-    let (mut server, base, admin) = spawn_graft_serve(&config);
+    let (_server, base, admin) = spawn_graft_serve(&config);
     let (status, _, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
     assert_eq!(status, 200, "{body}");
     let out: FooOutput = serde_json::from_str(&body).unwrap();
@@ -420,14 +417,12 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
             .foo,
         "1.0.0"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 #[test]
 fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
     let env = Env::new();
-    let (mut child, base, admin) = spawn_graft_serve(&config(&env, ""));
+    let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
 
     // The release directory is moved away first: only the uploaded bytes can reach the server.
     let v2 = env.path("releases/v2");
@@ -475,9 +470,6 @@ fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "unpacked bundles are removed: {left:?}");
-
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -485,7 +477,7 @@ fn graft_serve_watch_deploys_a_release_that_appears() {
     let env = Env::new();
     let config = config(&env, "");
     let incoming = env.path("releases/incoming");
-    let (mut child, base, _) =
+    let (_child, base, _) =
         spawn_graft_serve_with(&config, &[], &["--watch".as_ref(), incoming.as_os_str()]);
 
     env.release("incoming", V2); // copies the libraries, then writes the manifest
@@ -506,6 +498,4 @@ fn graft_serve_watch_deploys_a_release_that_appears() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
