@@ -368,11 +368,7 @@ fn watch_wave(
                 });
                 last_line[i] = line;
             }
-            let last_message = status["events"]
-                .as_array()
-                .and_then(|e| e.last())
-                .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-                .unwrap_or_default();
+            let last_message = last_event_message(&status).to_owned();
             match status["state"].as_str() {
                 Some("promoted") if status["canary"].as_u64() == reports[i].generation => {
                     reports[i].outcome = HostOutcome::Promoted;
@@ -396,18 +392,22 @@ fn watch_wave(
     }
 }
 
+/// The message of a rollout status's last event: why it ended, for a finished rollout.
+fn last_event_message(status: &Value) -> &str {
+    status["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default()
+}
+
 /// `step 2/3, canary 25%: 340 requests, 0 errors, p99 2.10 ms; healthy`
 fn progress_line(status: &Value) -> String {
     let window = &status["canary_window"];
     let verdict = status["last_verdict"]["verdict"].as_str().unwrap_or("-");
     match status["state"].as_str() {
         Some(state @ ("promoted" | "aborted")) => {
-            let message = status["events"]
-                .as_array()
-                .and_then(|e| e.last())
-                .and_then(|e| e["message"].as_str())
-                .unwrap_or_default();
-            format!("{state}: {message}")
+            format!("{state}: {}", last_event_message(status))
         }
         state => format!(
             "{} step {}/{}, canary {}%: {} requests, {} errors; {verdict}",
