@@ -608,6 +608,11 @@ impl Rollouts {
         Ok((report, status))
     }
 
+    /// Whether a rollout is under way (a canary takes a share of requests).
+    pub fn under_way(&self) -> bool {
+        self.weight.load(Ordering::Relaxed) != 0
+    }
+
     /// Routes a request: pins the canary or the current generation. `key` is the sticky key,
     /// `force` an override. Without a rollout under way, every request goes to stable.
     pub fn route(&self, key: Option<&[u8]>, force: Option<Route>) -> (OwnedPin, Route) {

@@ -444,16 +444,22 @@ async fn call_export(
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let force = headers
-        .get(ROUTE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Side>().ok());
-    let config = route.rollouts.config();
-    let key = sticky_key(
-        &headers,
-        config.sticky_header.as_deref(),
-        config.sticky_cookie.as_deref(),
-    );
+    // Without a rollout under way every request goes to stable: no header is looked at.
+    let (key, force) = if route.rollouts.under_way() {
+        let config = route.rollouts.config();
+        let force = headers
+            .get(ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Side>().ok());
+        let key = sticky_key(
+            &headers,
+            config.sticky_header.as_deref(),
+            config.sticky_cookie.as_deref(),
+        );
+        (key, force)
+    } else {
+        (None, None)
+    };
     let (pin, side) = route.rollouts.route(key, force);
     let generation = pin.id();
     let input = if body.is_empty() {
