@@ -38,20 +38,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A request that pauses 300 ms between its frob call and its bar call.
     let slow = std::thread::scope(|s| -> Result<Value, Box<dyn std::error::Error>> {
-        let slow = s.spawn(|| host.call::<_, Value>(&foo, &json!({ "a": 1, "pause_ms": 300 })));
+        // A request pins its generation once, with an owned pin (counted in flight).
+        let slow = s.spawn(|| {
+            let pin = host.pin_owned();
+            pin.call::<_, Value>(&foo, &json!({ "a": 1, "pause_ms": 300 }))
+        });
         std::thread::sleep(Duration::from_millis(50));
-        let report = host.deploy(v2)?;
+        // Prepare does everything but going live (stage, load, check, link, init)...
+        let prepared = host.prepare(v2)?;
         println!(
-            "deployed {} as generation {} while a slow request is in flight: {}",
+            "prepared {} as generation {} against generation {}; not live yet",
             v2.display(),
+            prepared.id(),
+            prepared.base()
+        );
+        // ...and publish is one store, refused if another release went live meanwhile.
+        let report = host.publish(prepared)?;
+        println!(
+            "published generation {} while a slow request is in flight: {}",
             report.generation,
             timing(&report)
         );
         show("new request:", &host.call(&foo, &json!({ "a": 1 }))?);
         for g in host.status().generations {
             println!(
-                "  generation {} current={} in_flight={}",
-                g.id, g.current, g.in_flight
+                "  generation {} {:?}, in flight: {}",
+                g.id, g.role, g.in_flight
             );
         }
         Ok(slow.join().expect("slow request thread")?)

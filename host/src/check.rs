@@ -1,23 +1,23 @@
 //! `graft check`: everything a deploy does short of going live, on a scratch host.
 //!
-//! A release directory is staged, loaded, version- and layout-checked, initialised and linked;
-//! a single library is staged, loaded, checked and initialised. Nothing is served. A complete
-//! release must link on its own; a partial one may leave imports open, to be bound by the
-//! generation it is deployed onto, and the report lists them.
+//! [`check`] is [`Host::prepare`] on a host of its own in a temporary directory: the release is
+//! staged, loaded, checked, linked and initialised exactly as a deploy would, and never
+//! published. A complete release must link on its own; a partial one (or a single library) may
+//! leave imports open, to be bound by the generation it is deployed onto, and the report lists
+//! them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::decl::{Contract, PluginInfo};
 use crate::error::{DeployCause, DeployError, Step};
-use crate::link::{self, LinkError, LinkProblem, LinkReport};
-use crate::loader::PluginInfo;
-use crate::release::{self, Manifest, MANIFEST};
+use crate::link::{LinkProblem, LinkReport};
 use crate::Host;
 
 /// What `graft check` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CheckReport {
     /// The release directory or library checked.
@@ -35,7 +35,7 @@ pub struct CheckReport {
 }
 
 /// One checked plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CheckedPlugin {
     /// What it declares.
@@ -54,97 +54,34 @@ pub struct CheckedPlugin {
 /// The [`DeployError`] the same release would get from [`Host::deploy`], except that a partial
 /// release may leave imports open.
 pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
-    let scratch = tempfile::tempdir().map_err(|e| {
-        DeployError::new(
-            Step::Stage,
-            None,
-            None,
-            DeployCause::Io("creating a scratch directory".into(), e),
-        )
-    })?;
-    let host = Host::builder(scratch.path()).build().map_err(|e| {
-        DeployError::new(
-            Step::Stage,
-            None,
-            None,
-            DeployCause::Io("starting a scratch host".into(), e),
-        )
-    })?;
-
-    let (manifest, files) = if path.is_dir() {
-        let manifest = Manifest::load(path).map_err(|e| {
-            DeployError::new(Step::Manifest, None, Some(path.join(MANIFEST)), e.into())
-        })?;
-        let files = manifest
-            .plugins
-            .iter()
-            .map(|p| (p.name.clone(), path.join(&p.file), p.sha256.clone()))
-            .collect::<Vec<_>>();
-        (Some(manifest), files)
-    } else {
-        let bytes = std::fs::read(path).map_err(|e| {
-            DeployError::new(
-                Step::Stage,
-                None,
-                Some(path.to_owned()),
-                DeployCause::Io("reading the plugin file".into(), e),
-            )
-        })?;
-        (
-            None,
-            vec![(
-                "check".to_owned(),
-                path.to_owned(),
-                release::sha256_hex(&bytes),
-            )],
-        )
-    };
-
-    let loaded = host.load_for_check(&files)?;
-    let mut plugins = Vec::new();
-    for (plugin, (name, file, sha256)) in loaded.iter().zip(files) {
-        if manifest.is_some() && plugin.info().name != name {
-            let declared = plugin.info().name.clone();
-            return Err(DeployError::new(
-                Step::Check,
-                Some(&name),
-                Some(file),
-                DeployCause::NameMismatch { declared },
-            ));
-        }
-        plugins.push(CheckedPlugin {
-            info: plugin.info().clone(),
-            file,
-            sha256,
-        });
-    }
-
-    let report = link::analyze(plugins.iter().map(|p| &p.info).collect::<Vec<_>>());
-    let complete = manifest.as_ref().is_none_or(|m| m.complete);
-    let fatal: Vec<LinkProblem> = report
-        .problems
+    let scratch_error =
+        |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
+    let scratch =
+        tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
+    let host = Host::builder(scratch.path())
+        .build()
+        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    let (prepared, manifest) = host.prepare_check(path)?;
+    let plugins = prepared
+        .shipped()
         .iter()
-        .filter(|p| complete || !matches!(p, LinkProblem::Missing { .. }))
-        .cloned()
+        .map(|s| CheckedPlugin {
+            info: s.plugin.info().clone(),
+            file: s.file.clone(),
+            sha256: s.plugin.sha256().to_owned(),
+        })
         .collect();
-    if manifest.is_some() && !fatal.is_empty() {
-        return Err(DeployError::new(
-            Step::Link,
-            None,
-            None,
-            LinkError { problems: fatal }.into(),
-        ));
-    }
-    drop(loaded);
-    host.flush_unloads();
-    Ok(CheckReport {
+    let report = CheckReport {
         path: path.to_owned(),
         release: manifest.as_ref().and_then(|m| m.name.clone()),
         complete: manifest.as_ref().is_some_and(|m| m.complete),
         remove: manifest.map(|m| m.remove).unwrap_or_default(),
         plugins,
-        link: report,
-    })
+        link: prepared.generation().link_report().clone(),
+    };
+    drop(prepared);
+    host.flush_unloads();
+    Ok(report)
 }
 
 impl fmt::Display for CheckReport {
@@ -175,7 +112,7 @@ impl fmt::Display for CheckReport {
                 &p.sha256[..16]
             )?;
             writeln!(f, "  file     {}", p.file.display())?;
-            let list = |c: &[crate::link::Contract]| {
+            let list = |c: &[Contract]| {
                 if c.is_empty() {
                     "-".to_owned()
                 } else {

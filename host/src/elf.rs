@@ -36,8 +36,13 @@ pub enum ElfError {
     },
 }
 
-/// Checks that `bytes` is a complete shared library for this machine.
-pub(crate) fn check(bytes: &[u8]) -> Result<(), ElfError> {
+/// Checks that `bytes` is a complete shared library for this machine, as staging does before
+/// `dlopen` may see it.
+///
+/// # Errors
+///
+/// [`ElfError`] saying what the file is instead.
+pub fn check(bytes: &[u8]) -> Result<(), ElfError> {
     let file = ElfFile64::<Endianness>::parse(bytes).map_err(ElfError::Parse)?;
     if file.kind() != ObjectKind::Dynamic {
         return Err(ElfError::NotShared(file.kind()));

@@ -1,10 +1,13 @@
-//! The errors of deploying and calling.
+//! The errors of deploying and calling, and [`DisplayChain`] to print one with its causes.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use graft_api::ErrorKind;
 
+use crate::bounded::{Bounded, BoundedPath};
+use crate::elf::ElfError;
 use crate::link::LinkError;
 use crate::loader::LoadError;
 use crate::release::ManifestError;
@@ -30,6 +33,9 @@ pub enum Step {
     Link,
     /// Running the new plugins' initialisers.
     Init,
+    /// Making the prepared release current: refused if another release went live since it was
+    /// prepared.
+    Publish,
 }
 
 impl fmt::Display for Step {
@@ -42,15 +48,18 @@ impl fmt::Display for Step {
             Self::Check => "check",
             Self::Link => "link",
             Self::Init => "init",
+            Self::Publish => "publish",
         })
     }
 }
 
 /// A release that did not go live. The previous generation keeps serving.
 ///
-/// The message names the step, the plugin and the file; the cause is [`source`](std::error::Error::source).
+/// The message names the step, the plugin and the file (each quoted at most
+/// [`MAX_QUOTE`](crate::bounded::MAX_QUOTE) bytes); the cause is
+/// [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
-#[error("release rejected at {step}{}{}", .plugin.as_ref().map(|p| format!(", plugin {p}")).unwrap_or_default(), .file.as_ref().map(|f| format!(", file {}", f.display())).unwrap_or_default())]
+#[error("release rejected at {step}{}{}", .plugin.as_ref().map(|p| format!(", plugin {}", Bounded(p))).unwrap_or_default(), .file.as_ref().map(|f| format!(", file {}", BoundedPath(f))).unwrap_or_default())]
 pub struct DeployError {
     step: Step,
     plugin: Option<String>,
@@ -103,14 +112,20 @@ pub enum DeployCause {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The release removes a plugin the current generation does not have.
-    #[error("the release removes plugin {0}, which the current generation does not have")]
+    #[error("the release removes plugin {}, which the current generation does not have", Bounded(.0))]
     RemoveUnknown(String),
     /// The record of live releases (`releases.json`) is corrupt.
-    #[error("corrupt release record: {0}")]
+    #[error("corrupt release record: {}", Bounded(.0))]
     Record(String),
-    /// A staged rollout is under way: promote or abort its canary first.
-    #[error("a rollout is under way (canary generation {0}): promote or abort it first")]
-    RolloutInProgress(u64),
+    /// Another release went live between this one's prepare and its publish; publishing it
+    /// would silently undo that one (a rollback, or a newer deploy).
+    #[error("prepared against generation {prepared_against}, but generation {current} went live since; deploy it again to build on what is live now")]
+    Stale {
+        /// The generation that was current when the release was prepared.
+        prepared_against: u64,
+        /// The generation current at publish.
+        current: u64,
+    },
     /// There is no earlier release to roll back to.
     #[error("no earlier release to roll back to")]
     NothingToRollBack,
@@ -127,25 +142,29 @@ pub enum DeployCause {
     Io(String, #[source] std::io::Error),
     /// The file is not a complete shared library for this machine.
     #[error("not a loadable shared library")]
-    NotALibrary(#[source] crate::elf::ElfError),
+    NotALibrary(#[source] ElfError),
     /// Loading or checking the library failed.
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The library declares another name than the manifest gives it.
-    #[error("the library declares itself as plugin {declared}")]
+    #[error("the library declares itself as plugin {}", Bounded(.declared))]
     NameMismatch {
         /// The name the library declares.
         declared: String,
     },
     /// Two libraries of one deploy declare the same plugin name.
-    #[error("two libraries of the release declare plugin {0}")]
+    #[error("two libraries of the release declare plugin {}", Bounded(.0))]
     DuplicatePlugin(String),
     /// The new plugin set does not link.
     #[error(transparent)]
     Link(#[from] LinkError),
     /// A plugin's initialiser returned an error or panicked.
-    #[error("initialiser failed: {0}")]
+    #[error("initialiser failed: {}", Bounded(.0))]
     Init(String),
+    /// A plugin's initialiser was still running at the deadline. It keeps running (status reports
+    /// its library as abandoned) and the library is let go once it returns.
+    #[error("initialiser still running after {} ms, the limit (init_timeout_ms); its library is abandoned until it returns", .0.as_millis())]
+    InitTimeout(Duration),
 }
 
 /// A call into the pinned generation that did not return a value.
@@ -199,5 +218,21 @@ impl CallError {
             Self::Plugin { kind, .. } => Some(*kind),
             _ => None,
         }
+    }
+}
+
+/// Displays an error and its sources, `outer: inner: innermost`.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

@@ -7,19 +7,25 @@
 //! generation, and so the generation's libraries, alive: when the last pin of a replaced
 //! generation drops, the generation drops and its libraries are released per the host's
 //! [`UnloadPolicy`](crate::UnloadPolicy).
+//!
+//! Owned pins are counted: each [`OwnedPin`] adds one to its generation's in-flight count while
+//! it lives, which is what status reports. The cheap [`Pin`] (an `arc_swap` guard) is not: a
+//! counter touched by every call would be shared by every core.
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use abi_stable::std_types::{RResult, RSlice};
 use graft_api::ffi::{Context, LinkTable};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::decl::{Contract, ContractError, PluginInfo};
 use crate::error::CallError;
-use crate::link::{Contract, ContractError, Entry, LinkReport, Linked};
-use crate::loader::{LoadedPlugin, PluginInfo};
+use crate::link::{Entry, LinkReport, Linked};
+use crate::loader::LoadedPlugin;
 
 /// An immutable set of loaded plugins and the link table that binds them.
 pub struct Generation {
@@ -32,6 +38,10 @@ pub struct Generation {
     /// the table was built, so an id past its end is a contract it does not export.
     entries: Vec<Option<Entry>>,
     report: LinkReport,
+    /// Owned pins alive on this generation.
+    in_flight: AtomicUsize,
+    /// When it went live, if it did.
+    published: OnceLock<Instant>,
     /// Dropped last: everything above may point into these libraries.
     plugins: Vec<Arc<LoadedPlugin>>,
 }
@@ -71,6 +81,8 @@ impl Generation {
             table: linked.table,
             entries,
             report: linked.report,
+            in_flight: AtomicUsize::new(0),
+            published: OnceLock::new(),
             plugins,
         }
     }
@@ -103,9 +115,23 @@ impl Generation {
         self.created.elapsed()
     }
 
-    /// When it was published.
+    /// When it was made (prepared).
     pub fn created_at(&self) -> SystemTime {
         self.created_at
+    }
+
+    /// Whether it went live (it may have been replaced since).
+    pub fn is_published(&self) -> bool {
+        self.published.get().is_some()
+    }
+
+    pub(crate) fn mark_published(&self) {
+        let _ = self.published.set(Instant::now());
+    }
+
+    /// How many owned pins hold it now: requests in flight on it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Resolves an export once, for many calls in this generation.
@@ -206,7 +232,7 @@ impl Pin {
 
     /// Upgrades to an owned pin on the same generation.
     pub fn to_owned_pin(&self) -> OwnedPin {
-        OwnedPin(Arc::clone(&self.0))
+        OwnedPin::new(Arc::clone(&self.0))
     }
 }
 
@@ -226,13 +252,27 @@ impl fmt::Debug for Pin {
 
 /// An owned pin (an `Arc` of the generation): `Send`, `'static`, fine across `.await`.
 ///
-/// Every owned pin counts as in flight in [`Host::status`](crate::Host::status).
-#[derive(Clone)]
+/// Every owned pin counts as in flight in [`Host::status`](crate::Host::status) while it lives.
 pub struct OwnedPin(Arc<Generation>);
 
 impl OwnedPin {
-    pub(crate) fn new(generation: Arc<Generation>) -> Self {
+    /// Pins `generation` (for example a canary held beside the current one) and counts it in
+    /// flight.
+    pub fn new(generation: Arc<Generation>) -> Self {
+        generation.in_flight.fetch_add(1, Ordering::AcqRel);
         Self(generation)
+    }
+}
+
+impl Clone for OwnedPin {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for OwnedPin {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,28 +1,31 @@
 //! graft's host: runs a service's logic from plugins and replaces it while the service serves.
 //!
-//! The moving parts, in the order a release travels through them (see `docs/architecture.md`):
+//! This is the embedding library: no server, no CLI, no async runtime. The `graft` crate builds
+//! `graft serve` and the `graft` command on top of it. The moving parts, in the order a release
+//! travels through them (see `docs/architecture.md`):
 //!
-//! - [`release`]: the `release.toml` manifest, checksums, staging under unique names.
-//! - `loader` (the only `unsafe` code): `dlopen`, API-version gate, layout check, unload.
-//! - [`link`]: contracts `name@N`, binding every import to exactly one export.
+//! - [`release`]: the `release.toml` manifest and its [`Limits`](release::Limits); `stage`:
+//!   checksums and staged copies under unique names.
+//! - `loader` (the only `unsafe` code): `dlopen`, API-version gate, layout check; `registry`:
+//!   one library per build; `init`: initialisers on threads of their own, under a deadline.
+//! - [`link`]: binding every import to exactly one export of the new plugin set.
 //! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one.
-//! - [`Host`]: the current generation in an `ArcSwap`; [`Host::deploy`], [`Host::rollback`],
-//!   [`Host::status`].
-//! - [`rollout`]: staged rollouts, a canary generation beside the current one, analysed and
-//!   promoted or aborted step by step.
-//! - [`fleet`]: `graft fleet rollout`, a release across many hosts in waves.
-//! - [`serve`]: `graft serve`, HTTP routes to exports and the admin API; [`client`] talks to it.
-//! - [`watch`]: deploy a release when its directory, files or pointer change.
-//! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
+//! - [`Host`]: [`Host::prepare`] runs every step above outside any lock and returns a
+//!   [`Prepared`] release; [`Host::publish`] makes it current with one atomic store, unless
+//!   another release went live meanwhile. [`Host::deploy`] is both; [`Host::rollback`],
+//!   [`Host::restore`] and [`Host::status`] go with them.
+//! - `unload`: closing libraries once drained, per [`UnloadPolicy`].
+//! - [`check`]: `graft check`, a prepare on a scratch host.
 //!
 //! # Invariants
 //!
 //! 1. A call pins one generation, and every import call it makes runs in that generation.
 //! 2. A release goes live with one atomic store, after every plugin in it was staged, loaded,
-//!    checked, linked and initialised; a failure at any step changes nothing.
+//!    checked, linked and initialised, and only if the generation it was prepared against is
+//!    still current; a failure at any step changes nothing.
 //! 3. A generation's libraries stay mapped while any pin holds it; then [`UnloadPolicy`] decides.
 //! 4. Bad input (not a library, truncated, another API, panics, bad manifest or checksum) is an
-//!    error value, never a crash of the host.
+//!    error value, never a crash of the host, and errors quote only a bounded slice of it.
 //! 5. Files graft writes for itself are written to a temp file, fsynced and renamed.
 //!
 //! ```no_run
@@ -31,33 +34,39 @@
 //! host.deploy("releases/v1")?;
 //! let foo = host.export("foo@1")?;
 //! let answer: serde_json::Value = host.call(&foo, &serde_json::json!({ "a": 1 }))?;
-//! host.deploy("releases/v2")?; // in-flight calls finish on v1, new ones see v2
-//! host.rollback()?;            // v1 again
+//!
+//! let v2 = host.prepare("releases/v2")?; // staged, loaded, linked, initialised; not live
+//! host.publish(v2)?;                     // in-flight calls finish on v1, new ones see v2
+//! host.rollback()?;                      // v1 again
 //! # Ok(()) }
 //! ```
 
 mod atomic_file;
+pub mod bounded;
 pub mod check;
-pub mod client;
-pub mod dev;
-mod elf;
+mod decl;
+pub mod elf;
 mod error;
-pub mod fleet;
 mod generation;
 mod host;
+mod init;
 pub mod link;
 mod loader;
-mod metrics;
+pub mod millis;
+mod registry;
 pub mod release;
-pub mod rollout;
-pub mod serve;
+mod report;
 mod services;
+mod stage;
 pub mod status;
-pub mod watch;
+mod unload;
 
-pub use elf::ElfError;
-pub use error::{CallError, DeployCause, DeployError, Step};
+pub use decl::{is_valid_name, Contract, ContractError, PluginInfo, MAX_NAME_LEN};
+pub use error::{CallError, DeployCause, DeployError, DisplayChain, Step};
 pub use generation::{Export, Generation, OwnedPin, Pin, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
-pub use host::{Change, DeployReport, DisplayChain, Host, HostBuilder, PluginChange, RECORD};
-pub use loader::{is_mapped, LoadError, PluginInfo, UnloadPolicy};
+pub use host::{Host, HostBuilder, Prepared, RECORD};
+pub use loader::LoadError;
+pub use report::{Change, DeployReport, PluginChange};
+pub use stage::sha256_hex;
+pub use unload::{is_mapped, UnloadPolicy};

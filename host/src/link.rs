@@ -1,78 +1,22 @@
-//! Contracts and linking: binding every import of a generation to exactly one export.
+//! Linking: binding every import of a generation to exactly one export.
 //!
-//! A contract is `name@N`. Linking a set of plugins succeeds only if every contract is exported
-//! by at most one plugin and every import finds exactly one export of the same contract. The
-//! result is the generation's [`LinkTable`]: per plugin, per import slot, the function to call
-//! and the plugin that provides it. Calls then index that table; nothing is looked up by name
-//! on the request path.
+//! Linking a set of plugins succeeds only if every contract is exported by at most one plugin and
+//! every import finds exactly one export of the same contract. The result is the generation's
+//! [`LinkTable`]: per plugin, per import slot, the function to call and the plugin that provides
+//! it. Calls then index that table; nothing is looked up by name on the request path.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 
-use abi_stable::std_types::RVec;
-use graft_api::ffi::{Binding, ExportFn, LinkTable, PluginLinks};
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use graft_api::ffi::{Binding, Context, ExportFn, FfiError, LinkTable, PluginLinks};
+use graft_api::ErrorKind;
+use serde::{Deserialize, Serialize};
 
-use crate::loader::PluginInfo;
-
-/// A versioned function name, `name@N`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Contract {
-    name: String,
-    version: u32,
-}
-
-impl Contract {
-    /// The function name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The contract version.
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-}
-
-/// A string that is not a valid `name@N` contract.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid contract {0:?}: expected name@N, name of [a-z0-9_-], N a number")]
-pub struct ContractError(String);
-
-impl FromStr for Contract {
-    type Err = ContractError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ContractError(s.to_owned());
-        let (name, version) = s.split_once('@').ok_or_else(err)?;
-        let name_ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
-        if !name_ok || version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(err());
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            version: version.parse().map_err(|_| err())?,
-        })
-    }
-}
-
-impl fmt::Display for Contract {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.version)
-    }
-}
-
-impl serde::Serialize for Contract {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+use crate::decl::{Contract, PluginInfo};
 
 /// One resolved import: who imports what from whom.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkEdge {
     /// The importing plugin.
     pub importer: String,
@@ -83,7 +27,7 @@ pub struct LinkEdge {
 }
 
 /// Why a set of plugins does not link.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "problem", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum LinkProblem {
@@ -135,12 +79,23 @@ pub struct LinkError {
 }
 
 /// The link report of a set of plugins: every resolved edge and every problem.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LinkReport {
     /// Resolved imports.
     pub edges: Vec<LinkEdge>,
-    /// What keeps the set from linking.
+    /// What keeps the set from linking (for `graft check` of a partial release, the imports left
+    /// open).
     pub problems: Vec<LinkProblem>,
+}
+
+/// What linking does with an import no plugin of the set exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenImports {
+    /// Refuse the set: what every deploy does.
+    Refuse,
+    /// Bind it to a stub that fails with [`ErrorKind::UNBOUND_IMPORT`]: what `graft check` does
+    /// with a partial release, whose imports the generation it lands on will provide.
+    Stub,
 }
 
 /// Resolves every import of `plugins` (in order) against their exports.
@@ -215,7 +170,7 @@ impl Default for Linked {
 }
 
 /// Links `plugins`, given as (declaration, its export functions in declaration order).
-pub(crate) fn link<'a, I, E>(plugins: I) -> Result<Linked, LinkError>
+pub(crate) fn link<'a, I, E>(plugins: I, open: OpenImports) -> Result<Linked, LinkError>
 where
     I: IntoIterator<Item = (&'a PluginInfo, E)> + Clone,
     E: IntoIterator<Item = ExportFn>,
@@ -227,7 +182,11 @@ where
             .map(|(info, _)| info)
             .collect::<Vec<_>>(),
     );
-    if !report.problems.is_empty() {
+    let fatal = report
+        .problems
+        .iter()
+        .any(|p| open == OpenImports::Refuse || !matches!(p, LinkProblem::Missing { .. }));
+    if fatal {
         return Err(LinkError {
             problems: report.problems,
         });
@@ -244,16 +203,20 @@ where
     let table = LinkTable {
         plugins: infos
             .iter()
-            .map(|info| PluginLinks {
+            .enumerate()
+            .map(|(index, info)| PluginLinks {
                 imports: info
                     .imports
                     .iter()
-                    .map(|contract| {
-                        let entry = exports[contract];
-                        Binding {
+                    .map(|contract| match exports.get(contract) {
+                        Some(entry) => Binding {
                             func: entry.func,
                             plugin: entry.plugin,
-                        }
+                        },
+                        None => Binding {
+                            func: open_import,
+                            plugin: u32::try_from(index).expect("fewer than 2^32 plugins"),
+                        },
                     })
                     .collect::<RVec<_>>(),
             })
@@ -263,6 +226,14 @@ where
         table,
         exports,
         report,
+    })
+}
+
+/// What an open import (see [`OpenImports::Stub`]) is bound to.
+extern "C" fn open_import(_: &Context<'_>, _: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError> {
+    RResult::RErr(FfiError {
+        kind: ErrorKind::UNBOUND_IMPORT,
+        message: RString::from("open import: no plugin of this generation exports it"),
     })
 }
 
@@ -277,18 +248,6 @@ mod tests {
             api_version: graft_api::API_VERSION.into(),
             exports: exports.iter().map(|c| c.parse().unwrap()).collect(),
             imports: imports.iter().map(|c| c.parse().unwrap()).collect(),
-        }
-    }
-
-    #[test]
-    fn contracts_parse_and_print() {
-        let c: Contract = "frob@2".parse().unwrap();
-        assert_eq!((c.name(), c.version()), ("frob", 2));
-        assert_eq!(c.to_string(), "frob@2");
-        for bad in [
-            "frob", "frob@", "@1", "Frob@1", "frob@x", "fr ob@1", "frob@1@2",
-        ] {
-            assert!(bad.parse::<Contract>().is_err(), "{bad} should not parse");
         }
     }
 
@@ -345,5 +304,27 @@ mod tests {
             .map(|e| (e.importer.as_str(), e.provider.as_str()))
             .collect();
         assert_eq!(providers, [("foo", "frob-shim"), ("frob-shim", "frob")]);
+    }
+
+    #[test]
+    fn open_imports_are_refused_unless_stubbed_and_ambiguity_never_is() {
+        let open = [info("foo", &["foo@1"], &["bar@1"])];
+        let set = || open.iter().map(|i| (i, Vec::<ExportFn>::new()));
+        assert!(link(set(), OpenImports::Refuse).is_err());
+        let linked = link(set(), OpenImports::Stub).unwrap();
+        assert_eq!(linked.report.problems.len(), 1);
+        let stub = linked.table.plugins[0].imports[0];
+        let ctx = Context {
+            table: &linked.table,
+            plugin: 0,
+        };
+        let failed = (stub.func)(&ctx, RSlice::from_slice(b"1"))
+            .into_result()
+            .unwrap_err();
+        assert_eq!(failed.kind, ErrorKind::UNBOUND_IMPORT);
+
+        let twice = [info("a", &["x@1"], &[]), info("b", &["x@1"], &[])];
+        let set = twice.iter().map(|i| (i, Vec::<ExportFn>::new()));
+        assert!(link(set, OpenImports::Stub).is_err());
     }
 }

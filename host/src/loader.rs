@@ -1,4 +1,4 @@
-//! Loading and unloading plugin libraries: the only module of the host with `unsafe` code.
+//! Loading plugin libraries: the only module of the host with `unsafe` code.
 //!
 //! The path from a staged file to a callable plugin, each step able to fail cleanly:
 //!
@@ -14,40 +14,39 @@
 //! 5. Copy the declaration (name, version, contracts) into host-owned memory.
 //!
 //! A [`LoadedPlugin`] owns the library handle and everything taken out of it; no reference into
-//! the library escapes it, and the handle is released last, when the plugin is dropped. Release
-//! goes through the [`Unloader`]: a background thread closes the library and then checks, in
-//! `/proc/self/maps`, whether it really left the address space (a plugin that started a thread
-//! or touched a thread-local with a destructor stays mapped; that is reported, not crashed on).
+//! the library escapes it, and the handle is handed to the [`Unloader`] last, when the plugin
+//! drops. Its initialiser runs later, once per library (see [`init`](crate::init)).
 
 #![allow(unsafe_code)]
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
 
 use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
 use abi_stable::std_types::RResult;
 use graft_api::ffi::{ExportFn, HostApiRef, PluginModRef};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
-use crate::link::Contract;
-use crate::status::{LibraryState, LibraryStatus};
+use crate::bounded::Bounded;
+use crate::decl::{self, Contract, PluginInfo};
+use crate::init::InitCell;
+use crate::unload::{Unload, Unloader};
 
 /// Why a plugin library could not be loaded or failed its checks.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
     /// `dlopen` refused the file.
-    #[error("dlopen failed: {0}")]
+    #[error("dlopen failed: {}", Bounded(.0))]
     Open(String),
     /// The library does not export graft's root module.
     #[error("no graft root module: not a plugin built with graft_api::plugin!")]
     NoRootModule,
     /// The root module was built with an incompatible abi_stable.
-    #[error("built with an incompatible abi_stable: {0}")]
+    #[error("built with an incompatible abi_stable: {}", Bounded(.0))]
     AbiHeader(String),
     /// The plugin speaks another graft API version than the host.
-    #[error("built against graft API {plugin}, this host speaks {host} (same major, minor at most the host's)")]
+    #[error("built against graft API {}, this host speaks {host} (same major, minor at most the host's)", Bounded(.plugin))]
     ApiVersion {
         /// The plugin's API version.
         plugin: String,
@@ -55,7 +54,7 @@ pub enum LoadError {
         host: &'static str,
     },
     /// abi_stable's layout check failed, or the plugin's root-module constructor failed.
-    #[error("root module rejected: {0}")]
+    #[error("root module rejected: {}", Bounded(.0))]
     Layout(String),
     /// The plugin's declaration is invalid (bad contract, duplicate export, ...).
     #[error("invalid declaration: {0}")]
@@ -72,22 +71,6 @@ impl LoadError {
     }
 }
 
-/// What a plugin declares about itself, copied out of the library.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct PluginInfo {
-    /// Unique name within a generation.
-    pub name: String,
-    /// The plugin's own version.
-    pub version: String,
-    /// The graft API version it was built against.
-    pub api_version: String,
-    /// What it provides.
-    pub exports: Vec<Contract>,
-    /// What it calls, in slot order.
-    pub imports: Vec<Contract>,
-}
-
 /// A loaded, checked plugin library. Shared by every generation that contains it.
 pub(crate) struct LoadedPlugin {
     info: PluginInfo,
@@ -96,6 +79,7 @@ pub(crate) struct LoadedPlugin {
     /// Implementations of `info.exports`, in the same order.
     exports: Vec<ExportFn>,
     module: PluginModRef,
+    init: InitCell,
     unloader: Unloader,
     /// Released last, in `Drop`, after nothing above can be used any more.
     library: Option<Library>,
@@ -114,7 +98,7 @@ impl fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Loads and checks the staged library at `path` (steps 1 to 5 of the module docs).
     ///
-    /// The plugin's initialiser is not run; see [`LoadedPlugin::init`].
+    /// The plugin's initialiser is not run; see [`LoadedPlugin::run_init`].
     pub(crate) fn load(path: &Path, sha256: &str, unloader: &Unloader) -> Result<Self, LoadError> {
         // SAFETY: loading a library runs its ELF constructors. The file is a staged copy that
         // passed the ELF check and its manifest checksum; running the code of a release the
@@ -153,17 +137,25 @@ impl LoadedPlugin {
             path: path.to_owned(),
             exports,
             module,
+            init: InitCell::default(),
             unloader: unloader.clone(),
             library: Some(library),
         })
     }
 
-    /// Runs the plugin's initialiser, which routes its logs to the host and runs its own `init`.
-    pub(crate) fn init(&self, host: HostApiRef) -> Result<(), String> {
+    /// Calls the plugin's initialiser, which routes its logs to the host and runs its own
+    /// `init`; panics are caught on the plugin's side. Called once per library, through
+    /// [`LoadedPlugin::init_cell`].
+    pub(crate) fn run_init(&self, host: HostApiRef) -> Result<(), String> {
         match (self.module.init())(host) {
             RResult::ROk(()) => Ok(()),
             RResult::RErr(e) => Err(format!("{}: {}", e.kind, e.message)),
         }
+    }
+
+    /// Where this library's initialiser is.
+    pub(crate) fn init_cell(&self) -> &InitCell {
+        &self.init
     }
 
     pub(crate) fn info(&self) -> &PluginInfo {
@@ -188,7 +180,7 @@ impl Drop for LoadedPlugin {
         if let Some(library) = self.library.take() {
             self.unloader.unload(Unload {
                 library,
-                name: self.info.name.clone(),
+                plugin: self.info.name.clone(),
                 version: self.info.version.clone(),
                 path: self.path.clone(),
             });
@@ -222,17 +214,18 @@ fn read_declaration(
     api_version: String,
 ) -> Result<(PluginInfo, Vec<ExportFn>), LoadError> {
     let name = module.name().as_str().to_owned();
-    crate::release::check_plugin_name(&name).map_err(LoadError::Declaration)?;
+    decl::check_plugin_name(&name).map_err(LoadError::Declaration)?;
     let version = module.version().as_str().to_owned();
     let mut exports = Vec::new();
     let mut funcs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for decl in module.exports().as_slice() {
         let contract: Contract = decl
             .contract
             .as_str()
             .parse()
             .map_err(|e| LoadError::Declaration(format!("{e}")))?;
-        if exports.contains(&contract) {
+        if !seen.insert(contract.clone()) {
             return Err(LoadError::Declaration(format!("exports {contract} twice")));
         }
         exports.push(contract);
@@ -260,151 +253,6 @@ fn read_declaration(
     ))
 }
 
-/// What to do with a plugin's library once no generation uses it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnloadPolicy {
-    /// Keep the libraries of the releases in the rollback history loaded (the default): a
-    /// rollback to any of them, or deploying one of them again, reuses its libraries instead of
-    /// loading them anew. A library is closed once it has left the history and its last
-    /// generation has drained, so memory stays bounded by the history length.
-    #[default]
-    KeepHistory,
-    /// Close the library as soon as the last generation using it has drained.
-    WhenDrained,
-    /// Keep every library loaded while the host runs: instant rollback to any earlier build,
-    /// at the price of memory that grows with every new build.
-    Never,
-}
-
-struct Unload {
-    library: Library,
-    name: String,
-    version: String,
-    path: PathBuf,
-}
-
-enum Job {
-    Unload(Unload),
-    Flush(mpsc::SyncSender<()>),
-}
-
-/// Closes libraries off the request path and records whether they really left memory.
-///
-/// Cloned into every [`LoadedPlugin`]; the background thread ends when the last clone is gone.
-#[derive(Clone)]
-pub(crate) struct Unloader {
-    jobs: mpsc::Sender<Job>,
-    lingering: Arc<Mutex<Vec<LibraryStatus>>>,
-}
-
-impl fmt::Debug for Unloader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Unloader").finish_non_exhaustive()
-    }
-}
-
-impl Unloader {
-    pub(crate) fn spawn() -> std::io::Result<Self> {
-        let (jobs, rx) = mpsc::channel();
-        let lingering = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&lingering);
-        std::thread::Builder::new()
-            .name("graft-unloader".into())
-            .spawn(move || run_unloader(rx, record))?;
-        Ok(Self { jobs, lingering })
-    }
-
-    fn unload(&self, job: Unload) {
-        if let Err(mpsc::SendError(Job::Unload(job))) = self.jobs.send(Job::Unload(job)) {
-            // The thread is gone (it never is while a clone of `self` exists); unload here.
-            close(job);
-        }
-    }
-
-    /// Waits until every library released before this call has been closed and checked.
-    pub(crate) fn flush(&self) {
-        let (done, wait) = mpsc::sync_channel(1);
-        if self.jobs.send(Job::Flush(done)).is_ok() {
-            let _ = wait.recv();
-        }
-    }
-
-    /// Libraries that were closed but are still mapped, re-checked now.
-    pub(crate) fn lingering(&self) -> Vec<LibraryStatus> {
-        let mut lingering = self.lingering.lock().unwrap_or_else(|e| e.into_inner());
-        lingering.retain(|lib| is_mapped(&lib.path));
-        lingering.clone()
-    }
-}
-
-fn run_unloader(jobs: mpsc::Receiver<Job>, lingering: Arc<Mutex<Vec<LibraryStatus>>>) {
-    for job in jobs {
-        match job {
-            Job::Unload(job) => {
-                if let Some(status) = close(job) {
-                    lingering
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(status);
-                }
-            }
-            Job::Flush(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-}
-
-/// Closes the library; returns its status if it is still mapped afterwards.
-fn close(job: Unload) -> Option<LibraryStatus> {
-    let Unload {
-        library,
-        name,
-        version,
-        path,
-    } = job;
-    if let Err(error) = library.close() {
-        tracing::warn!(plugin = %name, path = %path.display(), %error, "dlclose failed");
-    }
-    if is_mapped(&path) {
-        tracing::warn!(
-            plugin = %name,
-            %version,
-            path = %path.display(),
-            "library still mapped after unload: the plugin pins itself (a thread, or a \
-             thread-local with a destructor); it stays in memory until that thread exits and a \
-             later unload lets glibc sweep it"
-        );
-        Some(LibraryStatus {
-            plugin: name,
-            version,
-            path,
-            state: LibraryState::Pinned,
-        })
-    } else {
-        tracing::debug!(plugin = %name, %version, path = %path.display(), "library unloaded");
-        None
-    }
-}
-
-/// Whether a file is mapped into this process, per `/proc/self/maps`.
-pub fn is_mapped(path: &Path) -> bool {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return false;
-    };
-    let path = path.to_string_lossy();
-    maps.lines().any(|line| {
-        // address perms offset dev inode [path]; the path may end in " (deleted)".
-        let mapped = line
-            .splitn(6, ' ')
-            .nth(5)
-            .map(str::trim_start)
-            .unwrap_or_default();
-        mapped == path || mapped.strip_suffix(" (deleted)") == Some(&*path)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,12 +271,5 @@ mod tests {
         if minor > 0 {
             assert!(check_api_version(&format!("{major}.{}.0", minor - 1)).is_ok());
         }
-    }
-
-    #[test]
-    fn the_test_binary_itself_is_mapped_and_a_random_path_is_not() {
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert!(is_mapped(&exe));
-        assert!(!is_mapped(Path::new("/nonexistent/graft/lib.so")));
     }
 }

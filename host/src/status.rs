@@ -1,21 +1,19 @@
-//! What [`Host::status`](crate::Host::status) reports; serialisable for the admin API.
+//! What [`Host::status`](crate::Host::status) reports; serialisable for an admin API.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::loader::UnloadPolicy;
+use crate::unload::UnloadPolicy;
 
 /// A snapshot of the host: generations, libraries, release history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Status {
     /// The current generation's id.
     pub current: u64,
-    /// The canary generation's id, while a staged rollout has one.
-    pub canary: Option<u64>,
-    /// Every live generation (current, and replaced ones still draining), oldest first.
+    /// Every live generation (current, prepared ones not published yet, and replaced ones still
+    /// draining), oldest first.
     pub generations: Vec<GenerationStatus>,
     /// Every library mapped by the host.
     pub libraries: Vec<LibraryStatus>,
@@ -28,29 +26,40 @@ pub struct Status {
 }
 
 /// One live generation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct GenerationStatus {
     /// Its id.
     pub id: u64,
     /// Its release label.
     pub release: Option<String>,
-    /// Whether it is the current one.
-    pub current: bool,
-    /// Whether it is the canary of a staged rollout.
-    pub canary: bool,
+    /// Current, prepared or replaced.
+    pub role: GenerationRole,
     /// Its plugins.
     pub plugins: Vec<PluginStatus>,
-    /// Pins holding it: every owned pin; for a replaced generation, every pin. (Short synchronous
-    /// pins of the current generation are not counted: counting them would put a shared counter
-    /// on every call.)
+    /// Owned pins holding it: requests in flight. (Short synchronous pins are not counted:
+    /// counting them would put a shared counter on every call.)
     pub in_flight: usize,
-    /// Milliseconds since it was published.
+    /// Milliseconds since it was prepared.
     pub age_ms: u64,
 }
 
+/// What a generation is to its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum GenerationRole {
+    /// New requests pin it.
+    Current,
+    /// Prepared and not published (yet): a deploy about to go live, or the canary of a staged
+    /// rollout, which requests reach only when routed to it.
+    Prepared,
+    /// It went live and was replaced since; it lives while requests still hold it.
+    Replaced,
+}
+
 /// One plugin of a generation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PluginStatus {
     /// Its name.
@@ -64,7 +73,7 @@ pub struct PluginStatus {
 }
 
 /// One mapped library.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LibraryStatus {
     /// The plugin it holds.
@@ -73,23 +82,28 @@ pub struct LibraryStatus {
     pub version: String,
     /// The staged file it was loaded from.
     pub path: PathBuf,
-    /// Loaded, or released but still pinned in memory by the plugin.
+    /// Loaded, initialising, abandoned, or released but pinned in memory by the plugin.
     pub state: LibraryState,
 }
 
-/// Whether a library is in use or lingering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Whether a library is in use, starting, or lingering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum LibraryState {
-    /// Loaded and used by a generation (or kept by the `Never` policy).
+    /// Loaded (and initialised, or not needing it yet).
     Loaded,
+    /// Its initialiser is running; a deploy is waiting for it.
+    Initialising,
+    /// Its initialiser ran past a deploy's deadline: the deploy was refused, and the library
+    /// stays mapped until the initialiser returns.
+    Abandoned,
     /// Closed by the host, but still mapped: the plugin pinned it (a thread or a thread-local).
     Pinned,
 }
 
 /// A release that went live: enough to deploy it again (rollback).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ReleaseRecord {
     /// The generation it became.
@@ -101,7 +115,7 @@ pub struct ReleaseRecord {
 }
 
 /// One plugin of a recorded release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PluginRecord {
     /// Its name.
@@ -115,13 +129,14 @@ pub struct PluginRecord {
 }
 
 /// The result of the last deploy or rollback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeployOutcome {
-    /// When it finished.
-    pub at: SystemTime,
+    /// When it finished, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
     /// The generation it published, if it succeeded.
     pub generation: Option<u64>,
-    /// The error, if it failed.
+    /// The error, if it failed (truncated to [`MAX_MESSAGE`](crate::bounded::MAX_MESSAGE)
+    /// bytes).
     pub error: Option<String>,
 }

@@ -5,6 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use graft::client::AdminClient;
+use graft_host::status::GenerationRole;
+
 use crate::serve::spawn_graft_serve_with;
 use crate::util::{run_graft, Env};
 
@@ -117,21 +120,18 @@ fn a_failing_canary_on_one_host_stops_the_fleet_and_rolls_back_the_updated_hosts
 
     // Every host is back on its own stable release, with no canary.
     for (n, (_, admin, _)) in hosts.iter().enumerate() {
-        let status: serde_json::Value = ureq::get(format!("{admin}/status"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        assert_eq!(status["canary"], serde_json::Value::Null, "{status}");
-        let current = status["generations"]
-            .as_array()
-            .unwrap()
+        let status = AdminClient::new(admin, None).status().unwrap();
+        let rollout = status.rollout.as_ref().expect("each host ran a rollout");
+        assert!(!rollout.state.is_under_way(), "{status}");
+        let current = status
+            .host
+            .generations
             .iter()
-            .find(|g| g["current"] == true)
+            .find(|g| g.role == GenerationRole::Current)
             .unwrap();
-        assert_eq!(current["release"], format!("host{}-v1", n + 1), "{status}");
-        assert_eq!(current["plugins"][0]["version"], "1.0.0", "{status}");
+        let release = format!("host{}-v1", n + 1);
+        assert_eq!(current.release.as_deref(), Some(&*release), "{status}");
+        assert_eq!(current.plugins[0].version, "1.0.0", "{status}");
     }
 
     stop.store(true, Ordering::Relaxed);

@@ -29,7 +29,8 @@ fn a_request_in_flight_across_a_swap_finishes_entirely_on_its_generation() {
     let gate = env.path("gate");
     std::fs::create_dir_all(&gate).unwrap();
 
-    // A slow request: foo calls frob, stops at the gate, and calls bar only once it opens.
+    // A slow request, pinned as `graft serve` pins one (owned, counted in flight): foo calls
+    // frob, stops at the gate, and calls bar only once it opens.
     let slow = {
         let (host, foo) = (Arc::clone(&host), foo.clone());
         let input = FooInput {
@@ -37,7 +38,7 @@ fn a_request_in_flight_across_a_swap_finishes_entirely_on_its_generation() {
             gate: Some(gate.to_str().unwrap().into()),
             ..FooInput::default()
         };
-        std::thread::spawn(move || host.call::<_, FooOutput>(&foo, &input))
+        std::thread::spawn(move || host.pin_owned().call::<_, FooOutput>(&foo, &input))
     };
     wait_for(&gate.join("frob-done"));
 

@@ -211,7 +211,11 @@ fn status_reports_generations_plugins_and_libraries() {
     host.deploy(env.complete_release("v1", V1)).unwrap();
     let status = host.status();
     assert_eq!(status.current, 1);
-    let current = status.generations.iter().find(|g| g.current).unwrap();
+    let current = status
+        .generations
+        .iter()
+        .find(|g| g.role == graft_host::status::GenerationRole::Current)
+        .unwrap();
     let mut plugins: Vec<_> = current
         .plugins
         .iter()

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use example_types::FooOutput;
-use graft_host::serve::{ServeConfig, Server, GENERATION_HEADER};
+use graft::api::DeployRequest;
+use graft::client::{AdminClient, ClientError};
+use graft::config::ServeConfig;
+use graft::serve::{Server, GENERATION_HEADER};
 
 use crate::util::{graft_bin, run_graft, Env, KillOnDrop, V1, V2};
 
@@ -138,11 +141,12 @@ fn deploy_and_rollback_through_the_admin_api() {
     let env = Env::new();
     let (runtime, server) = in_process(&env);
     let base = format!("http://{}", server.addr());
-    let admin =
-        graft_host::client::AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
 
-    let report = admin.deploy(&env.path("releases/v2")).unwrap();
-    assert_eq!(report["generation"], 2);
+    let deployed = admin
+        .deploy(&DeployRequest::new(env.path("releases/v2")))
+        .unwrap();
+    assert_eq!(deployed.report.generation, 2);
     let (_, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
     assert_eq!(
         (
@@ -157,13 +161,13 @@ fn deploy_and_rollback_through_the_admin_api() {
 
     // A partial release that does not link is refused; v2 keeps serving.
     let bad = env.release("bad", &["frob-v1"]);
-    match admin.deploy(&bad) {
-        Err(graft_host::client::ClientError::Rejected(rejection)) => {
-            assert_eq!(rejection.step, "link");
+    match admin.deploy(&DeployRequest::new(bad)) {
+        Err(ClientError::Api { status: 422, error }) => {
+            assert_eq!(error.step.as_deref(), Some("link"));
             assert!(
-                rejection.error.contains("plugin foo imports frob@2"),
+                error.message.contains("plugin foo imports frob@2"),
                 "{}",
-                rejection.error
+                error.message
             );
         }
         other => panic!("expected a rejection, got {other:?}"),
@@ -182,9 +186,9 @@ fn deploy_and_rollback_through_the_admin_api() {
         ),
         (3, "1.0.0")
     );
-    let status = admin.status().unwrap();
-    assert_eq!(status["current"], 3);
-    assert!(status["last_deploy"]["error"].is_null());
+    let status = admin.status().unwrap().host;
+    assert_eq!(status.current, 3);
+    assert!(status.last_deploy.unwrap().error.is_none());
 
     let mut response = agent()
         .get(&format!("http://{}/metrics", server.admin_addr()))
@@ -224,13 +228,13 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
         .block_on(Server::start(ServeConfig::load(&path).unwrap()))
         .unwrap();
     let url = format!("http://{}", server.admin_addr());
-    let anonymous = graft_host::client::AdminClient::new(&url, None);
+    let anonymous = AdminClient::new(&url, None);
     assert!(matches!(
         anonymous.status(),
-        Err(graft_host::client::ClientError::Status { status: 401, .. })
+        Err(ClientError::Api { status: 401, .. })
     ));
-    let authorised = graft_host::client::AdminClient::new(&url, Some("s3cret".into()));
-    assert_eq!(authorised.status().unwrap()["current"], 1);
+    let authorised = AdminClient::new(&url, Some("s3cret".into()));
+    assert_eq!(authorised.status().unwrap().host.current, 1);
     assert!(runtime.block_on(server.shutdown()));
 
     std::fs::write(
@@ -397,14 +401,11 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
     assert_eq!(status, 200, "{body}");
     let out: FooOutput = serde_json::from_str(&body).unwrap();
     assert_eq!((out.foo.as_str(), out.frob.as_str()), ("2.0.0", "2.0.0"));
-    let status = graft_host::client::AdminClient::new(&admin, None)
-        .status()
-        .unwrap();
-    let history: Vec<_> = status["history"]
-        .as_array()
-        .unwrap()
+    let status = AdminClient::new(&admin, None).status().unwrap().host;
+    let history: Vec<_> = status
+        .history
         .iter()
-        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .map(|r| r.name.clone().unwrap())
         .collect();
     assert_eq!(history, ["v1", "v2"], "the history survives the restart");
     assert!(
@@ -461,10 +462,8 @@ fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
         .read_to_string()
         .unwrap()
         .contains("not a readable tar bundle"));
-    let status = graft_host::client::AdminClient::new(&admin, None)
-        .status()
-        .unwrap();
-    assert_eq!(status["current"], 2);
+    let status = AdminClient::new(&admin, None).status().unwrap().host;
+    assert_eq!(status.current, 2);
     let uploads = env.path("data/uploads");
     let left: Vec<_> = std::fs::read_dir(&uploads)
         .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -2,11 +2,12 @@
 //! release directories, and the catalogue of bad releases.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use cargo_metadata::Message;
 use graft_host::{release, Host, Step, UnloadPolicy};
 
 /// Every example plugin crate, with the plugin name it declares.
@@ -58,23 +59,19 @@ fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("cargo runs");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut artifacts = Vec::new();
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let message: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
-        if message["reason"] != "compiler-artifact" {
+    for message in Message::parse_stream(stdout).map_while(Result::ok) {
+        let Message::CompilerArtifact(artifact) = message else {
             continue;
+        };
+        let name = artifact.target.name.clone();
+        if let Some(exe) = artifact.executable {
+            artifacts.push((name.clone(), exe.into_std_path_buf()));
         }
-        let name = message["target"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if let Some(exe) = message["executable"].as_str() {
-            artifacts.push((name.clone(), PathBuf::from(exe)));
-        }
-        for file in message["filenames"].as_array().into_iter().flatten() {
-            let file = PathBuf::from(file.as_str().unwrap());
-            if file.extension().is_some_and(|e| e == "so") {
-                artifacts.push((name.clone(), file));
+        for file in artifact.filenames {
+            if file.extension() == Some("so") {
+                artifacts.push((name.clone(), file.into_std_path_buf()));
             }
         }
     }
@@ -83,6 +80,16 @@ fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
         "cargo build {args:?} failed"
     );
     artifacts
+}
+
+/// Polls `done` every few milliseconds until it holds; fails the test, saying `what` it was
+/// waiting for, if that takes longer than `within` (a liveness bound, not a timing check).
+pub(crate) fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Where cargo builds the workspace.
@@ -95,7 +102,7 @@ pub(crate) fn target_dir() -> PathBuf {
 fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
-        let mut args = vec!["-p", "graft-host", "--bins", "--lib"];
+        let mut args = vec!["-p", "graft", "--bins", "--lib"];
         for (krate, _) in PLUGINS.iter().filter(|(k, _)| *k != "newer-api") {
             args.extend(["-p", krate]);
         }
@@ -221,7 +228,7 @@ impl Env {
             std::fs::write(dir.join(file), bytes).unwrap();
             let sha = sha
                 .map(str::to_owned)
-                .unwrap_or_else(|| release::sha256_hex(bytes));
+                .unwrap_or_else(|| graft_host::sha256_hex(bytes));
             manifest.push_str(&format!(
                 "[[plugin]]\nname = \"{name}\"\nfile = \"{file}\"\nsha256 = \"{sha}\"\n"
             ));

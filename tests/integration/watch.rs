@@ -2,12 +2,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use example_types::{FooInput, FooOutput};
-use graft_host::{release, watch, Host};
+use graft::watch;
+use graft_host::{release, sha256_hex, DisplayChain, Host};
 
-use crate::util::{library, Env};
+use crate::util::{library, wait_until, Env};
 
 const SETTLE: Duration = Duration::from_millis(50);
 
@@ -21,7 +22,7 @@ fn write_release(dir: &Path, version: &str) {
         std::fs::write(dir.join(format!("{plugin}.so")), &bytes).unwrap();
         manifest.push_str(&format!(
             "[[plugin]]\nname = \"{plugin}\"\nfile = \"{plugin}.so\"\nsha256 = \"{}\"\n",
-            release::sha256_hex(&bytes)
+            sha256_hex(&bytes)
         ));
     }
     std::fs::write(dir.join("release.toml.new"), manifest).unwrap();
@@ -43,15 +44,20 @@ fn foo_version(host: &Host) -> String {
 
 /// Waits (at most 30 s) until the current generation is `generation`.
 fn wait_for_generation(host: &Host, generation: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while host.pin().id() != generation {
-        assert!(
-            Instant::now() < deadline,
-            "generation {generation} never went live: {:?}",
-            host.status().last_deploy
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        &format!("generation {generation} to go live"),
+        Duration::from_secs(30),
+        || host.pin().id() == generation,
+    );
+}
+
+/// Watches `path`, deploying what appears there to `host`.
+fn watch_into(host: &Arc<Host>, path: std::path::PathBuf) -> watch::Watch {
+    let host = Arc::clone(host);
+    watch::watch(path, SETTLE, move |dir| {
+        host.deploy(dir).map_err(|e| DisplayChain(&e).to_string())
+    })
+    .unwrap()
 }
 
 /// A host serving v1 from `watched/live`, and a watch on that directory.
@@ -60,7 +66,7 @@ fn watching_v1(env: &Env) -> (Arc<Host>, std::path::PathBuf, watch::Watch) {
     let live = env.path("watched/live");
     write_release(&live, "v1");
     host.deploy(&live).unwrap();
-    let watch = watch::watch(Arc::clone(&host), live.clone(), SETTLE).unwrap();
+    let watch = watch_into(&host, live.clone());
     (host, live, watch)
 }
 
@@ -86,7 +92,7 @@ fn a_half_written_library_is_not_loaded_until_it_is_complete() {
     std::fs::write(live.join("frob.so"), &frob[..frob.len() / 2]).unwrap();
     std::fs::write(
         live.join("release.toml"),
-        text.replace(&old_sha, &release::sha256_hex(&frob)),
+        text.replace(&old_sha, &sha256_hex(&frob)),
     )
     .unwrap();
     std::thread::sleep(SETTLE * 10);
@@ -99,20 +105,11 @@ fn a_half_written_library_is_not_loaded_until_it_is_complete() {
     // Completing the file completes the release, which is then refused at link (foo v1 imports
     // frob@1, frob v2 exports frob@2): the watcher loaded it only once it was whole.
     std::fs::write(live.join("frob.so"), &frob).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while host
-        .status()
-        .last_deploy
-        .as_ref()
-        .and_then(|d| d.error.clone())
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the complete release was never tried"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        "the complete release to be tried",
+        Duration::from_secs(30),
+        || host.status().last_deploy.is_some_and(|d| d.error.is_some()),
+    );
     let error = host.status().last_deploy.unwrap().error.unwrap();
     assert!(error.contains("plugin foo imports frob@1"), "{error}");
     assert_eq!(host.pin().id(), 1);
@@ -132,7 +129,7 @@ fn a_data_symlink_swap_and_an_ln_sfn_pointer_are_followed() {
         std::os::unix::fs::symlink(format!("..data/{name}"), volume.join(name)).unwrap();
     }
     host.deploy(&volume).unwrap();
-    let _watch = watch::watch(Arc::clone(&host), volume.clone(), SETTLE).unwrap();
+    let _watch = watch_into(&host, volume.clone());
 
     write_release(&volume.join("..2026_11_22_b"), "v2");
     std::os::unix::fs::symlink("..2026_11_22_b", volume.join("..data_tmp")).unwrap();
@@ -145,7 +142,7 @@ fn a_data_symlink_swap_and_an_ln_sfn_pointer_are_followed() {
     write_release(&releases.join("r1"), "v1");
     write_release(&releases.join("r2"), "v2");
     std::os::unix::fs::symlink("r2", releases.join("current")).unwrap();
-    let _pointer = watch::watch(Arc::clone(&host), releases.join("current"), SETTLE).unwrap();
+    let _pointer = watch_into(&host, releases.join("current"));
     let status = std::process::Command::new("ln")
         .args(["-sfn", "r1"])
         .arg(releases.join("current"))

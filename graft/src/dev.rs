@@ -16,16 +16,23 @@
 //!   live ([`DevEvent::Reloaded`]).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::future::Future;
+use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher as _};
+use cargo_metadata::diagnostic::DiagnosticLevel;
+use cargo_metadata::{Message, TargetKind};
+use graft_host::{Change, DeployError, DeployReport, DisplayChain, Host};
+use notify::RecursiveMode;
+use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
-use crate::{DeployError, DeployReport, Host};
+use crate::config::ServeConfig;
+use crate::serve::{ServeError, Server};
 
 /// How long file events must stop before a rebuild starts.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -42,6 +49,13 @@ pub struct DevLoop {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DevEvent {
+    /// The server is up ([`serve`] only).
+    Serving {
+        /// The service's address.
+        addr: std::net::SocketAddr,
+        /// The admin API's address.
+        admin_addr: std::net::SocketAddr,
+    },
     /// Sources changed; a build started.
     Building {
         /// Which reload this is (1 for the first build).
@@ -84,6 +98,67 @@ pub enum DevEvent {
     },
 }
 
+impl DevEvent {
+    /// The one line `graft dev` prints for this event (none for a build starting): what went
+    /// live and how fast, or why nothing did.
+    pub fn line(&self) -> Option<String> {
+        match self {
+            Self::Serving { addr, admin_addr } => Some(format!(
+                "graft dev: serving on http://{addr}, admin on http://{admin_addr}"
+            )),
+            Self::Building { .. } => None,
+            Self::Reloaded {
+                reload,
+                build,
+                live_after_build,
+                report,
+            } => {
+                let plugins: Vec<String> = report
+                    .plugins
+                    .iter()
+                    .filter(|p| p.change != Change::Kept)
+                    .map(|p| format!("{} {} {}", p.name, p.version, p.change))
+                    .collect();
+                Some(format!(
+                    "reload {reload}: generation {} live ({}); built in {:.2} s, live {:.1} ms \
+                     after the build (staged and loaded in {:.1} ms, then linked, initialised \
+                     and published in {:.2} ms)",
+                    report.generation,
+                    if plugins.is_empty() {
+                        "no change".into()
+                    } else {
+                        plugins.join(", ")
+                    },
+                    build.as_secs_f64(),
+                    live_after_build.as_secs_f64() * 1e3,
+                    report.staging.as_secs_f64() * 1e3,
+                    report.go_live.as_secs_f64() * 1e3,
+                ))
+            }
+            Self::BuildFailed {
+                reload,
+                build,
+                error,
+                serving,
+            } => Some(format!(
+                "reload {reload}: build failed after {:.2} s: {}; generation {serving} keeps serving",
+                build.as_secs_f64(),
+                DisplayChain(error)
+            )),
+            Self::DeployFailed {
+                reload,
+                build,
+                error,
+                serving,
+            } => Some(format!(
+                "reload {reload}: built in {:.2} s but refused: {}; generation {serving} keeps serving",
+                build.as_secs_f64(),
+                DisplayChain(error)
+            )),
+        }
+    }
+}
+
 /// Why a crate did not build.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,10 +190,25 @@ pub enum BuildError {
     },
 }
 
-/// Why the dev loop could not start.
+/// Why the dev loop could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DevError {
+    /// The server could not start.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The scratch data directory or the loop's thread could not be made.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The loop's thread panicked.
+    #[error("the dev loop panicked")]
+    Panicked,
     /// A crate directory has no `Cargo.toml`.
     #[error("{} is not a crate directory (no Cargo.toml)", path.display())]
     NotACrate {
@@ -188,20 +278,21 @@ impl DevLoop {
         report: &mut dyn FnMut(DevEvent),
     ) -> Result<(), DevError> {
         let (events, rx) = mpsc::channel::<PathBuf>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    if !event.kind.is_access() {
-                        for path in event.paths {
-                            let _ = events.send(path);
-                        }
+        // notify reports every open of a file (cargo's reads of the sources among them):
+        // only changes count.
+        let mut watcher = new_debouncer(SETTLE, None, move |result: DebounceEventResult| {
+            for event in result.into_iter().flatten() {
+                if !event.kind.is_access() {
+                    for path in &event.paths {
+                        let _ = events.send(path.clone());
                     }
                 }
-            })
-            .map_err(|source| DevError::Watch {
-                path: self.crates[0].clone(),
-                source,
-            })?;
+            }
+        })
+        .map_err(|source| DevError::Watch {
+            path: self.crates[0].clone(),
+            source,
+        })?;
         let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
         let mut ignored: BTreeSet<PathBuf> = BTreeSet::new();
         // Which crates each watched root belongs to: a change there rebuilds those crates.
@@ -234,26 +325,19 @@ impl DevLoop {
                 }
                 continue;
             }
-            // Wait for a relevant change, then until changes stop for `SETTLE`.
+            // Wait for a relevant change (the debouncer has let each settle for `SETTLE`).
             let mut changed = Vec::new();
-            loop {
-                let timeout = if changed.is_empty() {
-                    Duration::from_millis(200)
-                } else {
-                    SETTLE
-                };
-                match rx.recv_timeout(timeout) {
-                    Ok(path) if is_source_change(&path, &ignored) => changed.push(path),
-                    Ok(_) => {}
-                    Err(RecvTimeoutError::Timeout) if changed.is_empty() => {
-                        if stop() {
-                            return Ok(());
-                        }
+            while changed.is_empty() {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(path) => {
+                        changed.extend(Some(path).filter(|p| is_source_change(p, &ignored)))
                     }
-                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Timeout) if stop() => return Ok(()),
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
+            changed.extend(rx.try_iter().filter(|p| is_source_change(p, &ignored)));
             for (i, roots) in roots_of.iter().enumerate() {
                 if changed
                     .iter()
@@ -348,31 +432,29 @@ impl DevLoop {
         let mut child = command.spawn().map_err(spawn_error)?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (mut libraries, mut errors, mut success) = (Vec::new(), 0, false);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            match message["reason"].as_str() {
-                Some("compiler-message") => {
-                    if message["message"]["level"] == "error" {
+        for message in Message::parse_stream(BufReader::new(stdout)).map_while(Result::ok) {
+            match message {
+                Message::CompilerMessage(message) => {
+                    if message.message.level == DiagnosticLevel::Error {
                         errors += 1;
                     }
-                    if let Some(rendered) = message["message"]["rendered"].as_str() {
+                    if let Some(rendered) = &message.message.rendered {
                         eprint!("{rendered}");
                     }
                 }
-                Some("compiler-artifact") if is_this_cdylib(&message, &manifest) => {
+                Message::CompilerArtifact(artifact)
+                    if artifact.manifest_path.as_std_path() == manifest
+                        && artifact.target.kind.contains(&TargetKind::CDyLib) =>
+                {
                     libraries.extend(
-                        message["filenames"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|f| f.as_str())
-                            .filter(|f| f.ends_with(std::env::consts::DLL_SUFFIX))
-                            .map(PathBuf::from),
+                        artifact
+                            .filenames
+                            .iter()
+                            .filter(|f| f.as_str().ends_with(std::env::consts::DLL_SUFFIX))
+                            .map(|f| f.clone().into_std_path_buf()),
                     );
                 }
-                Some("build-finished") => success = message["success"] == true,
+                Message::BuildFinished(finished) => success = finished.success,
                 _ => {}
             }
         }
@@ -401,17 +483,6 @@ impl DevLoop {
             target_dir,
         })
     }
-}
-
-/// Whether a cargo artifact message is the cdylib of the crate at `manifest`.
-fn is_this_cdylib(message: &serde_json::Value, manifest: &Path) -> bool {
-    let ours = message["manifest_path"]
-        .as_str()
-        .is_some_and(|m| Path::new(m) == manifest);
-    let cdylib = message["target"]["kind"]
-        .as_array()
-        .is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"));
-    ours && cdylib
 }
 
 /// The package directories of the local sources a build read, from cargo's dep-info file
@@ -480,6 +551,75 @@ fn is_source_change(path: &Path, ignored: &BTreeSet<PathBuf>) -> bool {
         && path.file_name().is_none_or(|name| name != "Cargo.lock")
         && !ignored.iter().any(|dir| path.starts_with(dir))
         && !path.components().any(|c| c.as_os_str() == "target")
+}
+
+/// Serves `config` and runs `dev` beside it until `shutdown` completes (or the loop ends):
+/// what `graft dev` does. Builds are staged in `data_dir`, or in a fresh temporary directory
+/// (in `/dev/shm` when there is one, where flushing costs nothing) removed on return. Every
+/// event goes to `report`, [`DevEvent::Serving`] first.
+///
+/// # Errors
+///
+/// [`DevError`] if the server or the loop cannot start, or the loop fails.
+pub async fn serve(
+    mut config: ServeConfig,
+    dev: DevLoop,
+    data_dir: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+    mut report: impl FnMut(DevEvent) + Send + 'static,
+) -> Result<(), DevError> {
+    let _scratch = match data_dir {
+        Some(dir) => {
+            config.data_dir = dir;
+            None
+        }
+        None => {
+            let shm = Path::new("/dev/shm");
+            let base = if shm.is_dir() {
+                shm.to_owned()
+            } else {
+                std::env::temp_dir()
+            };
+            let scratch = tempfile::Builder::new()
+                .prefix("graft-dev-")
+                .tempdir_in(&base)
+                .map_err(|source| DevError::Io {
+                    what: format!("creating a data directory in {}", base.display()),
+                    source,
+                })?;
+            config.data_dir = scratch.path().to_owned();
+            Some(scratch)
+        }
+    };
+    let server = Server::start(config).await?;
+    report(DevEvent::Serving {
+        addr: server.addr(),
+        admin_addr: server.admin_addr(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (host, stopping) = (Arc::clone(server.host()), Arc::clone(&stop));
+    let watching = std::thread::Builder::new()
+        .name("graft-dev".into())
+        .spawn(move || dev.run(&host, &|| stopping.load(Ordering::Relaxed), &mut report))
+        .map_err(|source| DevError::Io {
+            what: "starting the dev loop".into(),
+            source,
+        })?;
+    let ended = async {
+        while !watching.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = ended => {}
+    }
+    stop.store(true, Ordering::Relaxed);
+    server.shutdown().await;
+    if watching.is_finished() {
+        watching.join().map_err(|_| DevError::Panicked)??;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,11 +21,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use graft_host::DisplayChain;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::api::{RolloutAction, RolloutOptions};
 use crate::client::AdminClient;
-use crate::DisplayChain;
+use crate::rollout::{RolloutState, RolloutStatus};
 
 /// One host of the fleet.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -69,7 +70,7 @@ pub enum FleetError {
     },
     /// The release could not be packed.
     #[error("packing the release")]
-    Pack(#[from] crate::release::ManifestError),
+    Pack(#[from] graft_host::release::ManifestError),
 }
 
 /// Reads a hosts file.
@@ -226,7 +227,8 @@ pub fn rollout(
     options: &FleetOptions,
     progress: &mut dyn FnMut(FleetEvent),
 ) -> Result<FleetReport, FleetError> {
-    let bundle = crate::release::pack_bundle(dir)?;
+    let bundle = crate::bundle::pack(dir)?;
+    let start = RolloutOptions::new(true, options.canary, options.plan.clone());
     let waves = waves(hosts.len());
     let mut reports: Vec<HostReport> = hosts
         .iter()
@@ -253,11 +255,9 @@ pub fn rollout(
         });
         let mut running = Vec::new();
         for i in wave.clone() {
-            let started =
-                clients[i].deploy_bundle_canary(&bundle, options.canary, options.plan.as_deref());
-            match started {
-                Ok(report) => {
-                    reports[i].generation = report["generation"].as_u64();
+            match clients[i].deploy_bundle(&bundle, &start) {
+                Ok(started) => {
+                    reports[i].generation = Some(started.report.generation);
                     reports[i].outcome = HostOutcome::Running;
                     reports[i].detail = "canary deployed".into();
                     running.push(i);
@@ -293,15 +293,17 @@ pub fn rollout(
             if report.outcome == HostOutcome::Running {
                 // Still running in the failed wave: stop it. It may have promoted since it was
                 // last polled; then the abort finds no rollout, and it is rolled back below.
-                match clients[i].rollout_action("abort") {
+                match clients[i].rollout_action(RolloutAction::Abort) {
                     Ok(_) => {
                         report.outcome = HostOutcome::Aborted;
                         report.detail = "aborted: the wave failed".into();
                     }
                     Err(error) => {
-                        let status = clients[i].rollout().unwrap_or_default();
-                        let ours = status["canary"].as_u64() == report.generation;
-                        if ours && status["state"] == "promoted" {
+                        let promoted = clients[i].rollout().is_ok_and(|status| {
+                            Some(status.canary) == report.generation
+                                && status.state == RolloutState::Promoted
+                        });
+                        if promoted {
                             report.outcome = HostOutcome::Promoted;
                         } else {
                             report.outcome = HostOutcome::Failed;
@@ -368,15 +370,15 @@ fn watch_wave(
                 });
                 last_line[i] = line;
             }
-            let last_message = last_event_message(&status).to_owned();
-            match status["state"].as_str() {
-                Some("promoted") if status["canary"].as_u64() == reports[i].generation => {
+            let ours = Some(status.canary) == reports[i].generation;
+            match status.state {
+                RolloutState::Promoted if ours => {
                     reports[i].outcome = HostOutcome::Promoted;
-                    reports[i].detail = last_message;
+                    reports[i].detail = status.last_message().to_owned();
                 }
-                Some("aborted") if status["canary"].as_u64() == reports[i].generation => {
+                RolloutState::Aborted if ours => {
                     reports[i].outcome = HostOutcome::Aborted;
-                    reports[i].detail = last_message;
+                    reports[i].detail = status.last_message().to_owned();
                     return false;
                 }
                 _ => pending += 1,
@@ -392,65 +394,61 @@ fn watch_wave(
     }
 }
 
-/// The message of a rollout status's last event: why it ended, for a finished rollout.
-fn last_event_message(status: &Value) -> &str {
-    status["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or_default()
-}
-
-/// `step 2/3, canary 25%: 340 requests, 0 errors, p99 2.10 ms; healthy`
-fn progress_line(status: &Value) -> String {
-    let window = &status["canary_window"];
-    let verdict = status["last_verdict"]["verdict"].as_str().unwrap_or("-");
-    match status["state"].as_str() {
-        Some(state @ ("promoted" | "aborted")) => {
-            format!("{state}: {}", last_event_message(status))
+/// `running step 2/3, canary 25%: 340 requests, 0 errors; healthy`
+fn progress_line(status: &RolloutStatus) -> String {
+    match status.state {
+        RolloutState::Promoted | RolloutState::Aborted => {
+            format!("{}: {}", status.state, status.last_message())
         }
         state => format!(
-            "{} step {}/{}, canary {}%: {} requests, {} errors; {verdict}",
-            state.unwrap_or("?"),
-            status["step"],
-            status["plan"].as_array().map_or(0, Vec::len),
-            status["weight"],
-            window["requests"],
-            window["errors"],
+            "{state} step {}/{}, canary {}%: {} requests, {} errors; {}",
+            status.step,
+            status.plan.len(),
+            status.weight,
+            status.canary_window.requests,
+            status.canary_window.errors,
+            status.last_verdict.as_ref().map_or("-", |v| v.kind()),
         ),
     }
 }
 
 /// The summary table.
-pub fn summary(report: &FleetReport) -> String {
-    let width = report
-        .hosts
-        .iter()
-        .map(|h| h.host.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mut out = format!(
-        "{:<width$}  {:>4}  {:<11}  {:>10}  detail\n",
-        "host", "wave", "outcome", "generation"
-    );
-    for host in &report.hosts {
-        out.push_str(&format!(
-            "{:<width$}  {:>4}  {:<11}  {:>10}  {}\n",
-            host.host,
-            host.wave,
-            host.outcome.to_string(),
-            host.generation.map_or("-".into(), |g| g.to_string()),
-            host.detail
-        ));
+impl std::fmt::Display for FleetReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let width = self
+            .hosts
+            .iter()
+            .map(|h| h.host.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            f,
+            "{:<width$}  {:>4}  {:<11}  {:>10}  detail",
+            "host", "wave", "outcome", "generation"
+        )?;
+        for host in &self.hosts {
+            writeln!(
+                f,
+                "{:<width$}  {:>4}  {:<11}  {:>10}  {}",
+                host.host,
+                host.wave,
+                host.outcome.to_string(),
+                host.generation.map_or("-".into(), |g| g.to_string()),
+                host.detail
+            )?;
+        }
+        match self.failed_wave {
+            None => writeln!(
+                f,
+                "fleet rollout succeeded: every host promoted the release"
+            ),
+            Some(wave) => writeln!(
+                f,
+                "fleet rollout failed at wave {wave}: hosts that had promoted were rolled back"
+            ),
+        }
     }
-    out.push_str(&match report.failed_wave {
-        None => "fleet rollout succeeded: every host promoted the release\n".to_owned(),
-        Some(wave) => format!(
-            "fleet rollout failed at wave {wave}: hosts that had promoted were rolled back\n"
-        ),
-    });
-    out
 }
 
 #[cfg(test)]

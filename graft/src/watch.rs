@@ -1,123 +1,128 @@
-//! Watch mode: deploy a release when its directory, its files or a pointer to it change.
+//! Watch mode: hand over a release when its directory, its files or a pointer to it change.
 //!
 //! [`watch`] follows a path that is a release directory, or a symlink to one (switched with
 //! `ln -sfn`), or a directory whose entries are symlinks through a `..data` link (the way
 //! Kubernetes updates ConfigMap and projected volumes: a new timestamped directory, then an
-//! atomic rename of `..data`). It watches the path's parent directory recursively with `notify`,
-//! and after events have settled it resolves where `release.toml` really lives and reads the
-//! release from there, so a pointer switched mid-read cannot mix two releases.
+//! atomic rename of `..data`). It watches the path's parent directory recursively through
+//! notify's debouncer, and once events have settled it resolves where `release.toml` really
+//! lives and reads the release from there, so a pointer switched mid-read cannot mix two
+//! releases.
 //!
-//! A release is deployed only when it is complete: every file the manifest names exists, has
-//! the same size and modification time before and after it is read, is a valid shared library,
-//! and matches the manifest's sha256. Anything else (a file still being written, an editor's
-//! temp file, a manifest being replaced) waits for the next event. A content fingerprint
-//! (manifest and checksums) keeps the same release from being deployed twice, and a release
-//! that is complete but refused logs one line and is not retried until it changes.
+//! A release is handed to the caller (which deploys it) only when it is complete: every file
+//! the manifest names exists, has the same size and modification time before and after it is
+//! read, is a valid shared library, and matches the manifest's sha256. Anything else (a file
+//! still being written, an editor's temp file, a manifest being replaced) waits for the next
+//! event. A content fingerprint keeps the same release from being handed over twice, and a
+//! release that is complete but refused logs one line and is not retried until it changes.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher as _};
-
-use crate::release::{self, Manifest, MANIFEST};
-use crate::{DisplayChain, Host};
+use graft_host::bounded::BoundedPath;
+use graft_host::release::{Manifest, MANIFEST};
+use graft_host::{sha256_hex, DeployReport};
+use notify::RecursiveMode;
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 /// A running watch; dropping it stops watching.
-#[derive(Debug)]
 pub struct Watch {
     /// Owns the event sender: dropping it disconnects the channel, which ends the thread.
-    _watcher: notify::RecommendedWatcher,
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
 }
 
 /// Why a watch could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("watching {}", path.display())]
+#[error("watching {}", BoundedPath(path))]
 pub struct WatchError {
     path: PathBuf,
     #[source]
     source: notify::Error,
 }
 
-/// Starts watching `path` and deploying to `host` what appears there. The release found at
-/// `path` when the watch starts is taken as already deployed.
+/// Starts watching `path`; calls `deploy` with the directory of each new complete release found
+/// there. The release found at `path` when the watch starts is taken as already deployed.
 ///
-/// `settle` is how long events must stop before the release is read (100 ms is a good default).
+/// `settle` is how long a file's events must stop before it counts as changed (100 ms is a good
+/// default). `deploy` says what became of the release: its report, or why it was refused.
 ///
 /// # Errors
 ///
 /// [`WatchError`] if the watch cannot be set up.
-pub fn watch(host: Arc<Host>, path: PathBuf, settle: Duration) -> Result<Watch, WatchError> {
+pub fn watch(
+    path: PathBuf,
+    settle: Duration,
+    mut deploy: impl FnMut(&Path) -> Result<DeployReport, String> + Send + 'static,
+) -> Result<Watch, WatchError> {
+    let watch_error = |source| WatchError {
+        path: path.clone(),
+        source,
+    };
     let (events, rx) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = event.map_or(true, |e| e.paths.iter().any(|p| !is_editor_temp(p)));
+    let mut debouncer = new_debouncer(settle, None, move |result: DebounceEventResult| {
+        let relevant = result.map_or(true, |events| {
+            events
+                .iter()
+                .any(|e| !e.kind.is_access() && e.paths.iter().any(|p| !is_editor_temp(p)))
+        });
         if relevant {
             let _ = events.send(());
         }
     })
-    .map_err(|source| WatchError {
-        path: path.clone(),
-        source,
-    })?;
+    .map_err(watch_error)?;
     let root = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    watcher
+    debouncer
         .watch(root, RecursiveMode::Recursive)
-        .map_err(|source| WatchError {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(watch_error)?;
     let mut last = ready(&path).ok().map(|r| r.fingerprint);
+    let watched = path.clone();
     std::thread::Builder::new()
         .name("graft-watch".into())
         .spawn(move || {
-            tracing::info!(path = %path.display(), "watching for releases");
+            tracing::info!(path = %watched.display(), "watching for releases");
             let mut waiting_for: Option<String> = None;
-            loop {
-                // Wait for an event, then until none has come for `settle`.
-                if rx.recv().is_err() {
-                    return;
-                }
-                loop {
-                    match rx.recv_timeout(settle) {
-                        Ok(()) => continue,
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-                match ready(&path) {
+            while rx.recv().is_ok() {
+                match ready(&watched) {
                     Ok(release) if last.as_ref() == Some(&release.fingerprint) => {}
                     Ok(release) => {
                         waiting_for = None;
                         last = Some(release.fingerprint);
-                        match host.deploy(&release.dir) {
+                        match deploy(&release.dir) {
                             Ok(report) => tracing::info!(
                                 generation = report.generation,
                                 release = %release.dir.display(),
-                                go_live_us = report.go_live.as_micros() as u64,
+                                go_live_us = u64::try_from(report.go_live.as_micros()).unwrap_or(u64::MAX),
                                 "watch: deployed"
                             ),
                             Err(error) => tracing::warn!(
                                 release = %release.dir.display(),
-                                error = %DisplayChain(&error),
+                                %error,
                                 "watch: release refused; the current one keeps serving"
                             ),
                         }
                     }
                     Err(reason) => {
                         if waiting_for.as_ref() != Some(&reason) {
-                            tracing::debug!(path = %path.display(), %reason, "watch: release not complete yet");
+                            tracing::debug!(path = %watched.display(), %reason, "watch: release not complete yet");
                             waiting_for = Some(reason);
                         }
                     }
                 }
             }
         })
-        .map_err(|e| WatchError { path: PathBuf::new(), source: notify::Error::io(e) })?;
-    Ok(Watch { _watcher: watcher })
+        .map_err(|e| watch_error(notify::Error::io(e)))?;
+    Ok(Watch {
+        _debouncer: debouncer,
+    })
 }
 
 /// A complete release, where it really lives, and what it contains.
@@ -134,7 +139,7 @@ fn ready(path: &Path) -> Result<Ready, String> {
         .parent()
         .ok_or("manifest without a directory")?
         .to_owned();
-    let manifest = Manifest::load(&dir).map_err(|e| DisplayChain(&e).to_string())?;
+    let manifest = Manifest::load(&dir).map_err(|e| graft_host::DisplayChain(&e).to_string())?;
     let mut fingerprint = format!("{manifest:?}");
     for plugin in &manifest.plugins {
         let file = dir.join(&plugin.file);
@@ -143,15 +148,15 @@ fn ready(path: &Path) -> Result<Ready, String> {
         if stamp(&file)? != before {
             return Err(format!("{} is still changing", file.display()));
         }
-        if release::sha256_hex(&bytes) != plugin.sha256 {
+        if sha256_hex(&bytes) != plugin.sha256 {
             return Err(format!("{} does not match its sha256 yet", file.display()));
         }
-        crate::elf::check(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        graft_host::elf::check(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         fingerprint.push_str(&plugin.sha256);
     }
     Ok(Ready {
         dir,
-        fingerprint: release::sha256_hex(fingerprint.as_bytes()),
+        fingerprint: sha256_hex(fingerprint.as_bytes()),
     })
 }
 

@@ -18,8 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::rollout::{RolloutState, RolloutStatus};
-use crate::Host;
+use graft_host::Host;
+
+use crate::rollout::RolloutStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GenerationLabel {
@@ -218,6 +219,7 @@ impl Metrics {
     /// The exposition text, with the gauges read from the host (and the rollout) now.
     pub(crate) fn render(&self, host: &Host, rollout: Option<&RolloutStatus>) -> String {
         let status = host.status();
+        let running = rollout.filter(|r| r.state.is_under_way());
         self.role.clear();
         self.role
             .get_or_create(&RoleLabel {
@@ -225,16 +227,14 @@ impl Metrics {
                 role: "stable",
             })
             .set(1);
-        if let Some(canary) = status.canary {
+        if let Some(rollout) = running {
             self.role
                 .get_or_create(&RoleLabel {
-                    generation: canary,
+                    generation: rollout.canary,
                     role: "canary",
                 })
                 .set(1);
         }
-        let running =
-            rollout.filter(|r| matches!(r.state, RolloutState::Running | RolloutState::Paused));
         self.canary_weight
             .set(running.map_or(0, |r| i64::from(r.weight)));
         self.rollout_step

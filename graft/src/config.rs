@@ -1,0 +1,242 @@
+//! `graft.toml`: what `graft serve` (and `graft dev`) run. Relative paths are relative to the
+//! file.
+//!
+//! ```toml
+//! data_dir = "graft-data"
+//! release = "releases/v1"
+//! listen = "127.0.0.1:8080"
+//! drain_timeout_ms = 10000
+//! init_timeout_ms = 10000
+//!
+//! [admin]
+//! listen = "127.0.0.1:9090"
+//!
+//! [[route]]
+//! method = "POST"
+//! path = "/foo"
+//! export = "foo@1"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::http::Method;
+use axum::routing::MethodFilter;
+use graft_host::bounded::BoundedPath;
+use graft_host::release::Limits;
+use graft_host::{Contract, UnloadPolicy};
+use serde::Deserialize;
+
+use crate::rollout::RolloutConfig;
+
+/// The environment variable that gives the admin token when `graft.toml` sets none (so that a
+/// secret need not be written into the file).
+pub const ADMIN_TOKEN_ENV: &str = "GRAFT_ADMIN_TOKEN";
+
+/// `graft.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// Where the service listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where graft keeps staged plugin copies.
+    pub data_dir: PathBuf,
+    /// A release to deploy at start, unless the data directory records a live release (which
+    /// is restored instead).
+    #[serde(default)]
+    pub release: Option<PathBuf>,
+    /// A release directory (or a symlink to one) to watch: what appears there is deployed
+    /// (see [`watch`](crate::watch)).
+    #[serde(default)]
+    pub watch: Option<PathBuf>,
+    /// How long in-flight requests may run after a shutdown signal.
+    #[serde(default = "default_drain_ms")]
+    pub drain_timeout_ms: u64,
+    /// How long a deploy waits for its plugins' initialisers before it is refused.
+    #[serde(default = "default_init_timeout_ms")]
+    pub init_timeout_ms: u64,
+    /// What happens to libraries no generation uses.
+    #[serde(default)]
+    pub unload_policy: UnloadPolicy,
+    /// Releases kept for rollback.
+    #[serde(default = "default_history")]
+    pub history: usize,
+    /// How large a release manifest may be.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Staged rollouts: the default plan, the sticky key, the analysis thresholds.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    /// HTTP routes to exports.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+}
+
+/// `[limits]`: how large a release manifest may be (see [`Limits`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// The largest manifest, in bytes.
+    pub max_manifest_bytes: u64,
+    /// The most plugins one release may name.
+    pub max_plugins: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_manifest_bytes: limits.max_manifest_bytes,
+            max_plugins: limits.max_plugins,
+        }
+    }
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(config: &LimitsConfig) -> Self {
+        let mut limits = Limits::default();
+        limits.max_manifest_bytes = config.max_manifest_bytes;
+        limits.max_plugins = config.max_plugins;
+        limits
+    }
+}
+
+/// `[admin]`: the admin API's address and token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Where the admin API listens (loopback by default).
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+    /// A bearer token; required when `listen` is not a loopback address. When the file sets
+    /// none, [`ADMIN_TOKEN_ENV`] is read.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+            token: None,
+        }
+    }
+}
+
+/// `[[route]]`: a method and path, served by an export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Route {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path (axum syntax).
+    pub path: String,
+    /// The export contract, `name@N`. Its input is the request body (JSON; `null` when empty).
+    pub export: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_drain_ms() -> u64 {
+    10_000
+}
+fn default_init_timeout_ms() -> u64 {
+    10_000
+}
+fn default_history() -> usize {
+    5
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}", BoundedPath(path))]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config is malformed or invalid.
+    #[error("invalid config {}: {reason}", BoundedPath(path))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ServeConfig {
+    /// Reads `graft.toml`, resolving relative paths against its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if it is unreadable, malformed or invalid.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        config.release = config.release.map(|r| base.join(r));
+        config.watch = config.watch.map(|w| base.join(w));
+        if config.admin.token.is_none() {
+            config.admin.token = std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty());
+        }
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            return Err(format!(
+                "the admin API listens on {}, which is not loopback: set admin.token",
+                self.admin.listen
+            ));
+        }
+        for route in &self.routes {
+            method_filter(&route.method)?;
+            route
+                .export
+                .parse::<Contract>()
+                .map_err(|e| e.to_string())?;
+            if !route.path.starts_with('/') {
+                return Err(format!("route path {:?} must start with /", route.path));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The axum method filter of a route's method.
+pub(crate) fn method_filter(method: &str) -> Result<MethodFilter, String> {
+    let method: Method = method
+        .parse()
+        .map_err(|_| format!("unknown HTTP method {method:?}"))?;
+    MethodFilter::try_from(method.clone()).map_err(|_| format!("unsupported HTTP method {method}"))
+}

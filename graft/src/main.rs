@@ -1,0 +1,385 @@
+//! The `graft` command line: parse arguments, call the library, print the result.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use graft::api::{DeployRequest, RolloutAction, RolloutOptions};
+use graft::client::AdminClient;
+use graft::config::ServeConfig;
+use graft::fleet::{FleetEvent, FleetOptions};
+use graft::serve::{shutdown_signal, Server};
+use tracing_subscriber::EnvFilter;
+
+/// graft: run a service's logic from plugins and replace it while it serves.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the admin API is.
+#[derive(clap::Args)]
+struct Admin {
+    /// The admin API's URL.
+    #[arg(long, env = "GRAFT_ADMIN", default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    /// Its bearer token, if it has one.
+    #[arg(long, env = "GRAFT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Admin {
+    fn client(&self) -> AdminClient {
+        AdminClient::new(&self.admin, self.token.clone())
+    }
+}
+
+/// How a deploy starts a staged rollout.
+#[derive(clap::Args)]
+struct Rollout {
+    /// Start a staged rollout following the server's plan: the release is a canary beside
+    /// the current one, and steps up through the plan while its analysis passes.
+    #[arg(long)]
+    rollout: bool,
+    /// Start a staged rollout at this weight: the release serves this percentage of
+    /// requests first, then the plan's greater steps.
+    #[arg(long, value_name = "PERCENT")]
+    canary: Option<u32>,
+    /// The rollout's steps (`5:30s,25:30s,50:60s,100`) instead of the server's plan.
+    #[arg(long)]
+    plan: Option<String>,
+}
+
+impl Rollout {
+    fn options(&self) -> RolloutOptions {
+        RolloutOptions::new(self.rollout, self.canary, self.plan.clone())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP routes from plugin exports, with the admin API beside them.
+    ///
+    /// Stops on SIGTERM or Ctrl-C: stops accepting, lets in-flight requests finish (at most the
+    /// drain timeout), exits 0.
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "graft.toml")]
+        config: PathBuf,
+        /// Deploy what appears in this release directory (or behind this symlink); overrides
+        /// the config's `watch`.
+        #[arg(long)]
+        watch: Option<PathBuf>,
+    },
+    /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
+    ///
+    /// Builds each crate with cargo, deploys the libraries on top of the config's release, then
+    /// watches the sources: every build that compiles goes live, one line per reload with the
+    /// build time and how soon after the build the new code was live. A build that fails shows
+    /// the compiler's errors, and the previous code keeps serving.
+    Dev {
+        /// The plugin crates: directories with a Cargo.toml whose `[lib]` is a cdylib.
+        #[arg(required = true)]
+        crates: Vec<PathBuf>,
+        /// The config file (routes, addresses, a release to start from).
+        #[arg(long, default_value = "graft.toml")]
+        config: PathBuf,
+        /// Build with --release.
+        #[arg(long)]
+        release: bool,
+        /// Stage builds here instead of in a fresh temp directory (in /dev/shm when there is
+        /// one), which is removed on exit.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
+    ///
+    /// A server on this machine reads the directory itself; to any other address the release is
+    /// uploaded as a tar bundle (its manifest and the files it names; checksums are verified by
+    /// the server either way).
+    Deploy {
+        /// The release directory.
+        dir: PathBuf,
+        /// Upload the release as a bundle even to a server on this machine.
+        #[arg(long)]
+        upload: bool,
+        #[command(flatten)]
+        rollout: Rollout,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Show or steer the staged rollout of a running server.
+    Rollout {
+        /// What to do.
+        #[arg(value_parser = ["status", "pause", "resume", "promote", "abort"])]
+        action: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Act on many servers at once.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Make the previous release current again on a running server.
+    Rollback {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Show a running server's generations, plugins and libraries.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Load a release directory or a plugin library without serving it, and report on it.
+    ///
+    /// Stages, loads, checks, initialises and links exactly as a deploy would. Exits 1 with the
+    /// reason when the release would be rejected.
+    Check {
+        /// A release directory (with release.toml) or a plugin library (.so).
+        path: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a release directory from plugin libraries: copies them and writes release.toml
+    /// with each plugin's declared name and sha256.
+    Pack {
+        /// The release directory to write.
+        out: PathBuf,
+        /// The plugin libraries.
+        #[arg(required = true)]
+        libraries: Vec<PathBuf>,
+        /// A label for the release.
+        #[arg(long)]
+        name: Option<String>,
+        /// Mark the release complete: it replaces the whole plugin set.
+        #[arg(long)]
+        complete: bool,
+    },
+}
+
+/// What `graft fleet` does.
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Take a release across the hosts in waves (one host, then 2, 4, 8...): each host runs a
+    /// staged rollout with its own analysis, and the next wave starts once every host of this
+    /// one promoted. If a host aborts or refuses, stop, and roll back the hosts already updated.
+    /// Exits 1 then.
+    Rollout {
+        /// The hosts file: `[[host]]` entries with `admin` (URL), optional `name` and `token`.
+        #[arg(long)]
+        hosts: PathBuf,
+        /// The release directory; uploaded to every host as a bundle.
+        dir: PathBuf,
+        /// The canary weight each host starts at (default: its plan's first step).
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<u32>,
+        /// The plan each host follows (default: its configured plan).
+        #[arg(long)]
+        plan: Option<String>,
+        /// How long a wave may take, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        wave_timeout: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, watch } => serve(&config, watch),
+        Command::Dev {
+            crates,
+            config,
+            release,
+            data_dir,
+        } => {
+            let config = ServeConfig::load(&config)?;
+            let dev = graft::dev::DevLoop::new(crates)?.release(release);
+            runtime()?.block_on(graft::dev::serve(
+                config,
+                dev,
+                data_dir,
+                shutdown_signal(),
+                |event| {
+                    if let Some(line) = event.line() {
+                        // Nobody reading (a closed pipe) is no reason to stop the loop.
+                        let _ = writeln!(std::io::stdout(), "{line}");
+                    }
+                },
+            ))?;
+            Ok(())
+        }
+        Command::Deploy {
+            dir,
+            upload,
+            rollout,
+            admin,
+        } => {
+            let client = admin.client();
+            let response = if upload || !client.is_local() {
+                let bundle = graft::bundle::pack(&dir)
+                    .with_context(|| format!("packing {}", dir.display()))?;
+                client.deploy_bundle(&bundle, &rollout.options())?
+            } else {
+                let dir = std::path::absolute(&dir)
+                    .with_context(|| format!("resolving {}", dir.display()))?;
+                client.deploy(&DeployRequest::new(dir).with_rollout(rollout.options()))?
+            };
+            print!("{response}");
+            Ok(())
+        }
+        Command::Fleet {
+            command:
+                FleetCommand::Rollout {
+                    hosts,
+                    dir,
+                    canary,
+                    plan,
+                    wave_timeout,
+                    json,
+                },
+        } => {
+            let hosts = graft::fleet::read_hosts(&hosts)?;
+            let mut options = FleetOptions::default();
+            options.canary = canary;
+            options.plan = plan;
+            options.wave_timeout = std::time::Duration::from_secs(wave_timeout);
+            let report = graft::fleet::rollout(&hosts, &dir, &options, &mut |event| match event {
+                FleetEvent::Wave { wave, waves, hosts } => {
+                    println!("wave {wave}/{waves}: {}", hosts.join(", "));
+                }
+                FleetEvent::Host { host, line } => println!("  {host}: {line}"),
+                FleetEvent::Stopping { reason } => {
+                    println!("stopping: {reason}; putting updated hosts back");
+                }
+                _ => {}
+            })
+            .with_context(|| format!("rolling out {}", dir.display()))?;
+            print_json_or(json, &report)?;
+            anyhow::ensure!(report.succeeded, "the fleet rollout failed");
+            Ok(())
+        }
+        Command::Rollout {
+            action,
+            json,
+            admin,
+        } => {
+            let client = admin.client();
+            let status = match action.as_str() {
+                "status" => client.rollout()?,
+                action => {
+                    let action = <RolloutAction as clap::ValueEnum>::from_str(action, false)
+                        .map_err(anyhow::Error::msg)?;
+                    client.rollout_action(action)?
+                }
+            };
+            print_json_or(json, &status)
+        }
+        Command::Rollback { admin } => {
+            print!("{}", admin.client().rollback()?);
+            Ok(())
+        }
+        Command::Status { json, admin } => print_json_or(json, &admin.client().status()?),
+        Command::Check { path, json } => {
+            let report = graft_host::check::check(&path)
+                .with_context(|| format!("checking {}", path.display()))?;
+            print_json_or(json, &report)
+        }
+        Command::Pack {
+            out,
+            libraries,
+            name,
+            complete,
+        } => pack(&out, &libraries, name.as_deref(), complete),
+    }
+}
+
+/// Prints `value` as JSON, or as its table.
+fn print_json_or<T: serde::Serialize + std::fmt::Display>(
+    json: bool,
+    value: &T,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{value}");
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = ServeConfig::load(config)?;
+    if let Some(watch) = watch {
+        config.watch = Some(
+            std::path::absolute(&watch)
+                .with_context(|| format!("resolving {}", watch.display()))?,
+        );
+    }
+    runtime()?.block_on(async {
+        let server = Server::start(config).await?;
+        println!(
+            "graft: serving on http://{}, admin on http://{}",
+            server.addr(),
+            server.admin_addr()
+        );
+        server.run_until(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+/// `graft pack`: names each library by what it declares, then writes the release.
+fn pack(
+    out: &Path,
+    libraries: &[PathBuf],
+    name: Option<&str>,
+    complete: bool,
+) -> anyhow::Result<()> {
+    let mut named = Vec::new();
+    for library in libraries {
+        let report = graft_host::check::check(library)
+            .with_context(|| format!("checking {}", library.display()))?;
+        named.push((report.plugins[0].info.name.clone(), library.as_path()));
+    }
+    let plugins: Vec<(&str, &Path)> = named.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    graft_host::release::write_release(out, name, complete, &plugins)
+        .with_context(|| format!("writing release {}", out.display()))?;
+    println!(
+        "{}: release with {} plugin(s)",
+        out.display(),
+        plugins.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,641 @@
+//! Staged rollouts: a canary generation serves a slice of the traffic beside the current
+//! (stable) one, is compared with it step by step, and is promoted or aborted automatically.
+//!
+//! The canary is a [`Prepared`] release held here, not in the host: [`Rollouts::start`] prepares
+//! the release against the current generation (outside any lock), routes a share of requests to
+//! its generation, and promotion is [`Host::publish`]. If stable changes under the canary (a
+//! deploy or rollback went live by another way), the rollout aborts: promoting would undo that.
+//!
+//! - **Routing** ([`Rollouts::route`]): each request is routed to the canary or to stable when
+//!   it starts, and pins that generation for its whole life. With a sticky key (a header or a
+//!   cookie, such as a user id) the key is hashed, with the rollout's salt, into one of 10,000
+//!   buckets, and the request goes to the canary when its bucket is below the weight; raising
+//!   the weight therefore never moves a key out of the canary. Without a key the bucket is
+//!   random. An override ([`Route`]) forces either side, for testing.
+//! - **The plan** ([`RolloutPlan`]): steps of weight and bake time, such as
+//!   `5:30s,25:30s,50:60s,100`. Passing the last step promotes the canary.
+//! - **Analysis** ([`AnalysisConfig`]), on every tick, over the current step's window: the
+//!   canary's error rate (plugin errors, panics, 5xx) and p99 latency against stable's. Below
+//!   `min_requests` canary requests the verdict is inconclusive, and an inconclusive step waits
+//!   however long its bake time has run: too little traffic never passes. A breach aborts at
+//!   once: the weight drops to 0, the canary is dropped and drains, and the event records the
+//!   numbers. A step passes when its bake time is over and its window is healthy.
+//! - Every state change is one structured `tracing` event and is kept in [`RolloutStatus`].
+//!   Readers ([`Rollouts::status`]) see a snapshot published after each change, refreshed from
+//!   the counters: they never wait for the analysis, an operator, or a canary being prepared.
+
+mod analysis;
+mod bucket;
+mod plan;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use graft_host::{DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared};
+use serde::{Deserialize, Serialize};
+
+pub use analysis::{AnalysisConfig, Verdict, WindowStats};
+pub use plan::{PlanStep, RolloutPlan};
+
+use analysis::{analyze, Counts, SideStats};
+use bucket::BUCKETS;
+
+/// How many events a status keeps.
+const EVENTS_KEPT: usize = 50;
+
+/// Which side of a rollout a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Route {
+    /// The current generation.
+    Stable,
+    /// The canary.
+    Canary,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stable" => Ok(Self::Stable),
+            "canary" => Ok(Self::Canary),
+            other => Err(format!(
+                "unknown route {:?}: stable or canary",
+                graft_host::bounded::Bounded(other).to_string()
+            )),
+        }
+    }
+}
+
+/// `[rollout]` in `graft.toml`: the default plan, the sticky key and the analysis.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RolloutConfig {
+    /// The plan a rollout follows unless it is given one.
+    #[serde(default)]
+    pub plan: RolloutPlan,
+    /// A request header whose value keeps a client on one side (for example `x-user-id`).
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+    /// Or a cookie.
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
+    /// The analysis.
+    #[serde(default, flatten)]
+    pub analysis: AnalysisConfig,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Stepping through its plan.
+    Running,
+    /// Held at its step by an operator; the analysis still aborts on a breach.
+    Paused,
+    /// The canary became the current generation.
+    Promoted,
+    /// The canary was dropped.
+    Aborted,
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Promoted => "promoted",
+            Self::Aborted => "aborted",
+        })
+    }
+}
+
+impl RolloutState {
+    /// Whether the rollout is still under way (running or paused).
+    pub fn is_under_way(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// A state change, as logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RolloutEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `started`, `step`, `waiting`, `paused`, `resumed`, `promoted`, `aborted`.
+    pub event: String,
+    /// The canary's weight after the event, in percent.
+    pub weight: u32,
+    /// Why, in words.
+    pub message: String,
+    /// Stable's window at the time.
+    pub stable: WindowStats,
+    /// The canary's window at the time.
+    pub canary: WindowStats,
+}
+
+/// A rollout, as `graft rollout status` and `GET /rollout` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RolloutStatus {
+    /// Where it is.
+    pub state: RolloutState,
+    /// The canary's release label.
+    pub release: Option<String>,
+    /// The stable generation.
+    pub stable: u64,
+    /// The canary generation.
+    pub canary: u64,
+    /// The current step, from 1.
+    pub step: usize,
+    /// The plan's steps.
+    pub plan: Vec<PlanStep>,
+    /// The canary's weight now, in percent.
+    pub weight: u32,
+    /// How long the current step has run, in milliseconds.
+    pub step_elapsed_ms: u64,
+    /// Stable over the current step.
+    pub stable_window: WindowStats,
+    /// The canary over the current step.
+    pub canary_window: WindowStats,
+    /// The last analysis.
+    pub last_verdict: Option<Verdict>,
+    /// State changes, oldest first (the last 50).
+    pub events: Vec<RolloutEvent>,
+}
+
+impl RolloutStatus {
+    /// The message of the last event: why it ended, for a finished rollout.
+    pub fn last_message(&self) -> &str {
+        self.events.last().map_or("", |e| e.message.as_str())
+    }
+}
+
+/// Why a rollout could not start or be acted on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RolloutError {
+    /// The canary release was refused.
+    #[error("deploying the canary")]
+    Deploy(#[from] DeployError),
+    /// The plan or weight is invalid.
+    #[error("invalid rollout plan: {0}")]
+    Plan(String),
+    /// A rollout is under way (or starting): promote or abort it first.
+    #[error("a rollout is under way: promote or abort it first")]
+    InProgress,
+    /// There is no rollout under way.
+    #[error("no rollout is under way")]
+    NoRollout,
+}
+
+/// The two sides' counters for the rollout under way, found by generation id.
+#[derive(Debug)]
+struct Sides {
+    stable_id: u64,
+    canary_id: u64,
+    stable: SideStats,
+    canary: SideStats,
+}
+
+/// The rollout under way, or the last one that ended.
+#[derive(Debug)]
+struct Active {
+    status: RolloutStatus,
+    plan: RolloutPlan,
+    step_started: Instant,
+    /// Each side's counters when the step started.
+    baseline: (Counts, Counts),
+    waiting_logged: bool,
+    /// The canary, until it is published (promoted) or dropped (aborted).
+    prepared: Option<Prepared>,
+}
+
+/// What readers see: the status at the last change, and what refreshes its windows.
+#[derive(Debug)]
+struct Snapshot {
+    status: RolloutStatus,
+    baseline: (Counts, Counts),
+    step_started: Instant,
+}
+
+/// A server's staged rollouts: the router, the analysis and the state machine.
+#[derive(Debug)]
+pub struct Rollouts {
+    host: Arc<Host>,
+    config: RolloutConfig,
+    /// The canary's weight in buckets (0 to 10,000).
+    weight: AtomicU32,
+    /// Mixed into sticky keys, so that each rollout picks its own slice of keys.
+    salt: AtomicU64,
+    /// The generation canary requests pin.
+    canary: ArcSwapOption<Generation>,
+    sides: ArcSwapOption<Sides>,
+    /// Set while a canary is being prepared, so a second rollout cannot start meanwhile.
+    starting: AtomicBool,
+    /// Changed by starts, the analysis and operators, one at a time.
+    state: Mutex<Option<Active>>,
+    /// Read by status: never waits for the state lock.
+    snapshot: ArcSwapOption<Snapshot>,
+}
+
+impl Rollouts {
+    /// The rollouts of `host`, with a thread that runs the analysis every
+    /// `config.analysis.interval_ms` while the returned handle lives.
+    pub fn new(host: Arc<Host>, config: RolloutConfig) -> Arc<Self> {
+        let interval = Duration::from_millis(config.analysis.interval_ms.max(10));
+        let rollouts = Arc::new(Self {
+            host,
+            config,
+            weight: AtomicU32::new(0),
+            salt: AtomicU64::new(0),
+            canary: ArcSwapOption::empty(),
+            sides: ArcSwapOption::empty(),
+            starting: AtomicBool::new(false),
+            state: Mutex::new(None),
+            snapshot: ArcSwapOption::empty(),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&rollouts);
+        let spawned = std::thread::Builder::new()
+            .name("graft-rollout".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                match weak.upgrade() {
+                    Some(rollouts) => rollouts.tick(),
+                    None => return,
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start the rollout analysis thread");
+        }
+        rollouts
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RolloutConfig {
+        &self.config
+    }
+
+    /// Prepares the release in `dir` as a canary against the current generation and starts
+    /// walking `plan` (the configured plan if `None`), at `weight` percent if given.
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::Plan`] for an invalid weight or plan, [`RolloutError::InProgress`] if a
+    /// rollout is under way, [`RolloutError::Deploy`] if the canary is refused.
+    pub fn start(
+        &self,
+        dir: &Path,
+        weight: Option<u32>,
+        plan: Option<RolloutPlan>,
+    ) -> Result<(DeployReport, RolloutStatus), RolloutError> {
+        let plan = plan.unwrap_or_else(|| self.config.plan.clone());
+        let plan = match weight {
+            Some(w) => plan
+                .starting_at(w, Duration::ZERO)
+                .map_err(RolloutError::Plan)?,
+            None => plan,
+        };
+        if plan.steps().is_empty() {
+            return Err(RolloutError::Plan("no steps".into()));
+        }
+        {
+            let state = self.lock();
+            let under_way = state
+                .as_ref()
+                .is_some_and(|a| a.status.state.is_under_way());
+            if under_way || self.starting.swap(true, Ordering::AcqRel) {
+                return Err(RolloutError::InProgress);
+            }
+        }
+        // The slow part, with no lock held: readers and operators go on meanwhile.
+        let prepared = self.host.prepare(dir);
+        let mut state = self.lock();
+        self.starting.store(false, Ordering::Release);
+        let prepared = prepared?;
+        let report = prepared.report().clone();
+        let (stable, canary) = (prepared.base(), prepared.id());
+        let sides = Arc::new(Sides {
+            stable_id: stable,
+            canary_id: canary,
+            stable: SideStats::new(),
+            canary: SideStats::new(),
+        });
+        self.canary.store(Some(Arc::clone(prepared.generation())));
+        self.sides.store(Some(sides));
+        self.salt.store(canary, Ordering::Relaxed);
+        let first = plan.steps()[0];
+        self.set_weight(first.weight);
+        let mut active = Active {
+            status: RolloutStatus {
+                state: RolloutState::Running,
+                release: report.release.clone(),
+                stable,
+                canary,
+                step: 1,
+                plan: plan.steps().to_vec(),
+                weight: first.weight,
+                step_elapsed_ms: 0,
+                stable_window: WindowStats::default(),
+                canary_window: WindowStats::default(),
+                last_verdict: None,
+                events: Vec::new(),
+            },
+            plan,
+            step_started: Instant::now(),
+            baseline: (Counts::default(), Counts::default()),
+            waiting_logged: false,
+            prepared: Some(prepared),
+        };
+        let message = format!("canary generation {canary} beside stable generation {stable}");
+        event(&mut active, "started", message);
+        let status = active.status.clone();
+        self.publish_snapshot(&active);
+        *state = Some(active);
+        Ok((report, status))
+    }
+
+    /// Whether a rollout is under way (a canary takes a share of requests).
+    pub fn under_way(&self) -> bool {
+        self.weight.load(Ordering::Relaxed) != 0
+    }
+
+    /// Routes a request: pins the canary or the current generation. `key` is the sticky key,
+    /// `force` an override. Without a rollout under way, every request goes to stable.
+    pub fn route(&self, key: Option<&[u8]>, force: Option<Route>) -> (OwnedPin, Route) {
+        let weight = self.weight.load(Ordering::Relaxed);
+        let to_canary = match force {
+            Some(route) => route == Route::Canary,
+            None if weight == 0 => false,
+            None => bucket::bucket(self.salt.load(Ordering::Relaxed), key) < weight,
+        };
+        if to_canary {
+            if let Some(canary) = self.canary.load_full() {
+                return (OwnedPin::new(canary), Route::Canary);
+            }
+        }
+        (self.host.pin_owned(), Route::Stable)
+    }
+
+    /// Counts a finished request for the analysis.
+    pub fn record(&self, generation: u64, failed: bool, elapsed: Duration) {
+        let sides = self.sides.load();
+        if let Some(sides) = sides.as_deref() {
+            if generation == sides.canary_id {
+                sides.canary.record(failed, elapsed);
+            } else if generation == sides.stable_id {
+                sides.stable.record(failed, elapsed);
+            }
+        }
+    }
+
+    /// The rollout under way, or the last one; its windows are read from the counters now.
+    pub fn status(&self) -> Option<RolloutStatus> {
+        let snapshot = self.snapshot.load_full()?;
+        let mut status = snapshot.status.clone();
+        if status.state.is_under_way() {
+            let (stable, canary) = self.windows(&snapshot.baseline);
+            status.stable_window = stable.window();
+            status.canary_window = canary.window();
+            status.step_elapsed_ms =
+                u64::try_from(snapshot.step_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+        Some(status)
+    }
+
+    /// Holds the rollout at its step (a breach still aborts it).
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::NoRollout`].
+    pub fn pause(&self) -> Result<RolloutStatus, RolloutError> {
+        self.operate(|rollouts, active| {
+            active.status.state = RolloutState::Paused;
+            rollouts.refresh(active);
+            event(active, "paused", "paused by an operator".into());
+        })
+    }
+
+    /// Lets a paused rollout go on; its step's bake time starts over.
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::NoRollout`].
+    pub fn resume(&self) -> Result<RolloutStatus, RolloutError> {
+        self.operate(|rollouts, active| {
+            active.status.state = RolloutState::Running;
+            rollouts.restart_step(active);
+            event(active, "resumed", "resumed by an operator".into());
+        })
+    }
+
+    /// Promotes the canary now, whatever step the rollout is at.
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::NoRollout`].
+    pub fn promote(&self) -> Result<RolloutStatus, RolloutError> {
+        self.operate(|rollouts, active| {
+            rollouts.refresh(active);
+            rollouts.finish_promote(active, "promoted by an operator".into());
+        })
+    }
+
+    /// Aborts the rollout: the canary's weight drops to 0 and it is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::NoRollout`].
+    pub fn abort(&self) -> Result<RolloutStatus, RolloutError> {
+        self.operate(|rollouts, active| {
+            rollouts.refresh(active);
+            rollouts.finish_abort(active, "aborted by an operator".into());
+        })
+    }
+
+    fn operate(&self, act: impl FnOnce(&Self, &mut Active)) -> Result<RolloutStatus, RolloutError> {
+        let mut state = self.lock();
+        match state.as_mut() {
+            Some(active) if active.status.state.is_under_way() => {
+                act(self, active);
+                self.publish_snapshot(active);
+                Ok(active.status.clone())
+            }
+            _ => Err(RolloutError::NoRollout),
+        }
+    }
+
+    /// One round of analysis: abort on a breach, step up or promote when a step has passed.
+    pub fn tick(&self) {
+        let mut state = self.lock();
+        let Some(active) = state.as_mut() else {
+            return;
+        };
+        if !active.status.state.is_under_way() {
+            return;
+        }
+        self.analyse(active);
+        self.publish_snapshot(active);
+    }
+
+    fn analyse(&self, active: &mut Active) {
+        let stable_now = self.host.pin().id();
+        if stable_now != active.status.stable {
+            // A release went live by another way; promoting the canary would undo it.
+            let reason = format!(
+                "stable changed under the canary: generation {stable_now} went live beside the rollout"
+            );
+            self.finish_abort(active, reason);
+            return;
+        }
+        let (stable, canary) = self.refresh(active);
+        let verdict = analyze(&stable, &canary, &self.config.analysis);
+        active.status.last_verdict = Some(verdict.clone());
+        let step = active.plan.steps()[active.status.step - 1];
+        match verdict {
+            Verdict::Breach(reason) => self.finish_abort(active, reason),
+            _ if active.status.state == RolloutState::Paused => {}
+            _ if active.step_started.elapsed() < step.bake => {}
+            Verdict::Inconclusive(reason) => {
+                if !active.waiting_logged {
+                    active.waiting_logged = true;
+                    event(active, "waiting", format!("inconclusive: {reason}"));
+                }
+            }
+            Verdict::Healthy if active.status.step == active.plan.steps().len() => {
+                self.finish_promote(active, "every step passed".into());
+            }
+            Verdict::Healthy => {
+                active.status.step += 1;
+                let weight = active.plan.steps()[active.status.step - 1].weight;
+                self.set_weight(weight);
+                active.status.weight = weight;
+                let message = format!(
+                    "step {} passed; step {} of {}",
+                    active.status.step - 1,
+                    active.status.step,
+                    active.plan.steps().len()
+                );
+                event(active, "step", message);
+                self.restart_step(active);
+            }
+        }
+    }
+
+    /// Each side's counts since `baseline`.
+    fn windows(&self, baseline: &(Counts, Counts)) -> (Counts, Counts) {
+        match self.sides.load().as_deref() {
+            Some(sides) => (
+                sides.stable.snapshot().since(&baseline.0),
+                sides.canary.snapshot().since(&baseline.1),
+            ),
+            None => Default::default(),
+        }
+    }
+
+    /// Updates the status's windows from the counters; returns them.
+    fn refresh(&self, active: &mut Active) -> (Counts, Counts) {
+        let (stable, canary) = self.windows(&active.baseline);
+        active.status.stable_window = stable.window();
+        active.status.canary_window = canary.window();
+        active.status.step_elapsed_ms =
+            u64::try_from(active.step_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (stable, canary)
+    }
+
+    /// Starts the current step's window afresh.
+    fn restart_step(&self, active: &mut Active) {
+        if let Some(sides) = self.sides.load().as_deref() {
+            active.baseline = (sides.stable.snapshot(), sides.canary.snapshot());
+        }
+        active.step_started = Instant::now();
+        active.waiting_logged = false;
+    }
+
+    /// Publishes the canary as the current generation; aborts instead if the host refuses.
+    fn finish_promote(&self, active: &mut Active, reason: String) {
+        let Some(prepared) = active.prepared.take() else {
+            return self.finish_abort(active, "the canary is gone".into());
+        };
+        if let Err(error) = self.host.publish(prepared) {
+            let reason = format!("promotion refused: {}", DisplayChain(&error));
+            return self.finish_abort(active, reason);
+        }
+        // The canary is current now: requests still routed to it pin the same generation.
+        self.set_weight(0);
+        self.canary.store(None);
+        self.sides.store(None);
+        active.status.state = RolloutState::Promoted;
+        active.status.weight = 100;
+        event(active, "promoted", reason);
+        active.status.weight = 0;
+    }
+
+    fn finish_abort(&self, active: &mut Active, reason: String) {
+        self.set_weight(0);
+        self.canary.store(None);
+        self.sides.store(None);
+        // Its in-flight requests keep their pins; its libraries go once they finish.
+        active.prepared = None;
+        active.status.state = RolloutState::Aborted;
+        active.status.weight = 0;
+        event(active, "aborted", reason);
+    }
+
+    fn set_weight(&self, percent: u32) {
+        self.weight
+            .store(percent.min(100) * (BUCKETS / 100), Ordering::Relaxed);
+    }
+
+    fn publish_snapshot(&self, active: &Active) {
+        self.snapshot.store(Some(Arc::new(Snapshot {
+            status: active.status.clone(),
+            baseline: active.baseline.clone(),
+            step_started: active.step_started,
+        })));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Active>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Records a state change in the status and logs it as one event.
+fn event(active: &mut Active, kind: &str, message: String) {
+    let status = &active.status;
+    tracing::info!(
+        event = kind,
+        canary = status.canary,
+        stable = status.stable,
+        step = status.step,
+        weight = status.weight,
+        canary_requests = status.canary_window.requests,
+        canary_errors = status.canary_window.errors,
+        canary_p99_ms = status.canary_window.p99_ms.unwrap_or(0.0),
+        stable_requests = status.stable_window.requests,
+        stable_errors = status.stable_window.errors,
+        stable_p99_ms = status.stable_window.p99_ms.unwrap_or(0.0),
+        %message,
+        "rollout"
+    );
+    let entry = RolloutEvent {
+        at_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        event: kind.to_owned(),
+        weight: status.weight,
+        message,
+        stable: status.stable_window.clone(),
+        canary: status.canary_window.clone(),
+    };
+    let events = &mut active.status.events;
+    events.push(entry);
+    if events.len() > EVENTS_KEPT {
+        events.remove(0);
+    }
+}

@@ -1,0 +1,244 @@
+//! The admin API, on a listener of its own (see [`api`](crate::api) for the wire types).
+//!
+//! Status, metrics and the rollout's state are read from snapshots taken under short locks that
+//! no deploy holds while it works: they answer whatever a deploy, a plugin's initialiser or a
+//! rollout is doing. Deploys and rollbacks run on the blocking pool through the
+//! [`Deployer`]. A bearer token is optional on loopback and required on any other address.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use graft_host::bounded::{Bounded, BoundedPath};
+use graft_host::{DisplayChain, Host};
+use tracing::Instrument as _;
+
+use super::app::{method_not_allowed, not_found, rejected_body};
+use super::deployer::Deployer;
+use crate::api::{
+    ApiError, DeployRequest, DeployResponse, ErrorCode, RolloutAction, RolloutOptions,
+    StatusResponse, MAX_DIR_BYTES,
+};
+use crate::metrics::Metrics;
+use crate::rollout::{RolloutError, RolloutStatus, Rollouts};
+
+/// The largest release bundle the admin API accepts.
+const MAX_BUNDLE_BYTES: usize = 512 << 20;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub(super) struct Admin {
+    pub(super) host: Arc<Host>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) rollouts: Arc<Rollouts>,
+    pub(super) deployer: Arc<Deployer>,
+    /// Where uploaded bundles are unpacked, each in a directory of its own, removed after the
+    /// deploy (its files were staged by then).
+    pub(super) uploads: PathBuf,
+}
+
+pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
+    let router = Router::new()
+        .route("/status", get(status).fallback(method_not_allowed))
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
+        .route("/deploy", post(deploy).fallback(method_not_allowed))
+        .route("/rollback", post(rollback).fallback(method_not_allowed))
+        .route("/rollout", get(rollout_status).fallback(method_not_allowed))
+        .route(
+            "/rollout/{action}",
+            post(rollout_action).fallback(method_not_allowed),
+        )
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE_BYTES))
+        .with_state(admin);
+    let router = match token {
+        Some(token) => router.layer(middleware::from_fn_with_state(
+            Arc::new(format!("Bearer {token}")),
+            require_token,
+        )),
+        None => router,
+    };
+    router.layer(middleware::from_fn(trace))
+}
+
+/// One span per admin request: method and route.
+async fn trace(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let span = tracing::info_span!(
+        "admin",
+        method = %request.method(),
+        route = %Bounded(&route)
+    );
+    next.run(request).instrument(span).await
+}
+
+async fn require_token(
+    State(expected): State<Arc<String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if given == Some(expected.as_str()) {
+        next.run(request).await
+    } else {
+        ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response()
+    }
+}
+
+async fn status(State(admin): State<Admin>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        host: admin.host.status(),
+        rollout: admin.rollouts.status(),
+    })
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let text = admin
+        .metrics
+        .render(&admin.host, admin.rollouts.status().as_ref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `POST /deploy`: a JSON [`DeployRequest`], or a tar bundle with [`RolloutOptions`] as the
+/// query.
+async fn deploy(
+    State(admin): State<Admin>,
+    query: Result<Query<RolloutOptions>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DeployResponse>, Response> {
+    let body = body.map_err(|rejection| rejected_body(&rejection))?;
+    let is_bundle = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
+    let (source, options) = if is_bundle {
+        let Query(options) = query.map_err(|rejection| {
+            ApiError::bad_request(format!("invalid deploy query: {}", rejection.body_text()))
+                .into_response()
+        })?;
+        (Source::Bundle(body), options)
+    } else {
+        let request: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected {{\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?}} or a tar bundle: {e}"
+            ))
+            .into_response()
+        })?;
+        if request.dir.as_os_str().len() > MAX_DIR_BYTES {
+            let message = format!(
+                "dir {} is longer than the {MAX_DIR_BYTES} bytes a path may have",
+                BoundedPath(&request.dir)
+            );
+            return Err(ApiError::bad_request(message).into_response());
+        }
+        let options = request.rollout_options();
+        (Source::Dir(request.dir), options)
+    };
+    // Runs on the blocking pool. If this handler is dropped (its client went away) while the
+    // release prepares, the deployer sees the channel closed and does not publish.
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let deployer = Arc::clone(&admin.deployer);
+    let uploads = admin.uploads.clone();
+    tokio::task::spawn_blocking(move || {
+        let gone = || done.is_closed();
+        let result = match source {
+            Source::Dir(dir) => deployer.deploy(&dir, &options, &gone),
+            Source::Bundle(bundle) => deploy_bundle(&deployer, &uploads, &bundle, &options, &gone),
+        };
+        if let Err(Ok(report)) = done.send(result) {
+            tracing::info!(
+                generation = report.report.generation,
+                "release live; its client went away before the answer"
+            );
+        }
+    });
+    match answer.await {
+        Ok(result) => result.map(Json).map_err(IntoResponse::into_response),
+        Err(_) => {
+            Err(ApiError::internal("the deploy task ended without an answer").into_response())
+        }
+    }
+}
+
+/// Where a deploy's release comes from.
+enum Source {
+    Dir(PathBuf),
+    Bundle(Bytes),
+}
+
+/// Unpacks a bundle into a directory of its own, deploys it, removes the directory.
+fn deploy_bundle(
+    deployer: &Deployer,
+    uploads: &std::path::Path,
+    bundle: &[u8],
+    options: &RolloutOptions,
+    gone: &dyn Fn() -> bool,
+) -> Result<DeployResponse, ApiError> {
+    static UPLOADS: AtomicU64 = AtomicU64::new(0);
+    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+    let dir = uploads.join(format!("upload-{}-{n}", std::process::id()));
+    let result = match crate::bundle::unpack(bundle, &dir) {
+        Ok(()) => deployer.deploy(&dir, options, gone),
+        Err(error) => Err(ApiError::bad_request(DisplayChain(&error))),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn rollback(State(admin): State<Admin>) -> Result<Json<DeployResponse>, ApiError> {
+    let deployer = Arc::clone(&admin.deployer);
+    tokio::task::spawn_blocking(move || deployer.rollback())
+        .await?
+        .map(Json)
+}
+
+async fn rollout_status(State(admin): State<Admin>) -> Result<Json<RolloutStatus>, ApiError> {
+    admin
+        .rollouts
+        .status()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no rollout has run"))
+}
+
+async fn rollout_action(
+    State(admin): State<Admin>,
+    action: Result<Path<RolloutAction>, PathRejection>,
+) -> Result<Json<RolloutStatus>, ApiError> {
+    let Path(action) = action.map_err(|_| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "rollout actions: pause, resume, promote, abort",
+        )
+    })?;
+    let rollouts = Arc::clone(&admin.rollouts);
+    tokio::task::spawn_blocking(move || match action {
+        RolloutAction::Pause => rollouts.pause(),
+        RolloutAction::Resume => rollouts.resume(),
+        RolloutAction::Promote => rollouts.promote(),
+        RolloutAction::Abort => rollouts.abort(),
+    })
+    .await?
+    .map(Json)
+    .map_err(|error: RolloutError| ApiError::new(ErrorCode::Conflict, DisplayChain(&error)))
+}

@@ -1,0 +1,184 @@
+//! The service: HTTP routes mapped to plugin exports.
+//!
+//! Every request takes an owned pin when it starts (on the canary or on stable, when a rollout
+//! is under way) and runs its export, and every import call the export makes, in that
+//! generation, on tokio's blocking pool (plugin calls are synchronous). The response carries
+//! `x-graft-generation`. A plugin error or panic is answered with an [`ApiError`]; the server
+//! lives on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodRouter};
+use axum::Router;
+use graft_host::{Export, Host};
+
+use crate::api::{ApiError, ErrorCode};
+use crate::config::{method_filter, Route};
+use crate::metrics::Metrics;
+use crate::rollout::{Rollouts, Route as Side};
+
+/// The response header naming the generation that served a request.
+pub const GENERATION_HEADER: &str = "x-graft-generation";
+
+/// The request header that forces a side of a rollout (`stable` or `canary`); canary answers
+/// carry it too.
+pub const ROUTE_HEADER: &str = "x-graft-route";
+
+/// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
+struct RouteState {
+    rollouts: Arc<Rollouts>,
+    metrics: Arc<Metrics>,
+    export: Export,
+    method: String,
+    path: String,
+}
+
+/// The app's router: one route per `[[route]]`, JSON errors for everything else.
+pub(super) fn router(
+    host: &Host,
+    metrics: &Arc<Metrics>,
+    rollouts: &Arc<Rollouts>,
+    routes: &[Route],
+) -> Result<Router, String> {
+    let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    for route in routes {
+        let state = Arc::new(RouteState {
+            rollouts: Arc::clone(rollouts),
+            metrics: Arc::clone(metrics),
+            export: host.export(&route.export).map_err(|e| e.to_string())?,
+            method: route.method.to_ascii_uppercase(),
+            path: route.path.clone(),
+        });
+        let handler = on(method_filter(&route.method)?, call_export).with_state(state);
+        let merged = match by_path.remove(route.path.as_str()) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(&route.path, merged);
+    }
+    Ok(by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods.fallback(method_not_allowed))
+        })
+        .fallback(not_found))
+}
+
+/// One HTTP request: route (stable or canary) and pin, call on the blocking pool, answer with
+/// the generation that served it.
+async fn call_export(
+    State(route): State<Arc<RouteState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "request",
+        method = %route.method,
+        route = %route.path,
+        generation = tracing::field::Empty
+    );
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return rejected_body(&rejection),
+    };
+    // Without a rollout under way every request goes to stable: no header is looked at.
+    let (key, force) = if route.rollouts.under_way() {
+        let config = route.rollouts.config();
+        let force = headers
+            .get(ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Side>().ok());
+        let key = sticky_key(
+            &headers,
+            config.sticky_header.as_deref(),
+            config.sticky_cookie.as_deref(),
+        );
+        (key, force)
+    } else {
+        (None, None)
+    };
+    let (pin, side) = route.rollouts.route(key, force);
+    let generation = pin.id();
+    span.record("generation", generation);
+    let input = if body.is_empty() {
+        Bytes::from_static(b"null")
+    } else {
+        body
+    };
+    let call = Arc::clone(&route);
+    let result = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        pin.call_raw(&call.export, &input)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    route
+        .metrics
+        .request(generation, matches!(result, Ok(Ok(_))), elapsed);
+    let mut response = match result {
+        Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
+        Ok(Err(error)) => {
+            tracing::debug!(generation, error = %error, "request failed");
+            ApiError::from(&error).into_response()
+        }
+        Err(join) => ApiError::from(join).into_response(),
+    };
+    route
+        .rollouts
+        .record(generation, response.status().is_server_error(), elapsed);
+    let headers = response.headers_mut();
+    headers.insert(GENERATION_HEADER, HeaderValue::from(generation));
+    if side == Side::Canary {
+        headers.insert(ROUTE_HEADER, HeaderValue::from_static("canary"));
+    }
+    response
+}
+
+/// The sticky key of a request: the configured header's value, or the configured cookie's.
+fn sticky_key<'a>(
+    headers: &'a HeaderMap,
+    header_name: Option<&str>,
+    cookie_name: Option<&str>,
+) -> Option<&'a [u8]> {
+    if let Some(value) = header_name.and_then(|name| headers.get(name)) {
+        return Some(value.as_bytes());
+    }
+    let cookie_name = cookie_name?;
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == cookie_name)
+        .map(|(_, value)| value.as_bytes())
+}
+
+/// A body that could not be read (too large, or the connection failed mid-body).
+pub(super) fn rejected_body(rejection: &BytesRejection) -> Response {
+    let code = if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::PayloadTooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    ApiError::new(code, rejection.body_text()).into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "the route does not take this method",
+    )
+}

@@ -1,0 +1,108 @@
+//! The one way `graft serve` deploys: from the admin API (a directory or an unpacked bundle) and
+//! from watch mode alike.
+//!
+//! A deploy prepares the release (the slow part, on the calling blocking thread, holding no lock
+//! the admin plane or other deploys wait for), then publishes it. Concurrent deploys therefore go
+//! live in the order their prepares finish; one prepared against a generation that is no longer
+//! current is refused at `publish` (it would undo the release that went live meanwhile). A deploy
+//! whose client went away while it prepared is not published, and says so in the log; one whose
+//! client leaves after it was published is live, and the log says which generation it became.
+//!
+//! While a staged rollout is under way, plain deploys and rollbacks are refused (409): promote
+//! or abort the rollout first.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use graft_host::Host;
+
+use crate::api::{ApiError, DeployResponse, ErrorCode, RolloutOptions};
+use crate::metrics::Metrics;
+use crate::rollout::{RolloutError, RolloutPlan, Rollouts};
+
+/// Deploys, rollbacks and rollout starts, with their metrics.
+#[derive(Debug)]
+pub(crate) struct Deployer {
+    pub(crate) host: Arc<Host>,
+    pub(crate) rollouts: Arc<Rollouts>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Deployer {
+    /// Deploys the release in `dir`, or starts a rollout with it as the canary. Blocks for as
+    /// long as the release takes to prepare. `client_gone` is asked once the release is
+    /// prepared: if it says yes, the release is dropped instead of published.
+    pub(crate) fn deploy(
+        &self,
+        dir: &Path,
+        options: &RolloutOptions,
+        client_gone: &dyn Fn() -> bool,
+    ) -> Result<DeployResponse, ApiError> {
+        if options.wanted() {
+            return self.start_rollout(dir, options);
+        }
+        self.no_rollout_under_way()?;
+        let prepared = self.host.prepare(dir).map_err(|e| self.rejected(&e))?;
+        if client_gone() {
+            tracing::warn!(
+                generation = prepared.id(),
+                release = prepared.report().release.as_deref().unwrap_or(""),
+                "deploy not published: its client went away while it prepared"
+            );
+            return Err(ApiError::new(ErrorCode::Conflict, "the client went away"));
+        }
+        self.no_rollout_under_way()?;
+        let report = self.host.publish(prepared).map_err(|e| self.rejected(&e))?;
+        self.metrics.deploy(Some(report.go_live));
+        Ok(report.into())
+    }
+
+    /// Makes the previous release current again.
+    pub(crate) fn rollback(&self) -> Result<DeployResponse, ApiError> {
+        self.no_rollout_under_way()?;
+        let report = self.host.rollback().map_err(|e| self.rejected(&e))?;
+        self.metrics.deploy(Some(report.go_live));
+        Ok(report.into())
+    }
+
+    fn start_rollout(
+        &self,
+        dir: &Path,
+        options: &RolloutOptions,
+    ) -> Result<DeployResponse, ApiError> {
+        let plan = options
+            .plan
+            .as_deref()
+            .map(str::parse::<RolloutPlan>)
+            .transpose()
+            .map_err(|reason| ApiError::bad_request(format!("invalid rollout plan: {reason}")))?;
+        match self.rollouts.start(dir, options.canary, plan) {
+            Ok((report, rollout)) => {
+                self.metrics.deploy(Some(report.go_live));
+                Ok(DeployResponse {
+                    report,
+                    rollout: Some(rollout),
+                })
+            }
+            Err(RolloutError::Deploy(error)) => Err(self.rejected(&error)),
+            Err(error @ RolloutError::Plan(_)) => Err(ApiError::bad_request(error)),
+            Err(error) => Err(ApiError::new(ErrorCode::Conflict, error)),
+        }
+    }
+
+    fn no_rollout_under_way(&self) -> Result<(), ApiError> {
+        if self.rollouts.under_way() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "a rollout is under way: promote or abort it first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a refused release and turns it into its response.
+    fn rejected(&self, error: &graft_host::DeployError) -> ApiError {
+        self.metrics.deploy(None);
+        ApiError::from(error)
+    }
+}

@@ -1,0 +1,236 @@
+//! `graft serve`: HTTP routes mapped to plugin exports ([`app`](self) routes), the admin API on
+//! a listener of its own, and the deploys both share.
+//!
+//! - `app.rs`: the service's routes; each request pins one generation.
+//! - `admin.rs`: status, metrics, deploy, rollback, rollouts (see [`api`](crate::api)).
+//! - `deployer.rs`: the one deploy path, for the admin API and watch mode: prepare, then
+//!   publish; how concurrent deploys order.
+//!
+//! On shutdown the listeners stop accepting and in-flight requests finish, bounded by the drain
+//! timeout.
+
+mod admin;
+mod app;
+mod deployer;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use graft_host::{DeployError, Host};
+use tokio::net::TcpListener;
+
+pub use app::{GENERATION_HEADER, ROUTE_HEADER};
+
+pub(crate) use deployer::Deployer;
+
+use crate::api::RolloutOptions;
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::rollout::Rollouts;
+
+/// How long file events must stop before the watcher reads a release.
+const WATCH_SETTLE: Duration = Duration::from_millis(100);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The host could not start.
+    #[error("starting the host in {}", dir.display())]
+    Host {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initial release was rejected.
+    #[error("deploying the initial release")]
+    Deploy(#[source] DeployError),
+    /// A route is invalid.
+    #[error("invalid route: {0}")]
+    Route(String),
+    /// The watched path could not be watched.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+    /// A listener could not bind.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server: its addresses, and the way to stop it.
+#[derive(Debug)]
+pub struct Server {
+    host: Arc<Host>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    drain: Duration,
+    app: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    _watch: Option<crate::watch::Watch>,
+}
+
+impl Server {
+    /// Starts the host (restoring the last live release, or deploying the configured one) and
+    /// both listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] if the host, the initial release or a listener fails.
+    pub async fn start(config: ServeConfig) -> Result<Self, ServeError> {
+        let host = Host::builder(&config.data_dir)
+            .unload_policy(config.unload_policy)
+            .history(config.history)
+            .init_timeout(Duration::from_millis(config.init_timeout_ms))
+            .limits((&config.limits).into())
+            .build()
+            .map_err(|source| ServeError::Host {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
+        let host = Arc::new(host);
+        // The last release that went live wins over the configured one: a restart (even after
+        // SIGKILL mid-deploy) comes back on what was serving.
+        let (h, release) = (Arc::clone(&host), config.release.clone());
+        tokio::task::spawn_blocking(move || match h.restore()? {
+            Some(report) => Ok(Some(report)),
+            None => release.map(|r| h.deploy(r)).transpose(),
+        })
+        .await
+        .expect("the initial deploy does not panic")
+        .map_err(ServeError::Deploy)?;
+        let metrics = Metrics::new();
+        let rollouts = Rollouts::new(Arc::clone(&host), config.rollout.clone());
+        let deployer = Arc::new(Deployer {
+            host: Arc::clone(&host),
+            rollouts: Arc::clone(&rollouts),
+            metrics: Arc::clone(&metrics),
+        });
+        let app =
+            app::router(&host, &metrics, &rollouts, &config.routes).map_err(ServeError::Route)?;
+        let admin = admin::router(
+            admin::Admin {
+                host: Arc::clone(&host),
+                metrics,
+                rollouts,
+                deployer: Arc::clone(&deployer),
+                uploads: config.data_dir.join("uploads"),
+            },
+            config.admin.token.clone(),
+        );
+        let bind = |addr| async move {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            Ok::<_, ServeError>((listener, local))
+        };
+        let (app_listener, addr) = bind(config.listen).await?;
+        let (admin_listener, admin_addr) = bind(config.admin.listen).await?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let app = tokio::spawn(
+            axum::serve(app_listener, app)
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .into_future(),
+        );
+        let admin = tokio::spawn(
+            axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .into_future(),
+        );
+        let watch = match &config.watch {
+            Some(path) => Some(crate::watch::watch(
+                path.clone(),
+                WATCH_SETTLE,
+                move |dir| {
+                    deployer
+                        .deploy(dir, &RolloutOptions::default(), &|| false)
+                        .map(|response| response.report)
+                        .map_err(|error| error.message)
+                },
+            )?),
+            None => None,
+        };
+        tracing::info!(%addr, %admin_addr, generation = host.pin().id(), "serving");
+        Ok(Self {
+            host,
+            addr,
+            admin_addr,
+            drain: Duration::from_millis(config.drain_timeout_ms),
+            app,
+            admin,
+            stop,
+            _watch: watch,
+        })
+    }
+
+    /// The service's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The host behind the server.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Runs until `signal` completes, then stops accepting and lets in-flight requests finish
+    /// (at most the drain timeout). Returns whether everything drained in time.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> bool {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most the drain timeout). Returns
+    /// whether everything drained in time.
+    pub async fn shutdown(self) -> bool {
+        tracing::info!(
+            drain_timeout_ms = u64::try_from(self.drain.as_millis()).unwrap_or(u64::MAX),
+            "shutting down: draining"
+        );
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(self.drain, async {
+            let _ = self.app.await;
+            let _ = self.admin.await;
+        })
+        .await
+        .is_ok();
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!("drain timeout: requests still in flight were abandoned");
+        }
+        drained
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

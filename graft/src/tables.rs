@@ -1,0 +1,135 @@
+//! What the CLI prints: each answer of the admin API rendered from its typed value.
+
+use std::fmt;
+
+use graft_host::status::GenerationRole;
+
+use crate::api::{DeployResponse, StatusResponse};
+use crate::rollout::RolloutStatus;
+
+/// `generation 2 live: release v2; ...`, or the canary and its rollout.
+impl fmt::Display for DeployResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rollout {
+            None => writeln!(f, "{}", self.report),
+            Some(rollout) => {
+                writeln!(
+                    f,
+                    "generation {} deployed as a canary: release {}",
+                    self.report.generation,
+                    self.report.release.as_deref().unwrap_or("-")
+                )?;
+                rollout.fmt(f)
+            }
+        }
+    }
+}
+
+/// The generations (the current one marked `*`, the canary `canary`), libraries, the last
+/// deploy's failure, and the rollout.
+impl fmt::Display for StatusResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = &self.host;
+        let rollout = self.rollout.as_ref().filter(|r| r.state.is_under_way());
+        writeln!(f, "current generation {}", status.current)?;
+        writeln!(
+            f,
+            "{:<6} {:<8} {:<12} {:>9} {:>10}  plugins",
+            "gen", "current", "release", "in-flight", "age"
+        )?;
+        for g in &status.generations {
+            let mark = match g.role {
+                GenerationRole::Current => "*",
+                _ if rollout.is_some_and(|r| r.canary == g.id) => "canary",
+                GenerationRole::Prepared => "prepared",
+                _ => "",
+            };
+            let plugins: Vec<String> = g
+                .plugins
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect();
+            writeln!(
+                f,
+                "{:<6} {:<8} {:<12} {:>9} {:>8}ms  {}",
+                g.id,
+                mark,
+                g.release.as_deref().unwrap_or("-"),
+                g.in_flight,
+                g.age_ms,
+                plugins.join(", ")
+            )?;
+        }
+        writeln!(f, "libraries mapped: {}", status.libraries.len())?;
+        if let Some(error) = status.last_deploy.as_ref().and_then(|d| d.error.as_deref()) {
+            writeln!(f, "last deploy failed: {error}")?;
+        }
+        if let Some(rollout) = &self.rollout {
+            rollout.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// A rollout's state, step, weights, per-side figures, last verdict and last event.
+impl fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plan: Vec<String> = self
+            .plan
+            .iter()
+            .map(|step| {
+                if step.bake.is_zero() {
+                    format!("{}%", step.weight)
+                } else {
+                    format!("{}%/{:.0}s", step.weight, step.bake.as_secs_f64())
+                }
+            })
+            .collect();
+        writeln!(
+            f,
+            "rollout {}: release {}, canary generation {} beside stable generation {}",
+            self.state,
+            self.release.as_deref().unwrap_or("-"),
+            self.canary,
+            self.stable,
+        )?;
+        writeln!(
+            f,
+            "step {} of {}, canary weight {}%, {:.1} s into the step (plan {})",
+            self.step,
+            plan.len(),
+            self.weight,
+            self.step_elapsed_ms as f64 / 1000.0,
+            plan.join(", ")
+        )?;
+        writeln!(
+            f,
+            "{:<8} {:>9} {:>7} {:>10} {:>10}",
+            "", "requests", "errors", "error rate", "p99"
+        )?;
+        for (side, w) in [
+            ("stable", &self.stable_window),
+            ("canary", &self.canary_window),
+        ] {
+            writeln!(
+                f,
+                "{:<8} {:>9} {:>7} {:>9.2}% {:>10}",
+                side,
+                w.requests,
+                w.errors,
+                w.error_rate * 100.0,
+                w.p99_ms.map_or("-".into(), |ms| format!("{ms:.2} ms")),
+            )?;
+        }
+        if let Some(verdict) = &self.last_verdict {
+            match verdict.reason() {
+                Some(reason) => writeln!(f, "last verdict: {}: {reason}", verdict.kind())?,
+                None => writeln!(f, "last verdict: {}", verdict.kind())?,
+            }
+        }
+        if let Some(last) = self.events.last() {
+            writeln!(f, "last event: {}: {}", last.event, last.message)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! What a plugin declares about itself: its name, its version and its contracts.
+//!
+//! A leaf of the crate: every other module may use these types, and this one uses none of
+//! theirs. The one naming rule for plugins and contract names lives here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bounded::Bounded;
+
+/// The longest plugin or contract name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` is a valid plugin or contract name: 1 to [`MAX_NAME_LEN`] bytes of
+/// `[a-z0-9_-]`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
+}
+
+/// Checks a plugin name; the error says what a name may be.
+pub(crate) fn check_plugin_name(name: &str) -> Result<(), String> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid plugin name {:?}: use 1 to {MAX_NAME_LEN} of [a-z0-9_-]",
+            Bounded(name).to_string()
+        ))
+    }
+}
+
+/// A versioned function name, `name@N`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Contract {
+    name: String,
+    version: u32,
+}
+
+impl Contract {
+    /// The function name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The contract version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// A string that is not a valid `name@N` contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid contract {:?}: expected name@N, name of 1 to {MAX_NAME_LEN} of [a-z0-9_-], N a number", Bounded(.0).to_string())]
+pub struct ContractError(String);
+
+impl FromStr for Contract {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ContractError(s.to_owned());
+        let (name, version) = s.split_once('@').ok_or_else(err)?;
+        if !is_valid_name(name)
+            || version.is_empty()
+            || !version.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            version: version.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+impl fmt::Display for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+impl Serialize for Contract {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Contract {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a plugin declares about itself, copied out of its library.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginInfo {
+    /// Unique name within a generation.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// The graft API version it was built against.
+    pub api_version: String,
+    /// What it provides.
+    pub exports: Vec<Contract>,
+    /// What it calls, in slot order.
+    pub imports: Vec<Contract>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contracts_parse_and_print() {
+        let c: Contract = "frob@2".parse().unwrap();
+        assert_eq!((c.name(), c.version()), ("frob", 2));
+        assert_eq!(c.to_string(), "frob@2");
+        let too_long = format!("{}@1", "a".repeat(MAX_NAME_LEN + 1));
+        for bad in [
+            "frob", "frob@", "@1", "Frob@1", "frob@x", "fr ob@1", "frob@1@2", &too_long,
+        ] {
+            assert!(bad.parse::<Contract>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn names_are_short_lowercase_words() {
+        assert!(is_valid_name("frob-shim_2"));
+        for bad in ["", "Foo", "a b", "é", &"x".repeat(MAX_NAME_LEN + 1)] {
+            assert!(check_plugin_name(bad).is_err(), "{bad:?}");
+        }
+        let huge = "X".repeat(1 << 20);
+        assert!(check_plugin_name(&huge).unwrap_err().len() < 512);
+    }
+}

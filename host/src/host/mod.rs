@@ -1,0 +1,397 @@
+//! The [`Host`]: the current generation, and the release pipeline around it.
+//!
+//! A release goes live in two steps, on the model of wasmtime's `Linker` → `InstancePre` →
+//! instance:
+//!
+//! - [`Host::prepare`] (`prepare.rs`) does everything that can fail or take time: manifest,
+//!   checksums, staging, load, checks, link, plugin initialisers. It holds no lock anything else
+//!   waits for, so many prepares may run at once while requests, status and rollbacks go on. It
+//!   returns a [`Prepared`] release, which remembers the generation it was prepared against.
+//! - [`Host::publish`] (`publish.rs`) is the one serialised step: if the generation the release
+//!   was prepared against is still current, one `ArcSwap` store makes it live and the history is
+//!   updated; if another release went live meanwhile, it is refused ([`Step::Publish`]), so it
+//!   never silently undoes a rollback or a newer deploy.
+//!
+//! [`Host::deploy`] is both. Concurrent deploys therefore publish in the order their prepares
+//! finish, and a deploy prepared against a generation that is no longer current is refused.
+
+mod prepare;
+mod publish;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::bounded::{truncate, MAX_MESSAGE};
+use crate::decl::ContractError;
+use crate::error::{CallError, DeployError, DisplayChain};
+use crate::generation::{Export, Exports, Generation, OwnedPin, Pin};
+use crate::init::InitState;
+use crate::loader::LoadedPlugin;
+use crate::registry::Libraries;
+use crate::release::Limits;
+use crate::report::DeployReport;
+use crate::stage::ChecksumCache;
+use crate::status::{
+    DeployOutcome, GenerationRole, GenerationStatus, LibraryState, LibraryStatus, PluginStatus,
+    ReleaseRecord, Status,
+};
+use crate::unload::{UnloadPolicy, Unloader};
+
+pub use prepare::Prepared;
+
+/// Runs plugins and replaces them while callers keep calling.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let host = graft_host::Host::builder("/var/lib/graft").build()?;
+/// host.deploy("releases/v1")?;
+/// let foo = host.export("foo@1")?;
+///
+/// let pin = host.pin(); // one generation for the whole request
+/// let out: serde_json::Value = pin.call(&foo, &serde_json::json!({ "a": 1 }))?;
+/// # Ok(()) }
+/// ```
+pub struct Host {
+    current: ArcSwap<Generation>,
+    exports: Exports,
+    libraries: Libraries,
+    unloader: Unloader,
+    checksums: ChecksumCache,
+    staging_dir: PathBuf,
+    /// Held shared by every prepare while it stages and loads; taken exclusively, and only when
+    /// free, to delete staged copies nothing refers to, so none is deleted before it is loaded.
+    staging: RwLock<()>,
+    /// `DATA/releases.json`: the releases that went live, the last one current.
+    record_path: PathBuf,
+    /// The version of the history last written to `record_path`: writes never go backwards.
+    record_written: Mutex<u64>,
+    settings: Settings,
+    next_generation: AtomicU64,
+    /// Every generation prepared and not yet dropped, for status.
+    generations: Mutex<Vec<Weak<Generation>>>,
+    /// What publishing changes, under the one publish lock; never held across I/O or plugin
+    /// code.
+    book: Mutex<Book>,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    unload_policy: UnloadPolicy,
+    history_len: usize,
+    init_timeout: Duration,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct Book {
+    /// Releases that went live, oldest first; the last one is current.
+    history: VecDeque<ReleaseRecord>,
+    /// Libraries kept alive by [`UnloadPolicy::Never`] or [`UnloadPolicy::KeepHistory`], by
+    /// SHA-256.
+    retained: HashMap<String, Arc<LoadedPlugin>>,
+    last_deploy: Option<DeployOutcome>,
+    /// Bumped by every publish, so record writes can be ordered.
+    version: u64,
+}
+
+/// The file, in the data directory, that records the releases that went live.
+pub const RECORD: &str = "releases.json";
+
+/// Configures a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostBuilder {
+    data_dir: PathBuf,
+    settings: Settings,
+}
+
+impl HostBuilder {
+    /// What to do with a library once no generation uses it (default
+    /// [`UnloadPolicy::KeepHistory`]).
+    pub fn unload_policy(mut self, policy: UnloadPolicy) -> Self {
+        self.settings.unload_policy = policy;
+        self
+    }
+
+    /// How many releases to keep for rollback, the current one included (default 5, at least 2).
+    pub fn history(mut self, releases: usize) -> Self {
+        self.settings.history_len = releases.max(2);
+        self
+    }
+
+    /// How long a deploy waits for its plugins' initialisers (default 10 s). Past it the deploy
+    /// is refused at [`Step::Init`](crate::Step::Init); the initialiser, which cannot be stopped,
+    /// runs on and its library stays loaded until it returns.
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.init_timeout = timeout;
+        self
+    }
+
+    /// The limits on release manifests (default [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.settings.limits = limits;
+        self
+    }
+
+    /// Creates the host, with the empty generation 0 current.
+    ///
+    /// # Errors
+    ///
+    /// If the data directory cannot be created or the unloader thread cannot start.
+    pub fn build(self) -> std::io::Result<Host> {
+        let staging_dir = self.data_dir.join("staged");
+        std::fs::create_dir_all(&staging_dir)?;
+        let empty = Generation::empty();
+        empty.mark_published();
+        Ok(Host {
+            current: ArcSwap::from_pointee(empty),
+            exports: Exports::default(),
+            libraries: Libraries::default(),
+            unloader: Unloader::spawn()?,
+            checksums: ChecksumCache::default(),
+            staging_dir,
+            staging: RwLock::new(()),
+            record_path: self.data_dir.join(RECORD),
+            record_written: Mutex::new(0),
+            settings: self.settings,
+            next_generation: AtomicU64::new(1),
+            generations: Mutex::new(Vec::new()),
+            book: Mutex::new(Book::default()),
+        })
+    }
+}
+
+impl Host {
+    /// Starts configuring a host that stages plugin copies under `data_dir`.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> HostBuilder {
+        HostBuilder {
+            data_dir: data_dir.into(),
+            settings: Settings {
+                unload_policy: UnloadPolicy::default(),
+                history_len: 5,
+                init_timeout: Duration::from_secs(10),
+                limits: Limits::default(),
+            },
+        }
+    }
+
+    /// A handle on an export contract (`name@N`), for [`Generation::call`] and [`Host::call`].
+    ///
+    /// # Errors
+    ///
+    /// If `contract` is not of the form `name@N`.
+    pub fn export(&self, contract: &str) -> Result<Export, ContractError> {
+        self.exports.get(contract)
+    }
+
+    /// Pins the current generation for a synchronous piece of work.
+    #[inline]
+    pub fn pin(&self) -> Pin {
+        Pin::new(self.current.load())
+    }
+
+    /// Pins the current generation with an owned handle (for async work; counted in flight).
+    pub fn pin_owned(&self) -> OwnedPin {
+        OwnedPin::new(self.current.load_full())
+    }
+
+    /// Calls an export in the current generation: `self.pin().call(export, input)`.
+    ///
+    /// # Errors
+    ///
+    /// See [`Generation::call`].
+    pub fn call<I: Serialize, O: DeserializeOwned>(
+        &self,
+        export: &Export,
+        input: &I,
+    ) -> Result<O, CallError> {
+        self.pin().call(export, input)
+    }
+
+    /// Calls an export with raw JSON in the current generation.
+    ///
+    /// # Errors
+    ///
+    /// See [`Generation::call_raw`].
+    #[inline]
+    pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.pin().call_raw(export, input)
+    }
+
+    /// Deploys the release in `dir`: [`Host::prepare`], then [`Host::publish`].
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`] naming the step, plugin and file that failed. Nothing changes then: the
+    /// current generation keeps serving.
+    pub fn deploy(&self, dir: impl AsRef<Path>) -> Result<DeployReport, DeployError> {
+        let prepared = self.prepare(dir)?;
+        self.publish(prepared)
+    }
+
+    /// Deploys plugin libraries as a partial release without a manifest:
+    /// [`Host::prepare_libraries`], then [`Host::publish`]. What `graft dev` does with each build.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::deploy`].
+    pub fn deploy_libraries(
+        &self,
+        label: Option<String>,
+        libraries: &[PathBuf],
+    ) -> Result<DeployReport, DeployError> {
+        let prepared = self.prepare_libraries(label, libraries)?;
+        self.publish(prepared)
+    }
+
+    /// Makes the previous release current again, as an all-or-nothing deploy of its plugin set:
+    /// [`Host::prepare_rollback`], then [`Host::publish`].
+    ///
+    /// # Errors
+    ///
+    /// [`DeployCause::NothingToRollBack`](crate::DeployCause::NothingToRollBack) with no earlier
+    /// release; otherwise as [`Host::deploy`].
+    pub fn rollback(&self) -> Result<DeployReport, DeployError> {
+        let prepared = self.prepare_rollback()?;
+        self.publish(prepared)
+    }
+
+    /// The host's generations, libraries and history: a snapshot taken under short locks that
+    /// no prepare holds while it works, so it answers whatever a deploy is doing.
+    pub fn status(&self) -> Status {
+        let current = self.current.load_full();
+        let (history, last_deploy) = {
+            let book = self.lock_book();
+            (
+                book.history.iter().cloned().collect(),
+                book.last_deploy.clone(),
+            )
+        };
+        let mut generations: Vec<GenerationStatus> = self
+            .live_generations()
+            .into_iter()
+            .chain(std::iter::once(Arc::clone(&current)))
+            .map(|generation| GenerationStatus {
+                id: generation.id(),
+                release: generation.release().map(str::to_owned),
+                role: if generation.id() == current.id() {
+                    GenerationRole::Current
+                } else if generation.is_published() {
+                    GenerationRole::Replaced
+                } else {
+                    GenerationRole::Prepared
+                },
+                plugins: generation
+                    .loaded()
+                    .iter()
+                    .map(|p| PluginStatus {
+                        name: p.info().name.clone(),
+                        version: p.info().version.clone(),
+                        api_version: p.info().api_version.clone(),
+                        sha256: p.sha256().to_owned(),
+                    })
+                    .collect(),
+                in_flight: generation.in_flight(),
+                age_ms: u64::try_from(generation.age().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        generations.sort_by_key(|g| g.id);
+        generations.dedup_by_key(|g| g.id);
+        let mut libraries: Vec<LibraryStatus> = self
+            .libraries
+            .live()
+            .iter()
+            .map(|p| LibraryStatus {
+                plugin: p.info().name.clone(),
+                version: p.info().version.clone(),
+                path: p.path().to_owned(),
+                state: match p.init_cell().state() {
+                    InitState::Running { abandoned: true } => LibraryState::Abandoned,
+                    InitState::Running { abandoned: false } => LibraryState::Initialising,
+                    InitState::NotStarted | InitState::Done(_) => LibraryState::Loaded,
+                },
+            })
+            .collect();
+        libraries.extend(
+            self.unloader
+                .lingering()
+                .into_iter()
+                .map(|l| LibraryStatus {
+                    plugin: l.plugin,
+                    version: l.version,
+                    path: l.path,
+                    state: LibraryState::Pinned,
+                }),
+        );
+        libraries.sort_by(|a, b| a.path.cmp(&b.path));
+        Status {
+            current: current.id(),
+            generations,
+            libraries,
+            history,
+            unload_policy: self.settings.unload_policy,
+            last_deploy,
+        }
+    }
+
+    /// Waits until every library released so far has been closed and checked.
+    ///
+    /// Libraries are closed off the request path, by a background thread; tests and tools that
+    /// want to observe an unload call this first.
+    pub fn flush_unloads(&self) {
+        self.unloader.flush();
+    }
+
+    /// Generations prepared and still alive (the current one, replaced ones draining, prepared
+    /// ones not published).
+    fn live_generations(&self) -> Vec<Arc<Generation>> {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.retain(|g| g.strong_count() > 0);
+        generations.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Remembers a generation for status until it drops.
+    fn track(&self, generation: &Arc<Generation>) {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.retain(|g| g.strong_count() > 0);
+        generations.push(Arc::downgrade(generation));
+    }
+
+    /// Logs a refused release and records it as the last deploy's outcome; returns it.
+    fn refused(&self, error: DeployError) -> DeployError {
+        tracing::warn!(error = %DisplayChain(&error), "release rejected");
+        self.lock_book().last_deploy = Some(outcome(None, Some(&error)));
+        error
+    }
+
+    fn lock_book(&self) -> MutexGuard<'_, Book> {
+        // A panic while holding the lock leaves no half-published state: publishing is one store.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The last deploy's outcome, its error truncated to [`MAX_MESSAGE`] bytes.
+fn outcome(generation: Option<u64>, error: Option<&DeployError>) -> DeployOutcome {
+    DeployOutcome {
+        at_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        generation,
+        error: error.map(|e| truncate(&DisplayChain(e).to_string(), MAX_MESSAGE).into_owned()),
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("current", &self.current.load().id())
+            .field("staging_dir", &self.staging_dir)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,193 @@
+//! Publish: the one serialised step, and the bookkeeping after a release went live.
+//!
+//! Under the publish lock (`Host::book`), and nothing slow: check that the release was prepared
+//! against the generation still current, store it, update the history and the libraries the
+//! unload policy keeps. After the lock: write the record of live releases (temp file, fsync,
+//! rename; ordered, so an older history never overwrites a newer one) and delete staged copies
+//! nothing refers to.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::atomic_file;
+use crate::error::{DeployCause, DeployError, Step};
+use crate::report::DeployReport;
+use crate::status::ReleaseRecord;
+use crate::unload::UnloadPolicy;
+
+use super::prepare::{Kind, Prepared};
+use super::{outcome, Book, Host};
+
+impl Host {
+    /// Makes a prepared release the current generation: one atomic store, after which every new
+    /// pin gets it while pins already taken keep theirs.
+    ///
+    /// # Errors
+    ///
+    /// [`Step::Publish`] with [`DeployCause::Stale`] if another release went live after this
+    /// one was prepared: publishing it would undo that one (a rollback, or a newer deploy)
+    /// without anyone asking. Nothing changes then; prepare it again to build on what is live.
+    pub fn publish(&self, prepared: Prepared) -> Result<DeployReport, DeployError> {
+        let publishing = Instant::now();
+        let Prepared {
+            generation,
+            base,
+            kind,
+            record,
+            mut report,
+            started,
+            linked,
+            ..
+        } = prepared;
+        let mut book = self.lock_book();
+        let current = self.current.load().id();
+        if current != base {
+            drop(book);
+            let cause = DeployCause::Stale {
+                prepared_against: base,
+                current,
+            };
+            return Err(self.refused(DeployError::new(Step::Publish, None, None, cause)));
+        }
+        generation.mark_published();
+        self.current.store(Arc::clone(&generation));
+
+        report.elapsed = started.elapsed();
+        report.go_live = linked + publishing.elapsed();
+        self.record_live(&mut book, kind, record);
+        self.retain(&mut book);
+        book.last_deploy = Some(outcome(Some(generation.id()), None));
+        book.version += 1;
+        let (version, history) = (book.version, book.history.clone());
+        drop(book);
+
+        tracing::info!(
+            generation = report.generation,
+            release = report.release.as_deref().unwrap_or(""),
+            elapsed_us = u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
+            go_live_us = u64::try_from(report.go_live.as_micros()).unwrap_or(u64::MAX),
+            "release live"
+        );
+        self.write_record(version, &history);
+        self.collect_staged(&history);
+        Ok(report)
+    }
+
+    /// Makes the last release recorded in the data directory current again: what a restarted
+    /// host does first. Returns `None` when there is no record (a fresh data directory).
+    ///
+    /// The record is written only after a release went live, so a host killed in the middle of
+    /// a deploy comes back on the last release that was live, never on a half-deployed one.
+    /// Generation ids go on from the recorded ones.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`] if the record is unreadable or its release no longer deploys (for
+    /// example a staged copy was deleted: its checksum no longer matches).
+    pub fn restore(&self) -> Result<Option<DeployReport>, DeployError> {
+        let span = tracing::info_span!("restore", record = %self.record_path.display());
+        let _entered = span.enter();
+        match self.prepare_restore()? {
+            Some(prepared) => self.publish(prepared).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Updates the history for a release that just went live.
+    fn record_live(&self, book: &mut Book, kind: Kind, record: ReleaseRecord) {
+        match kind {
+            Kind::Deploy => {}
+            Kind::Rollback => {
+                // The rolled-back release leaves the history; its predecessor is pushed again.
+                book.history.pop_back();
+                book.history.pop_back();
+            }
+            Kind::Restore(history) => {
+                book.history = history;
+                book.history.pop_back();
+            }
+        }
+        book.history.push_back(record);
+        while book.history.len() > self.settings.history_len {
+            book.history.pop_front();
+        }
+    }
+
+    /// Holds the libraries the unload policy keeps; the rest are let go, each closed once no
+    /// generation uses it.
+    fn retain(&self, book: &mut Book) {
+        match self.settings.unload_policy {
+            UnloadPolicy::WhenDrained => {}
+            UnloadPolicy::Never => {
+                for plugin in self.current.load().loaded() {
+                    book.retained
+                        .entry(plugin.sha256().to_owned())
+                        .or_insert_with(|| Arc::clone(plugin));
+                }
+            }
+            UnloadPolicy::KeepHistory => {
+                let kept: HashSet<&str> = book
+                    .history
+                    .iter()
+                    .flat_map(|r| r.plugins.iter().map(|p| p.sha256.as_str()))
+                    .collect();
+                let retained: HashMap<String, _> = kept
+                    .into_iter()
+                    .filter_map(|sha| Some((sha.to_owned(), self.libraries.get(sha)?)))
+                    .collect();
+                book.retained = retained;
+            }
+        }
+    }
+
+    /// Writes the history to `DATA/releases.json` (temp file, fsync, rename), unless a newer
+    /// one was written already.
+    fn write_record(&self, version: u64, history: &VecDeque<ReleaseRecord>) {
+        let mut written = self
+            .record_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *written >= version {
+            return;
+        }
+        let result = serde_json::to_vec_pretty(history)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_file::write(&self.record_path, &bytes));
+        match result {
+            Ok(()) => *written = version,
+            // The release is live; only a restart would miss it. Say so loudly.
+            Err(error) => tracing::error!(
+                path = %self.record_path.display(),
+                %error,
+                "could not record the live release"
+            ),
+        }
+    }
+
+    /// Deletes staged copies that no live library and no recorded release refers to. Skipped
+    /// while a prepare is staging (the next publish collects them).
+    fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
+        let Ok(_exclusive) = self.staging.try_write() else {
+            tracing::debug!("staged copies not collected: a prepare is staging");
+            return;
+        };
+        let keep: HashSet<PathBuf> = history
+            .iter()
+            .flat_map(|r| r.plugins.iter().map(|p| p.staged.clone()))
+            .chain(self.libraries.live().iter().map(|p| p.path().to_owned()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.staging_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "so") && !keep.contains(&path) {
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::debug!(path = %path.display(), %error, "could not remove staged copy");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! What a deploy, a rollback or a restore did: [`DeployReport`].
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::LinkReport;
+
+/// What a successful deploy or rollback did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeployReport {
+    /// The generation now current.
+    pub generation: u64,
+    /// The release label.
+    pub release: Option<String>,
+    /// The new generation's plugins and what happened to each.
+    pub plugins: Vec<PluginChange>,
+    /// Plugins the new generation no longer has.
+    pub removed: Vec<String>,
+    /// How imports were bound.
+    pub link: LinkReport,
+    /// From the start of the prepare to the store that made it live.
+    #[serde(rename = "elapsed_ms", with = "crate::millis")]
+    pub elapsed: Duration,
+    /// Of `elapsed`, reading, hashing and durably staging the files, then loading and checking
+    /// them: bound by file size and disk (each staged copy is fsynced).
+    #[serde(rename = "staging_ms", with = "crate::millis")]
+    pub staging: Duration,
+    /// Linking, initialising, and the publish step: from "everything is loaded" to "new requests
+    /// run the new code", not counting time the prepared release waited to be published.
+    #[serde(rename = "go_live_ms", with = "crate::millis")]
+    pub go_live: Duration,
+}
+
+/// `generation 2 live: release v2; foo 2.0.0 (replaced), bar 1.0.0 (kept)`
+impl fmt::Display for DeployReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "generation {} live: release {}; ",
+            self.generation,
+            self.release.as_deref().unwrap_or("-")
+        )?;
+        for (i, p) in self.plugins.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {} ({})", p.name, p.version, p.change)?;
+        }
+        if !self.removed.is_empty() {
+            write!(f, "; removed {}", self.removed.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// One plugin of a new generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginChange {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What the release did to it.
+    pub change: Change,
+}
+
+/// What a release did to a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Change {
+    /// New in this generation.
+    Added,
+    /// A new build replaced the previous one.
+    Replaced,
+    /// Carried over unchanged (or shipped again with identical bytes).
+    Kept,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Added => "added",
+            Self::Replaced => "replaced",
+            Self::Kept => "kept",
+        })
+    }
+}
