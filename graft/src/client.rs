@@ -72,6 +72,17 @@ impl AdminClient {
         }
     }
 
+    /// The same client, giving up on a request after `timeout` (none by default: a deploy may
+    /// take as long as its plugins' initialisers).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build();
+        self.agent = ureq::Agent::new_with_config(config);
+        self
+    }
+
     /// Whether the admin API is on this machine (a loopback address or `localhost`), so that
     /// it can read a release directory by its path.
     pub fn is_local(&self) -> bool {

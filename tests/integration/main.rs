@@ -2,12 +2,15 @@
 
 mod util;
 
+mod admin_plane;
+
 mod bad_input;
 mod check_cli;
 mod dev;
 mod fleet;
 mod logging;
 mod pinning;
+mod publish;
 mod releases;
 mod rollout;
 mod serve;

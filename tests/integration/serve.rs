@@ -13,7 +13,7 @@ use graft::serve::{Server, GENERATION_HEADER};
 use crate::util::{graft_bin, run_graft, Env, KillOnDrop, V1, V2};
 
 /// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
-fn config(env: &Env, extra: &str) -> PathBuf {
+pub(crate) fn config(env: &Env, extra: &str) -> PathBuf {
     let mut v1: Vec<&str> = V1.to_vec();
     v1.push("misbehaving");
     env.complete_release("v1", &v1);
@@ -58,7 +58,7 @@ pub(crate) fn agent() -> ureq::Agent {
 }
 
 /// POSTs JSON; returns status, generation header and body.
-fn post(url: &str, body: &str) -> (u16, u64, String) {
+pub(crate) fn post(url: &str, body: &str) -> (u16, u64, String) {
     let mut response = agent()
         .post(url)
         .content_type("application/json")
@@ -260,15 +260,39 @@ pub(crate) fn spawn_graft_serve_with(
     env: &[(&str, &Path)],
     args: &[&std::ffi::OsStr],
 ) -> (KillOnDrop, String, String) {
+    let (child, base, admin, _) = spawn_graft_serve_logged(config, env, args);
+    (child, base, admin)
+}
+
+/// `graft serve` whose log (warnings and above) the test can read; it is echoed to standard
+/// error as well.
+pub(crate) fn spawn_graft_serve_logged(
+    config: &Path,
+    env: &[(&str, &Path)],
+    args: &[&std::ffi::OsStr],
+) -> (KillOnDrop, String, String, Log) {
     let mut child = Command::new(graft_bin())
         .args(["serve", "--config"])
         .arg(config)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = Log::default();
+    let (lines, stderr) = (log.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            lines.0.lock().unwrap().push(line);
+        }
+    });
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -280,7 +304,31 @@ pub(crate) fn spawn_graft_serve_with(
         .map(|w| w.trim_end_matches(',').to_owned())
         .collect();
     assert_eq!(urls.len(), 2, "unexpected first line: {line:?}");
-    (KillOnDrop(child), urls[0].clone(), urls[1].clone())
+    (KillOnDrop(child), urls[0].clone(), urls[1].clone(), log)
+}
+
+/// A server's log lines, as they come.
+#[derive(Clone, Default)]
+pub(crate) struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// The first line containing every one of `words`, once one is logged (within 60 s).
+    pub(crate) fn wait_for(&self, words: &[&str]) -> String {
+        let find = || {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .cloned()
+        };
+        crate::util::wait_until(
+            &format!("a log line with {words:?}"),
+            std::time::Duration::from_secs(60),
+            || find().is_some(),
+        );
+        find().unwrap()
+    }
 }
 
 pub(crate) fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
@@ -497,4 +545,251 @@ fn graft_serve_watch_deploys_a_release_that_appears() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Sends a request and returns its status and body, whatever they are.
+fn send(method: &str, url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let agent = agent();
+    let mut response = match method {
+        "GET" => agent.get(url).call(),
+        _ => agent
+            .post(url)
+            .header("content-type", content_type)
+            .send(body),
+    }
+    .unwrap();
+    (
+        response.status().as_u16(),
+        response.body_mut().read_to_string().unwrap(),
+    )
+}
+
+#[test]
+fn an_unknown_field_in_a_deploy_request_is_a_400_and_deploys_nothing() {
+    let env = Env::new();
+    let (runtime, server) = in_process(&env);
+    let admin = format!("http://{}", server.admin_addr());
+    let v2 = env.path("releases/v2");
+    let body = format!("{{\"dir\": {:?}, \"canry\": 5}}", v2.to_str().unwrap());
+    let (status, text) = send(
+        "POST",
+        &format!("{admin}/deploy"),
+        "application/json",
+        body.as_bytes(),
+    );
+    assert_eq!(status, 400, "{text}");
+    let error: graft::api::ApiError = serde_json::from_str(&text).unwrap();
+    assert_eq!(error.error, graft::api::ErrorCode::BadRequest);
+    assert!(
+        error.message.contains("unknown field `canry`"),
+        "{}",
+        error.message
+    );
+    let status = AdminClient::new(&admin, None).status().unwrap();
+    assert_eq!(status.host.current, 1, "nothing was deployed");
+    assert!(status.rollout.is_none(), "no rollout started either");
+
+    // The same for the query of a bundle upload.
+    let bundle = graft::bundle::pack(&v2).unwrap();
+    let (status, text) = send(
+        "POST",
+        &format!("{admin}/deploy?rollout=true&canry=5"),
+        "application/x-tar",
+        &bundle,
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("canry"), "{text}");
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn admin_and_app_errors_share_one_json_shape() {
+    let env = Env::new();
+    let path = config(&env, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n"),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
+        .unwrap();
+    let (app, admin) = (
+        format!("http://{}", server.addr()),
+        format!("http://{}", server.admin_addr()),
+    );
+    let authorised = |method: &str, path: &str, body: &str| {
+        let agent = agent();
+        let url = format!("{admin}{path}");
+        let mut response = match method {
+            "GET" => agent
+                .get(&url)
+                .header("authorization", "Bearer s3cret")
+                .call(),
+            _ => agent
+                .post(&url)
+                .header("authorization", "Bearer s3cret")
+                .content_type("application/json")
+                .send(body),
+        }
+        .unwrap();
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let bad = env.release("bad", &["unlinked"]);
+    let bad_deploy = format!("{{\"dir\": {:?}}}", bad.to_str().unwrap());
+    let cases = [
+        (
+            "app: bad input",
+            send(
+                "POST",
+                &format!("{app}/foo"),
+                "application/json",
+                b"not json",
+            ),
+            400,
+            "bad-input",
+        ),
+        (
+            "app: panic",
+            send(
+                "POST",
+                &format!("{app}/panic"),
+                "application/json",
+                br#""boom""#,
+            ),
+            500,
+            "panic",
+        ),
+        (
+            "app: no route",
+            send("GET", &format!("{app}/nowhere"), "", b""),
+            404,
+            "not-found",
+        ),
+        (
+            "app: wrong method",
+            send("GET", &format!("{app}/foo"), "", b""),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "admin: no token",
+            send("GET", &format!("{admin}/status"), "", b""),
+            401,
+            "unauthorized",
+        ),
+        (
+            "admin: no route",
+            authorised("GET", "/nowhere", ""),
+            404,
+            "not-found",
+        ),
+        (
+            "admin: wrong method",
+            authorised("GET", "/deploy", ""),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "admin: not JSON",
+            authorised("POST", "/deploy", "{"),
+            400,
+            "bad-request",
+        ),
+        (
+            "admin: refused release",
+            authorised("POST", "/deploy", &bad_deploy),
+            422,
+            "deploy-rejected",
+        ),
+        (
+            "admin: no rollout",
+            authorised("GET", "/rollout", ""),
+            404,
+            "not-found",
+        ),
+        (
+            "admin: no rollout to abort",
+            authorised("POST", "/rollout/abort", ""),
+            409,
+            "conflict",
+        ),
+        (
+            "admin: unknown action",
+            authorised("POST", "/rollout/explode", ""),
+            404,
+            "not-found",
+        ),
+    ];
+    for (label, (status, body), expected_status, expected_code) in cases {
+        assert_eq!(status, expected_status, "{label}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{label}: not JSON ({e}): {body:?}"));
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(
+            keys.iter()
+                .all(|k| ["error", "message", "step", "plugin", "file"].contains(k))
+                && keys.contains(&"error")
+                && keys.contains(&"message"),
+            "{label}: {body}"
+        );
+        assert_eq!(json["error"], expected_code, "{label}: {body}");
+    }
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn oversized_input_is_refused_with_a_short_error_and_a_short_status() {
+    let env = Env::new();
+    let (runtime, server) = in_process(&env);
+    let admin = format!("http://{}", server.admin_addr());
+    let client = AdminClient::new(&admin, None);
+
+    // A 10 MB `dir`: refused, quoting a few hundred bytes of it.
+    let huge = DeployRequest::new("x".repeat(10 << 20));
+    let refused = client.deploy(&huge).unwrap_err();
+    let error = refused.api().unwrap_or_else(|| panic!("{refused}"));
+    assert_eq!(error.error, graft::api::ErrorCode::BadRequest);
+    assert!(error.message.len() < 1024, "{} bytes", error.message.len());
+
+    // A long path that exists nowhere reaches the host: its error is bounded too, and so is
+    // the last deploy's error kept in status.
+    let long = env.path(&"y".repeat(3000));
+    let refused = client.deploy(&DeployRequest::new(&long)).unwrap_err();
+    let message = &refused.api().unwrap().message;
+    assert!(message.len() < 2048, "{} bytes: {message}", message.len());
+    let last = client
+        .status()
+        .unwrap()
+        .host
+        .last_deploy
+        .unwrap()
+        .error
+        .unwrap();
+    assert!(last.len() < 2048, "{} bytes", last.len());
+
+    // A manifest of 50,000 plugins: refused at the manifest step, nothing else is read.
+    let big = env.path("releases/big");
+    std::fs::create_dir_all(&big).unwrap();
+    let sha = "0".repeat(64);
+    let manifest: String = (0..50_000)
+        .map(|i| format!("[[plugin]]\nname = \"p{i}\"\nfile = \"p{i}.so\"\nsha256 = \"{sha}\"\n"))
+        .collect();
+    std::fs::write(big.join("release.toml"), manifest).unwrap();
+    let refused = client.deploy(&DeployRequest::new(&big)).unwrap_err();
+    let error = refused.api().unwrap_or_else(|| panic!("{refused}"));
+    assert_eq!(error.step.as_deref(), Some("manifest"), "{}", error.message);
+    assert!(error.message.contains("larger than"), "{}", error.message);
+    assert_eq!(client.status().unwrap().host.current, 1);
+    assert!(runtime.block_on(server.shutdown()));
 }

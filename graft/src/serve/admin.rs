@@ -167,8 +167,9 @@ async fn deploy(
             Source::Bundle(bundle) => deploy_bundle(&deployer, &uploads, &bundle, &options, &gone),
         };
         if let Err(Ok(report)) = done.send(result) {
-            tracing::info!(
+            tracing::warn!(
                 generation = report.report.generation,
+                release = report.report.release.as_deref().unwrap_or(""),
                 "release live; its client went away before the answer"
             );
         }

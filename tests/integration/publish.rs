@@ -1,0 +1,132 @@
+//! Prepare, then publish: a prepared release goes live only onto the generation it was prepared
+//! against; one that another release overtook is refused, never silently undoing it.
+
+use example_types::{FooInput, FooOutput};
+use graft_host::{DeployCause, Host, Step};
+
+use crate::util::{Env, V1, V2};
+
+fn versions(host: &Host) -> (String, String, String) {
+    let foo = host.export("foo@1").unwrap();
+    let out: FooOutput = host
+        .call(
+            &foo,
+            &FooInput {
+                a: 1,
+                ..FooInput::default()
+            },
+        )
+        .unwrap();
+    (out.foo, out.bar, out.frob)
+}
+
+fn v(version: &str) -> (String, String, String) {
+    (version.into(), version.into(), version.into())
+}
+
+#[test]
+fn a_release_prepared_before_a_rollback_is_refused_at_publish_and_the_rollback_stays_live() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    host.deploy(env.complete_release("v2", V2)).unwrap();
+    let hello = env.release("hello", &["hello-v1"]);
+
+    let prepared = host.prepare(&hello).unwrap();
+    assert_eq!(prepared.base(), 2, "prepared against generation 2");
+    assert_eq!(host.pin().id(), 2, "preparing changes nothing that serves");
+
+    let rollback = host.rollback().unwrap();
+    assert_eq!(rollback.release.as_deref(), Some("v1"));
+    let err = host.publish(prepared).unwrap_err();
+    assert_eq!(err.step(), Step::Publish);
+    assert!(
+        matches!(
+            err.cause(),
+            DeployCause::Stale {
+                prepared_against: 2,
+                current
+            } if *current == rollback.generation
+        ),
+        "{err:?}"
+    );
+    assert!(
+        graft_host::DisplayChain(&err)
+            .to_string()
+            .contains("went live since"),
+        "{err}"
+    );
+    assert_eq!(
+        host.pin().id(),
+        rollback.generation,
+        "the rollback stays live"
+    );
+    assert_eq!(versions(&host), v("1.0.0"));
+    let history: Vec<_> = host
+        .status()
+        .history
+        .iter()
+        .map(|r| r.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        ["v1"],
+        "the refused release never entered the history"
+    );
+
+    // Prepared again, against what is live now, it goes live.
+    let report = host.publish(host.prepare(&hello).unwrap()).unwrap();
+    assert_eq!(host.pin().id(), report.generation);
+}
+
+#[test]
+fn of_two_releases_prepared_together_the_second_to_publish_is_refused() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    let first = host.prepare(env.complete_release("v2", V2)).unwrap();
+    let second = host.prepare(env.release("hello", &["hello-v1"])).unwrap();
+    assert_eq!((first.base(), second.base()), (1, 1));
+
+    // The second finished preparing first: it goes live, and the first may not undo it.
+    let live = host.publish(second).unwrap();
+    let err = host.publish(first).unwrap_err();
+    assert_eq!(err.step(), Step::Publish);
+    assert_eq!(host.pin().id(), live.generation);
+    assert_eq!(versions(&host), v("1.0.0"));
+    assert!(host.export("hello@1").is_ok());
+}
+
+#[test]
+fn a_prepared_release_is_live_nowhere_until_published_and_keeps_its_generation() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    let prepared = host.prepare(env.complete_release("v2", V2)).unwrap();
+    let status = host.status();
+    let role = |id| {
+        status
+            .generations
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.role)
+    };
+    assert_eq!(
+        role(prepared.id()),
+        Some(graft_host::status::GenerationRole::Prepared)
+    );
+    assert_eq!(versions(&host), v("1.0.0"));
+
+    // Its generation can be pinned directly (a rollout's canary is served that way).
+    let foo = host.export("foo@1").unwrap();
+    let canary = graft_host::OwnedPin::new(std::sync::Arc::clone(prepared.generation()));
+    let out: FooOutput = canary.call(&foo, &FooInput::default()).unwrap();
+    assert_eq!(out.foo, "2.0.0");
+    assert_eq!(prepared.generation().in_flight(), 1, "the pin is counted");
+    drop(canary);
+
+    let id = prepared.id();
+    let report = host.publish(prepared).unwrap();
+    assert_eq!(report.generation, id);
+    assert_eq!(versions(&host), v("2.0.0"));
+}
