@@ -5,18 +5,10 @@
 #
 # Run: scripts/demo.sh          (everything stays under a temp dir, removed at the end)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 
-plugins=(foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2)
-echo "==> building graft and the example plugins (release)"
-cargo build --release --quiet -p graft-host --bins --examples
-cargo build --release --quiet $(printf -- '-p %s ' "${plugins[@]}")
-
-target="${CARGO_TARGET_DIR:-target}/release"
-graft="$target/graft"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-lib() { echo "$target/lib${1//-/_}.so"; }
+build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
+cargo build --release --quiet -p graft-host --examples
 
 echo "==> packing releases"
 "$graft" pack "$work/v1" --name v1 --complete "$(lib foo-v1)" "$(lib bar-v1)" "$(lib frob-v1)"
@@ -32,7 +24,6 @@ echo "==> live patching"
 
 echo
 echo "==> graft serve (loopback), patched with the CLI"
-port=$((20000 + RANDOM % 20000))
 admin="http://127.0.0.1:$((port + 1))"
 cat >"$work/graft.toml" <<EOF
 data_dir = "serve-data"
@@ -49,8 +40,8 @@ export = "foo@1"
 EOF
 "$graft" serve --config "$work/graft.toml" &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 200); do curl -s -o /dev/null "$admin/status" && break; sleep 0.02; done
+pids+=("$server")
+wait_for "$admin/status"
 foo() {
   echo "\$ curl -si -X POST -d '{\"a\": 1}' http://127.0.0.1:$port/foo"
   curl -s -i -X POST -d '{"a": 1}' "http://127.0.0.1:$port/foo" | tr -d '\r' | grep -E '^x-graft-generation|^\{'

@@ -6,8 +6,7 @@
 #
 # Run: scripts/dev-loop.sh [--edits N] [--release]   (loopback only; everything under a temp dir)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
+. "$(dirname "$0")/lib.sh"
 
 edits=10
 profile=()
@@ -19,12 +18,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-target="${CARGO_TARGET_DIR:-$root/target}"
-echo "==> building graft (debug)"
-cargo build --quiet -p graft-host --bins
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+build debug
 
 # A plugin crate outside the workspace, as a user's would be; it reuses the workspace's lock
 # file and target directory, so only the plugin itself is compiled on each edit.
@@ -63,7 +57,6 @@ EOF
 }
 greet "edit 0"
 
-port=$((20000 + RANDOM % 20000))
 cat >"$work/graft.toml" <<EOF
 data_dir = "data"
 listen = "127.0.0.1:$port"
@@ -75,9 +68,9 @@ path = "/hello"
 export = "hello@1"
 EOF
 
-CARGO_TARGET_DIR="$target" "$target/debug/graft" dev "${profile[@]}" --config "$work/graft.toml" "$work/hello" \
-  >"$work/out" 2>"$work/err" &
-pid=$!
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" "$graft" dev "${profile[@]}" \
+  --config "$work/graft.toml" "$work/hello" >"$work/out" 2>"$work/err" &
+pids+=($!)
 
 # Waits until the service answers with $1 (30 s at most for an edit, 10 minutes for the first
 # build, which may compile dependencies).

@@ -10,7 +10,7 @@
 # It prints each change of step and weight as it happens, then a last line per rollout:
 #   good: promoted ... stable_failures=0 ...      bad: aborted ... stable_failures=0 ...
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 
 plan="10:3s,50:3s,100:2s" duration=25
 while [ $# -gt 0 ]; do
@@ -21,24 +21,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk" >&2
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-echo "==> building (release)" >&2
-cargo build --release --quiet -p graft-host --bins
-cargo build --release --quiet -p hello-v1 -p hello-v2 -p hello-flaky
-target="${CARGO_TARGET_DIR:-target}/release"
-graft="$target/graft"
-work=$(mktemp -d)
-server=
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-lib() { echo "$target/lib${1//-/_}.so"; }
+need_wrk
+build release hello-v1 hello-v2 hello-flaky
 "$graft" pack "$work/v1" --name v1 --complete "$(lib hello-v1)" >/dev/null
 "$graft" pack "$work/v2" --name v2 --complete "$(lib hello-v2)" >/dev/null
 "$graft" pack "$work/bad" --name bad --complete "$(lib hello-flaky)" >/dev/null
 
-port=$((20000 + RANDOM % 20000))
 admin="http://127.0.0.1:$((port + 1))"
 cat >"$work/graft.toml" <<EOF
 data_dir = "data"
@@ -62,8 +50,8 @@ path = "/hello"
 export = "hello@1"
 EOF
 RUST_LOG=warn "$graft" serve --config "$work/graft.toml" >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 500); do curl -s -o /dev/null "$admin/status" && break; sleep 0.01; done
+pids+=($!)
+wait_for "$admin/status"
 
 cat >"$work/sides.lua" <<'EOF'
 -- Users 0..9999 in turn, each with its own x-user key; failures counted per side.

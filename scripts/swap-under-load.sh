@@ -15,7 +15,7 @@
 #   requests=N non2xx=N socket_errors=N mixed=N deploys=N rps_swapping=N rps_steady=N
 # where `mixed` counts responses whose foo, bar and frob major versions disagree.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 
 duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=keep-history
 while [ $# -gt 0 ]; do
@@ -31,30 +31,13 @@ while [ $# -gt 0 ]; do
 done
 [ "$baseline" = graft ] || [ "$baseline" = restart ] || { echo "--baseline takes: restart" >&2; exit 2; }
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk" >&2
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-
-echo "building (release)" >&2
-cargo build --release --quiet -p graft-host --bins
-cargo build --release --quiet -p foo-v1 -p bar-v1 -p frob-v1 -p foo-v2 -p bar-v2 -p frob-v2
-target="${CARGO_TARGET_DIR:-target}/release"
-graft="$target/graft"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-lib() { echo "$target/lib${1//-/_}.so"; }
+need_wrk
+build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
 "$graft" pack "$work/v1" --name v1 --complete "$(lib foo-v1)" "$(lib bar-v1)" "$(lib frob-v1)" >/dev/null
 "$graft" pack "$work/v2" --name v2 --complete "$(lib foo-v2)" "$(lib bar-v2)" "$(lib frob-v2)" >/dev/null
 
-port_app=$((20000 + RANDOM % 20000))
-port_admin=$((port_app + 1))
+port_app=$port
+port_admin=$((port + 1))
 # config NAME RELEASE: a graft.toml with its own data dir, on the fixed loopback ports.
 config() {
   cat >"$work/$1.toml" <<EOF
