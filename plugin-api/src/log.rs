@@ -34,12 +34,7 @@ pub(crate) fn forward_panics_to_host(host: HostApiRef, plugin: &'static str) {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string payload".to_owned());
+        let message = crate::runtime::panic_message(info.payload());
         let message = format!("plugin panicked{location}: {message}");
         (host.log())(LogRecord {
             plugin: RStr::from_str(plugin),

@@ -2,23 +2,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use example_types::{FooInput, FooOutput};
 
-use crate::util::{Env, V1, V2};
-
-fn wait_for(path: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+use crate::util::{wait_until, Env, V1, V2};
 
 #[test]
 fn a_request_in_flight_across_a_swap_finishes_entirely_on_its_generation() {
@@ -40,7 +28,11 @@ fn a_request_in_flight_across_a_swap_finishes_entirely_on_its_generation() {
         };
         std::thread::spawn(move || host.pin_owned().call::<_, FooOutput>(&foo, &input))
     };
-    wait_for(&gate.join("frob-done"));
+    wait_until(
+        "the slow request to reach the gate",
+        Duration::from_secs(60),
+        || gate.join("frob-done").exists(),
+    );
 
     // Generation 2 goes live while the slow request sits between its two import calls.
     let report = host.deploy(env.complete_release("v2", V2)).unwrap();

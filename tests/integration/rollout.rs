@@ -14,7 +14,7 @@ use graft::rollout::{
 };
 use graft_host::{Export, Host, UnloadPolicy};
 
-use crate::util::{mapped, staged_path, Env};
+use crate::util::{mapped, staged_path, wait_until, Env};
 
 fn config(plan: &str, min_requests: u64) -> RolloutConfig {
     let mut config = RolloutConfig::default();
@@ -106,23 +106,21 @@ fn a_canary_failing_a_fifth_of_its_calls_is_aborted_and_stable_never_fails() {
         .unwrap();
     let canary = report.generation;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut served = 0;
-    while status(&rollouts).state == RolloutState::Running {
-        for _ in 0..100 {
-            let (side, generation, ok) = request(&rollouts, &hello, None);
-            if side == Route::Stable {
-                assert!(ok, "stable failed a request");
-                assert_eq!(generation, stable);
+    wait_until(
+        "the analysis to abort the canary",
+        Duration::from_secs(60),
+        || {
+            for _ in 0..100 {
+                let (side, generation, ok) = request(&rollouts, &hello, None);
+                if side == Route::Stable {
+                    assert!(ok, "stable failed a request");
+                    assert_eq!(generation, stable);
+                }
             }
-            served += 1;
-        }
-        rollouts.tick();
-        assert!(
-            Instant::now() < deadline,
-            "never aborted after {served} requests"
-        );
-    }
+            rollouts.tick();
+            status(&rollouts).state != RolloutState::Running
+        },
+    );
 
     let after = status(&rollouts);
     assert_eq!(after.state, RolloutState::Aborted);
@@ -158,15 +156,18 @@ fn a_healthy_canary_walks_the_plan_becomes_stable_and_the_old_stable_unloads() {
         .start(&env.complete_release("v2", &["hello-v2"]), None, None)
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(&rollouts).state == RolloutState::Running {
-        for _ in 0..100 {
-            assert!(request(&rollouts, &hello, None).2);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        rollouts.tick();
-        assert!(Instant::now() < deadline, "never promoted");
-    }
+    wait_until(
+        "the canary to walk the plan",
+        Duration::from_secs(60),
+        || {
+            for _ in 0..100 {
+                assert!(request(&rollouts, &hello, None).2);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            rollouts.tick();
+            status(&rollouts).state != RolloutState::Running
+        },
+    );
 
     let done = status(&rollouts);
     assert_eq!(done.state, RolloutState::Promoted);

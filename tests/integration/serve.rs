@@ -3,6 +3,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use example_types::FooOutput;
 use graft::api::DeployRequest;
@@ -10,7 +11,7 @@ use graft::client::{AdminClient, ClientError};
 use graft::config::ServeConfig;
 use graft::serve::{Server, GENERATION_HEADER};
 
-use crate::util::{graft_bin, run_graft, Env, KillOnDrop, V1, V2};
+use crate::util::{graft_bin, run_graft, wait_until, Env, KillOnDrop, V1, V2};
 
 /// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
 pub(crate) fn config(env: &Env, extra: &str) -> PathBuf {
@@ -428,14 +429,11 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !gate.join("init-started").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the held deploy never reached its plugin's init"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until(
+        "the held deploy to reach its plugin's init",
+        Duration::from_secs(60),
+        || gate.join("init-started").exists(),
+    );
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
     assert!(
@@ -528,23 +526,20 @@ fn graft_serve_watch_deploys_a_release_that_appears() {
         spawn_graft_serve_with(&config, &[], &["--watch".as_ref(), incoming.as_os_str()]);
 
     env.release("incoming", V2); // copies the libraries, then writes the manifest
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (status, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
-        assert_eq!(status, 200, "{body}");
-        if generation == 2 {
-            assert_eq!(
-                serde_json::from_str::<FooOutput>(&body).unwrap().foo,
-                "2.0.0"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the watched release never went live"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until(
+        "the watched release to go live",
+        Duration::from_secs(30),
+        || {
+            let (status, generation, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+            assert_eq!(status, 200, "{body}");
+            generation == 2
+        },
+    );
+    let (_, _, body) = post(&format!("{base}/foo"), r#"{"a": 1}"#);
+    assert_eq!(
+        serde_json::from_str::<FooOutput>(&body).unwrap().foo,
+        "2.0.0"
+    );
 }
 
 /// Sends a request and returns its status and body, whatever they are.
