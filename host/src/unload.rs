@@ -1,7 +1,7 @@
 //! Closing libraries no generation uses any more, off the request path, and checking that they
 //! really left the address space.
 //!
-//! A [`LoadedPlugin`](crate::loader::LoadedPlugin) hands its library to the [`Unloader`] when it
+//! A loaded plugin hands its library to the [`Unloader`] when it
 //! drops. A background thread closes it and then reads `/proc/self/maps`: a plugin that started a
 //! thread or touched a thread-local with a destructor stays mapped, which is reported (as
 //! [`Lingering`]), not crashed on. glibc frees such a library once that thread has exited, at the
