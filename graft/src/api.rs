@@ -30,6 +30,9 @@ use crate::rollout::RolloutStatus;
 pub const MAX_DIR_BYTES: usize = 4096;
 
 /// `POST /deploy` with a JSON body: a release directory on the server's filesystem.
+///
+/// Its rollout fields are [`RolloutOptions`]' own, written out: serde cannot refuse unknown
+/// fields of a struct that flattens another.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

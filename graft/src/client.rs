@@ -140,21 +140,12 @@ impl AdminClient {
         }
         query.extend(options.canary.map(|weight| ("canary", weight.to_string())));
         query.extend(options.plan.clone().map(|plan| ("plan", plan)));
-        let mut request = self
+        let request = self
             .agent
             .post(&url)
             .query_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
             .header("content-type", "application/x-tar");
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = request
-            .send(bundle)
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        answer(&url, response)
+        answer(&url, self.authorised(request).send(bundle))
     }
 
     /// `POST /rollback`.
@@ -186,15 +177,7 @@ impl AdminClient {
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.agent.get(&url);
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = request.call().map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        answer(&url, response)
+        answer(&url, self.authorised(self.agent.get(&url)).call())
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(
@@ -203,25 +186,27 @@ impl AdminClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.agent.post(&url);
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
+        answer(&url, self.authorised(self.agent.post(&url)).send_json(body))
+    }
+
+    /// The request with the bearer token, if the client has one.
+    fn authorised<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
         }
-        let response = request
-            .send_json(body)
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        answer(&url, response)
     }
 }
 
 /// Reads an admin API answer: `T` on success, the server's [`ApiError`] otherwise.
 fn answer<T: DeserializeOwned>(
     url: &str,
-    mut response: ureq::http::Response<ureq::Body>,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<T, ClientError> {
+    let mut response = sent.map_err(|source| ClientError::Transport {
+        url: url.to_owned(),
+        source,
+    })?;
     let status = response.status().as_u16();
     let text = response
         .body_mut()

@@ -3,23 +3,7 @@
 use example_types::{FooInput, FooOutput};
 use graft_host::{Change, DeployCause, Step};
 
-use crate::util::{Env, V1, V2};
-
-fn foo(host: &graft_host::Host, a: u64) -> FooOutput {
-    let foo = host.export("foo@1").unwrap();
-    host.call(
-        &foo,
-        &FooInput {
-            a,
-            ..FooInput::default()
-        },
-    )
-    .unwrap()
-}
-
-fn versions(out: &FooOutput) -> (&str, &str, &str) {
-    (&out.foo, &out.bar, &out.frob)
-}
+use crate::util::{call_foo as foo, history, versions, Env, V1, V2};
 
 #[test]
 fn a_new_bar_without_the_new_frob_is_rejected_and_the_old_release_keeps_serving() {
@@ -156,13 +140,7 @@ fn rollback_restores_the_previous_release() {
         (versions(&out), out.value),
         (("1.0.0", "1.0.0", "1.0.0"), 4)
     );
-    let history: Vec<_> = host
-        .status()
-        .history
-        .iter()
-        .map(|r| r.name.clone().unwrap())
-        .collect();
-    assert_eq!(history, ["v1"]);
+    assert_eq!(history(&host), ["v1"]);
     assert!(matches!(
         host.rollback().unwrap_err().cause(),
         DeployCause::NothingToRollBack

@@ -78,9 +78,17 @@ pub(crate) fn post(url: &str, body: &str) -> (u16, u64, String) {
 }
 
 fn in_process(env: &Env) -> (tokio::runtime::Runtime, Server) {
-    let config = ServeConfig::load(&config(env, "")).unwrap();
+    in_process_with(&config(env, ""), "[admin]")
+}
+
+/// Serves the config at `path` in this process, its `[admin]` line replaced by `admin`.
+fn in_process_with(path: &Path, admin: &str) -> (tokio::runtime::Runtime, Server) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replace("[admin]", admin)).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(Server::start(config)).unwrap();
+    let server = runtime
+        .block_on(Server::start(ServeConfig::load(path).unwrap()))
+        .unwrap();
     (runtime, server)
 }
 
@@ -219,15 +227,7 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
     let env = Env::new();
     let path = config(&env, "");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n"),
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
-        .unwrap();
+    let (runtime, server) = in_process_with(&path, "[admin]\ntoken = \"s3cret\"");
     let url = format!("http://{}", server.admin_addr());
     let anonymous = AdminClient::new(&url, None);
     assert!(matches!(
@@ -600,17 +600,7 @@ fn an_unknown_field_in_a_deploy_request_is_a_400_and_deploys_nothing() {
 #[test]
 fn admin_and_app_errors_share_one_json_shape() {
     let env = Env::new();
-    let path = config(&env, "");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n"),
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
-        .unwrap();
+    let (runtime, server) = in_process_with(&config(&env, ""), "[admin]\ntoken = \"s3cret\"");
     let (app, admin) = (
         format!("http://{}", server.addr()),
         format!("http://{}", server.admin_addr()),

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cargo_metadata::Message;
+use example_types::{FooInput, FooOutput};
 use graft_host::{release, Host, Step, UnloadPolicy};
 
 /// Every example plugin crate, with the plugin name it declares.
@@ -384,6 +385,33 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
             "declares itself as plugin foo",
         ),
     ]
+}
+
+/// Calls `foo@1` with `a` in the host's current generation.
+pub(crate) fn call_foo(host: &Host, a: u64) -> FooOutput {
+    let foo = host.export("foo@1").unwrap();
+    host.call(
+        &foo,
+        &FooInput {
+            a,
+            ..FooInput::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The versions of foo, bar and frob that computed an answer.
+pub(crate) fn versions(out: &FooOutput) -> (&str, &str, &str) {
+    (&out.foo, &out.bar, &out.frob)
+}
+
+/// The names of the releases in the host's history, oldest first.
+pub(crate) fn history(host: &Host) -> Vec<String> {
+    host.status()
+        .history
+        .iter()
+        .map(|r| r.name.clone().unwrap_or_default())
+        .collect()
 }
 
 /// Whether `path` is mapped into this process, read straight from `/proc/self/maps`.
