@@ -471,23 +471,31 @@ impl Host {
             })
     }
 
-    /// Runs the initialisers of the shipped plugins that have not run, each on a thread of its
-    /// own, and waits for all of them until one deadline ([`HostBuilder::init_timeout`]).
+    /// Runs the initialisers of the shipped plugins that have not run, in order, on a thread of
+    /// their own (one per prepare: it exits when they are done, so a thread-local a plugin
+    /// touches in its initialiser does not pin its library to a long-lived thread), and waits
+    /// for all of them until one deadline ([`HostBuilder::init_timeout`]).
     ///
     /// [`HostBuilder::init_timeout`]: super::HostBuilder::init_timeout
     fn initialise(&self, shipped: &[Shipped]) -> Result<(), DeployError> {
         let deadline = Instant::now() + self.settings.init_timeout;
-        for Shipped { plugin, .. } in shipped {
-            if plugin.init_cell().claim() {
-                let running = Arc::clone(plugin);
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("graft-init".into())
-                        .spawn(move || {
-                            let result = running.run_init(services::host_api());
-                            running.init_cell().finish(result);
-                        });
-                if let Err(error) = spawned {
+        let claimed: Vec<Arc<LoadedPlugin>> = shipped
+            .iter()
+            .filter(|s| s.plugin.init_cell().claim())
+            .map(|s| Arc::clone(&s.plugin))
+            .collect();
+        if !claimed.is_empty() {
+            let running = claimed.clone();
+            let spawned = std::thread::Builder::new()
+                .name("graft-init".into())
+                .spawn(move || {
+                    for plugin in running {
+                        let result = plugin.run_init(services::host_api());
+                        plugin.init_cell().finish(result);
+                    }
+                });
+            if let Err(error) = spawned {
+                for plugin in &claimed {
                     let message = format!("could not start a thread for it: {error}");
                     plugin.init_cell().finish(Err(message));
                 }
