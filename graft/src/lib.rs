@@ -4,7 +4,7 @@
 //!   one deploy path both use; [`config`] is its `graft.toml`.
 //! - [`api`]: the admin API's typed requests and responses, and [`ApiError`](api::ApiError), the
 //!   one shape of every error response; [`client`] talks to it; `tables` renders its answers.
-//! - [`metrics`](serve): Prometheus metrics per generation, at `GET /metrics`.
+//! - `metrics`: Prometheus metrics per generation, at `GET /metrics`.
 //! - [`rollout`]: staged rollouts, a canary beside the current generation, analysed and promoted
 //!   or aborted step by step; [`fleet`]: a release across many hosts in waves.
 //! - [`bundle`]: a release as one tar archive, for hosts that share no filesystem.

@@ -247,6 +247,10 @@ fn a_new_host_on_the_same_data_dir_restores_the_last_live_release_and_its_histor
     let host = env.host();
     let report = host.restore().unwrap().expect("a release was recorded");
     assert_eq!(report.release.as_deref(), Some("v2"));
+    assert_eq!(
+        report.generation, 3,
+        "generation ids go on from the recorded ones (v1 was 1, v2 was 2)"
+    );
     assert_eq!(versions(&foo(&host, 1)), ("2.0.0", "2.0.0", "2.0.0"));
     host.rollback().unwrap();
     assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));
