@@ -31,9 +31,16 @@ fn check_lists_the_open_imports_of_a_partial_release() {
     assert!(stdout.contains("frob-shim -> frob (frob@2)"), "{stdout}");
 
     let dir = env.release("v2-callers", &["foo-v2"]);
-    let (ok, stdout, _) = run_graft(&["check".as_ref(), dir.as_os_str()]);
-    assert!(ok);
+    let manifest = std::fs::read_to_string(dir.join("release.toml")).unwrap();
+    std::fs::write(
+        dir.join("release.toml"),
+        format!("remove = [\"frob-shim\"]\n{manifest}"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(ok, "{stderr}");
     assert!(stdout.contains("open       foo imports frob@2"), "{stdout}");
+    assert!(stdout.contains("removes    frob-shim"), "{stdout}");
 }
 
 #[test]

@@ -278,7 +278,9 @@ impl Host {
             } else {
                 OpenImports::Stub
             };
-            let plan = Plan::from_manifest(path, manifest.clone());
+            let mut plan = Plan::from_manifest(path, manifest.clone());
+            // The scratch host has nothing to remove; the report lists what the release would.
+            plan.remove.clear();
             let prepared = self.prepare_plan(Ok(plan), Kind::Deploy, open, None)?;
             Ok((prepared, Some(manifest)))
         } else {
@@ -318,8 +320,9 @@ impl Host {
         started: Instant,
     ) -> Result<Prepared, DeployError> {
         let removed: HashSet<&str> = plan.remove.iter().map(String::as_str).collect();
+        let present: HashSet<&str> = base.plugins().map(|p| p.name.as_str()).collect();
         for name in &plan.remove {
-            if !base.plugins().any(|p| &p.name == name) {
+            if !present.contains(name.as_str()) {
                 let cause = DeployCause::RemoveUnknown(name.clone());
                 return Err(DeployError::new(Step::Manifest, Some(name), None, cause));
             }
