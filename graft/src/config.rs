@@ -65,7 +65,7 @@ pub struct ServeConfig {
     pub history: usize,
     /// How large a release manifest may be.
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -75,36 +75,6 @@ pub struct ServeConfig {
     /// HTTP routes to exports.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
-}
-
-/// `[limits]`: how large a release manifest may be (see [`Limits`]).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct LimitsConfig {
-    /// The largest manifest, in bytes.
-    pub max_manifest_bytes: u64,
-    /// The most plugins one release may name.
-    pub max_plugins: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let limits = Limits::default();
-        Self {
-            max_manifest_bytes: limits.max_manifest_bytes,
-            max_plugins: limits.max_plugins,
-        }
-    }
-}
-
-impl From<&LimitsConfig> for Limits {
-    fn from(config: &LimitsConfig) -> Self {
-        let mut limits = Limits::default();
-        limits.max_manifest_bytes = config.max_manifest_bytes;
-        limits.max_plugins = config.max_plugins;
-        limits
-    }
 }
 
 /// `[admin]`: the admin API's address and token.

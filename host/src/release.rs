@@ -35,8 +35,9 @@ use crate::stage::sha256_hex;
 pub const MANIFEST: &str = "release.toml";
 
 /// How large a manifest may be. Past a limit the release is refused before it is parsed (size)
-/// or validated (plugins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// or validated (plugins). `[limits]` in `graft.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct Limits {
     /// The largest manifest file, in bytes (default 1 MiB).

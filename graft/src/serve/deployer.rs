@@ -51,6 +51,8 @@ impl Deployer {
             );
             return Err(ApiError::new(ErrorCode::Conflict, "the client went away"));
         }
+        // A rollout may have started while this release prepared: it would be aborted by a
+        // stable that changed under its canary, so this deploy gives way instead.
         self.no_rollout_under_way()?;
         let report = self.host.publish(prepared).map_err(|e| self.rejected(&e))?;
         self.metrics.deploy(Some(report.go_live));

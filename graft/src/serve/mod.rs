@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER};
 
-pub(crate) use deployer::Deployer;
+use deployer::Deployer;
 
 use crate::api::RolloutOptions;
 use crate::config::ServeConfig;
@@ -92,7 +92,7 @@ impl Server {
             .unload_policy(config.unload_policy)
             .history(config.history)
             .init_timeout(Duration::from_millis(config.init_timeout_ms))
-            .limits((&config.limits).into())
+            .limits(config.limits)
             .build()
             .map_err(|source| ServeError::Host {
                 dir: config.data_dir.clone(),

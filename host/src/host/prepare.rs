@@ -508,31 +508,25 @@ impl Host {
             let Err(failure) = plugin.init_cell().wait(deadline) else {
                 continue;
             };
+            // Nobody waits for this one or the ones after it any more: those still running are
+            // abandoned (a wait that is already past its deadline marks them so).
+            for other in &shipped[i..] {
+                if other.plugin.init_cell().wait(Instant::now()) == Err(InitFailure::TimedOut) {
+                    tracing::warn!(
+                        plugin = %other.plugin.info().name,
+                        path = %other.plugin.path().display(),
+                        "initialiser abandoned: the deploy stopped waiting for it; its library \
+                         stays loaded until it returns"
+                    );
+                }
+            }
             let cause = match failure {
                 InitFailure::Failed(message) => DeployCause::Init(message),
                 InitFailure::TimedOut => DeployCause::InitTimeout(self.settings.init_timeout),
             };
-            // Nobody waits for the others any more: those still running are abandoned too.
-            for other in &shipped[i + 1..] {
-                let _ = other.plugin.init_cell().wait(Instant::now());
-            }
-            for abandoned in shipped.iter().filter(|s| {
-                matches!(
-                    s.plugin.init_cell().state(),
-                    crate::init::InitState::Running { abandoned: true }
-                )
-            }) {
-                tracing::warn!(
-                    plugin = %abandoned.plugin.info().name,
-                    path = %abandoned.plugin.path().display(),
-                    "initialiser abandoned: the deploy stopped waiting for it; its library stays \
-                     loaded until it returns"
-                );
-            }
-            let name = &plugin.info().name;
             return Err(DeployError::new(
                 Step::Init,
-                Some(name),
+                Some(&plugin.info().name),
                 Some(plugin.path().to_owned()),
                 cause,
             ));

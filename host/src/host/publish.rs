@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::atomic_file;
 use crate::error::{DeployCause, DeployError, Step};
+use crate::generation::Generation;
 use crate::report::DeployReport;
 use crate::status::ReleaseRecord;
 use crate::unload::UnloadPolicy;
@@ -57,7 +58,7 @@ impl Host {
         report.elapsed = started.elapsed();
         report.go_live = linked + publishing.elapsed();
         self.record_live(&mut book, kind, record);
-        self.retain(&mut book);
+        self.retain(&mut book, &generation);
         book.last_deploy = Some(outcome(Some(generation.id()), None));
         book.version += 1;
         let (version, history) = (book.version, book.history.clone());
@@ -117,11 +118,11 @@ impl Host {
 
     /// Holds the libraries the unload policy keeps; the rest are let go, each closed once no
     /// generation uses it.
-    fn retain(&self, book: &mut Book) {
+    fn retain(&self, book: &mut Book, published: &Generation) {
         match self.settings.unload_policy {
             UnloadPolicy::WhenDrained => {}
             UnloadPolicy::Never => {
-                for plugin in self.current.load().loaded() {
+                for plugin in published.loaded() {
                     book.retained
                         .entry(plugin.sha256().to_owned())
                         .or_insert_with(|| Arc::clone(plugin));
