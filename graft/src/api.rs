@@ -178,16 +178,21 @@ pub enum ErrorCode {
     BadInput,
     /// A bearer token is required and was missing or wrong (401).
     Unauthorized,
-    /// No such route or resource (404).
+    /// No such route or resource, or the plugin found nothing by that name (404).
     NotFound,
     /// The route exists, not for this method (405).
     MethodNotAllowed,
-    /// The request conflicts with what is under way, such as a rollout (409).
+    /// The request conflicts with what is under way, such as a rollout, or with the plugin's
+    /// state (409).
     Conflict,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge,
     /// The release was refused at a step; the previous release keeps serving (422).
     DeployRejected,
+    /// The plugin found the request's content invalid (422).
+    Invalid,
+    /// The plugin cannot serve now; retry later (503).
+    Unavailable,
     /// The plugin returned an error (500).
     Plugin,
     /// The plugin panicked; the panic was caught at the boundary (500).
@@ -215,7 +220,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::DeployRejected => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::DeployRejected | Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Plugin
             | Self::Panic
             | Self::BadOutput
@@ -290,19 +296,26 @@ impl From<&DeployError> for ApiError {
 }
 
 impl From<&CallError> for ApiError {
+    /// A plugin's error kind chooses the answer: `not found` 404, `conflict` 409, `invalid`
+    /// 422, `unavailable` 503, the route's own input failing to decode 400, anything else 500.
     fn from(error: &CallError) -> Self {
         let code = match error {
             CallError::NotExported { .. } => ErrorCode::NotExported,
-            CallError::Encode { .. } => ErrorCode::BadInput,
-            CallError::Decode { .. } => ErrorCode::BadOutput,
-            _ => match error.kind() {
-                Some(ErrorKind::BAD_INPUT) => ErrorCode::BadInput,
-                Some(ErrorKind::PANIC) => ErrorCode::Panic,
-                Some(ErrorKind::BAD_OUTPUT) => ErrorCode::BadOutput,
-                Some(ErrorKind::UNBOUND_IMPORT) => ErrorCode::UnboundImport,
-                Some(ErrorKind::NOT_EXPORTED) => ErrorCode::NotExported,
+            CallError::Plugin { kind, .. } => match *kind {
+                ErrorKind::BAD_INPUT => ErrorCode::BadInput,
+                ErrorKind::NOT_FOUND => ErrorCode::NotFound,
+                ErrorKind::CONFLICT => ErrorCode::Conflict,
+                ErrorKind::INVALID => ErrorCode::Invalid,
+                ErrorKind::UNAVAILABLE => ErrorCode::Unavailable,
+                ErrorKind::PANIC => ErrorCode::Panic,
+                ErrorKind::BAD_OUTPUT => ErrorCode::BadOutput,
+                ErrorKind::UNBOUND_IMPORT => ErrorCode::UnboundImport,
+                ErrorKind::NOT_EXPORTED => ErrorCode::NotExported,
+                ErrorKind::INTERNAL => ErrorCode::Internal,
                 _ => ErrorCode::Plugin,
             },
+            CallError::Decode { .. } => ErrorCode::BadOutput,
+            _ => ErrorCode::Internal,
         };
         Self::new(code, DisplayChain(error))
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decl::{Contract, PluginInfo};
+use crate::decl::PluginInfo;
 use crate::error::{DeployCause, DeployError, Step};
 use crate::link::{LinkProblem, LinkReport};
 use crate::Host;
@@ -112,18 +112,16 @@ impl fmt::Display for CheckReport {
                 &p.sha256[..16]
             )?;
             writeln!(f, "  file     {}", p.file.display())?;
-            let list = |c: &[Contract]| {
-                if c.is_empty() {
-                    "-".to_owned()
-                } else {
-                    c.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+            // One contract a line, with its types: `frob@1: u64 -> Frob1`.
+            for (label, signatures) in [("exports", &info.exports), ("imports", &info.imports)] {
+                if signatures.is_empty() {
+                    writeln!(f, "  {label}  -")?;
                 }
-            };
-            writeln!(f, "  exports  {}", list(&info.exports))?;
-            writeln!(f, "  imports  {}", list(&info.imports))?;
+                for (i, signature) in signatures.iter().enumerate() {
+                    let label = if i == 0 { label } else { "" };
+                    writeln!(f, "  {label:7}  {signature}")?;
+                }
+            }
         }
         if !self.link.edges.is_empty() {
             writeln!(f, "links")?;

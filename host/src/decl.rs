@@ -1,4 +1,5 @@
-//! What a plugin declares about itself: its name, its version and its contracts.
+//! What a plugin declares about itself: its name, its version and its contracts with their
+//! types.
 //!
 //! A leaf of the crate: every other module may use these types, and this one uses none of
 //! theirs. The one naming rule for plugins and contract names lives here.
@@ -98,6 +99,79 @@ impl<'de> Deserialize<'de> for Contract {
     }
 }
 
+/// One type of a contract, as a plugin declared it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TypeInfo {
+    /// The type's name as its plugin spells it (`Frob1`, `RString`, `u64`).
+    pub name: String,
+    /// A digest of the type's structure (abi_stable's layout for by-value types, the serde shape
+    /// for JSON ones): equal for two declarations of the same type, whatever crate made them.
+    pub fingerprint: String,
+}
+
+impl PartialEq for TypeInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+impl Eq for TypeInfo {}
+
+impl fmt::Display for TypeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// How a contract's values cross the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Wire {
+    /// StableAbi values, passed as they are.
+    ByValue,
+    /// Serde values, as JSON bytes.
+    Json,
+}
+
+/// A contract and its types, as one plugin declared it (for an export or an import).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// `name@N`.
+    pub contract: Contract,
+    /// How its values cross.
+    pub wire: Wire,
+    /// The input type.
+    pub input: TypeInfo,
+    /// The output type.
+    pub output: TypeInfo,
+}
+
+impl Signature {
+    /// The types, `In -> Out` (JSON contracts say so: `json String -> String`).
+    pub fn types(&self) -> String {
+        let json = if self.wire == Wire::Json { "json " } else { "" };
+        format!("{json}{} -> {}", self.input, self.output)
+    }
+
+    /// When two declarations of one contract have the same name but differ in structure, their
+    /// names alone would not tell the reader why they differ: add the fingerprints.
+    pub fn types_against(&self, other: &Self) -> String {
+        let mut types = self.types();
+        if types == other.types() {
+            types.push_str(&format!(
+                " (layout {}/{})",
+                self.input.fingerprint, self.output.fingerprint
+            ));
+        }
+        types
+    }
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.contract, self.types())
+    }
+}
+
 /// What a plugin declares about itself, copied out of its library.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -109,9 +183,9 @@ pub struct PluginInfo {
     /// The graft API version it was built against.
     pub api_version: String,
     /// What it provides.
-    pub exports: Vec<Contract>,
+    pub exports: Vec<Signature>,
     /// What it calls, in slot order.
-    pub imports: Vec<Contract>,
+    pub imports: Vec<Signature>,
 }
 
 #[cfg(test)]

@@ -191,6 +191,30 @@ pub enum CallError {
         /// The plugin's message.
         message: String,
     },
+    /// The generation's export of the contract has other types than the caller's
+    /// (a typed call; see [`TypedExport`](crate::TypedExport)).
+    #[error(
+        "{contract} in generation {generation} has types {found}, the caller expects {expected}"
+    )]
+    TypeMismatch {
+        /// The contract called.
+        contract: String,
+        /// The pinned generation.
+        generation: u64,
+        /// The caller's types.
+        expected: String,
+        /// The export's types.
+        found: String,
+    },
+    /// The export has no JSON adapter (its types are not serde-capable), so it cannot be called
+    /// with JSON.
+    #[error("{contract} in generation {generation} cannot be called with JSON: its types are not serde-capable")]
+    NoJsonAdapter {
+        /// The contract called.
+        contract: String,
+        /// The pinned generation.
+        generation: u64,
+    },
     /// The input could not be encoded as JSON.
     #[error("encoding the input of {contract}")]
     Encode {

@@ -145,11 +145,21 @@ impl Generation {
         })
     }
 
-    /// Calls an export with raw JSON input; returns its raw JSON output.
+    /// The export numbered `id` and the link table its calls run in.
+    #[inline]
+    pub(crate) fn entry(&self, id: u32) -> Option<(Entry, &LinkTable)> {
+        let entry = self.entries.get(id as usize).copied().flatten()?;
+        Some((entry, &self.table))
+    }
+
+    /// Calls an export with raw JSON input (through its JSON adapter); returns its raw JSON
+    /// output. What an HTTP route does; typed callers use
+    /// [`Generation::call_typed`], which encodes nothing.
     ///
     /// # Errors
     ///
-    /// [`CallError::NotExported`] if no plugin of this generation exports it, or
+    /// [`CallError::NotExported`] if no plugin of this generation exports it,
+    /// [`CallError::NoJsonAdapter`] if its types are not serde-capable, or
     /// [`CallError::Plugin`] if the plugin failed or panicked.
     #[inline]
     pub fn call_raw(&self, export: &Export, input: &[u8]) -> Result<Vec<u8>, CallError> {
@@ -162,7 +172,7 @@ impl Generation {
         }
     }
 
-    /// Calls an export with a typed input and output (JSON on the wire).
+    /// Calls an export with serde input and output, through its JSON adapter.
     ///
     /// # Errors
     ///
@@ -194,17 +204,24 @@ pub struct Resolved<'g> {
 }
 
 impl Resolved<'_> {
-    /// Calls the export: one indirect call through the plugin's function pointer.
+    /// Calls the export with JSON input through its JSON adapter: one indirect call.
     ///
     /// # Errors
     ///
-    /// [`CallError::Plugin`] if the plugin failed or panicked.
+    /// [`CallError::NoJsonAdapter`] if its types are not serde-capable, [`CallError::Plugin`]
+    /// if the plugin failed or panicked.
     pub fn call_raw(&self, input: &[u8]) -> Result<Vec<u8>, CallError> {
         let ctx = Context {
             table: &self.generation.table,
             plugin: self.entry.plugin,
         };
-        match (self.entry.func)(&ctx, RSlice::from_slice(input)) {
+        let Some(json) = self.entry.json else {
+            return Err(CallError::NoJsonAdapter {
+                contract: self.export.to_string(),
+                generation: self.generation.id,
+            });
+        };
+        match json(&ctx, RSlice::from_slice(input)) {
             // `into_vec` copies a buffer the plugin allocated into one the host owns (and frees
             // the plugin's through its own deallocator) while the generation is still pinned.
             RResult::ROk(output) => Ok(output.into_vec()),
@@ -294,7 +311,7 @@ impl fmt::Debug for OwnedPin {
 /// for every call: a call indexes a table with it, it never hashes a name.
 #[derive(Clone, Debug)]
 pub struct Export {
-    id: u32,
+    pub(crate) id: u32,
     contract: Arc<Contract>,
 }
 
@@ -320,6 +337,10 @@ pub(crate) struct Exports {
 impl Exports {
     pub(crate) fn get(&self, contract: &str) -> Result<Export, ContractError> {
         let contract: Contract = contract.parse()?;
+        Ok(self.number(contract))
+    }
+
+    pub(crate) fn number(&self, contract: Contract) -> Export {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let id = match names.iter().position(|c| **c == contract) {
             Some(id) => id,
@@ -329,10 +350,10 @@ impl Exports {
             }
         };
         let id32 = u32::try_from(id).expect("fewer than 2^32 export names");
-        Ok(Export {
+        Export {
             id: id32,
             contract: Arc::clone(&names[id]),
-        })
+        }
     }
 
     /// Numbers every contract of `contracts` not numbered yet; returns all numbered contracts,

@@ -59,9 +59,13 @@ mod report;
 mod services;
 mod stage;
 pub mod status;
+mod typed;
+mod types;
 mod unload;
 
-pub use decl::{is_valid_name, Contract, ContractError, PluginInfo, MAX_NAME_LEN};
+pub use decl::{
+    is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
+};
 pub use error::{CallError, DeployCause, DeployError, DisplayChain, Step};
 pub use generation::{Export, Generation, OwnedPin, Pin, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
@@ -69,4 +73,5 @@ pub use host::{Host, HostBuilder, Prepared, RECORD};
 pub use loader::LoadError;
 pub use report::{Change, DeployReport, PluginChange};
 pub use stage::sha256_hex;
+pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

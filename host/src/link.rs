@@ -1,19 +1,22 @@
 //! Linking: binding every import of a generation to exactly one export.
 //!
 //! Linking a set of plugins succeeds only if every contract is exported by at most one plugin and
-//! every import finds exactly one export of the same contract. The result is the generation's
+//! every import finds exactly one export of the same contract with the same types (same wire,
+//! same input and output fingerprints): plugins then call each other's typed functions directly,
+//! which is sound only because of this check. The result is the generation's
 //! [`LinkTable`]: per plugin, per import slot, the function to call and the plugin that provides
 //! it. Calls then index that table; nothing is looked up by name on the request path.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use graft_api::ffi::{Binding, Context, ExportFn, FfiError, LinkTable, PluginLinks};
-use graft_api::ErrorKind;
+use abi_stable::std_types::RVec;
+use graft_api::ffi::{Binding, ErasedFn, JsonFn, LinkTable, PluginLinks};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::decl::{Contract, PluginInfo};
+use crate::decl::{Contract, PluginInfo, Signature};
+use crate::loader::ExportImpl;
 
 /// One resolved import: who imports what from whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,19 @@ pub enum LinkProblem {
         /// Every plugin that exports it.
         providers: Vec<String>,
     },
+    /// An import whose types differ from those of the export it would bind to.
+    Mismatch {
+        /// The importing plugin.
+        importer: String,
+        /// The exporting plugin.
+        provider: String,
+        /// The contract.
+        contract: Contract,
+        /// The types the importer declares (`u64 -> Frob1`).
+        expected: String,
+        /// The types the exporter declares.
+        found: String,
+    },
 }
 
 impl fmt::Display for LinkProblem {
@@ -66,6 +82,19 @@ impl fmt::Display for LinkProblem {
                     providers.join(", ")
                 )
             }
+            Self::Mismatch {
+                importer,
+                provider,
+                contract,
+                expected,
+                found,
+            } => write!(
+                f,
+                "plugin {importer} imports {contract} as {expected}, but plugin {provider} exports it as {found}: \
+                 a contract's types never change under one name (export {}@{} for the new types)",
+                contract.name(),
+                contract.version() + 1
+            ),
         }
     }
 }
@@ -100,28 +129,43 @@ pub(crate) enum OpenImports {
 
 /// Resolves every import of `plugins` (in order) against their exports.
 pub fn analyze<'a>(plugins: impl IntoIterator<Item = &'a PluginInfo> + Clone) -> LinkReport {
-    let mut providers: HashMap<&Contract, Vec<&str>> = HashMap::new();
+    let mut providers: HashMap<&Contract, Vec<(&str, &Signature)>> = HashMap::new();
     for plugin in plugins.clone() {
-        for contract in &plugin.exports {
-            providers.entry(contract).or_default().push(&plugin.name);
+        for export in &plugin.exports {
+            providers
+                .entry(&export.contract)
+                .or_default()
+                .push((&plugin.name, export));
         }
     }
     let mut report = LinkReport::default();
-    let mut ambiguous: Vec<_> = providers.iter().filter(|(_, p)| p.len() > 1).collect();
+    let mut ambiguous: Vec<_> = providers
+        .iter()
+        .filter(|(_, p)| p.len() > 1)
+        .map(|(contract, p)| (*contract, p.iter().map(|(n, _)| (*n).to_owned()).collect()))
+        .collect();
     ambiguous.sort();
     for (contract, names) in ambiguous {
         report.problems.push(LinkProblem::Ambiguous {
-            contract: (*contract).clone(),
-            providers: names.iter().map(|n| (*n).to_owned()).collect(),
+            contract: contract.clone(),
+            providers: names,
         });
     }
     for plugin in plugins {
-        for contract in &plugin.imports {
+        for import in &plugin.imports {
+            let contract = &import.contract;
             match providers.get(contract).map(Vec::as_slice) {
-                Some([provider]) => report.edges.push(LinkEdge {
+                Some([(provider, export)]) if *export == import => report.edges.push(LinkEdge {
                     importer: plugin.name.clone(),
                     contract: contract.clone(),
                     provider: (*provider).to_owned(),
+                }),
+                Some([(provider, export)]) => report.problems.push(LinkProblem::Mismatch {
+                    importer: plugin.name.clone(),
+                    provider: (*provider).to_owned(),
+                    contract: contract.clone(),
+                    expected: import.types_against(export),
+                    found: export.types_against(import),
                 }),
                 Some(_) => {} // reported as ambiguous above
                 None => report.problems.push(LinkProblem::Missing {
@@ -134,19 +178,33 @@ pub fn analyze<'a>(plugins: impl IntoIterator<Item = &'a PluginInfo> + Clone) ->
     report
 }
 
-/// An export as the host calls it: the function and the plugin it belongs to.
+/// An export as the host calls it: its functions, its plugin and its types.
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
     pub(crate) plugin: u32,
-    pub(crate) func: ExportFn,
+    pub(crate) func: ErasedFn,
+    pub(crate) json: Option<JsonFn>,
+    /// [`types_key`] of the export's signature.
+    pub(crate) types: u64,
 }
 
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("plugin", &self.plugin)
+            .field("types", &self.types)
             .finish_non_exhaustive()
     }
+}
+
+/// A digest of a signature's wire and types: equal keys, calls of one type.
+pub(crate) fn types_key(signature: &Signature) -> u64 {
+    let text = format!(
+        "{:?}|{}|{}",
+        signature.wire, signature.input.fingerprint, signature.output.fingerprint
+    );
+    let digest = Sha256::digest(text.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("a sha256 has 8 bytes"))
 }
 
 /// A linked set of plugins: the table plugins call through, and the exports the host calls.
@@ -169,11 +227,11 @@ impl Default for Linked {
     }
 }
 
-/// Links `plugins`, given as (declaration, its export functions in declaration order).
+/// Links `plugins`, given as (declaration, its export implementations in declaration order).
 pub(crate) fn link<'a, I, E>(plugins: I, open: OpenImports) -> Result<Linked, LinkError>
 where
     I: IntoIterator<Item = (&'a PluginInfo, E)> + Clone,
-    E: IntoIterator<Item = ExportFn>,
+    E: IntoIterator<Item = ExportImpl>,
 {
     let report = analyze(
         plugins
@@ -193,10 +251,18 @@ where
     }
     let mut exports = HashMap::new();
     let mut infos = Vec::new();
-    for (index, (info, funcs)) in plugins.into_iter().enumerate() {
+    for (index, (info, impls)) in plugins.into_iter().enumerate() {
         let plugin = u32::try_from(index).expect("fewer than 2^32 plugins");
-        for (contract, func) in info.exports.iter().zip(funcs) {
-            exports.insert(contract.clone(), Entry { plugin, func });
+        for (signature, export) in info.exports.iter().zip(impls) {
+            exports.insert(
+                signature.contract.clone(),
+                Entry {
+                    plugin,
+                    func: export.func,
+                    json: export.json,
+                    types: types_key(signature),
+                },
+            );
         }
         infos.push(info);
     }
@@ -208,13 +274,14 @@ where
                 imports: info
                     .imports
                     .iter()
-                    .map(|contract| match exports.get(contract) {
+                    .map(|import| match exports.get(&import.contract) {
+                        // `analyze` found no problem, so a bound export has the import's types.
                         Some(entry) => Binding {
-                            func: entry.func,
+                            func: Some(entry.func),
                             plugin: entry.plugin,
                         },
                         None => Binding {
-                            func: open_import,
+                            func: None,
                             plugin: u32::try_from(index).expect("fewer than 2^32 plugins"),
                         },
                     })
@@ -229,26 +296,52 @@ where
     })
 }
 
-/// What an open import (see [`OpenImports::Stub`]) is bound to.
-extern "C" fn open_import(_: &Context<'_>, _: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError> {
-    RResult::RErr(FfiError {
-        kind: ErrorKind::UNBOUND_IMPORT,
-        message: RString::from("open import: no plugin of this generation exports it"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::decl::{TypeInfo, Wire};
+
+    /// A signature `contract: input -> u64`.
+    fn sig(contract: &str, input: &str) -> Signature {
+        let ty = |name: &str| TypeInfo {
+            name: name.into(),
+            fingerprint: format!("fp-{name}"),
+        };
+        Signature {
+            contract: contract.parse().unwrap(),
+            wire: Wire::ByValue,
+            input: ty(input),
+            output: ty("u64"),
+        }
+    }
 
     fn info(name: &str, exports: &[&str], imports: &[&str]) -> PluginInfo {
         PluginInfo {
             name: name.into(),
             version: "1.0.0".into(),
             api_version: graft_api::API_VERSION.into(),
-            exports: exports.iter().map(|c| c.parse().unwrap()).collect(),
-            imports: imports.iter().map(|c| c.parse().unwrap()).collect(),
+            exports: exports.iter().map(|c| sig(c, "u64")).collect(),
+            imports: imports.iter().map(|c| sig(c, "u64")).collect(),
         }
+    }
+
+    #[test]
+    fn an_import_of_other_types_than_the_export_names_both() {
+        let mut foo = info("foo", &["foo@1"], &["frob@1"]);
+        foo.imports[0] = sig("frob@1", "RString");
+        let plugins = [foo, info("frob", &["frob@1"], &[])];
+        let report = analyze(&plugins);
+        assert!(report.edges.is_empty());
+        let message = LinkError {
+            problems: report.problems,
+        }
+        .to_string();
+        assert!(
+            message.contains("plugin foo imports frob@1 as RString -> u64, but plugin frob exports it as u64 -> u64"),
+            "{message}"
+        );
+        assert!(message.contains("frob@2"), "{message}");
     }
 
     #[test]
@@ -309,22 +402,15 @@ mod tests {
     #[test]
     fn open_imports_are_refused_unless_stubbed_and_ambiguity_never_is() {
         let open = [info("foo", &["foo@1"], &["bar@1"])];
-        let set = || open.iter().map(|i| (i, Vec::<ExportFn>::new()));
+        let set = || open.iter().map(|i| (i, Vec::<ExportImpl>::new()));
         assert!(link(set(), OpenImports::Refuse).is_err());
         let linked = link(set(), OpenImports::Stub).unwrap();
         assert_eq!(linked.report.problems.len(), 1);
-        let stub = linked.table.plugins[0].imports[0];
-        let ctx = Context {
-            table: &linked.table,
-            plugin: 0,
-        };
-        let failed = (stub.func)(&ctx, RSlice::from_slice(b"1"))
-            .into_result()
-            .unwrap_err();
-        assert_eq!(failed.kind, ErrorKind::UNBOUND_IMPORT);
+        // An open import is bound to nothing; calling it fails on the plugin's side.
+        assert!(linked.table.plugins[0].imports[0].func.is_none());
 
         let twice = [info("a", &["x@1"], &[]), info("b", &["x@1"], &[])];
-        let set = twice.iter().map(|i| (i, Vec::<ExportFn>::new()));
+        let set = twice.iter().map(|i| (i, Vec::<ExportImpl>::new()));
         assert!(link(set, OpenImports::Stub).is_err());
     }
 }

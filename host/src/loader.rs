@@ -11,7 +11,9 @@
 //!    layout-checked and then unloaded makes every later check read freed memory.
 //! 4. abi_stable's layout check and the plugin's constructor (`init_root_module`; not
 //!    `RootModule::load_from*`, which cache one module per type and never unload).
-//! 5. Copy the declaration (name, version, contracts) into host-owned memory.
+//! 5. Check the plugin's panic strategy: one built with `panic = "abort"` would end the whole
+//!    process on its first panic, so it is refused here.
+//! 6. Copy the declaration (name, version, contracts and their types) into host-owned memory.
 //!
 //! A [`LoadedPlugin`] owns the library handle and everything taken out of it; no reference into
 //! the library escapes it, and the handle is handed to the [`Unloader`] last, when the plugin
@@ -24,12 +26,13 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
 use abi_stable::std_types::RResult;
-use graft_api::ffi::{ExportFn, HostApiRef, PluginModRef};
+use graft_api::ffi::{ErasedFn, HostApiRef, JsonFn, PluginModRef};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::bounded::Bounded;
-use crate::decl::{self, Contract, PluginInfo};
+use crate::decl::{self, PluginInfo, Signature};
 use crate::init::InitCell;
+use crate::types;
 use crate::unload::{Unload, Unloader};
 
 /// Why a plugin library could not be loaded or failed its checks.
@@ -56,6 +59,9 @@ pub enum LoadError {
     /// abi_stable's layout check failed, or the plugin's root-module constructor failed.
     #[error("root module rejected: {}", Bounded(.0))]
     Layout(String),
+    /// The plugin was built with `panic = "abort"`.
+    #[error("built with panic = \"abort\": its first panic would abort the host; build it with panic = \"unwind\" (the default profile setting)")]
+    PanicStrategy,
     /// The plugin's declaration is invalid (bad contract, duplicate export, ...).
     #[error("invalid declaration: {0}")]
     Declaration(String),
@@ -66,7 +72,7 @@ impl LoadError {
     pub(crate) fn is_check(&self) -> bool {
         matches!(
             self,
-            Self::ApiVersion { .. } | Self::Layout(_) | Self::Declaration(_)
+            Self::ApiVersion { .. } | Self::Layout(_) | Self::PanicStrategy | Self::Declaration(_)
         )
     }
 }
@@ -77,7 +83,7 @@ pub(crate) struct LoadedPlugin {
     sha256: String,
     path: PathBuf,
     /// Implementations of `info.exports`, in the same order.
-    exports: Vec<ExportFn>,
+    exports: Vec<ExportImpl>,
     module: PluginModRef,
     init: InitCell,
     unloader: Unloader,
@@ -96,7 +102,7 @@ impl fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Loads and checks the staged library at `path` (steps 1 to 5 of the module docs).
+    /// Loads and checks the staged library at `path` (steps 1 to 6 of the module docs).
     ///
     /// The plugin's initialiser is not run; see [`LoadedPlugin::run_init`].
     pub(crate) fn load(path: &Path, sha256: &str, unloader: &Unloader) -> Result<Self, LoadError> {
@@ -130,6 +136,9 @@ impl LoadedPlugin {
             .init_root_module::<PluginModRef>()
             .map_err(|e| LoadError::Layout(e.to_string()))?;
 
+        if !module.panic_unwind() {
+            return Err(LoadError::PanicStrategy);
+        }
         let (info, exports) = read_declaration(module, api_version)?;
         Ok(Self {
             info,
@@ -170,7 +179,7 @@ impl LoadedPlugin {
         &self.path
     }
 
-    pub(crate) fn exports(&self) -> impl Iterator<Item = (&Contract, ExportFn)> {
+    pub(crate) fn exports(&self) -> impl Iterator<Item = (&Signature, ExportImpl)> {
         self.info.exports.iter().zip(self.exports.iter().copied())
     }
 }
@@ -209,10 +218,19 @@ fn check_api_version(plugin: &str) -> Result<(), LoadError> {
     }
 }
 
+/// The implementation of one export, taken out of its library.
+#[derive(Clone, Copy)]
+pub(crate) struct ExportImpl {
+    /// The typed function, of the type the export's signature describes.
+    pub(crate) func: ErasedFn,
+    /// Its JSON adapter, if its types are serde-capable.
+    pub(crate) json: Option<JsonFn>,
+}
+
 fn read_declaration(
     module: PluginModRef,
     api_version: String,
-) -> Result<(PluginInfo, Vec<ExportFn>), LoadError> {
+) -> Result<(PluginInfo, Vec<ExportImpl>), LoadError> {
     let name = module.name().as_str().to_owned();
     decl::check_plugin_name(&name).map_err(LoadError::Declaration)?;
     let version = module.version().as_str().to_owned();
@@ -220,27 +238,25 @@ fn read_declaration(
     let mut funcs = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for decl in module.exports().as_slice() {
-        let contract: Contract = decl
-            .contract
-            .as_str()
-            .parse()
-            .map_err(|e| LoadError::Declaration(format!("{e}")))?;
-        if !seen.insert(contract.clone()) {
-            return Err(LoadError::Declaration(format!("exports {contract} twice")));
+        let signature = types::signature(&decl.signature).map_err(LoadError::Declaration)?;
+        if !seen.insert(signature.contract.clone()) {
+            return Err(LoadError::Declaration(format!(
+                "exports {} twice",
+                signature.contract
+            )));
         }
-        exports.push(contract);
-        funcs.push(decl.func);
+        exports.push(signature);
+        funcs.push(ExportImpl {
+            func: decl.func,
+            json: decl.json,
+        });
     }
     let imports = module
         .imports()
         .as_slice()
         .iter()
-        .map(|c| {
-            c.as_str()
-                .parse()
-                .map_err(|e| LoadError::Declaration(format!("{e}")))
-        })
-        .collect::<Result<Vec<Contract>, _>>()?;
+        .map(|sig| types::signature(sig).map_err(LoadError::Declaration))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((
         PluginInfo {
             name,

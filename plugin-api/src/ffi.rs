@@ -13,6 +13,7 @@ use abi_stable::{
     library::RootModule,
     sabi_types::VersionStrings,
     std_types::{RResult, RSlice, RStr, RString, RVec},
+    type_layout::TypeLayout,
     StableAbi,
 };
 
@@ -22,16 +23,24 @@ use abi_stable::{
 /// when anything else in this module changes. The host loads plugins with the same MAJOR and a
 /// MINOR no greater than its own, and rejects the rest before abi_stable's layout check runs.
 #[cfg(not(feature = "next-api"))]
-pub const API_VERSION: &str = "1.0.0";
+pub const API_VERSION: &str = "2.0.0";
 /// The plugin ABI version (test build one minor version ahead; see the `next-api` feature).
 #[cfg(feature = "next-api")]
-pub const API_VERSION: &str = "1.1.0";
+pub const API_VERSION: &str = "2.1.0";
 
-/// Signature of every plugin export (spelled out in the fields that hold one: abi_stable's
-/// derive reads function-pointer types only when written inline): JSON input in, JSON output or an error out.
+/// A typed export function with its type erased: what export declarations and link tables hold.
 ///
-/// The [`Context`] gives the export its imports, bound in the caller's generation.
-pub type ExportFn =
+/// Its real type is `extern "C" fn(&Context<'_>, In) -> RResult<Out, FfiError>` for a
+/// [`Wire::BY_VALUE`] contract and a [`JsonFn`] for a [`Wire::JSON`] one, where `In` and `Out`
+/// are the types the declaring [`Signature`] describes. Only a caller that checked the signature
+/// (the linker for imports, a typed export handle for the host) turns it back into that type.
+pub type ErasedFn = extern "C" fn();
+
+/// An export called with JSON: JSON input in, JSON output or an error out.
+///
+/// Every [`Wire::JSON`] export is one; a [`Wire::BY_VALUE`] export has one beside it (its JSON
+/// adapter) when its types are serde-capable. The HTTP edge calls exports through it.
+pub type JsonFn =
     extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>;
 
 /// Signature of a plugin's initialiser, run once per load after the release linked.
@@ -39,20 +48,24 @@ pub type InitFn = extern "C" fn(host: HostApiRef) -> RResult<(), FfiError>;
 
 /// The root module of a plugin: what `graft_api::plugin!` exports and the host loads.
 ///
-/// A prefix type: new fields are only ever appended after `init`.
+/// A prefix type: new fields are only ever appended after `init`, and read as `None` from a
+/// plugin built before they existed.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef, prefix_fields = PluginModPrefix)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginMod {
     /// The plugin's name, unique within a generation (`foo`).
     pub name: RStr<'static>,
     /// The plugin's own semver version (`1.2.0`).
     pub version: RStr<'static>,
-    /// What the plugin provides, by contract (`foo@1`).
+    /// What the plugin provides, by contract (`foo@1`) and types.
     pub exports: RSlice<'static, ExportDecl>,
-    /// What the plugin calls, by contract (`bar@1`), in slot order.
-    pub imports: RSlice<'static, RStr<'static>>,
+    /// What the plugin calls, by contract (`bar@1`) and types, in slot order.
+    pub imports: RSlice<'static, Signature>,
+    /// Whether the plugin was built with `panic = "unwind"`. The host refuses one that was not:
+    /// its first panic would abort the whole process instead of failing one call.
+    pub panic_unwind: bool,
     /// Runs once after the release linked and before it goes live.
     #[sabi(last_prefix_field)]
     pub init: extern "C" fn(host: HostApiRef) -> RResult<(), FfiError>,
@@ -68,21 +81,72 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = VersionStrings::new(API_VERSION);
 }
 
-/// One export: a contract and the function that implements it.
+/// How a contract's values cross the boundary.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Wire(pub u8);
+
+impl Wire {
+    /// By value: `#[repr(C)]` types deriving `StableAbi`, passed as they are, no encoding.
+    pub const BY_VALUE: Self = Self(1);
+    /// As JSON bytes: serde types, encoded by the caller and decoded by the callee.
+    pub const JSON: Self = Self(2);
+}
+
+/// What crosses for one type of a signature: enough for the host to compare two declarations
+/// of it and to name it in an error.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct TypeDesc {
+    /// abi_stable's layout of the type, for a [`Wire::BY_VALUE`] contract.
+    pub layout: Option<&'static TypeLayout>,
+    /// For a [`Wire::JSON`] contract: returns the type's name and its serde shape, as JSON
+    /// (`{"name": .., "shape": ..}`).
+    pub describe: Option<extern "C" fn() -> RString>,
+}
+
+impl std::fmt::Debug for TypeDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.layout {
+            Some(layout) => write!(f, "TypeDesc({})", layout.full_type()),
+            None => f.write_str("TypeDesc(json)"),
+        }
+    }
+}
+
+/// A contract as one plugin declares it: its name and the types it carries.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct Signature {
+    /// The contract, `name@N`.
+    pub contract: RStr<'static>,
+    /// How values cross.
+    pub wire: Wire,
+    /// The input type.
+    pub input: TypeDesc,
+    /// The output type.
+    pub output: TypeDesc,
+}
+
+/// One export: its signature, its typed implementation and, when its types are serde-capable,
+/// a JSON adapter for the HTTP edge.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]
 pub struct ExportDecl {
-    /// The contract, `name@N`.
-    pub contract: RStr<'static>,
-    /// The implementation.
-    pub func:
+    /// The contract and its types.
+    pub signature: Signature,
+    /// The implementation, of the type `signature` describes (see [`ErasedFn`]).
+    pub func: extern "C" fn(),
+    /// The implementation called with JSON.
+    pub json: Option<
         extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
+    >,
 }
 
 impl std::fmt::Debug for ExportDecl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportDecl")
-            .field("contract", &self.contract)
+            .field("signature", &self.signature)
             .finish_non_exhaustive()
     }
 }
@@ -105,13 +169,14 @@ pub struct PluginLinks {
     pub imports: RVec<Binding>,
 }
 
-/// An import bound to an export of the same generation.
+/// An import bound to an export of the same generation, whose signature the host checked
+/// against the import's.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]
 pub struct Binding {
-    /// The export's implementation.
-    pub func:
-        extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>,
+    /// The export's typed implementation; `None` for an import left open (a partial release
+    /// under `graft check`), which fails with [`ErrorKind::UNBOUND_IMPORT`] when called.
+    pub func: Option<extern "C" fn()>,
     /// Position of the exporting plugin in the generation (its [`Context`] when called).
     pub plugin: u32,
 }
@@ -119,8 +184,9 @@ pub struct Binding {
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Binding")
+            .field("bound", &self.func.is_some())
             .field("plugin", &self.plugin)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -140,11 +206,12 @@ pub struct Context<'a> {
 
 /// Services the host offers every plugin, handed to its initialiser.
 ///
-/// A prefix type: new services are only ever appended.
+/// A prefix type: new services are only ever appended, and read as `None` by a plugin from a
+/// host built before they existed.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = HostApiRef, prefix_fields = HostApiPrefix)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct HostApi {
     /// Emits one log event into the host's `tracing` subscriber.
     pub log: extern "C" fn(record: LogRecord<'_>),
@@ -208,18 +275,30 @@ pub struct FfiError {
 pub struct ErrorKind(pub u8);
 
 impl ErrorKind {
-    /// The plugin's function returned an error.
+    /// The plugin's function failed (`graft serve`: 500).
     pub const PLUGIN: Self = Self(1);
-    /// The plugin panicked; the panic was caught at the boundary.
+    /// The plugin panicked; the panic was caught at the boundary (500).
     pub const PANIC: Self = Self(2);
-    /// The input could not be decoded as the export's input type.
+    /// The JSON input of an export could not be decoded as its input type: the caller's
+    /// fault (400 when the caller is an HTTP client).
     pub const BAD_INPUT: Self = Self(3);
-    /// The output could not be encoded.
+    /// The output could not be encoded (500).
     pub const BAD_OUTPUT: Self = Self(4);
-    /// An import slot the plugin called is not bound (a plugin/host mismatch).
+    /// An import slot the plugin called is not bound (500).
     pub const UNBOUND_IMPORT: Self = Self(5);
-    /// The generation does not export the called contract (host side only).
+    /// The generation does not export the called contract (host side only; 404).
     pub const NOT_EXPORTED: Self = Self(6);
+    /// What the request names does not exist (404).
+    pub const NOT_FOUND: Self = Self(7);
+    /// The request conflicts with the current state (409).
+    pub const CONFLICT: Self = Self(8);
+    /// The request is well-formed but its content is invalid (422).
+    pub const INVALID: Self = Self(9);
+    /// The plugin cannot serve now; the caller may retry (503).
+    pub const UNAVAILABLE: Self = Self(10);
+    /// A bug between plugins: an import's JSON failed to encode or decode, or its callee
+    /// refused the input the caller produced (500).
+    pub const INTERNAL: Self = Self(11);
 }
 
 impl std::fmt::Display for ErrorKind {
@@ -231,6 +310,11 @@ impl std::fmt::Display for ErrorKind {
             Self::BAD_OUTPUT => "bad output",
             Self::UNBOUND_IMPORT => "unbound import",
             Self::NOT_EXPORTED => "not exported",
+            Self::NOT_FOUND => "not found",
+            Self::CONFLICT => "conflict",
+            Self::INVALID => "invalid",
+            Self::UNAVAILABLE => "unavailable",
+            Self::INTERNAL => "internal error",
             Self(code) => return write!(f, "error code {code}"),
         };
         f.write_str(name)

@@ -2,26 +2,35 @@
 //!
 //! A plugin is a `cdylib` crate that depends on `graft-api` (and on `abi_stable`, which the
 //! exported root module names) and declares itself with [`plugin!`]: its name, its version, the
-//! contracts it imports and the functions it exports. Plugin functions are ordinary Rust over
-//! the author's own serde types; the macro generates the FFI wrappers, which catch panics and
-//! return them as errors.
+//! contracts it imports and the contracts it exports. Contracts are types, declared once with
+//! [`contract!`], usually in a crate shared by the exporter, its importers and the host, so a
+//! caller that passes the wrong type does not compile. Plugin functions are ordinary Rust; the
+//! macro generates the FFI wrappers, which catch panics and return them as errors.
 //!
 //! ```no_run
-//! use graft_api::{Context, Error, Import};
+//! use graft_api::{Context, Error};
+//!
+//! // In a shared crate (here inline): each contract once, with its types.
+//! graft_api::contract! {
+//!     /// Frobs a number.
+//!     pub struct FrobV1 = "frob@1": fn(u64) -> u64;
+//!     /// foo: frob, plus one.
+//!     pub struct FooV1 = "foo@1": fn(u64) -> u64;
+//! }
 //!
 //! graft_api::plugin! {
 //!     name: "foo",
 //!     version: env!("CARGO_PKG_VERSION"),
 //!     imports: {
-//!         FROB: Import<u64, u64> = "frob@1",
+//!         FROB: FrobV1,
 //!     },
 //!     exports: {
-//!         "foo@1" => foo,
+//!         FooV1 => foo,
 //!     },
 //! }
 //!
 //! fn foo(ctx: &Context<'_>, a: u64) -> Result<u64, Error> {
-//!     let x = ctx.call(FROB, &a)?; // runs in the caller's generation
+//!     let x = ctx.call(FROB, a)?; // runs in the caller's generation
 //!     graft_api::tracing::info!(a, x, "foo called");
 //!     Ok(x + 1)
 //! }
@@ -30,20 +39,35 @@
 //!
 //! # Contracts
 //!
-//! An export or import is named by a contract, `name@N`: a function name and the version of its
-//! signature and meaning. When a release goes live, every import must be bound to exactly one
-//! export of the same contract in the new generation, or the release is rejected. A plugin that
-//! changes a contract exports `name@N+1`; callers that still import `name@N` keep linking if the
+//! A contract is named `name@N`: a function name and the version of its signature and meaning.
+//! Its types are part of it. When a release goes live, every import must be bound to exactly one
+//! export of the same contract *and the same types* in the new generation, or the release is
+//! refused, naming the contract, both plugins and both types. A plugin that changes a contract's
+//! types or meaning exports `name@N+1`; callers that still import `name@N` keep linking if the
 //! same release (or a small shim plugin) still provides `name@N`.
+//!
+//! Two wires carry a contract's values:
+//!
+//! - **By value** (`fn(In) -> Out`): `#[repr(C)]` types deriving [`abi_stable::StableAbi`]
+//!   (integers, `RString`, `RVec`, `ROption`, structs of those) cross as they are, with no
+//!   encoding; a call is an indirect function call. The host compares abi_stable's layouts of
+//!   the types (names, sizes, fields, recursively). When the types are also serde-capable, the
+//!   export gets a JSON adapter, which is how `graft serve` calls it from an HTTP route.
+//! - **JSON** (`json fn(In) -> Out`): any serde types, encoded by the caller and decoded by the
+//!   callee. The host compares their serde shapes (traced with serde-reflection).
 //!
 //! # Calls and generations
 //!
 //! An export receives a [`Context`]: the link table of the generation the call runs in. Calls to
 //! imports go through [`Context::call`] and resolve in that same generation, so one request
-//! never mixes code from two releases, however many releases go live while it runs.
+//! never mixes code from two releases, however many releases go live while it runs. Each side
+//! frees what it allocated: an `RVec` or `RString` carries its own deallocator.
 //!
-//! Values cross the boundary as JSON bytes in an [`abi_stable::std_types::RVec`]; each side frees
-//! what it allocated.
+//! # Errors
+//!
+//! An export returns [`Error`]; its kind says what `graft serve` answers: [`Error::not_found`]
+//! 404, [`Error::conflict`] 409, [`Error::invalid`] 422, [`Error::unavailable`] 503, anything
+//! else 500. Only a route's own input failing to decode is a 400.
 //!
 //! # Logging
 //!
@@ -57,6 +81,13 @@
 //! touches a `thread_local!` with a destructor, pins its library in memory (the host reports it)
 //! and a thread still running when the library is unmapped crashes the process. Keep plugins
 //! free of background threads. Writing to stdout with `println!` leaks a small buffer per reload.
+//! A plugin must be built with `panic = "unwind"` (the default): the host refuses one built
+//! with `panic = "abort"`, whose first panic would end the whole process.
+//!
+//! A by-value `RString` or `RVec` frees itself through the library that allocated it. A value
+//! received from an import is valid for the request: clone it (abi_stable's clones allocate in
+//! the cloning plugin) before keeping it in a static, or it would outlive the other plugin's
+//! library.
 //!
 //! # Evolving the API
 //!
@@ -64,27 +95,35 @@
 //!
 //! 1. [`API_VERSION`] is `MAJOR.MINOR.0`. The host loads a plugin with the same MAJOR and a MINOR
 //!    no greater than its own. It reads the plugin's version before abi_stable's layout check and
-//!    rejects newer plugins there: abi_stable caches the largest prefix layout it has seen, and
+//!    refuses newer plugins there: abi_stable caches the largest prefix layout it has seen, and
 //!    checking a newer plugin's layout, then unloading it, would corrupt later checks.
 //! 2. New capabilities are appended as new fields at the end of a prefix type ([`PluginMod`],
-//!    [`HostApi`]), after the `last_prefix_field`; that bumps MINOR. A field is never removed,
-//!    reordered or retyped.
-//! 3. Every other type here ([`Context`], [`LinkTable`], [`ExportDecl`], [`FfiError`], ...) is
-//!    frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
-//! 4. Error kinds are codes ([`ErrorKind`]), not an enum, so new kinds need no layout change.
+//!    [`HostApi`]), after the `last_prefix_field`; that bumps MINOR. Both are
+//!    `#[sabi(missing_field(option))]`: a newer host reads a field appended after a plugin was
+//!    built as `None` (and a newer plugin never reaches an older host: the gate refuses it).
+//!    A field is never removed, reordered or retyped.
+//! 3. Every other type here ([`Context`], [`LinkTable`], [`ExportDecl`], [`Signature`],
+//!    [`FfiError`], ...) is frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
+//! 4. Error kinds are codes ([`ErrorKind`]), not an enum, so new kinds need no layout change;
+//!    the same holds for [`Wire`].
 //! 5. No `NonExhaustive` enums and no `#[sabi(extra_checks)]`: both keep process-global state
 //!    in abi_stable that outlives an unloaded plugin.
+//!
+//! Version 2.0 made types part of contracts and calls by value; plugins built against 1.x are
+//! refused by the gate and must be rebuilt.
 
-mod context;
+pub mod contract;
+mod error;
 pub mod ffi;
 mod log;
 #[doc(hidden)]
 pub mod runtime;
 
-pub use context::{Error, Import};
+pub use contract::{Contract, Import};
+pub use error::Error;
 pub use ffi::{
     Context, ErrorKind, ExportDecl, FfiError, HostApi, HostApiRef, LinkTable, PluginMod,
-    PluginModRef, API_VERSION,
+    PluginModRef, Signature, Wire, API_VERSION,
 };
 pub use tracing;
 
@@ -99,21 +138,22 @@ pub mod __private {
 
 /// Declares the plugin: its name, version, imports, exports and optional initialiser.
 ///
-/// - `imports` declares one typed [`Import`] constant per contract the plugin calls; its slot is
-///   its position in the list.
-/// - `exports` maps each contract to a function `fn(&Context<'_>, In) -> Result<Out, Error>`
-///   where `In: DeserializeOwned` and `Out: Serialize`.
+/// - `imports` declares one [`Import`] constant per contract the plugin calls (`NAME:
+///   ContractType`); its slot is its position in the list.
+/// - `exports` maps each contract type to a function
+///   `fn(&Context<'_>, C::In) -> Result<C::Out, Error>`.
 /// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live.
 ///
-/// The macro exports the abi_stable root module, so the crate must be a `cdylib` that also
-/// depends on `abi_stable` (the version `graft-api` uses). See the crate docs for an example.
+/// The macro records every contract's types and the crate's panic strategy in the root module,
+/// and exports it, so the crate must be a `cdylib` that also depends on `abi_stable` (the
+/// version `graft-api` uses). See the crate docs for an example.
 #[macro_export]
 macro_rules! plugin {
     (
         name: $name:literal,
         version: $version:expr,
-        $(imports: { $($import:ident : $import_ty:ty = $import_contract:literal),* $(,)? },)?
-        exports: { $($export_contract:literal => $export_fn:path),* $(,)? }
+        $(imports: { $($import:ident : $import_ty:ty),* $(,)? },)?
+        exports: { $($export_ty:ty => $export_fn:path),* $(,)? }
         $(, init: $init:path)?
         $(,)?
     ) => {
@@ -123,32 +163,34 @@ macro_rules! plugin {
 
         $($(
             #[allow(dead_code)]
-            const $import: $import_ty =
-                $crate::Import::__at(__GraftImportSlot::$import as u32, $import_contract);
+            const $import: $crate::Import<$import_ty> =
+                $crate::Import::__at(__GraftImportSlot::$import as u32);
         )*)?
 
         const __GRAFT_MODULE: &$crate::__private::WithMetadata<$crate::PluginMod> =
             &$crate::__private::WithMetadata::new($crate::runtime::plugin_mod(
                 $name,
                 $version,
-                &[$(
-                    $crate::ExportDecl {
-                        contract: $crate::__private::RStr::from_str($export_contract),
-                        func: {
-                            extern "C" fn __graft_export(
-                                ctx: &$crate::Context<'_>,
-                                input: $crate::__private::RSlice<'_, u8>,
-                            ) -> $crate::__private::RResult<
-                                $crate::__private::RVec<u8>,
-                                $crate::FfiError,
-                            > {
-                                $crate::runtime::run_export(ctx, input, $export_fn)
-                            }
-                            __graft_export
-                        },
-                    },
-                )*],
-                &[$($($crate::__private::RStr::from_str($import_contract),)*)?],
+                &[$({
+                    struct __GraftExport;
+                    impl $crate::runtime::Handler for __GraftExport {
+                        type Contract = $export_ty;
+                        #[inline]
+                        fn call(
+                            ctx: &$crate::Context<'_>,
+                            input: $crate::runtime::In<Self>,
+                        ) -> ::core::result::Result<$crate::runtime::Out<Self>, $crate::Error> {
+                            $export_fn(ctx, input)
+                        }
+                    }
+                    #[allow(unused_imports)]
+                    use $crate::runtime::NoJsonAdapter as _;
+                    $crate::runtime::export_decl::<__GraftExport>(
+                        <$crate::runtime::JsonAdapter<__GraftExport>>::FUNC,
+                    )
+                },)*],
+                &[$($($crate::contract::signature::<$import_ty>(),)*)?],
+                cfg!(panic = "unwind"),
                 {
                     extern "C" fn __graft_init(
                         host: $crate::HostApiRef,

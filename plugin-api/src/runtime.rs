@@ -1,16 +1,24 @@
-//! What `plugin!` expands to at run time: the boundary wrappers around plugin functions.
+//! What `plugin!` expands to: the boundary wrappers around plugin functions.
 //!
 //! Every export and the initialiser run inside `catch_unwind`, so a panic becomes an
 //! [`ErrorKind::PANIC`] error value instead of unwinding into the host (which would abort).
+//! Exports are erased to [`ErasedFn`] here, in constants, which is this module's `unsafe`.
+
+#![allow(unsafe_code)]
 
 use std::any::Any;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::context::Error;
-use crate::ffi::{Context, ErrorKind, ExportDecl, FfiError, HostApiRef, InitFn, PluginMod};
+use crate::contract::{signature, ByValue, Contract, Json, ValueFn};
+use crate::error::Error;
+use crate::ffi::{
+    Context, ErasedFn, ErrorKind, ExportDecl, FfiError, HostApiRef, InitFn, JsonFn, PluginMod,
+    Signature,
+};
 use crate::log;
 
 /// Builds the root module; a function so the test-only `next-api` field is set here, under this
@@ -19,7 +27,8 @@ pub const fn plugin_mod(
     name: &'static str,
     version: &'static str,
     exports: &'static [ExportDecl],
-    imports: &'static [RStr<'static>],
+    imports: &'static [Signature],
+    panic_unwind: bool,
     init: InitFn,
 ) -> PluginMod {
     PluginMod {
@@ -27,32 +36,138 @@ pub const fn plugin_mod(
         version: RStr::from_str(version),
         exports: RSlice::from_slice(exports),
         imports: RSlice::from_slice(imports),
+        panic_unwind,
         init,
         #[cfg(feature = "next-api")]
         next_api_field: 0,
     }
 }
 
-/// Runs one export call: decode the input, call `f`, encode the output, catch any panic.
-pub fn run_export<I, O>(
+/// The function behind one export of a plugin: `plugin!` implements it on a marker type per
+/// export, calling the author's function.
+pub trait Handler: 'static {
+    /// The contract it implements.
+    type Contract: Contract;
+    /// Runs the author's function.
+    fn call(ctx: &Context<'_>, input: In<Self>) -> Result<Out<Self>, Error>;
+}
+
+/// The input type of a handler's contract.
+pub type In<H> = <<H as Handler>::Contract as Contract>::In;
+/// The output type of a handler's contract.
+pub type Out<H> = <<H as Handler>::Contract as Contract>::Out;
+
+/// The typed export function of a handler, per wire.
+pub trait ExportWire<H: Handler> {
+    /// The handler's export, erased.
+    const FUNC: ErasedFn;
+}
+
+impl<H: Handler> ExportWire<H> for ByValue
+where
+    In<H>: abi_stable::StableAbi,
+    Out<H>: abi_stable::StableAbi,
+{
+    // SAFETY: a function pointer of any type has the size and representation of `ErasedFn`;
+    // callers turn it back into a `ValueFn<In<H>, Out<H>>` only after checking its signature.
+    const FUNC: ErasedFn =
+        unsafe { std::mem::transmute::<ValueFn<In<H>, Out<H>>, ErasedFn>(value_export::<H>) };
+}
+
+impl<H: Handler> ExportWire<H> for Json
+where
+    In<H>: DeserializeOwned,
+    Out<H>: Serialize,
+{
+    // SAFETY: as above; callers turn it back into a `JsonFn` after checking its signature.
+    const FUNC: ErasedFn = unsafe { std::mem::transmute::<JsonFn, ErasedFn>(json_export::<H>) };
+}
+
+/// The declaration of the export `H`, with its JSON adapter if it has one.
+pub const fn export_decl<H: Handler>(json: Option<JsonFn>) -> ExportDecl
+where
+    <H::Contract as Contract>::Wire: ExportWire<H>,
+{
+    ExportDecl {
+        signature: signature::<H::Contract>(),
+        func: <<H::Contract as Contract>::Wire as ExportWire<H>>::FUNC,
+        json,
+    }
+}
+
+/// A by-value export: the author's function, with panics caught.
+pub extern "C" fn value_export<H: Handler>(
+    ctx: &Context<'_>,
+    input: In<H>,
+) -> RResult<Out<H>, FfiError> {
+    match flatten(catch_unwind(AssertUnwindSafe(|| H::call(ctx, input)))) {
+        Ok(output) => RResult::ROk(output),
+        Err(err) => RResult::RErr(err),
+    }
+}
+
+/// An export called with JSON: decode the input, call the author's function, encode the
+/// output, catch any panic. A JSON contract's export, and a by-value one's JSON adapter.
+pub extern "C" fn json_export<H: Handler>(
     ctx: &Context<'_>,
     input: RSlice<'_, u8>,
-    f: fn(&Context<'_>, I) -> Result<O, Error>,
 ) -> RResult<RVec<u8>, FfiError>
 where
-    I: DeserializeOwned,
-    O: Serialize,
+    In<H>: DeserializeOwned,
+    Out<H>: Serialize,
 {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let input: I = serde_json::from_slice(input.as_slice())
+        let input: In<H> = serde_json::from_slice(input.as_slice())
             .map_err(|e| Error::with_kind(ErrorKind::BAD_INPUT, e))?;
-        let output = f(ctx, input)?;
+        let output = H::call(ctx, input)?;
         serde_json::to_vec(&output).map_err(|e| Error::with_kind(ErrorKind::BAD_OUTPUT, e))
     }));
     match flatten(result) {
         Ok(bytes) => RResult::ROk(RVec::from(bytes)),
         Err(err) => RResult::RErr(err),
     }
+}
+
+/// `<JsonAdapter<H>>::FUNC` is the JSON adapter of export `H` when its types are serde-capable,
+/// and (through [`NoJsonAdapter`], which `plugin!` brings into scope) `None` otherwise. Only
+/// works on a concrete `H`, which is where `plugin!` uses it.
+pub struct JsonAdapter<H>(PhantomData<H>);
+
+impl<H: Handler> JsonAdapter<H>
+where
+    In<H>: DeserializeOwned,
+    Out<H>: Serialize,
+{
+    /// The adapter.
+    pub const FUNC: Option<JsonFn> = Some(json_export::<H>);
+}
+
+/// The fallback of [`JsonAdapter`]: no JSON adapter.
+pub trait NoJsonAdapter {
+    /// No adapter.
+    const FUNC: Option<JsonFn> = None;
+}
+
+impl<T> NoJsonAdapter for T {}
+
+/// Describes a serde type for the host: its name and its serde shape, as JSON.
+///
+/// The shape is traced with serde-reflection; a type it cannot trace (one whose `Deserialize`
+/// needs real samples) is described by its name alone.
+pub extern "C" fn describe<T: DeserializeOwned>() -> RString {
+    let shape = catch_unwind(|| {
+        let mut tracer = serde_reflection::Tracer::new(serde_reflection::TracerConfig::default());
+        let (format, _) = tracer.trace_simple_type::<T>().ok()?;
+        let registry = tracer.registry().ok()?;
+        serde_json::to_value((format, registry)).ok()
+    })
+    .ok()
+    .flatten();
+    let description = serde_json::json!({
+        "name": std::any::type_name::<T>(),
+        "shape": shape,
+    });
+    RString::from(description.to_string())
 }
 
 /// Runs the plugin's initialiser: route its logs to the host, then call the author's `init`.

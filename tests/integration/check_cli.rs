@@ -1,6 +1,6 @@
 //! `graft check` and `graft pack`, run as a user would.
 
-use crate::util::{bad_releases, library, run_graft, Env, V1};
+use crate::util::{bad_releases, library, run_graft, Env, V1, V2};
 
 #[test]
 fn check_reports_a_good_release_with_its_links() {
@@ -11,7 +11,10 @@ fn check_reports_a_good_release_with_its_links() {
     for expected in [
         "release    v1 (complete)",
         "plugin     foo 1.0.0",
-        "exports  frob@1",
+        "exports  foo@1: FooInput -> FooOutput",
+        "imports  frob@1: u64 -> Frob1",
+        "         bar@1: Frob1 -> BarOutput",
+        "exports  frob@1: u64 -> Frob1",
         "foo -> bar (bar@1)",
         "foo -> frob (frob@1)",
     ] {
@@ -20,6 +23,39 @@ fn check_reports_a_good_release_with_its_links() {
             "{expected:?} missing from:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn types_are_part_of_a_contract_a_mistyped_frob_is_refused_and_v1_v2_and_the_shim_link() {
+    let env = Env::new();
+    let releases = [
+        ("v1", V1.to_vec()),
+        ("v2", V2.to_vec()),
+        ("shim", vec!["foo-v1", "bar-v1", "frob-v2", "frob-shim"]),
+    ];
+    for (label, plugins) in &releases {
+        let dir = env.complete_release(label, plugins);
+        let (ok, stdout, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
+        assert!(ok, "{label}: {stderr}");
+        assert!(stdout.contains("foo -> frob"), "{label}: {stdout}");
+    }
+
+    // frob-mistyped exports frob@1 returning a string where foo-v1 imports it returning Frob1.
+    let dir = env.complete_release("mistyped", &["foo-v1", "bar-v1", "frob-mistyped"]);
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(!ok, "a mistyped frob@1 passed check:\n{stdout}");
+    assert!(
+        stderr.contains("release rejected at link")
+            && stderr.contains(
+                "plugin foo imports frob@1 as u64 -> Frob1, but plugin frob exports it as u64 -> RString"
+            ),
+        "{stderr}"
+    );
+    let host = env.host();
+    let err = host.deploy(&dir).unwrap_err();
+    assert_eq!(err.step(), graft_host::Step::Link, "{err}");
+    let chain = graft_host::DisplayChain(&err).to_string();
+    assert!(chain.contains("frob@1 as u64 -> Frob1"), "{chain}");
 }
 
 #[test]
@@ -79,7 +115,8 @@ fn check_of_a_single_library_prints_its_declaration() {
     let (ok, stdout, stderr) = run_graft(&["check".as_ref(), library("frob-shim").as_os_str()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("plugin     frob-shim 1.0.0"), "{stdout}");
-    assert!(stdout.contains("imports  frob@2"), "{stdout}");
+    assert!(stdout.contains("imports  frob@2: u64 -> Frob2"), "{stdout}");
+    assert!(stdout.contains("exports  frob@1: u64 -> Frob1"), "{stdout}");
 }
 
 #[test]

@@ -45,10 +45,14 @@ fn set_greeting(dir: &Path, greeting: &str) {
         &format!(
             r#"use graft_api::{{Context, Error}};
 
+graft_api::contract! {{
+    pub struct HelloV1 = "hello@1": json fn(String) -> String;
+}}
+
 graft_api::plugin! {{
     name: "hello",
     version: env!("CARGO_PKG_VERSION"),
-    exports: {{ "hello@1" => hello }},
+    exports: {{ HelloV1 => hello }},
 }}
 
 fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {{

@@ -23,7 +23,7 @@ fn a_request_in_flight_across_a_swap_finishes_entirely_on_its_generation() {
         let (host, foo) = (Arc::clone(&host), foo.clone());
         let input = FooInput {
             a: 1,
-            gate: Some(gate.to_str().unwrap().into()),
+            gate: Some(gate.to_str().unwrap().into()).into(),
             ..FooInput::default()
         };
         std::thread::spawn(move || host.pin_owned().call::<_, FooOutput>(&foo, &input))

@@ -43,6 +43,16 @@ export = "panic@1"
 method = "GET"
 path = "/echo"
 export = "echo@1"
+
+[[route]]
+method = "POST"
+path = "/refuse"
+export = "refuse@1"
+
+[[route]]
+method = "POST"
+path = "/nan"
+export = "nan@1"
 "#
     );
     std::fs::write(&path, text).unwrap();
@@ -625,6 +635,14 @@ fn admin_and_app_errors_share_one_json_shape() {
             response.body_mut().read_to_string().unwrap(),
         )
     };
+    let post_app = |path: &str, body: &str| {
+        send(
+            "POST",
+            &format!("{app}{path}"),
+            "application/json",
+            body.as_bytes(),
+        )
+    };
     let bad = env.release("bad", &["unlinked"]);
     let bad_deploy = format!("{{\"dir\": {:?}}}", bad.to_str().unwrap());
     let cases = [
@@ -649,6 +667,37 @@ fn admin_and_app_errors_share_one_json_shape() {
             ),
             500,
             "panic",
+        ),
+        (
+            "app: plugin says not found",
+            post_app("/refuse", r#""not-found""#),
+            404,
+            "not-found",
+        ),
+        (
+            "app: plugin says conflict",
+            post_app("/refuse", r#""conflict""#),
+            409,
+            "conflict",
+        ),
+        (
+            "app: plugin says invalid",
+            post_app("/refuse", r#""invalid""#),
+            422,
+            "invalid",
+        ),
+        (
+            "app: plugin says unavailable",
+            post_app("/refuse", r#""unavailable""#),
+            503,
+            "unavailable",
+        ),
+        (
+            // An import's JSON broke between two plugins: their bug, not the client's.
+            "app: import decoding failed",
+            post_app("/nan", r#""x""#),
+            500,
+            "internal",
         ),
         (
             "app: no route",

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cargo_metadata::Message;
-use example_types::{FooInput, FooOutput};
+use example_types::{FooInput, FooOutput, FooV1};
 use graft_host::{release, Host, Step, UnloadPolicy};
 
 /// Every example plugin crate, with the plugin name it declares.
@@ -29,8 +29,15 @@ const PLUGINS: &[(&str, &str)] = &[
     ("not-a-plugin", "not-a-plugin"),
     ("pins-itself", "pins-itself"),
     ("slow-init", "slow-init"),
+    ("frob-mistyped", "frob"),
     ("newer-api", "newer-api"),
+    ("abort-build", "abort-build"),
 ];
+
+/// Test plugins outside the workspace, each built on its own: one with graft-api's `next-api`
+/// feature (which must not leak into the host through feature unification), one with a
+/// profile of its own (`panic = "abort"`).
+const OUTSIDE: &[&str] = &["newer-api", "abort-build"];
 
 /// The first build of foo/bar/frob.
 pub(crate) const V1: &[&str] = &["foo-v1", "bar-v1", "frob-v1"];
@@ -104,19 +111,20 @@ fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
         let mut args = vec!["-p", "graft", "--bins", "--lib"];
-        for (krate, _) in PLUGINS.iter().filter(|(k, _)| *k != "newer-api") {
+        for (krate, _) in PLUGINS.iter().filter(|(k, _)| !OUTSIDE.contains(k)) {
             args.extend(["-p", krate]);
         }
         let mut built = cargo_build(&args);
-        // Not a workspace member, so its graft-api feature cannot leak into the host.
         let target_dir = target_dir();
-        let manifest = workspace_root().join("example-plugins/newer-api/Cargo.toml");
-        built.extend(cargo_build(&[
-            "--manifest-path",
-            manifest.to_str().unwrap(),
-            "--target-dir",
-            target_dir.to_str().unwrap(),
-        ]));
+        for krate in OUTSIDE {
+            let manifest = workspace_root().join(format!("example-plugins/{krate}/Cargo.toml"));
+            built.extend(cargo_build(&[
+                "--manifest-path",
+                manifest.to_str().unwrap(),
+                "--target-dir",
+                target_dir.to_str().unwrap(),
+            ]));
+        }
         let graft = built
             .iter()
             .find(|(n, f)| n == "graft" && f.extension().is_none())
@@ -249,8 +257,9 @@ pub(crate) struct BadCase {
     pub(crate) says: &'static str,
 }
 
-/// Every kind of bad release: not a library, truncated, no root module, newer API, panicking
-/// initialiser, missing and malformed manifests, wrong checksum, unresolvable import, wrong name.
+/// Every kind of bad release: not a library, truncated, no root module, newer API, a
+/// `panic = "abort"` build, mistyped contract, panicking initialiser, missing and malformed
+/// manifests, wrong checksum, unresolvable import, wrong name.
 pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
     let hello_v2 = std::fs::read(library("hello-v2")).unwrap();
     let read = |krate: &str| std::fs::read(library(krate)).unwrap();
@@ -319,7 +328,33 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
             ),
             Step::Check,
             Some("newer-api"),
-            "built against graft API 1.1.0",
+            "built against graft API 2.1.0",
+        ),
+        case(
+            "panic = abort build",
+            env.raw_release(
+                "abort-build",
+                "",
+                &[("abort-build", "libabort.so", read("abort-build"), None)],
+            ),
+            Step::Check,
+            Some("abort-build"),
+            "built with panic = \"abort\"",
+        ),
+        case(
+            "mistyped contract",
+            env.raw_release(
+                "mistyped",
+                "complete = true",
+                &[
+                    ("foo", "libfoo.so", read("foo-v1"), None),
+                    ("bar", "libbar.so", read("bar-v1"), None),
+                    ("frob", "libfrob.so", read("frob-mistyped"), None),
+                ],
+            ),
+            Step::Link,
+            None,
+            "plugin foo imports frob@1 as u64 -> Frob1, but plugin frob exports it as u64 -> RString",
         ),
         case(
             "panicking initialiser",
@@ -387,17 +422,14 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
     ]
 }
 
-/// Calls `foo@1` with `a` in the host's current generation.
+/// Calls `foo@1` with `a` in the host's current generation (a typed call: no JSON).
 pub(crate) fn call_foo(host: &Host, a: u64) -> FooOutput {
-    let foo = host.export("foo@1").unwrap();
-    host.call(
-        &foo,
-        &FooInput {
-            a,
-            ..FooInput::default()
-        },
-    )
-    .unwrap()
+    let foo = host.typed_export::<FooV1>().unwrap();
+    let input = FooInput {
+        a,
+        ..FooInput::default()
+    };
+    host.call_typed(&foo, input).unwrap()
 }
 
 /// The versions of foo, bar and frob that computed an answer.

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use example_types::{FooInput, FooOutput};
+use example_types::{FooInput, FooV1};
 use graft::watch;
 use graft_host::{release, sha256_hex, DisplayChain, Host};
 
@@ -30,16 +30,12 @@ fn write_release(dir: &Path, version: &str) {
 }
 
 fn foo_version(host: &Host) -> String {
-    let foo = host.export("foo@1").unwrap();
-    host.call::<_, FooOutput>(
-        &foo,
-        &FooInput {
-            a: 1,
-            ..FooInput::default()
-        },
-    )
-    .unwrap()
-    .foo
+    let foo = host.typed_export::<FooV1>().unwrap();
+    let input = FooInput {
+        a: 1,
+        ..FooInput::default()
+    };
+    host.call_typed(&foo, input).unwrap().foo.into_string()
 }
 
 /// Waits (at most 30 s) until the current generation is `generation`.

@@ -7,34 +7,35 @@
 use std::path::Path;
 use std::time::Duration;
 
-use example_types::{BarOutput, FooInput, FooOutput, Frob2};
-use graft_api::{Context, Error, Import};
+use abi_stable::std_types::{RSome, RString};
+use example_types::{BarV2, FooInput, FooOutput, FooV1, FrobV2};
+use graft_api::{Context, Error};
 
 graft_api::plugin! {
     name: "foo",
     version: env!("CARGO_PKG_VERSION"),
     imports: {
-        FROB: Import<u64, Frob2> = "frob@2",
-        BAR: Import<Frob2, BarOutput> = "bar@2",
+        FROB: FrobV2,
+        BAR: BarV2,
     },
     exports: {
-        "foo@1" => foo,
+        FooV1 => foo,
     },
 }
 
 fn foo(ctx: &Context<'_>, input: FooInput) -> Result<FooOutput, Error> {
-    let frobbed = ctx.call(FROB, &input.a)?;
+    let frobbed = ctx.call(FROB, input.a)?;
     if input.pause_ms > 0 {
         std::thread::sleep(Duration::from_millis(input.pause_ms));
     }
-    if let Some(gate) = &input.gate {
+    if let RSome(gate) = input.gate.as_ref().map(RString::as_str) {
         example_types::wait_at_gate(Path::new(gate)).map_err(Error::new)?;
     }
     let frob_version = frobbed.version.clone();
-    let bar = ctx.call(BAR, &frobbed)?;
+    let bar = ctx.call(BAR, frobbed)?;
     Ok(FooOutput {
         value: bar.value,
-        foo: env!("CARGO_PKG_VERSION").to_owned(),
+        foo: env!("CARGO_PKG_VERSION").into(),
         bar: bar.version,
         frob: frob_version,
     })

@@ -2,17 +2,17 @@
 //! callers that still import `frob@1` keep linking when a release replaces frob with its second
 //! build.
 
-use example_types::{Frob1, Frob2};
-use graft_api::{Context, Error, Import};
+use example_types::{Frob1, Frob2, FrobV1, FrobV2};
+use graft_api::{Context, Error};
 
 graft_api::plugin! {
     name: "frob-shim",
     version: env!("CARGO_PKG_VERSION"),
     imports: {
-        FROB2: Import<u64, Frob2> = "frob@2",
+        FROB2: FrobV2,
     },
     exports: {
-        "frob@1" => frob_v1,
+        FrobV1 => frob_v1,
     },
 }
 
@@ -21,6 +21,6 @@ fn frob_v1(ctx: &Context<'_>, a: u64) -> Result<Frob1, Error> {
         x,
         extra: _,
         version,
-    } = ctx.call(FROB2, &a)?;
+    } = ctx.call(FROB2, a)?;
     Ok(Frob1 { x, version })
 }

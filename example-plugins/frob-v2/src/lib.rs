@@ -1,13 +1,13 @@
 //! Example plugin `frob`, second build: `frob@2` returns an extra element (a contract change).
 
-use example_types::Frob2;
+use example_types::{Frob2, FrobV2};
 use graft_api::{Context, Error};
 
 graft_api::plugin! {
     name: "frob",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "frob@2" => frob,
+        FrobV2 => frob,
     },
 }
 
@@ -15,6 +15,6 @@ fn frob(_: &Context<'_>, a: u64) -> Result<Frob2, Error> {
     Ok(Frob2 {
         x: a + 1,
         extra: 10,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: env!("CARGO_PKG_VERSION").into(),
     })
 }

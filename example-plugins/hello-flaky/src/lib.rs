@@ -6,11 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// A greeting, as JSON (the same contract as hello-v1's, declared again: the host checks
+    /// that both declarations have the same types).
+    pub struct HelloV1 = "hello@1": json fn(String) -> String;
+}
+
 graft_api::plugin! {
     name: "hello",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "hello@1" => hello,
+        HelloV1 => hello,
     },
     init: init,
 }

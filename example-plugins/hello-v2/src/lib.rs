@@ -2,12 +2,19 @@
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// A greeting. Plain `String`s are serde types, not StableAbi ones: the call crosses as JSON.
+    pub struct HelloV1 = "hello@1": json fn(String) -> String;
+    /// `n + 1`, by value, no encoding: what the dispatch benchmark calls.
+    pub struct PingV1 = "ping@1": fn(u64) -> u64;
+}
+
 graft_api::plugin! {
     name: "hello",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "hello@1" => hello,
-        "ping@1" => ping,
+        HelloV1 => hello,
+        PingV1 => ping,
     },
 }
 

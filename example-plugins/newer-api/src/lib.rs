@@ -3,11 +3,16 @@
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// A greeting.
+    pub struct HelloV1 = "hello@1": json fn(String) -> String;
+}
+
 graft_api::plugin! {
     name: "newer-api",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "hello@1" => hello,
+        HelloV1 => hello,
     },
 }
 

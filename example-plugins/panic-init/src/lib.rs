@@ -2,11 +2,16 @@
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// Never answers: init fails first.
+    pub struct NeverV1 = "never@1": json fn(String) -> String;
+}
+
 graft_api::plugin! {
     name: "panic-init",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "never@1" => never,
+        NeverV1 => never,
     },
     init: init,
 }

@@ -6,11 +6,16 @@ use std::cell::RefCell;
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// Remembers its input in a thread-local; returns how many it remembers.
+    pub struct RememberV1 = "remember@1": json fn(String) -> usize;
+}
+
 graft_api::plugin! {
     name: "pins-itself",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "remember@1" => remember,
+        RememberV1 => remember,
     },
 }
 

@@ -7,11 +7,16 @@ use std::time::{Duration, Instant};
 
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// Returns its input.
+    pub struct SlowV1 = "slow@1": json fn(String) -> String;
+}
+
 graft_api::plugin! {
     name: "slow-init",
     version: env!("CARGO_PKG_VERSION"),
     exports: {
-        "slow@1" => slow,
+        SlowV1 => slow,
     },
     init: init,
 }

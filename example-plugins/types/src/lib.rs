@@ -1,13 +1,39 @@
-//! The values the foo/bar/frob example plugins pass to each other, shared with the tests.
+//! The contracts of the foo/bar/frob example plugins and the values they pass, shared by the
+//! plugins and the tests: the pattern for a service's own contracts.
+//!
+//! Each contract is declared once, here, with its types; the exporter implements it, importers
+//! call it and the host calls it by naming the same type, so passing the wrong type does not
+//! compile, and two builds that disagree on a type (one built from an older copy of this crate)
+//! are refused when they link.
 //!
 //! `foo(a) = bar(frob(a))`. Contract 1: frob returns one value and bar doubles it. Contract 2:
 //! frob also returns an extra element and bar adds it. Every output records the versions of the
 //! plugins that produced it, so a test can see whether one request mixed two releases.
+//!
+//! The values are `#[repr(C)]` and derive `StableAbi`, so they cross between plugins as they
+//! are, with no encoding (strings are `RString`, optional values `ROption`); they also derive
+//! serde, which gives `foo@1` the JSON adapter `graft serve` calls it through.
 
+use abi_stable::std_types::{ROption, RString};
+use abi_stable::StableAbi;
 use serde::{Deserialize, Serialize};
 
+graft_api::contract! {
+    /// The entry point: `bar(frob(a))`, and who computed it.
+    pub struct FooV1 = "foo@1": fn(FooInput) -> FooOutput;
+    /// `a + 1`.
+    pub struct FrobV1 = "frob@1": fn(u64) -> Frob1;
+    /// `a + 1`, and an extra element.
+    pub struct FrobV2 = "frob@2": fn(u64) -> Frob2;
+    /// Doubles frob's value.
+    pub struct BarV1 = "bar@1": fn(Frob1) -> BarOutput;
+    /// Doubles frob's value and adds its extra element.
+    pub struct BarV2 = "bar@2": fn(Frob2) -> BarOutput;
+}
+
 /// The input of `foo@1`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FooInput {
     /// The argument.
     pub a: u64,
@@ -16,20 +42,21 @@ pub struct FooInput {
     pub pause_ms: u64,
     /// A directory: after frob, create `frob-done` there and wait for `go` before calling bar.
     #[serde(default)]
-    pub gate: Option<String>,
+    pub gate: ROption<RString>,
 }
 
 /// The output of `foo@1`: the value and who computed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FooOutput {
     /// `bar(frob(a))`.
     pub value: u64,
     /// Version of the foo plugin that ran.
-    pub foo: String,
+    pub foo: RString,
     /// Version of the bar plugin that ran.
-    pub bar: String,
+    pub bar: RString,
     /// Version of the frob plugin that ran.
-    pub frob: String,
+    pub frob: RString,
 }
 
 impl FooOutput {
@@ -41,32 +68,35 @@ impl FooOutput {
 }
 
 /// The output of `frob@1`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Serialize, Deserialize)]
 pub struct Frob1 {
     /// `a + 1`.
     pub x: u64,
     /// Version of the frob plugin that ran.
-    pub version: String,
+    pub version: RString,
 }
 
 /// The output of `frob@2`: one more element than `frob@1`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Serialize, Deserialize)]
 pub struct Frob2 {
     /// `a + 1`.
     pub x: u64,
     /// The element contract 2 added.
     pub extra: u64,
     /// Version of the frob plugin that ran.
-    pub version: String,
+    pub version: RString,
 }
 
 /// The output of `bar@1` and `bar@2`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Serialize, Deserialize)]
 pub struct BarOutput {
     /// The value.
     pub value: u64,
     /// Version of the bar plugin that ran.
-    pub version: String,
+    pub version: RString,
 }
 
 /// What foo does at a gate (see [`FooInput::gate`]): signal that frob was called by creating

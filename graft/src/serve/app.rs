@@ -126,8 +126,13 @@ async fn call_export(
     let mut response = match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
         Ok(Err(error)) => {
-            tracing::debug!(generation, error = %error, "request failed");
-            ApiError::from(&error).into_response()
+            let answer = ApiError::from(&error);
+            if answer.status().is_server_error() {
+                tracing::warn!(contract = %route.export, generation, error = %error, "request failed");
+            } else {
+                tracing::debug!(contract = %route.export, generation, error = %error, "request refused");
+            }
+            answer.into_response()
         }
         Err(join) => ApiError::from(join).into_response(),
     };

@@ -41,6 +41,7 @@ use crate::status::{
     DeployOutcome, GenerationRole, GenerationStatus, LibraryState, LibraryStatus, PluginStatus,
     ReleaseRecord, Status,
 };
+use crate::typed::TypedExport;
 use crate::unload::{UnloadPolicy, Unloader};
 
 pub use prepare::Prepared;
@@ -189,6 +190,16 @@ impl Host {
         self.exports.get(contract)
     }
 
+    /// A typed handle on contract `C`, for [`Generation::call_typed`]: calls pass `C`'s values
+    /// as they are, after checking that the generation's export has `C`'s types.
+    ///
+    /// # Errors
+    ///
+    /// If `C::NAME` is not of the form `name@N`.
+    pub fn typed_export<C: graft_api::Contract>(&self) -> Result<TypedExport<C>, ContractError> {
+        Ok(TypedExport::new(self.exports.get(C::NAME)?))
+    }
+
     /// Pins the current generation for a synchronous piece of work.
     #[inline]
     pub fn pin(&self) -> Pin {
@@ -211,6 +222,24 @@ impl Host {
         input: &I,
     ) -> Result<O, CallError> {
         self.pin().call(export, input)
+    }
+
+    /// Calls a typed export in the current generation and returns a host-owned copy of its
+    /// output (see [`Returned`](crate::Returned)): the convenient form. Hot paths pin once and
+    /// call [`Generation::call_typed`] through the pin, which copies nothing.
+    ///
+    /// # Errors
+    ///
+    /// See [`Generation::call_typed`].
+    pub fn call_typed<C: graft_api::Contract>(
+        &self,
+        export: &TypedExport<C>,
+        input: C::In,
+    ) -> Result<C::Out, CallError>
+    where
+        C::Out: Clone,
+    {
+        Ok(self.pin().call_typed(export, input)?.cloned())
     }
 
     /// Calls an export with raw JSON in the current generation.

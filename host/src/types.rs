@@ -1,0 +1,231 @@
+//! The types of contracts: what a plugin says about them, turned into names and fingerprints
+//! the host compares, in host-owned memory.
+//!
+//! A by-value type is described by abi_stable's [`TypeLayout`]: its fingerprint digests the
+//! type's name with generics, size, alignment and, recursively, its fields (their names and
+//! types) or variants. A JSON type is described by the plugin's `describe` function: its Rust
+//! name and its serde shape, which the fingerprint digests (the name alone when the shape could
+//! not be traced). Equal fingerprints, equal types: two plugins built from different copies of
+//! one struct agree; a field renamed, retyped, added or removed does not.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use abi_stable::type_layout::{TLData, TLFields, TypeLayout};
+use graft_api::ffi::{self, TypeDesc};
+use sha2::{Digest, Sha256};
+
+use crate::bounded::Bounded;
+use crate::decl::{Signature, TypeInfo, Wire};
+
+/// Layouts deeper than this are digested by name from there on.
+const MAX_DEPTH: usize = 24;
+/// The most layout nodes one type may have (a bound against hostile or absurd declarations).
+const MAX_NODES: usize = 4096;
+/// The longest JSON type description accepted from a plugin.
+const MAX_DESCRIPTION: usize = 64 * 1024;
+
+/// Copies a signature out of a plugin (or out of the host's own contract types).
+pub(crate) fn signature(sig: &ffi::Signature) -> Result<Signature, String> {
+    let contract = sig.contract.as_str().parse().map_err(|e| format!("{e}"))?;
+    let wire = match sig.wire {
+        ffi::Wire::BY_VALUE => Wire::ByValue,
+        ffi::Wire::JSON => Wire::Json,
+        ffi::Wire(code) => return Err(format!("{contract}: unknown wire {code}")),
+    };
+    let types = type_info(&sig.input, wire)
+        .and_then(|input| Ok((input, type_info(&sig.output, wire)?)))
+        .map_err(|e| format!("{contract}: {e}"))?;
+    Ok(Signature {
+        contract,
+        wire,
+        input: types.0,
+        output: types.1,
+    })
+}
+
+fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
+    match (wire, desc.layout, desc.describe) {
+        (Wire::ByValue, Some(layout), _) => Ok(layout_info(layout)),
+        (Wire::Json, _, Some(describe)) => json_info(&describe().into_string()),
+        _ => Err("a type is declared without its description".into()),
+    }
+}
+
+fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
+    let mut walk = Walk {
+        out: String::new(),
+        seen: HashSet::new(),
+        nodes: 0,
+    };
+    walk.layout(layout, 0);
+    TypeInfo {
+        name: layout.full_type().to_string(),
+        fingerprint: digest(&walk.out),
+    }
+}
+
+/// The canonical text of a layout, written depth first.
+struct Walk {
+    out: String,
+    /// Types already written in full (by their full name with generics): written by name after.
+    seen: HashSet<String>,
+    nodes: usize,
+}
+
+impl Walk {
+    fn layout(&mut self, layout: &'static TypeLayout, depth: usize) {
+        self.nodes += 1;
+        let name = layout.full_type().to_string();
+        let _ = write!(self.out, "{name}[{},{}]", layout.size(), layout.alignment());
+        if depth >= MAX_DEPTH || self.nodes > MAX_NODES || !self.seen.insert(name) {
+            return;
+        }
+        match layout.data() {
+            TLData::Primitive(primitive) => {
+                let _ = write!(self.out, "={primitive:?}");
+            }
+            TLData::Opaque => self.out.push_str("=opaque"),
+            TLData::Struct { fields } => self.fields("struct", fields, depth),
+            TLData::Union { fields } => self.fields("union", fields, depth),
+            TLData::Enum(tl_enum) => {
+                let _ = write!(self.out, "=enum<{}>", tl_enum.variant_names);
+                self.fields("", tl_enum.fields, depth);
+            }
+            // The host's and the plugin's own API types: checked by abi_stable at load.
+            TLData::PrefixType(_) => self.out.push_str("=prefix"),
+        }
+    }
+
+    fn fields(&mut self, kind: &str, fields: TLFields, depth: usize) {
+        let _ = write!(self.out, "={kind}{{");
+        for field in fields.iter() {
+            let _ = write!(self.out, "{}:", field.name());
+            if field.is_function() {
+                self.out.push_str("fn,");
+                continue;
+            }
+            self.layout(field.layout(), depth + 1);
+            self.out.push(',');
+        }
+        self.out.push('}');
+    }
+}
+
+fn json_info(description: &str) -> Result<TypeInfo, String> {
+    if description.len() > MAX_DESCRIPTION {
+        return Err(format!(
+            "a type description of {} bytes (at most {MAX_DESCRIPTION})",
+            description.len()
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Description {
+        name: String,
+        shape: serde_json::Value,
+    }
+    let parsed: Description = serde_json::from_str(description).map_err(|e| {
+        format!(
+            "a malformed type description ({e}): {}",
+            Bounded(description)
+        )
+    })?;
+    let canonical = match &parsed.shape {
+        serde_json::Value::Null => format!("name:{}", parsed.name),
+        shape => shape.to_string(),
+    };
+    Ok(TypeInfo {
+        name: short_name(&parsed.name),
+        fingerprint: digest(&canonical),
+    })
+}
+
+/// `alloc::vec::Vec<my_crate::Item>` -> `Vec<Item>`: the names a reader knows the types by.
+fn short_name(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut segment = String::new();
+    for c in path.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or_default());
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(segment.rsplit("::").next().unwrap_or_default());
+    out
+}
+
+fn digest(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::std_types::{ROption, RString, RVec};
+    use abi_stable::StableAbi;
+
+    use super::*;
+
+    #[repr(C)]
+    #[derive(StableAbi)]
+    struct Point {
+        x: u64,
+        label: RString,
+    }
+
+    mod other {
+        use super::*;
+        /// The same struct, declared again elsewhere (as another plugin's copy would be).
+        #[repr(C)]
+        #[derive(StableAbi)]
+        pub(super) struct Point {
+            x: u64,
+            label: RString,
+        }
+        /// A field retyped.
+        pub(super) mod retyped {
+            use super::*;
+            #[repr(C)]
+            #[derive(StableAbi)]
+            pub(crate) struct Point {
+                x: u32,
+                label: RString,
+            }
+        }
+    }
+
+    #[test]
+    fn equal_structures_agree_and_a_retyped_field_does_not() {
+        let a = layout_info(Point::LAYOUT);
+        let b = layout_info(other::Point::LAYOUT);
+        let c = layout_info(other::retyped::Point::LAYOUT);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!((a.name.as_str(), c.name.as_str()), ("Point", "Point"));
+        assert_ne!(layout_info(u64::LAYOUT), layout_info(u32::LAYOUT));
+        assert_ne!(
+            layout_info(<RVec<u64>>::LAYOUT),
+            layout_info(<RVec<u32>>::LAYOUT)
+        );
+        assert_ne!(
+            layout_info(<ROption<RString>>::LAYOUT),
+            layout_info(<ROption<u64>>::LAYOUT)
+        );
+    }
+
+    #[test]
+    fn json_types_are_compared_by_shape_and_named_shortly() {
+        let describe = |d: extern "C" fn() -> RString| json_info(&d().into_string()).unwrap();
+        let strings = describe(graft_api::runtime::describe::<Vec<String>>);
+        assert_eq!(strings.name, "Vec<String>");
+        assert_eq!(
+            strings,
+            describe(graft_api::runtime::describe::<Vec<String>>)
+        );
+        assert_ne!(strings, describe(graft_api::runtime::describe::<Vec<u64>>));
+        assert!(json_info("not json").unwrap_err().contains("malformed"));
+        assert!(json_info(&"x".repeat(MAX_DESCRIPTION + 1)).is_err());
+    }
+}
