@@ -1,12 +1,16 @@
-//! What graft adds to a call: the same plugin export (`ping@1` of the hello example) called
+//! What graft adds to a call: `ping@1` of the hello example (`u64 -> u64`, by value) called
 //!
-//! - (a) `raw`: through its function pointer, resolved once (the floor);
-//! - (b) `pin+call`: `host.pin().call_raw(..)` per call: pin the current generation, index the
-//!   export, call;
-//! - (c) `Host::call`: the typed one-call shorthand (adds JSON encoding of input and output);
-//! - (d) `RwLock<Arc>`: the usual alternative, a read lock and an `Arc` clone per call;
+//! - `direct`: the same function statically linked, behind `black_box` (the floor);
+//! - `graft_typed_pinned`: a typed call through a pin held across calls;
+//! - `graft_typed`: `host.pin().call_typed(..)` per call: pin the current generation, index the
+//!   export, check its types, call;
+//! - `graft_nested`: a typed call through a held pin to `pong@1`, which makes one typed import
+//!   call (to `ping@1`): the cost of a plugin-to-plugin hop is this minus `graft_typed_pinned`;
+//! - `graft_json`: pin + a call through the export's JSON adapter, as an HTTP route does;
+//! - `rwlock_arc`: the usual alternative, a read lock and an `Arc` clone per call, then a typed
+//!   call;
 //!
-//! on one thread and on two threads at once. graft's dispatch overhead is (b) minus (a).
+//! on one thread and on two threads at once.
 //!
 //! Run: `cargo bench -p graft-host --bench dispatch` (builds the example plugin in release mode).
 
@@ -18,10 +22,22 @@ use std::process::Command;
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use graft_host::{Export, Host};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use graft_host::{Export, Host, Returned};
+
+// The host's declarations of the contracts it calls; the host checks them against the plugin's.
+graft_api::contract! {
+    struct PingV1 = "ping@1": fn(u64) -> u64;
+    struct PongV1 = "pong@1": fn(u64) -> u64;
+}
 
 const INPUT: &[u8] = b"41";
+
+/// `ping@1`, compiled into the benchmark.
+#[inline(never)]
+fn ping_direct(n: u64) -> u64 {
+    n.wrapping_add(1)
+}
 
 /// Builds the hello plugin (release) and returns its library.
 fn build_plugin() -> PathBuf {
@@ -86,29 +102,71 @@ fn dispatch(c: &mut Criterion) {
     .unwrap();
     let host = Host::builder(data.path().join("data")).build().unwrap();
     host.deploy(&release).unwrap();
-    let ping: Export = host.export("ping@1").unwrap();
-    let owned = host.pin_owned();
-    let raw = owned.resolve(&ping).unwrap();
-    assert_eq!(raw.call_raw(INPUT).unwrap(), b"42");
+    let ping_json: Export = host.export("ping@1").unwrap();
+    let ping = host.typed_export::<PingV1>().unwrap();
+    let pong = host.typed_export::<PongV1>().unwrap();
+    let held = host.pin_owned();
+    assert_eq!(held.call_typed(&ping, 41).unwrap().get(), 42);
+    assert_eq!(held.call_typed(&pong, 41).unwrap().get(), 42);
+    assert_eq!(host.pin().call_raw(&ping_json, INPUT).unwrap(), b"42");
     let locked = RwLock::new(Arc::new(host.pin_owned()));
+    let direct: fn(u64) -> u64 = ping_direct;
 
     for threads in [1, 2] {
         let mut group = c.benchmark_group(format!("dispatch/{threads}-thread"));
         group.measurement_time(Duration::from_secs(3));
-        group.bench_function("a_raw", |b| {
-            b.iter_custom(|n| on_threads(threads, n, || drop(raw.call_raw(INPUT))))
+        group.bench_function("direct", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    black_box(black_box(direct)(black_box(41)));
+                })
+            })
         });
-        group.bench_function("b_pin_call", |b| {
-            b.iter_custom(|n| on_threads(threads, n, || drop(host.pin().call_raw(&ping, INPUT))))
+        group.bench_function("graft_typed_pinned", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    drop(black_box(
+                        held.call_typed(&ping, black_box(41)).map(Returned::get),
+                    ))
+                })
+            })
         });
-        group.bench_function("c_host_call", |b| {
-            b.iter_custom(|n| on_threads(threads, n, || drop(host.call::<u64, u64>(&ping, &41))))
+        group.bench_function("graft_typed", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    drop(black_box(
+                        host.pin()
+                            .call_typed(&ping, black_box(41))
+                            .map(Returned::get),
+                    ))
+                })
+            })
         });
-        group.bench_function("d_rwlock_arc", |b| {
+        group.bench_function("graft_nested", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    drop(black_box(
+                        held.call_typed(&pong, black_box(41)).map(Returned::get),
+                    ))
+                })
+            })
+        });
+        group.bench_function("graft_json", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    drop(black_box(host.pin().call_raw(&ping_json, black_box(INPUT))))
+                })
+            })
+        });
+        group.bench_function("rwlock_arc", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
                     let generation = Arc::clone(&locked.read().unwrap());
-                    drop(generation.call_raw(&ping, INPUT));
+                    drop(black_box(
+                        generation
+                            .call_typed(&ping, black_box(41))
+                            .map(Returned::get),
+                    ));
                 })
             })
         });

@@ -6,10 +6,12 @@
 //!
 //! - [`release`]: the `release.toml` manifest and its [`Limits`](release::Limits); `stage`:
 //!   checksums and staged copies under unique names.
-//! - `loader` (the only `unsafe` code): `dlopen`, API-version gate, layout check; `registry`:
-//!   one library per build; `init`: initialisers on threads of their own, under a deadline.
-//! - [`link`]: binding every import to exactly one export of the new plugin set.
-//! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one.
+//! - `loader` (`unsafe`, with `typed`): `dlopen`, API-version gate, layout and panic-strategy
+//!   checks; `types`: contract types as fingerprints; `registry`: one library per build;
+//!   `init`: initialisers on threads of their own, under a deadline.
+//! - [`link`]: binding every import to exactly one export of the same contract and types.
+//! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one;
+//!   `typed`: [`Generation::call_typed`] through a [`TypedExport`], no encoding.
 //! - [`Host`]: [`Host::prepare`] runs every step above outside any lock and returns a
 //!   [`Prepared`] release; [`Host::publish`] makes it current with one atomic store, unless
 //!   another release went live meanwhile. [`Host::deploy`] is both; [`Host::rollback`],

@@ -1,4 +1,4 @@
-//! Loading plugin libraries: the only module of the host with `unsafe` code.
+//! Loading plugin libraries: one of the host's two modules with `unsafe` code (with `typed`).
 //!
 //! The path from a staged file to a callable plugin, each step able to fail cleanly:
 //!
@@ -10,7 +10,11 @@
 //!    caches the largest prefix layout it has seen, process-wide, and a newer plugin that was
 //!    layout-checked and then unloaded makes every later check read freed memory.
 //! 4. abi_stable's layout check and the plugin's constructor (`init_root_module`; not
-//!    `RootModule::load_from*`, which cache one module per type and never unload).
+//!    `RootModule::load_from*`, which cache one module per type and never unload). For a plugin
+//!    built against an older minor version, whose root module has fewer fields than the host's,
+//!    abi_stable's check would refuse it (it allows the loader to be the older side only), so
+//!    the host compares the plugin's fields with its own first fields (`types.rs`) and then
+//!    runs the constructor without abi_stable's check.
 //! 5. Check the plugin's panic strategy: one built with `panic = "abort"` would end the whole
 //!    process on its first panic, so it is refused here.
 //! 6. Copy the declaration (name, version, contracts and their types) into host-owned memory.
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
 use abi_stable::std_types::RResult;
+use abi_stable::StableAbi;
 use graft_api::ffi::{ErasedFn, HostApiRef, JsonFn, PluginModRef};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
@@ -132,9 +137,27 @@ impl LoadedPlugin {
 
         // Version check (again, abi_stable's own), layout check, then the plugin's constructor.
         // Errors are turned into strings at once: abi_stable's errors may point into the library.
-        let module = lib_header
-            .init_root_module::<PluginModRef>()
-            .map_err(|e| LoadError::Layout(e.to_string()))?;
+        let module = if is_older_minor(&api_version) {
+            // abi_stable's check refuses a library with fewer root-module fields than the
+            // loader; graft's promise is the other way round, so it compares the fields the
+            // plugin has with the host's first fields itself (`types::check_older_root`).
+            let layout = lib_header
+                .root_mod_consts()
+                .layout()
+                .into_option()
+                .ok_or_else(|| LoadError::Layout("the root module carries no layout".into()))?;
+            types::check_older_root(<PluginModRef as StableAbi>::LAYOUT, layout)
+                .map_err(LoadError::Layout)?;
+            // SAFETY: the plugin's root module is a prefix of the host's `PluginMod` (checked
+            // just above, field by field), and a prefix type is read only through accessors
+            // that check which fields the plugin's module has.
+            unsafe { lib_header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+                .map_err(|e| LoadError::Layout(e.to_string()))?
+        } else {
+            lib_header
+                .init_root_module::<PluginModRef>()
+                .map_err(|e| LoadError::Layout(e.to_string()))?
+        };
 
         if !module.panic_unwind() {
             return Err(LoadError::PanicStrategy);
@@ -197,12 +220,26 @@ impl Drop for LoadedPlugin {
     }
 }
 
+/// `MAJOR.MINOR` of an API version.
+fn parse_api_version(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether a plugin that passed the gate was built against an older minor version.
+fn is_older_minor(plugin: &str) -> bool {
+    match (
+        parse_api_version(plugin),
+        parse_api_version(graft_api::API_VERSION),
+    ) {
+        (Some((_, plugin)), Some((_, host))) => plugin < host,
+        _ => false,
+    }
+}
+
 /// The host accepts plugins of its own major API version and a minor no greater than its own.
 fn check_api_version(plugin: &str) -> Result<(), LoadError> {
-    let parse = |v: &str| -> Option<(u64, u64)> {
-        let mut parts = v.split('.');
-        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-    };
+    let parse = parse_api_version;
     let host = graft_api::API_VERSION;
     let compatible = match (parse(plugin), parse(host)) {
         (Some((pmaj, pmin)), Some((hmaj, hmin))) => pmaj == hmaj && pmin <= hmin,

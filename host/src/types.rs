@@ -44,6 +44,62 @@ pub(crate) fn signature(sig: &ffi::Signature) -> Result<Signature, String> {
     })
 }
 
+/// Checks a root module built against an older minor version of the API than the host's: its
+/// fields must be the host's first fields, the same names with the same layouts (function
+/// pointer fields by name). abi_stable's own check requires the loader to be the older side
+/// (the interface may not have more fields than the library), which is the other direction
+/// from graft's promise: a newer host loads plugins built against an older minor version.
+pub(crate) fn check_older_root(
+    host: &'static TypeLayout,
+    plugin: &'static TypeLayout,
+) -> Result<(), String> {
+    let (Some(host_fields), Some(plugin_fields)) = (prefix_fields(host), prefix_fields(plugin))
+    else {
+        return Err("the root module is not a prefix type".into());
+    };
+    if plugin_fields.len() > host_fields.len() {
+        return Err(format!(
+            "the root module has {} fields, this host knows {}",
+            plugin_fields.len(),
+            host_fields.len()
+        ));
+    }
+    for (ours, theirs) in host_fields.iter().zip(plugin_fields.iter()) {
+        let (ours, theirs) = (field_text(&ours), field_text(&theirs));
+        if ours != theirs {
+            return Err(format!(
+                "root module field {} differs from this host's {}",
+                Bounded(&theirs),
+                Bounded(&ours)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of the prefix type behind a `PrefixRef` layout.
+fn prefix_fields(layout: &'static TypeLayout) -> Option<TLFields> {
+    let pointee = layout.phantom_fields().iter().next()?.layout();
+    match pointee.data() {
+        TLData::PrefixType(prefix) => Some(prefix.fields),
+        _ => None,
+    }
+}
+
+/// A field's name and the canonical text of its layout.
+fn field_text(field: &abi_stable::type_layout::TLField) -> String {
+    if field.is_function() {
+        return format!("{}: fn", field.name());
+    }
+    let mut walk = Walk {
+        out: format!("{}: ", field.name()),
+        seen: HashSet::new(),
+        nodes: 0,
+    };
+    walk.layout(field.layout(), 0);
+    walk.out
+}
+
 fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
     match (wire, desc.layout, desc.describe) {
         (Wire::ByValue, Some(layout), _) => Ok(layout_info(layout)),

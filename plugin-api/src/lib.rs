@@ -101,7 +101,10 @@
 //!    [`HostApi`]), after the `last_prefix_field`; that bumps MINOR. Both are
 //!    `#[sabi(missing_field(option))]`: a newer host reads a field appended after a plugin was
 //!    built as `None` (and a newer plugin never reaches an older host: the gate refuses it).
-//!    A field is never removed, reordered or retyped.
+//!    abi_stable's layout check allows only the loader to be the older side, so for a plugin of
+//!    an older minor version the host checks instead that the plugin's root-module fields are
+//!    its own first fields, same names and layouts. A field is never removed, reordered or
+//!    retyped. Both directions are tested (`tests/integration/evolution.rs`).
 //! 3. Every other type here ([`Context`], [`LinkTable`], [`ExportDecl`], [`Signature`],
 //!    [`FfiError`], ...) is frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
 //! 4. Error kinds are codes ([`ErrorKind`]), not an enum, so new kinds need no layout change;

@@ -100,9 +100,10 @@ pub extern "C" fn value_export<H: Handler>(
     ctx: &Context<'_>,
     input: In<H>,
 ) -> RResult<Out<H>, FfiError> {
-    match flatten(catch_unwind(AssertUnwindSafe(|| H::call(ctx, input)))) {
-        Ok(output) => RResult::ROk(output),
-        Err(err) => RResult::RErr(err),
+    match catch_unwind(AssertUnwindSafe(|| H::call(ctx, input))) {
+        Ok(Ok(output)) => RResult::ROk(output),
+        Ok(Err(err)) => RResult::RErr(err.into_ffi()),
+        Err(payload) => RResult::RErr(panicked(payload)),
     }
 }
 
@@ -191,15 +192,20 @@ fn flatten<T>(result: Result<Result<T, Error>, Box<dyn Any + Send>>) -> Result<T
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(err.into_ffi()),
-        Err(payload) => {
-            let message = panic_message(&*payload);
-            // A payload whose own drop panics must not unwind out of here either.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            Err(FfiError {
-                kind: ErrorKind::PANIC,
-                message: RString::from(message),
-            })
-        }
+        Err(payload) => Err(panicked(payload)),
+    }
+}
+
+/// The error a caught panic becomes.
+#[cold]
+#[inline(never)]
+fn panicked(payload: Box<dyn Any + Send>) -> FfiError {
+    let message = panic_message(&*payload);
+    // A payload whose own drop panics must not unwind out of here either.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    FfiError {
+        kind: ErrorKind::PANIC,
+        message: RString::from(message),
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 /// Runs `cargo build` and returns the artifacts it reports: `(target name, file)`.
-fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
+pub(crate) fn cargo_build(args: &[&str]) -> Vec<(String, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
         .arg("build")
