@@ -133,11 +133,11 @@ impl LoadedPlugin {
 
         // Copied out at once: the string lives in the library.
         let api_version = lib_header.version_strings().version.as_str().to_owned();
-        check_api_version(&api_version)?;
+        let minor = check_api_version(&api_version)?;
 
         // Version check (again, abi_stable's own), layout check, then the plugin's constructor.
         // Errors are turned into strings at once: abi_stable's errors may point into the library.
-        let module = if is_older_minor(&api_version) {
+        let module = if minor == ApiMinor::Older {
             // abi_stable's check refuses a library with fewer root-module fields than the
             // loader; graft's promise is the other way round, so it compares the fields the
             // plugin has with the host's first fields itself (`types::check_older_root`).
@@ -220,38 +220,33 @@ impl Drop for LoadedPlugin {
     }
 }
 
-/// `MAJOR.MINOR` of an API version.
-fn parse_api_version(version: &str) -> Option<(u64, u64)> {
-    let mut parts = version.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// Whether a plugin that passed the gate was built against an older minor version.
-fn is_older_minor(plugin: &str) -> bool {
-    match (
-        parse_api_version(plugin),
-        parse_api_version(graft_api::API_VERSION),
-    ) {
-        (Some((_, plugin)), Some((_, host))) => plugin < host,
-        _ => false,
-    }
+/// How a plugin's API version that passed the gate relates to the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiMinor {
+    /// The host's own version: abi_stable's layout check applies as it is.
+    Same,
+    /// An older minor version: its root module may have fewer fields than the host's.
+    Older,
 }
 
 /// The host accepts plugins of its own major API version and a minor no greater than its own.
-fn check_api_version(plugin: &str) -> Result<(), LoadError> {
-    let parse = parse_api_version;
-    let host = graft_api::API_VERSION;
-    let compatible = match (parse(plugin), parse(host)) {
-        (Some((pmaj, pmin)), Some((hmaj, hmin))) => pmaj == hmaj && pmin <= hmin,
-        _ => false,
+fn check_api_version(plugin: &str) -> Result<ApiMinor, LoadError> {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     };
-    if compatible {
-        Ok(())
-    } else {
-        Err(LoadError::ApiVersion {
+    let host = graft_api::API_VERSION;
+    match (parse(plugin), parse(host)) {
+        (Some((pmaj, pmin)), Some((hmaj, hmin))) if pmaj == hmaj && pmin == hmin => {
+            Ok(ApiMinor::Same)
+        }
+        (Some((pmaj, pmin)), Some((hmaj, hmin))) if pmaj == hmaj && pmin < hmin => {
+            Ok(ApiMinor::Older)
+        }
+        _ => Err(LoadError::ApiVersion {
             plugin: plugin.to_owned(),
             host,
-        })
+        }),
     }
 }
 

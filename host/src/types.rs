@@ -33,14 +33,12 @@ pub(crate) fn signature(sig: &ffi::Signature) -> Result<Signature, String> {
         ffi::Wire::JSON => Wire::Json,
         ffi::Wire(code) => return Err(format!("{contract}: unknown wire {code}")),
     };
-    let types = type_info(&sig.input, wire)
-        .and_then(|input| Ok((input, type_info(&sig.output, wire)?)))
-        .map_err(|e| format!("{contract}: {e}"))?;
+    let describe = |desc| type_info(desc, wire).map_err(|e| format!("{contract}: {e}"));
     Ok(Signature {
+        input: describe(&sig.input)?,
+        output: describe(&sig.output)?,
         contract,
         wire,
-        input: types.0,
-        output: types.1,
     })
 }
 
@@ -91,13 +89,7 @@ fn field_text(field: &abi_stable::type_layout::TLField) -> String {
     if field.is_function() {
         return format!("{}: fn", field.name());
     }
-    let mut walk = Walk {
-        out: format!("{}: ", field.name()),
-        seen: HashSet::new(),
-        nodes: 0,
-    };
-    walk.layout(field.layout(), 0);
-    walk.out
+    canonical(format!("{}: ", field.name()), field.layout())
 }
 
 fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
@@ -109,16 +101,21 @@ fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
 }
 
 fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
+    TypeInfo {
+        name: layout.full_type().to_string(),
+        fingerprint: digest(&canonical(String::new(), layout)),
+    }
+}
+
+/// `prefix` followed by the canonical text of `layout`.
+fn canonical(prefix: String, layout: &'static TypeLayout) -> String {
     let mut walk = Walk {
-        out: String::new(),
+        out: prefix,
         seen: HashSet::new(),
         nodes: 0,
     };
     walk.layout(layout, 0);
-    TypeInfo {
-        name: layout.full_type().to_string(),
-        fingerprint: digest(&walk.out),
-    }
+    walk.out
 }
 
 /// The canonical text of a layout, written depth first.
