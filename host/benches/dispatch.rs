@@ -2,8 +2,11 @@
 //!
 //! - `direct`: the same function statically linked, behind `black_box` (the floor);
 //! - `graft_typed_pinned`: a typed call through a pin held across calls;
-//! - `graft_typed`: `host.pin().call_typed(..)` per call: pin the current generation, index the
-//!   export, check its types, call;
+//! - `graft_typed`: pin the current generation per call through the thread's
+//!   [`PinCache`](graft_host::PinCache) (what a worker that serves calls in a loop holds), index
+//!   the export, check its types, call;
+//! - `graft_typed_guard`: the same with `host.pin()` (an `arc_swap` guard) per call, for code
+//!   that holds no cache;
 //! - `graft_nested`: a typed call through a held pin to `pong@1`, which makes one typed import
 //!   call (to `ping@1`): the cost of a plugin-to-plugin hop is this minus `graft_typed_pinned`;
 //! - `graft_json`: pin + a call through the export's JSON adapter, as an HTTP route does;
@@ -65,14 +68,16 @@ fn build_plugin() -> PathBuf {
         .expect("hello-v1 library")
 }
 
-/// Runs `call` `iters` times on each of `threads` threads at once; returns the slowest
-/// thread's time, so the figure is per call, per thread.
-fn on_threads(threads: usize, iters: u64, call: impl Fn() + Sync) -> Duration {
+/// Runs a call made by `make` (once per thread: a thread's own state lives in it) `iters` times
+/// on each of `threads` threads at once; returns the slowest thread's time, so the figure is
+/// per call, per thread.
+fn on_threads<F: FnMut()>(threads: usize, iters: u64, make: impl Fn() -> F + Sync) -> Duration {
     let start = Barrier::new(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
+                    let mut call = make();
                     start.wait();
                     let t = Instant::now();
                     for _ in 0..iters {
@@ -112,61 +117,84 @@ fn dispatch(c: &mut Criterion) {
     let locked = RwLock::new(Arc::new(host.pin_owned()));
     let direct: fn(u64) -> u64 = ping_direct;
 
+    let (ping, pong) = (&ping, &pong);
     for threads in [1, 2] {
         let mut group = c.benchmark_group(format!("dispatch/{threads}-thread"));
         group.measurement_time(Duration::from_secs(3));
         group.bench_function("direct", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    black_box(black_box(direct)(black_box(41)));
+                    || {
+                        black_box(black_box(direct)(black_box(41)));
+                    }
                 })
             })
         });
         group.bench_function("graft_typed_pinned", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    drop(black_box(
-                        held.call_typed(&ping, black_box(41)).map(Returned::get),
-                    ))
+                    || {
+                        drop(black_box(
+                            held.call_typed(ping, black_box(41)).map(Returned::get),
+                        ))
+                    }
                 })
             })
         });
         group.bench_function("graft_typed", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    drop(black_box(
-                        host.pin()
-                            .call_typed(&ping, black_box(41))
-                            .map(Returned::get),
-                    ))
+                    let mut pins = host.pin_cache();
+                    move || {
+                        let pin = pins.pin();
+                        drop(black_box(
+                            pin.call_typed(ping, black_box(41)).map(Returned::get),
+                        ))
+                    }
+                })
+            })
+        });
+        group.bench_function("graft_typed_guard", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    || {
+                        let pin = host.pin();
+                        drop(black_box(
+                            pin.call_typed(ping, black_box(41)).map(Returned::get),
+                        ))
+                    }
                 })
             })
         });
         group.bench_function("graft_nested", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    drop(black_box(
-                        held.call_typed(&pong, black_box(41)).map(Returned::get),
-                    ))
+                    || {
+                        drop(black_box(
+                            held.call_typed(pong, black_box(41)).map(Returned::get),
+                        ))
+                    }
                 })
             })
         });
         group.bench_function("graft_json", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    drop(black_box(host.pin().call_raw(&ping_json, black_box(INPUT))))
+                    || drop(black_box(host.pin().call_raw(&ping_json, black_box(INPUT))))
                 })
             })
         });
         group.bench_function("rwlock_arc", |b| {
             b.iter_custom(|n| {
                 on_threads(threads, n, || {
-                    let generation = Arc::clone(&locked.read().unwrap());
-                    drop(black_box(
-                        generation
-                            .call_typed(&ping, black_box(41))
-                            .map(Returned::get),
-                    ));
+                    || {
+                        let generation = Arc::clone(&locked.read().unwrap());
+                        drop(black_box(
+                            generation
+                                .call_typed(ping, black_box(41))
+                                .map(Returned::get),
+                        ));
+                    }
                 })
             })
         });

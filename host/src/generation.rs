@@ -1,19 +1,11 @@
 //! Generations: immutable snapshots of the loaded plugins and their links, and the pins that
 //! hold them.
 //!
-//! A [`Generation`] never changes after it is published. A request takes a pin ([`Pin`] or
-//! [`OwnedPin`]) once, at its start, and makes every call through it, so every call of the
-//! request, and every import call those make, runs in that generation. A pin keeps its
-//! generation, and so the generation's libraries, alive: when the last pin of a replaced
-//! generation drops, the generation drops and its libraries are released per the host's
-//! [`UnloadPolicy`](crate::UnloadPolicy).
-//!
-//! Owned pins are counted: each [`OwnedPin`] adds one to its generation's in-flight count while
-//! it lives, which is what status reports. The cheap [`Pin`] (an `arc_swap` guard) is not: a
-//! counter touched by every call would be shared by every core.
+//! A [`Generation`] never changes after it is published. A request takes a pin (see
+//! [`crate::pin`]) once, at its start, and makes every call through it, so every call of the
+//! request, and every import call those make, runs in that generation.
 
 use std::fmt;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -39,7 +31,8 @@ pub struct Generation {
     entries: Vec<Option<Entry>>,
     report: LinkReport,
     /// Owned pins alive on this generation.
-    in_flight: AtomicUsize,
+    /// Owned pins and pin caches holding this generation (see [`crate::pin`]).
+    pub(crate) in_flight: AtomicUsize,
     /// When it went live, if it did.
     published: OnceLock<Instant>,
     /// Dropped last: everything above may point into these libraries.
@@ -232,78 +225,6 @@ impl Resolved<'_> {
                 message: err.message.into_string(),
             }),
         }
-    }
-}
-
-/// A pin on the generation that was current when it was taken; cheap, for synchronous work.
-///
-/// Backed by an `arc_swap` guard: no reference count is touched in the common case. Do not hold
-/// one across an `.await` or for long; use [`OwnedPin`] there.
-pub struct Pin(arc_swap::Guard<Arc<Generation>>);
-
-impl Pin {
-    #[inline]
-    pub(crate) fn new(guard: arc_swap::Guard<Arc<Generation>>) -> Self {
-        Self(guard)
-    }
-
-    /// Upgrades to an owned pin on the same generation.
-    pub fn to_owned_pin(&self) -> OwnedPin {
-        OwnedPin::new(Arc::clone(&self.0))
-    }
-}
-
-impl Deref for Pin {
-    type Target = Generation;
-    #[inline]
-    fn deref(&self) -> &Generation {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Pin").field(&self.id()).finish()
-    }
-}
-
-/// An owned pin (an `Arc` of the generation): `Send`, `'static`, fine across `.await`.
-///
-/// Every owned pin counts as in flight in [`Host::status`](crate::Host::status) while it lives.
-pub struct OwnedPin(Arc<Generation>);
-
-impl OwnedPin {
-    /// Pins `generation` (for example a canary held beside the current one) and counts it in
-    /// flight.
-    pub fn new(generation: Arc<Generation>) -> Self {
-        generation.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(generation)
-    }
-}
-
-impl Clone for OwnedPin {
-    fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.0))
-    }
-}
-
-impl Drop for OwnedPin {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Deref for OwnedPin {
-    type Target = Generation;
-    #[inline]
-    fn deref(&self) -> &Generation {
-        &self.0
-    }
-}
-
-impl fmt::Debug for OwnedPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("OwnedPin").field(&self.id()).finish()
     }
 }
 

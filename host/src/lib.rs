@@ -55,6 +55,7 @@ mod init;
 pub mod link;
 mod loader;
 pub mod millis;
+pub mod pin;
 mod registry;
 pub mod release;
 mod report;
@@ -69,10 +70,11 @@ pub use decl::{
     is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
 };
 pub use error::{CallError, DeployCause, DeployError, DisplayChain, Step};
-pub use generation::{Export, Generation, OwnedPin, Pin, Resolved};
+pub use generation::{Export, Generation, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
 pub use host::{Host, HostBuilder, Prepared, RECORD};
 pub use loader::LoadError;
+pub use pin::{OwnedPin, Pin, PinCache};
 pub use report::{Change, DeployReport, PluginChange};
 pub use stage::sha256_hex;
 pub use typed::{Returned, TypedExport};

@@ -38,6 +38,48 @@ fn a_replaced_generation_is_unmapped_once_its_last_pin_drops() {
 }
 
 #[test]
+fn a_pin_cache_follows_publishes_and_holds_only_the_generation_it_last_returned() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", &["hello-v1"]))
+        .unwrap();
+    let v1 = staged_path(&host, "hello");
+    let hello = host.export("hello@1").unwrap();
+    let in_flight = |id: u64| {
+        let status = host.status();
+        status
+            .generations
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.in_flight)
+    };
+
+    let mut cache = host.pin_cache();
+    assert_eq!(cache.pin().id(), 1);
+    assert_eq!(in_flight(1), Some(1), "the cache counts as one in flight");
+
+    host.deploy(env.complete_release("v2", &["hello-v2"]))
+        .unwrap();
+    host.flush_unloads();
+    assert!(mapped(&v1), "the idle cache still holds generation 1");
+    assert_eq!(in_flight(1), Some(1), "status shows what holds it");
+
+    let pin = cache.pin();
+    assert_eq!(pin.id(), 2, "the next pin sees the publish");
+    assert_eq!(
+        pin.call::<_, String>(&hello, &"new").unwrap(),
+        "hello v2, new!"
+    );
+    host.flush_unloads();
+    assert!(!mapped(&v1), "moving on released generation 1");
+    assert_eq!(in_flight(1), None);
+    assert_eq!(in_flight(2), Some(1));
+
+    drop(cache);
+    assert_eq!(in_flight(2), Some(0));
+}
+
+#[test]
 fn with_the_never_policy_old_libraries_stay_mapped_and_rollback_reuses_them() {
     let env = Env::new();
     let host = env.host_with(UnloadPolicy::Never);

@@ -30,9 +30,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::bounded::{truncate, MAX_MESSAGE};
 use crate::decl::ContractError;
 use crate::error::{CallError, DeployError, DisplayChain};
-use crate::generation::{Export, Exports, Generation, OwnedPin, Pin};
+use crate::generation::{Export, Exports, Generation};
 use crate::init::InitState;
 use crate::loader::LoadedPlugin;
+use crate::pin::{OwnedPin, Pin, PinCache};
 use crate::registry::Libraries;
 use crate::release::Limits;
 use crate::report::DeployReport;
@@ -204,6 +205,13 @@ impl Host {
     #[inline]
     pub fn pin(&self) -> Pin {
         Pin::new(self.current.load())
+    }
+
+    /// A pin cache for a worker that pins in a loop: each [`PinCache::pin`] returns the
+    /// generation current then, for a relaxed load and a compare. It holds the last generation
+    /// it returned until it pins again after a publish (see [`crate::pin`]).
+    pub fn pin_cache(&self) -> PinCache<'_> {
+        PinCache::new(&self.current)
     }
 
     /// Pins the current generation with an owned handle (for async work; counted in flight).
