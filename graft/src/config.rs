@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:8080"
 //! drain_timeout_ms = 10000
 //! init_timeout_ms = 10000
+//! migration_drain_ms = 1000
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -57,6 +58,10 @@ pub struct ServeConfig {
     /// How long a deploy waits for its plugins' initialisers before it is refused.
     #[serde(default = "default_init_timeout_ms")]
     pub init_timeout_ms: u64,
+    /// How long a release that migrates state waits for the requests in flight (new ones held
+    /// at the boundary) before it is refused.
+    #[serde(default = "default_migration_drain_ms")]
+    pub migration_drain_ms: u64,
     /// What happens to libraries no generation uses.
     #[serde(default)]
     pub unload_policy: UnloadPolicy,
@@ -124,6 +129,9 @@ fn default_drain_ms() -> u64 {
 }
 fn default_init_timeout_ms() -> u64 {
     10_000
+}
+fn default_migration_drain_ms() -> u64 {
+    1_000
 }
 fn default_history() -> usize {
     5

@@ -31,8 +31,12 @@ pub enum Step {
     Check,
     /// Binding every import of the new plugin set to exactly one export.
     Link,
+    /// Carrying each plugin's state over: passing it through, or migrating it up or down.
+    Migrate,
     /// Running the new plugins' initialisers.
     Init,
+    /// The new plugins' `pre_activate` hooks, which may veto the release.
+    Activate,
     /// Making the prepared release current: refused if another release went live since it was
     /// prepared.
     Publish,
@@ -47,7 +51,9 @@ impl fmt::Display for Step {
             Self::Load => "load",
             Self::Check => "check",
             Self::Link => "link",
+            Self::Migrate => "migrate",
             Self::Init => "init",
+            Self::Activate => "activate",
             Self::Publish => "publish",
         })
     }
@@ -165,6 +171,17 @@ pub enum DeployCause {
     /// its library as abandoned) and the library is let go once it returns.
     #[error("initialiser still running after {} ms, the limit (init_timeout_ms); its library is abandoned until it returns", .0.as_millis())]
     InitTimeout(Duration),
+    /// A plugin's state cannot be carried over (no migration path, a changed type under the
+    /// same schema, a migration that failed or panicked).
+    #[error("state: {}", Bounded(.0))]
+    State(String),
+    /// The requests in flight did not finish within the migration's drain deadline; new ones
+    /// were held and then resumed on the old generation.
+    #[error("requests still in flight after {} ms, the limit (migration_drain_ms); the state was not migrated", .0.as_millis())]
+    MigrationDrain(Duration),
+    /// A `pre_activate` hook refused the release (or failed).
+    #[error("pre_activate refused: {}", Bounded(.0))]
+    Veto(String),
 }
 
 /// A call into the pinned generation that did not return a value.

@@ -12,12 +12,14 @@ use std::time::{Instant, SystemTime};
 
 use abi_stable::std_types::{RResult, RSlice};
 use graft_api::ffi::{Context, LinkTable};
+use graft_api::state::StateSlot;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::decl::{Contract, ContractError, PluginInfo};
 use crate::error::CallError;
 use crate::link::{Entry, LinkReport, Linked};
 use crate::loader::LoadedPlugin;
+use crate::state::StateCell;
 
 /// An immutable set of loaded plugins and the link table that binds them.
 pub struct Generation {
@@ -31,6 +33,8 @@ pub struct Generation {
     entries: Vec<Option<Entry>>,
     report: LinkReport,
     /// Owned pins alive on this generation.
+    /// Each plugin's state cell, by position (the link table's slots point into them).
+    states: Vec<Option<Arc<StateCell>>>,
     /// Owned pins and pin caches holding this generation (see [`crate::pin`]).
     pub(crate) in_flight: AtomicUsize,
     /// When it went live, if it did.
@@ -51,7 +55,14 @@ impl fmt::Debug for Generation {
 
 impl Generation {
     pub(crate) fn empty() -> Self {
-        Self::new(0, None, Linked::default(), Vec::new(), &Exports::default())
+        Self::new(
+            0,
+            None,
+            Linked::default(),
+            Vec::new(),
+            Vec::new(),
+            &Exports::default(),
+        )
     }
 
     pub(crate) fn new(
@@ -59,8 +70,18 @@ impl Generation {
         release: Option<String>,
         linked: Linked,
         plugins: Vec<Arc<LoadedPlugin>>,
+        states: Vec<Option<Arc<StateCell>>>,
         names: &Exports,
     ) -> Self {
+        let mut linked = linked;
+        linked.table.states = plugins
+            .iter()
+            .zip(&states)
+            .map(|(plugin, cell)| match (plugin.state(), cell) {
+                (Some(info), Some(cell)) => info.slot(cell),
+                _ => StateSlot::empty(),
+            })
+            .collect();
         let entries = names
             .number_all(linked.exports.keys())
             .iter()
@@ -77,7 +98,17 @@ impl Generation {
             in_flight: AtomicUsize::new(0),
             published: OnceLock::new(),
             plugins,
+            states,
         }
+    }
+
+    /// The state cell of the plugin named `name`, with the plugin.
+    pub(crate) fn state_of(&self, name: &str) -> Option<(&Arc<StateCell>, &Arc<LoadedPlugin>)> {
+        self.plugins
+            .iter()
+            .zip(&self.states)
+            .find(|(p, _)| p.info().name == name)
+            .and_then(|(p, cell)| cell.as_ref().map(|c| (c, p)))
     }
 
     /// The generation's number; 0 is the empty generation a host starts with.

@@ -220,6 +220,7 @@ impl Default for Linked {
         Self {
             table: LinkTable {
                 plugins: RVec::new(),
+                states: RVec::new(),
             },
             exports: HashMap::new(),
             report: LinkReport::default(),
@@ -288,6 +289,7 @@ where
                     .collect::<RVec<_>>(),
             })
             .collect(),
+        states: RVec::new(),
     };
     Ok(Linked {
         table,

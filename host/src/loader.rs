@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
 use abi_stable::std_types::RResult;
 use abi_stable::StableAbi;
-use graft_api::ffi::{ErasedFn, HostApiRef, JsonFn, PluginModRef};
+use graft_api::ffi::{ErasedFn, Hooks, HostApiRef, JsonFn, PluginModRef};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::bounded::Bounded;
 use crate::decl::{self, PluginInfo, Signature};
 use crate::init::InitCell;
+use crate::state::StateInfo;
 use crate::types;
 use crate::unload::{Unload, Unloader};
 
@@ -82,6 +83,14 @@ impl LoadError {
     }
 }
 
+/// A plugin lifecycle hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hook {
+    PreActivate,
+    PostActivate,
+    PreUnload,
+}
+
 /// A loaded, checked plugin library. Shared by every generation that contains it.
 pub(crate) struct LoadedPlugin {
     info: PluginInfo,
@@ -90,6 +99,9 @@ pub(crate) struct LoadedPlugin {
     /// Implementations of `info.exports`, in the same order.
     exports: Vec<ExportImpl>,
     module: PluginModRef,
+    /// The plugin's state declaration, if it has state.
+    state: Option<StateInfo>,
+    hooks: Hooks,
     init: InitCell,
     unloader: Unloader,
     /// Released last, in `Drop`, after nothing above can be used any more.
@@ -163,7 +175,18 @@ impl LoadedPlugin {
             return Err(LoadError::PanicStrategy);
         }
         let (info, exports) = read_declaration(module, api_version)?;
+        let state = match module.state().flatten() {
+            Some(decl) => Some(StateInfo::read(decl).map_err(LoadError::Declaration)?),
+            None => None,
+        };
+        let hooks = module.hooks().unwrap_or(Hooks {
+            pre_activate: None,
+            post_activate: None,
+            pre_unload: None,
+        });
         Ok(Self {
+            state,
+            hooks,
             info,
             sha256: sha256.to_owned(),
             path: path.to_owned(),
@@ -182,6 +205,25 @@ impl LoadedPlugin {
         match (self.module.init())(host) {
             RResult::ROk(()) => Ok(()),
             RResult::RErr(e) => Err(format!("{}: {}", e.kind, e.message)),
+        }
+    }
+
+    /// The plugin's state declaration.
+    pub(crate) fn state(&self) -> Option<&StateInfo> {
+        self.state.as_ref()
+    }
+
+    /// Runs one of the plugin's lifecycle hooks, if it declares it (panics are caught on the
+    /// plugin's side).
+    pub(crate) fn run_hook(&self, hook: Hook) -> Result<(), String> {
+        let f = match hook {
+            Hook::PreActivate => self.hooks.pre_activate,
+            Hook::PostActivate => self.hooks.post_activate,
+            Hook::PreUnload => self.hooks.pre_unload,
+        };
+        match f.map(|f| f()) {
+            None | Some(RResult::ROk(())) => Ok(()),
+            Some(RResult::RErr(e)) => Err(format!("{}: {}", e.kind, e.message)),
         }
     }
 
@@ -210,6 +252,9 @@ impl LoadedPlugin {
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
         if let Some(library) = self.library.take() {
+            if let Err(error) = self.run_hook(Hook::PreUnload) {
+                tracing::warn!(plugin = %self.info.name, %error, "pre_unload hook failed");
+            }
             self.unloader.unload(Unload {
                 library,
                 plugin: self.info.name.clone(),

@@ -32,6 +32,13 @@ pub struct DeployReport {
     /// run the new code", not counting time the prepared release waited to be published.
     #[serde(rename = "go_live_ms", with = "crate::millis")]
     pub go_live: Duration,
+    /// The state migrations the release ran: `counter 1 -> 2 (up)`.
+    #[serde(default)]
+    pub migrated: Vec<String>,
+    /// How long new requests were held at the boundary while the state migrated (zero when no
+    /// schema changed).
+    #[serde(rename = "pause_ms", with = "crate::millis", default)]
+    pub pause: Duration,
 }
 
 /// `generation 2 live: release v2; foo 2.0.0 (replaced), bar 1.0.0 (kept)`
@@ -49,6 +56,14 @@ impl fmt::Display for DeployReport {
         }
         if !self.removed.is_empty() {
             write!(f, "; removed {}", self.removed.join(", "))?;
+        }
+        if !self.migrated.is_empty() {
+            write!(
+                f,
+                "; state migrated: {} (requests held {:.3} ms)",
+                self.migrated.join(", "),
+                self.pause.as_secs_f64() * 1e3
+            )?;
         }
         Ok(())
     }

@@ -100,6 +100,49 @@ fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
     }
 }
 
+/// The fingerprint of a by-value type.
+pub(crate) fn layout_fingerprint(layout: &'static TypeLayout) -> String {
+    digest(&canonical(String::new(), layout))
+}
+
+/// Checks that a type is plain data, fit to outlive the library that declared it: numbers,
+/// `bool`, atomics, arrays, structs, unions and enums of them; no pointer or reference, no
+/// function pointer, no prefix type (vtables), nothing opaque.
+pub(crate) fn plain_data(layout: &'static TypeLayout) -> Result<(), String> {
+    let mut nodes = 0;
+    plain(layout, 0, &mut nodes)
+}
+
+fn plain(layout: &'static TypeLayout, depth: usize, nodes: &mut usize) -> Result<(), String> {
+    use abi_stable::type_layout::TLPrimitive as P;
+    *nodes += 1;
+    if depth >= MAX_DEPTH || *nodes > MAX_NODES {
+        return Err("the type is too deep or too large to check".into());
+    }
+    let name = || layout.full_type().to_string();
+    let fields = |fields: TLFields, nodes: &mut usize| {
+        for field in fields.iter() {
+            if field.is_function() {
+                return Err(format!("field {} is a function pointer", field.name()));
+            }
+            plain(field.layout(), depth + 1, nodes)
+                .map_err(|e| format!("field {}: {e}", field.name()))?;
+        }
+        Ok(())
+    };
+    match layout.data() {
+        TLData::Primitive(P::SharedRef | P::MutRef | P::ConstPtr | P::MutPtr) => {
+            Err(format!("{} is a pointer", name()))
+        }
+        TLData::Primitive(P::Array) => fields(layout.phantom_fields(), nodes),
+        TLData::Primitive(_) => Ok(()),
+        TLData::Struct { fields: f } | TLData::Union { fields: f } => fields(f, nodes),
+        TLData::Enum(tl_enum) => fields(tl_enum.fields, nodes),
+        TLData::PrefixType(_) => Err(format!("{} holds a vtable", name())),
+        TLData::Opaque => Err(format!("{} is opaque", name())),
+    }
+}
+
 fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
     TypeInfo {
         name: layout.full_type().to_string(),

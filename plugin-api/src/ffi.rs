@@ -17,16 +17,18 @@ use abi_stable::{
     StableAbi,
 };
 
+use crate::state::{StateDecl, StateSlot};
+
 /// The plugin ABI version, `MAJOR.MINOR.0`: independent of the crate's own version.
 ///
 /// MINOR goes up when a field is appended to a prefix type ([`PluginMod`], [`HostApi`]); MAJOR
 /// when anything else in this module changes. The host loads plugins with the same MAJOR and a
 /// MINOR no greater than its own, and rejects the rest before abi_stable's layout check runs.
 #[cfg(not(feature = "next-api"))]
-pub const API_VERSION: &str = "2.0.0";
+pub const API_VERSION: &str = "2.1.0";
 /// The plugin ABI version (test build one minor version ahead; see the `next-api` feature).
 #[cfg(feature = "next-api")]
-pub const API_VERSION: &str = "2.1.0";
+pub const API_VERSION: &str = "2.2.0";
 
 /// A typed export function with its type erased: what export declarations and link tables hold.
 ///
@@ -69,6 +71,10 @@ pub struct PluginMod {
     /// Runs once after the release linked and before it goes live.
     #[sabi(last_prefix_field)]
     pub init: extern "C" fn(host: HostApiRef) -> RResult<(), FfiError>,
+    /// The plugin's state type, held by the host (since 2.1).
+    pub state: Option<&'static StateDecl>,
+    /// The plugin's lifecycle hooks (since 2.1).
+    pub hooks: Hooks,
     /// Test-only field: the one field a plugin built with `next-api` has and the host lacks.
     #[cfg(feature = "next-api")]
     pub next_api_field: u64,
@@ -159,6 +165,26 @@ impl std::fmt::Debug for ExportDecl {
 pub struct LinkTable {
     /// Indexed by the plugin's position in the generation.
     pub plugins: RVec<PluginLinks>,
+    /// Each plugin's state, by position (since 2.1: appended, which the host's building of the
+    /// table and the plugins' reading it by reference allow).
+    pub states: RVec<StateSlot>,
+}
+
+/// A lifecycle hook: runs without arguments, may refuse with an error.
+pub type HookFn = extern "C" fn() -> RResult<(), FfiError>;
+
+/// A plugin's lifecycle hooks (Linux livepatch's callbacks), each optional.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct Hooks {
+    /// After the release linked and its state migrated, before it goes live; an error vetoes
+    /// the release.
+    pub pre_activate: Option<extern "C" fn() -> RResult<(), FfiError>>,
+    /// Right after the release went live; an error is logged.
+    pub post_activate: Option<extern "C" fn() -> RResult<(), FfiError>>,
+    /// Before the plugin's library is released (its last generation dropped); an error is
+    /// logged.
+    pub pre_unload: Option<extern "C" fn() -> RResult<(), FfiError>>,
 }
 
 /// The bound imports of one plugin, in the order the plugin declared them.

@@ -121,6 +121,7 @@ pub mod ffi;
 mod log;
 #[doc(hidden)]
 pub mod runtime;
+pub mod state;
 
 pub use contract::{Contract, Import};
 pub use error::Error;
@@ -128,6 +129,7 @@ pub use ffi::{
     Context, ErrorKind, ExportDecl, FfiError, HostApi, HostApiRef, LinkTable, PluginMod,
     PluginModRef, Signature, Wire, API_VERSION,
 };
+pub use state::State;
 pub use tracing;
 
 #[doc(hidden)]
@@ -155,9 +157,13 @@ macro_rules! plugin {
     (
         name: $name:literal,
         version: $version:expr,
+        $(state: $state:ty $({ $($dir:ident $other:ty => $migrate:path),* $(,)? })?,)?
         $(imports: { $($import:ident : $import_ty:ty),* $(,)? },)?
         exports: { $($export_ty:ty => $export_fn:path),* $(,)? }
         $(, init: $init:path)?
+        $(, pre_activate: $pre_activate:path)?
+        $(, post_activate: $post_activate:path)?
+        $(, pre_unload: $pre_unload:path)?
         $(,)?
     ) => {
         #[allow(non_camel_case_types, dead_code, clippy::upper_case_acronyms)]
@@ -207,6 +213,20 @@ macro_rules! plugin {
                     }
                     __graft_init
                 },
+                {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut state: ::core::option::Option<&'static $crate::state::StateDecl> =
+                        ::core::option::Option::None;
+                    $(state = ::core::option::Option::Some(&$crate::state::state_decl::<$state>(&[
+                        $($($crate::__graft_migration!($dir, $state, $other, $migrate),)*)?
+                    ]));)?
+                    state
+                },
+                $crate::runtime::hooks(
+                    $crate::__graft_hook!($($pre_activate)?),
+                    $crate::__graft_hook!($($post_activate)?),
+                    $crate::__graft_hook!($($pre_unload)?),
+                ),
             ));
 
         /// The plugin's abi_stable root module (the static it exports has no docs of its own).
@@ -220,4 +240,50 @@ macro_rules! plugin {
             }
         }
     };
+}
+
+/// One migration of a `plugin!` state declaration.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __graft_migration {
+    (up, $state:ty, $other:ty, $migrate:path) => {
+        $crate::state::migration::<$state, $other>($crate::state::Direction::UP, {
+            extern "C" fn __graft_up(
+                from: *const u8,
+                to: *mut u8,
+            ) -> $crate::__private::RResult<(), $crate::FfiError> {
+                // SAFETY: the host passes a valid older value and memory for the new one, of
+                // the layouts it checked against this declaration.
+                unsafe { $crate::state::run_migration::<$other, $state>(from, to, $migrate) }
+            }
+            __graft_up
+        })
+    };
+    (down, $state:ty, $other:ty, $migrate:path) => {
+        $crate::state::migration::<$state, $other>($crate::state::Direction::DOWN, {
+            extern "C" fn __graft_down(
+                from: *const u8,
+                to: *mut u8,
+            ) -> $crate::__private::RResult<(), $crate::FfiError> {
+                // SAFETY: as for `up`, the other way.
+                unsafe { $crate::state::run_migration::<$state, $other>(from, to, $migrate) }
+            }
+            __graft_down
+        })
+    };
+}
+
+/// One optional lifecycle hook of `plugin!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __graft_hook {
+    () => {
+        ::core::option::Option::None
+    };
+    ($hook:path) => {{
+        extern "C" fn __graft_hook() -> $crate::__private::RResult<(), $crate::FfiError> {
+            $crate::runtime::run_hook($hook)
+        }
+        ::core::option::Option::Some(__graft_hook as $crate::ffi::HookFn)
+    }};
 }

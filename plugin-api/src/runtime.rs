@@ -16,13 +16,15 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::contract::{signature, ByValue, Contract, Json, ValueFn};
 use crate::error::Error;
 use crate::ffi::{
-    Context, ErasedFn, ErrorKind, ExportDecl, FfiError, HostApiRef, InitFn, JsonFn, PluginMod,
-    Signature,
+    Context, ErasedFn, ErrorKind, ExportDecl, FfiError, HookFn, Hooks, HostApiRef, InitFn, JsonFn,
+    PluginMod, Signature,
 };
 use crate::log;
+use crate::state::StateDecl;
 
 /// Builds the root module; a function so the test-only `next-api` field is set here, under this
-/// crate's feature, not the plugin's.
+/// crate's feature, not the plugin's. One argument per field of [`PluginMod`].
+#[allow(clippy::too_many_arguments)]
 pub const fn plugin_mod(
     name: &'static str,
     version: &'static str,
@@ -30,6 +32,8 @@ pub const fn plugin_mod(
     imports: &'static [Signature],
     panic_unwind: bool,
     init: InitFn,
+    state: Option<&'static StateDecl>,
+    hooks: Hooks,
 ) -> PluginMod {
     PluginMod {
         name: RStr::from_str(name),
@@ -38,6 +42,8 @@ pub const fn plugin_mod(
         imports: RSlice::from_slice(imports),
         panic_unwind,
         init,
+        state,
+        hooks,
         #[cfg(feature = "next-api")]
         next_api_field: 0,
     }
@@ -188,7 +194,9 @@ pub fn run_init(
     flatten(result).into()
 }
 
-fn flatten<T>(result: Result<Result<T, Error>, Box<dyn Any + Send>>) -> Result<T, FfiError> {
+pub(crate) fn flatten<T>(
+    result: Result<Result<T, Error>, Box<dyn Any + Send>>,
+) -> Result<T, FfiError> {
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(err.into_ffi()),
@@ -217,5 +225,23 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Runs a lifecycle hook at the boundary, its panic caught.
+pub fn run_hook(hook: fn() -> Result<(), Error>) -> RResult<(), FfiError> {
+    flatten(catch_unwind(hook)).into()
+}
+
+/// The hook functions `plugin!` declares, each `None` unless named.
+pub const fn hooks(
+    pre_activate: Option<HookFn>,
+    post_activate: Option<HookFn>,
+    pre_unload: Option<HookFn>,
+) -> Hooks {
+    Hooks {
+        pre_activate,
+        post_activate,
+        pre_unload,
     }
 }

@@ -15,5 +15,6 @@ mod publish;
 mod releases;
 mod rollout;
 mod serve;
+mod state;
 mod unload;
 mod watch;

@@ -32,6 +32,10 @@ const PLUGINS: &[(&str, &str)] = &[
     ("frob-mistyped", "frob"),
     ("newer-api", "newer-api"),
     ("abort-build", "abort-build"),
+    ("counter-v1", "counter"),
+    ("counter-v2", "counter"),
+    ("counter-faulty", "counter"),
+    ("counter-veto", "counter"),
 ];
 
 /// Test plugins outside the workspace, each built on its own: one with graft-api's `next-api`

@@ -118,3 +118,79 @@ pub fn wait_at_gate(gate: &std::path::Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The counter example's contracts and state types (`counter-v1`, `counter-v2`).
+pub mod counter {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use abi_stable::StableAbi;
+    use graft_api::State;
+
+    graft_api::contract! {
+        /// Adds one under a key (0 to [`KEYS`] - 1; schema 1 keeps no keys); returns the new
+        /// total.
+        pub struct IncrV1 = "incr@1": fn(u32) -> u64;
+        /// The total (the input is ignored).
+        pub struct TotalV1 = "total@1": fn(u32) -> u64;
+        /// The count under one key (schema 2 only).
+        pub struct KeyCountV1 = "key-count@1": fn(u32) -> u64;
+    }
+
+    /// How many keys schema 2 counts separately.
+    pub const KEYS: usize = 8;
+
+    /// Schema 1: a total.
+    #[repr(C)]
+    #[derive(StableAbi, Debug)]
+    pub struct CounterV1 {
+        /// Increments since the state was created.
+        pub total: AtomicU64,
+    }
+
+    impl State for CounterV1 {
+        const SCHEMA: u32 = 1;
+        fn init() -> Self {
+            Self {
+                total: AtomicU64::new(0),
+            }
+        }
+    }
+
+    /// Schema 2: the total, and a count per key (`total` is their sum).
+    #[repr(C)]
+    #[derive(StableAbi, Debug)]
+    pub struct CounterV2 {
+        /// Increments since the state was created.
+        pub total: AtomicU64,
+        /// Increments per key; those made under schema 1, which has no keys, count under key 0.
+        pub by_key: [AtomicU64; KEYS],
+    }
+
+    impl State for CounterV2 {
+        const SCHEMA: u32 = 2;
+        fn init() -> Self {
+            Self {
+                total: AtomicU64::new(0),
+                by_key: Default::default(),
+            }
+        }
+    }
+
+    impl CounterV2 {
+        /// Schema 1 → 2: the old total, all of it under key 0.
+        pub fn from_v1(old: &CounterV1) -> Self {
+            let total = old.total.load(Ordering::Acquire);
+            let new = Self::init();
+            new.total.store(total, Ordering::Relaxed);
+            new.by_key[0].store(total, Ordering::Relaxed);
+            new
+        }
+
+        /// Schema 2 → 1: the total (the per-key counts have no place in schema 1).
+        pub fn to_v1(&self) -> CounterV1 {
+            CounterV1 {
+                total: AtomicU64::new(self.total.load(Ordering::Acquire)),
+            }
+        }
+    }
+}

@@ -367,7 +367,10 @@ impl Rollouts {
 
     /// Routes a request: pins the canary or the current generation. `key` is the sticky key,
     /// `force` an override. Without a rollout under way, every request goes to stable.
-    pub fn route(&self, key: Option<&[u8]>, force: Option<Route>) -> (OwnedPin, Route) {
+    ///
+    /// `None` while a publish that migrates state holds new requests at the boundary: the
+    /// caller waits briefly and routes again.
+    pub fn route(&self, key: Option<&[u8]>, force: Option<Route>) -> Option<(OwnedPin, Route)> {
         let weight = self.weight.load(Ordering::Relaxed);
         let to_canary = match force {
             Some(route) => route == Route::Canary,
@@ -376,10 +379,11 @@ impl Rollouts {
         };
         if to_canary {
             if let Some(canary) = self.canary.load_full() {
-                return (OwnedPin::new(canary), Route::Canary);
+                let pin = self.host.try_admit(OwnedPin::new(canary))?;
+                return Some((pin, Route::Canary));
             }
         }
-        (self.host.pin_owned(), Route::Stable)
+        Some((self.host.try_pin_owned()?, Route::Stable))
     }
 
     /// Counts a finished request for the analysis.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -71,6 +71,9 @@ pub(super) fn router(
         .fallback(not_found))
 }
 
+/// How often a request held at the boundary by a migrating publish tries again.
+const HELD_RETRY: Duration = Duration::from_micros(200);
+
 /// One HTTP request: route (stable or canary) and pin, call on the blocking pool, answer with
 /// the generation that served it.
 async fn call_export(
@@ -105,7 +108,14 @@ async fn call_export(
     } else {
         (None, None)
     };
-    let (pin, side) = route.rollouts.route(key, force);
+    // Held at the boundary (never failed) while a release migrates state: the pause is a few
+    // milliseconds, bounded by the migration's drain deadline.
+    let (pin, side) = loop {
+        match route.rollouts.route(key, force) {
+            Some(routed) => break routed,
+            None => tokio::time::sleep(HELD_RETRY).await,
+        }
+    };
     let generation = pin.id();
     span.record("generation", generation);
     let input = if body.is_empty() {

@@ -30,6 +30,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::bounded::{truncate, MAX_MESSAGE};
 use crate::decl::ContractError;
 use crate::error::{CallError, DeployError, DisplayChain};
+use crate::gate::Gate;
 use crate::generation::{Export, Exports, Generation};
 use crate::init::InitState;
 use crate::loader::LoadedPlugin;
@@ -74,6 +75,8 @@ pub struct Host {
     /// The version of the history last written to `record_path`: writes never go backwards.
     record_written: Mutex<u64>,
     settings: Settings,
+    /// The request boundary a migrating publish closes.
+    gate: Gate,
     next_generation: AtomicU64,
     /// Every generation prepared and not yet dropped, for status.
     generations: Mutex<Vec<Weak<Generation>>>,
@@ -87,6 +90,7 @@ struct Settings {
     unload_policy: UnloadPolicy,
     history_len: usize,
     init_timeout: Duration,
+    migration_drain: Duration,
     limits: Limits,
 }
 
@@ -126,6 +130,14 @@ impl HostBuilder {
         self
     }
 
+    /// How long a publish that migrates state waits for the requests in flight to finish,
+    /// with new ones held at the boundary, before it gives up and refuses the release
+    /// (default 1 s).
+    pub fn migration_drain(mut self, deadline: Duration) -> Self {
+        self.settings.migration_drain = deadline;
+        self
+    }
+
     /// How long a deploy waits for its plugins' initialisers (default 10 s). Past it the deploy
     /// is refused at [`Step::Init`](crate::Step::Init); the initialiser, which cannot be stopped,
     /// runs on and its library stays loaded until it returns.
@@ -161,6 +173,7 @@ impl HostBuilder {
             record_path: self.data_dir.join(RECORD),
             record_written: Mutex::new(0),
             settings: self.settings,
+            gate: Gate::default(),
             next_generation: AtomicU64::new(1),
             generations: Mutex::new(Vec::new()),
             book: Mutex::new(Book::default()),
@@ -177,6 +190,7 @@ impl Host {
                 unload_policy: UnloadPolicy::default(),
                 history_len: 5,
                 init_timeout: Duration::from_secs(10),
+                migration_drain: Duration::from_secs(1),
                 limits: Limits::default(),
             },
         }
@@ -215,8 +229,30 @@ impl Host {
     }
 
     /// Pins the current generation with an owned handle (for async work; counted in flight).
+    ///
+    /// Waits while a publish that migrates state holds the request boundary (bounded by the
+    /// migration's drain deadline plus the migration itself); [`Host::try_pin_owned`] does not.
+    /// Code that writes plugin state pins with this, not with [`Host::pin`]: the migration
+    /// waits for counted pins only.
     pub fn pin_owned(&self) -> OwnedPin {
-        OwnedPin::new(self.current.load_full())
+        loop {
+            if let Some(pin) = self.try_pin_owned() {
+                return pin;
+            }
+            self.gate.wait_open();
+        }
+    }
+
+    /// [`Host::pin_owned`] without waiting: `None` while a migrating publish holds the request
+    /// boundary (async callers retry after a short sleep).
+    pub fn try_pin_owned(&self) -> Option<OwnedPin> {
+        self.try_admit(OwnedPin::new(self.current.load_full()))
+    }
+
+    /// Lets a counted pin taken some other way (a canary's) through the request boundary:
+    /// `None`, the pin dropped, while a migrating publish holds it.
+    pub fn try_admit(&self, pin: OwnedPin) -> Option<OwnedPin> {
+        self.gate.admits().then_some(pin)
     }
 
     /// Calls an export in the current generation: `self.pin().call(export, input)`.

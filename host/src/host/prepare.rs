@@ -16,11 +16,12 @@ use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::Generation;
 use crate::init::InitFailure;
 use crate::link::{self, OpenImports};
-use crate::loader::LoadedPlugin;
+use crate::loader::{Hook, LoadedPlugin};
 use crate::release::{Manifest, MANIFEST};
 use crate::report::{Change, DeployReport, PluginChange};
 use crate::services;
 use crate::stage::{self, StageError};
+use crate::state::{self, Migration};
 use crate::status::{PluginRecord, ReleaseRecord};
 
 use super::Host;
@@ -42,6 +43,8 @@ pub struct Prepared {
     pub(super) linked: Duration,
     /// The plugins the release shipped (not carried over), with their files.
     pub(super) shipped: Vec<Shipped>,
+    /// State migrations publish runs again, on the quiescent state.
+    pub(super) migrations: Vec<Migration>,
 }
 
 /// One plugin file a prepared release shipped.
@@ -349,7 +352,9 @@ impl Host {
             open,
         )
         .map_err(|e| DeployError::new(Step::Link, None, None, e.into()))?;
+        let state = state::carry(base, &set)?;
         self.initialise(&shipped)?;
+        pre_activate(&shipped)?;
         let linked_in = staged.elapsed();
 
         let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +363,7 @@ impl Host {
             plan.label.clone(),
             linked,
             set,
+            state.cells,
             &self.exports,
         ));
         self.track(&generation);
@@ -384,6 +390,8 @@ impl Host {
             elapsed: started.elapsed(),
             staging: staged - started,
             go_live: linked_in,
+            migrated: state.migrations.iter().map(ToString::to_string).collect(),
+            pause: Duration::ZERO,
         };
         Ok(Prepared {
             generation,
@@ -394,6 +402,7 @@ impl Host {
             started,
             linked: linked_in,
             shipped,
+            migrations: state.migrations,
         })
     }
 
@@ -533,6 +542,21 @@ impl Host {
         }
         Ok(())
     }
+}
+
+/// Runs the `pre_activate` hooks of the shipped plugins, in order; the first error vetoes.
+fn pre_activate(shipped: &[Shipped]) -> Result<(), DeployError> {
+    for Shipped { plugin, .. } in shipped {
+        plugin.run_hook(Hook::PreActivate).map_err(|veto| {
+            DeployError::new(
+                Step::Activate,
+                Some(&plugin.info().name),
+                Some(plugin.path().to_owned()),
+                DeployCause::Veto(veto),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The plugins of `base` that `new` no longer has.

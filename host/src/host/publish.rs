@@ -9,16 +9,19 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::atomic_file;
 use crate::error::{DeployCause, DeployError, Step};
+use crate::gate::Closed;
 use crate::generation::Generation;
+use crate::loader::Hook;
 use crate::report::DeployReport;
+use crate::state::Migration;
 use crate::status::ReleaseRecord;
 use crate::unload::UnloadPolicy;
 
-use super::prepare::{Kind, Prepared};
+use super::prepare::{Kind, Prepared, Shipped};
 use super::{outcome, Book, Host};
 
 impl Host {
@@ -40,12 +43,21 @@ impl Host {
             mut report,
             started,
             linked,
-            ..
+            shipped,
+            migrations,
         } = prepared;
+        // A release that migrates state holds new requests at the boundary from here until
+        // the store (or the refusal) below: `closed` opens the gate when dropped.
+        let closed = if migrations.is_empty() {
+            None
+        } else {
+            Some(self.quiesce_and_migrate(&migrations)?)
+        };
         let mut book = self.lock_book();
         let current = self.current.load().id();
         if current != base {
             drop(book);
+            drop(closed);
             let cause = DeployCause::Stale {
                 prepared_against: base,
                 current,
@@ -54,6 +66,10 @@ impl Host {
         }
         generation.mark_published();
         self.current.store(Arc::clone(&generation));
+        if let Some((closed, paused)) = closed {
+            drop(closed);
+            report.pause = paused.elapsed();
+        }
 
         report.elapsed = started.elapsed();
         report.go_live = linked + publishing.elapsed();
@@ -73,7 +89,58 @@ impl Host {
         );
         self.write_record(version, &history);
         self.collect_staged(&history);
+        for Shipped { plugin, .. } in &shipped {
+            if let Err(error) = plugin.run_hook(Hook::PostActivate) {
+                tracing::warn!(plugin = %plugin.info().name, %error, "post_activate hook failed");
+            }
+        }
         Ok(report)
+    }
+
+    /// Closes the request boundary, waits (until the drain deadline) for every counted pin to
+    /// drop, then runs the migrations on the quiescent state. Returns the closed gate and when
+    /// it closed; any failure opens it again and refuses the release, state untouched (the
+    /// migrations wrote only into new cells).
+    fn quiesce_and_migrate(
+        &self,
+        migrations: &[Migration],
+    ) -> Result<(Closed<'_>, Instant), DeployError> {
+        let closed = self.gate.close();
+        let paused = Instant::now();
+        let deadline = paused + self.settings.migration_drain;
+        while self.counted_pins() > 0 {
+            if Instant::now() >= deadline {
+                drop(closed);
+                let cause = DeployCause::MigrationDrain(self.settings.migration_drain);
+                return Err(self.refused(DeployError::new(Step::Migrate, None, None, cause)));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        for migration in migrations {
+            if let Err(e) = migration.run() {
+                drop(closed);
+                let carrier = &migration.carrier;
+                let cause = DeployCause::State(format!("migration {migration} failed: {e}"));
+                return Err(self.refused(DeployError::new(
+                    Step::Migrate,
+                    Some(&migration.plugin),
+                    Some(carrier.path().to_owned()),
+                    cause,
+                )));
+            }
+        }
+        Ok((closed, paused))
+    }
+
+    /// Counted pins (owned pins and pin caches) on every live generation.
+    fn counted_pins(&self) -> usize {
+        let current = self.current.load_full();
+        self.live_generations()
+            .iter()
+            .filter(|g| !Arc::ptr_eq(g, &current))
+            .chain(std::iter::once(&current))
+            .map(|g| g.in_flight())
+            .sum()
     }
 
     /// Makes the last release recorded in the data directory current again: what a restarted
