@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# State under load: wrk increments the counter example through `graft serve` on loopback while
+# releases counter-v1 (state schema 1) and counter-v2 (schema 2) are deployed alternately, so
+# every deploy migrates the state, up or down, with requests in flight. Then it reads the
+# total and compares it with the increments that were answered 2xx.
+#
+# Run: scripts/state-under-load.sh [--duration 20] [--interval-ms 100] [--connections 32]
+#
+# It ends with exactly one line:
+#   requests=N ok=N non2xx=N counter=N lost=N migrations=N max_pause_ms=N
+# where `ok` counts 2xx increments, `lost = ok - counter`, and `max_pause_ms` is the longest
+# time a deploy held new requests at the boundary (from the deploy reports).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+duration=20 interval_ms=100 connections=32 threads=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration=$2; shift 2 ;;
+    --interval-ms) interval_ms=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+need_wrk
+build release counter-v1 counter-v2
+"$graft" pack "$work/v1" --name v1 --complete "$(lib counter-v1)" >/dev/null
+"$graft" pack "$work/v2" --name v2 --complete "$(lib counter-v2)" >/dev/null
+
+port_app=$port port_admin=$((port + 1))
+cat >"$work/graft.toml" <<EOF
+data_dir = "data"
+release = "$work/v1"
+listen = "127.0.0.1:$port_app"
+migration_drain_ms = 1000
+
+[admin]
+listen = "127.0.0.1:$port_admin"
+
+[[route]]
+method = "POST"
+path = "/incr"
+export = "incr@1"
+
+[[route]]
+method = "POST"
+path = "/total"
+export = "total@1"
+EOF
+(cd "$work" && RUST_LOG=warn "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
+pids+=($!)
+wait_for "http://127.0.0.1:$port_admin/status"
+
+cat >"$work/incr.lua" <<'EOF'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  ok, bad = 0, 0
+  wrk.method, wrk.body = "POST", "1"
+  wrk.headers["Content-Type"] = "application/json"
+end
+function response(status, headers, body)
+  if status >= 200 and status <= 299 then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local o, b = 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); b = b + t:get("bad") end
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d ok=%d non2xx=%d socket_errors=%d\n",
+    summary.requests, o, b, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+
+# Deploys v2, v1, v2, ... until the deadline; prints the count and the longest pause.
+cat >"$work/deployer.py" <<'PY'
+import json, sys, time, urllib.request
+port, work, duration, interval_ms = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+migrations, max_pause, i = 0, 0.0, 0
+deadline = time.monotonic() + duration
+while time.monotonic() < deadline:
+    body = json.dumps({"dir": f"{work}/{'v2' if i % 2 == 0 else 'v1'}"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/deploy", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        report = json.load(urllib.request.urlopen(req, timeout=30))
+        migrations += len(report.get("migrated", []))
+        max_pause = max(max_pause, float(report.get("pause_ms", 0)))
+        i += 1
+    except Exception as e:
+        print(f"deploy refused: {e}", file=sys.stderr)
+    time.sleep(interval_ms / 1000)
+print(f"{migrations} {max_pause:.3f}")
+PY
+
+python3 "$work/deployer.py" "$port_admin" "$work" "$duration" "$interval_ms" >"$work/deploys" &
+deployer=$!
+result=$(wrk -t"$threads" -c"$connections" -d"${duration}s" -s "$work/incr.lua" "http://127.0.0.1:$port_app/incr" | grep '^RESULT')
+wait "$deployer"
+read -r migrations max_pause <"$work/deploys"
+counter=$(curl -s -X POST -H 'Content-Type: application/json' -d 0 "http://127.0.0.1:$port_app/total")
+field() { echo "$result" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
+ok=$(field ok)
+echo "requests=$(field requests) ok=$ok non2xx=$(field non2xx) counter=$counter lost=$((ok - counter)) migrations=$migrations max_pause_ms=$max_pause"
