@@ -121,7 +121,10 @@ fn a_panicking_pre_activate_hook_is_contained_and_vetoes_the_release() {
         .unwrap_err();
     assert_eq!(err.step(), Step::Activate, "{err}");
     assert!(matches!(err.cause(), DeployCause::Veto(_)), "{err}");
-    assert!(DisplayChain(&err).to_string().contains("not today"), "{err}");
+    assert!(
+        DisplayChain(&err).to_string().contains("not today"),
+        "{err}"
+    );
     assert_eq!(incr(&host, 1, 0), 3);
 }
 
