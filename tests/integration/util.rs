@@ -332,7 +332,7 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
             ),
             Step::Check,
             Some("newer-api"),
-            "built against graft API 2.1.0",
+            "built against graft API 2.2.0",
         ),
         case(
             "panic = abort build",
