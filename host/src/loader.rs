@@ -179,11 +179,7 @@ impl LoadedPlugin {
             Some(decl) => Some(StateInfo::read(decl).map_err(LoadError::Declaration)?),
             None => None,
         };
-        let hooks = module.hooks().unwrap_or(Hooks {
-            pre_activate: None,
-            post_activate: None,
-            pre_unload: None,
-        });
+        let hooks = module.hooks().unwrap_or_default();
         Ok(Self {
             state,
             hooks,

@@ -45,7 +45,7 @@ pub(crate) struct MigrationInfo {
     pub up: bool,
     pub schema: u32,
     pub fingerprint: String,
-    run: extern "C" fn(from: *const u8, to: *mut u8) -> RResult<(), FfiError>,
+    pub run: extern "C" fn(from: *const u8, to: *mut u8) -> RResult<(), FfiError>,
 }
 
 impl StateInfo {
@@ -93,7 +93,7 @@ impl StateInfo {
 
     /// A new cell holding the plugin's initial value.
     pub(crate) fn fresh(&self, plugin: &str) -> Result<StateCell, String> {
-        let cell = StateCell::alloc(plugin, self)?;
+        let cell = StateCell::zeroed(plugin, self)?;
         ffi_result((self.init)(cell.ptr.as_ptr()))?;
         Ok(cell)
     }
@@ -127,17 +127,6 @@ impl StateInfo {
     }
 }
 
-impl MigrationInfo {
-    /// Runs the migration from `from` into `to`, which it overwrites whole.
-    ///
-    /// The caller guarantees `from` holds the type this migration reads and `to` was allocated
-    /// for the type it writes (both matched by fingerprint when the plan was made), and that
-    /// the library carrying it is loaded.
-    pub(crate) fn run(&self, from: &StateCell, to: &StateCell) -> Result<(), String> {
-        ffi_result((self.run)(from.ptr.as_ptr(), to.ptr.as_ptr()))
-    }
-}
-
 fn ffi_result(result: RResult<(), FfiError>) -> Result<(), String> {
     match result {
         RResult::ROk(()) => Ok(()),
@@ -160,7 +149,8 @@ unsafe impl Send for StateCell {}
 unsafe impl Sync for StateCell {}
 
 impl StateCell {
-    fn alloc(plugin: &str, info: &StateInfo) -> Result<Self, String> {
+    /// A new, zeroed cell for `info`'s type, for its initialiser or a migration to fill.
+    fn zeroed(plugin: &str, info: &StateInfo) -> Result<Self, String> {
         // A zero-sized state still gets a unique, valid address.
         let layout = Layout::from_size_align(info.layout.size().max(1), info.layout.align())
             .map_err(|e| e.to_string())?;
@@ -175,16 +165,11 @@ impl StateCell {
             ptr,
         })
     }
-
-    /// A new, zeroed cell for `info`'s type, for a migration to fill.
-    pub(crate) fn for_migration(plugin: &str, info: &StateInfo) -> Result<Self, String> {
-        Self::alloc(plugin, info)
-    }
 }
 
 impl Drop for StateCell {
     fn drop(&mut self) {
-        // SAFETY: allocated in `alloc` with this layout; the type has no drop glue (the API
+        // SAFETY: allocated in `zeroed` with this layout; the type has no drop glue (the API
         // refuses to compile one that has), so freeing the memory is all there is to do.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -204,8 +189,9 @@ pub(crate) struct Migration {
     pub plugin: String,
     pub from: Arc<StateCell>,
     pub to: Arc<StateCell>,
-    /// The library carrying the migration function, kept loaded until publish.
+    /// The library carrying `run`, kept loaded until publish.
     pub carrier: Arc<LoadedPlugin>,
+    run: extern "C" fn(from: *const u8, to: *mut u8) -> RResult<(), FfiError>,
     pub up: bool,
 }
 
@@ -224,20 +210,11 @@ impl fmt::Display for Migration {
 }
 
 impl Migration {
-    /// Runs it (the carrier's migration function, found again by schema and fingerprint).
+    /// Runs it from `from` into `to`, which it overwrites whole: `from` holds the type the
+    /// function reads and `to` was allocated for the type it writes (both matched by
+    /// fingerprint in [`carry`]), and `carrier` keeps the function's library loaded.
     pub(crate) fn run(&self) -> Result<(), String> {
-        let info = self
-            .carrier
-            .state()
-            .ok_or_else(|| "the migrating plugin declares no state".to_owned())?;
-        let migration = if self.up {
-            info.up_from(self.from.schema, &self.from.fingerprint)
-        } else {
-            info.down_to(self.to.schema, &self.to.fingerprint)
-        };
-        migration
-            .ok_or_else(|| "the migration is gone".to_owned())?
-            .run(&self.from, &self.to)
+        ffi_result((self.run)(self.from.ptr.as_ptr(), self.to.ptr.as_ptr()))
     }
 }
 
@@ -288,16 +265,16 @@ pub(crate) fn carry(base: &Generation, set: &[Arc<LoadedPlugin>]) -> Result<Carr
             }
             Some((old, holder)) => {
                 let up = info.schema > old.schema;
+                // Up: the newer build carries it; down: the build being replaced does.
                 let (carrier, found) = if up {
-                    (plugin, info.up_from(old.schema, &old.fingerprint).is_some())
+                    (plugin, info.up_from(old.schema, &old.fingerprint))
                 } else {
                     let found = holder
                         .state()
-                        .and_then(|h| h.down_to(info.schema, &info.fingerprint))
-                        .is_some();
+                        .and_then(|h| h.down_to(info.schema, &info.fingerprint));
                     (holder, found)
                 };
-                if !found {
+                let Some(found) = found else {
                     let carrier_paths = carrier.state().map_or_else(String::new, StateInfo::paths);
                     return Err(refuse(format!(
                         "no migration from schema {} to schema {}: {} {} carries {carrier_paths}",
@@ -306,12 +283,13 @@ pub(crate) fn carry(base: &Generation, set: &[Arc<LoadedPlugin>]) -> Result<Carr
                         carrier.info().name,
                         carrier.info().version,
                     )));
-                }
+                };
                 let migration = Migration {
                     plugin: name.clone(),
                     from: Arc::clone(old),
-                    to: Arc::new(StateCell::for_migration(name, info).map_err(refuse)?),
+                    to: Arc::new(StateCell::zeroed(name, info).map_err(refuse)?),
                     carrier: Arc::clone(carrier),
+                    run: found.run,
                     up,
                 };
                 migration.run().map_err(|e| {

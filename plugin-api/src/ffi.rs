@@ -175,7 +175,7 @@ pub type HookFn = extern "C" fn() -> RResult<(), FfiError>;
 
 /// A plugin's lifecycle hooks (Linux livepatch's callbacks), each optional.
 #[repr(C)]
-#[derive(StableAbi, Clone, Copy)]
+#[derive(StableAbi, Clone, Copy, Default)]
 pub struct Hooks {
     /// After the release linked and its state migrated, before it goes live; an error vetoes
     /// the release.

@@ -247,28 +247,23 @@ macro_rules! plugin {
 #[macro_export]
 macro_rules! __graft_migration {
     (up, $state:ty, $other:ty, $migrate:path) => {
-        $crate::state::migration::<$state, $other>($crate::state::Direction::UP, {
-            extern "C" fn __graft_up(
-                from: *const u8,
-                to: *mut u8,
-            ) -> $crate::__private::RResult<(), $crate::FfiError> {
-                // SAFETY: the host passes a valid older value and memory for the new one, of
-                // the layouts it checked against this declaration.
-                unsafe { $crate::state::run_migration::<$other, $state>(from, to, $migrate) }
-            }
-            __graft_up
-        })
+        $crate::__graft_migration!(@ UP, $state, $other, $other => $state, $migrate)
     };
     (down, $state:ty, $other:ty, $migrate:path) => {
-        $crate::state::migration::<$state, $other>($crate::state::Direction::DOWN, {
-            extern "C" fn __graft_down(
+        $crate::__graft_migration!(@ DOWN, $state, $other, $state => $other, $migrate)
+    };
+    (@ $dir:ident, $state:ty, $other:ty, $from:ty => $to:ty, $migrate:path) => {
+        $crate::state::migration::<$state, $other>($crate::state::Direction::$dir, {
+            extern "C" fn __graft_migrate(
                 from: *const u8,
                 to: *mut u8,
             ) -> $crate::__private::RResult<(), $crate::FfiError> {
-                // SAFETY: as for `up`, the other way.
-                unsafe { $crate::state::run_migration::<$state, $other>(from, to, $migrate) }
+                // SAFETY: the host passes a valid value of the type the migration reads and
+                // memory for the one it writes, of the layouts it checked against this
+                // declaration.
+                unsafe { $crate::state::run_migration::<$from, $to>(from, to, $migrate) }
             }
-            __graft_down
+            __graft_migrate
         })
     };
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use example_types::counter::{IncrV1, KeyCountV1, TotalV1};
-use graft_host::{DeployCause, DisplayChain, Host, Step, UnloadPolicy};
+use graft_host::{DeployCause, DeployError, DisplayChain, Host, Step, UnloadPolicy};
 
 use crate::util::Env;
 
@@ -67,18 +67,24 @@ fn state_survives_deploys_and_rollbacks_under_every_unload_policy() {
     }
 }
 
-#[test]
-fn a_panicking_migration_refuses_the_release_with_the_state_intact() {
+/// A host serving the release of crate `live` after `increments` increments (under key 1),
+/// and the error of deploying crate `refused` over it, with its whole chain as text.
+fn refused_over(live: &str, increments: u64, refused: &str) -> (Env, Host, DeployError, String) {
     let env = Env::new();
     let host = env.host();
-    host.deploy(env.complete_release("v2", &["counter-v2"]))
-        .unwrap();
-    incr(&host, 5, 1);
+    host.deploy(env.complete_release("live", &[live])).unwrap();
+    incr(&host, increments, 1);
     let err = host
-        .deploy(env.complete_release("faulty", &["counter-faulty"]))
+        .deploy(env.complete_release("refused", &[refused]))
         .unwrap_err();
-    assert_eq!(err.step(), Step::Migrate, "{err}");
     let text = DisplayChain(&err).to_string();
+    (env, host, err, text)
+}
+
+#[test]
+fn a_panicking_migration_refuses_the_release_with_the_state_intact() {
+    let (_env, host, err, text) = refused_over("counter-v2", 5, "counter-faulty");
+    assert_eq!(err.step(), Step::Migrate, "{err}");
     assert!(
         text.contains("counter") && text.contains("this migration is broken"),
         "{text}"
@@ -93,15 +99,8 @@ fn a_panicking_migration_refuses_the_release_with_the_state_intact() {
 
 #[test]
 fn a_release_with_no_path_between_schemas_is_refused_naming_both() {
-    let env = Env::new();
-    let host = env.host();
-    host.deploy(env.complete_release("v1", &["counter-v1"]))
-        .unwrap();
-    let err = host
-        .deploy(env.complete_release("faulty", &["counter-faulty"]))
-        .unwrap_err();
+    let (_env, host, err, text) = refused_over("counter-v1", 0, "counter-faulty");
     assert_eq!(err.step(), Step::Migrate, "{err}");
-    let text = DisplayChain(&err).to_string();
     assert!(
         text.contains("no migration from schema 1 to schema 3"),
         "{text}"
@@ -111,20 +110,10 @@ fn a_release_with_no_path_between_schemas_is_refused_naming_both() {
 
 #[test]
 fn a_panicking_pre_activate_hook_is_contained_and_vetoes_the_release() {
-    let env = Env::new();
-    let host = env.host();
-    host.deploy(env.complete_release("v2", &["counter-v2"]))
-        .unwrap();
-    incr(&host, 2, 0);
-    let err = host
-        .deploy(env.complete_release("veto", &["counter-veto"]))
-        .unwrap_err();
+    let (_env, host, err, text) = refused_over("counter-v2", 2, "counter-veto");
     assert_eq!(err.step(), Step::Activate, "{err}");
     assert!(matches!(err.cause(), DeployCause::Veto(_)), "{err}");
-    assert!(
-        DisplayChain(&err).to_string().contains("not today"),
-        "{err}"
-    );
+    assert!(text.contains("not today"), "{err}");
     assert_eq!(incr(&host, 1, 0), 3);
 }
 

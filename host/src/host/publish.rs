@@ -132,15 +132,11 @@ impl Host {
         Ok((closed, paused))
     }
 
-    /// Counted pins (owned pins and pin caches) on every live generation.
+    /// Counted pins (owned pins and pin caches) on every live generation. Every generation a
+    /// release made is tracked, the current one included; only the empty generation 0 is not,
+    /// and it holds no state.
     fn counted_pins(&self) -> usize {
-        let current = self.current.load_full();
-        self.live_generations()
-            .iter()
-            .filter(|g| !Arc::ptr_eq(g, &current))
-            .chain(std::iter::once(&current))
-            .map(|g| g.in_flight())
-            .sum()
+        self.live_generations().iter().map(|g| g.in_flight()).sum()
     }
 
     /// Makes the last release recorded in the data directory current again: what a restarted
