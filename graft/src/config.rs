@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:8080"
 //! drain_timeout_ms = 10000
 //! init_timeout_ms = 10000
+//! hook_timeout_ms = 10000
 //! migration_drain_ms = 1000
 //!
 //! [admin]
@@ -58,6 +59,10 @@ pub struct ServeConfig {
     /// How long a deploy waits for its plugins' initialisers before it is refused.
     #[serde(default = "default_init_timeout_ms")]
     pub init_timeout_ms: u64,
+    /// How long a plugin's lifecycle hook may run (a `pre_activate` past it refuses its
+    /// release).
+    #[serde(default = "default_init_timeout_ms")]
+    pub hook_timeout_ms: u64,
     /// How long a release that migrates state waits for the requests in flight (new ones held
     /// at the boundary) before it is refused.
     #[serde(default = "default_migration_drain_ms")]

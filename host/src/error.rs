@@ -182,6 +182,15 @@ pub enum DeployCause {
     /// A `pre_activate` hook refused the release (or failed).
     #[error("pre_activate refused: {}", Bounded(.0))]
     Veto(String),
+    /// A lifecycle hook was still running at its deadline. It runs on, and its library stays
+    /// loaded until it returns.
+    #[error("{hook} hook still running after {} ms, the limit (hook_timeout_ms)", .limit.as_millis())]
+    HookTimeout {
+        /// The hook.
+        hook: &'static str,
+        /// The deadline it passed.
+        limit: Duration,
+    },
 }
 
 /// A call into the pinned generation that did not return a value.

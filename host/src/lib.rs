@@ -46,11 +46,13 @@
 mod atomic_file;
 pub mod bounded;
 pub mod check;
+mod deadline;
 mod decl;
 pub mod elf;
 mod error;
 mod gate;
 mod generation;
+mod hook;
 mod host;
 mod init;
 pub mod link;

@@ -27,15 +27,18 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use abi_stable::library::{AbiHeaderRef, ROOT_MODULE_LOADER_NAME_WITH_NUL};
-use abi_stable::std_types::RResult;
 use abi_stable::StableAbi;
-use graft_api::ffi::{ErasedFn, Hooks, HostApiRef, JsonFn, PluginModRef};
+use graft_api::ffi::{ErasedFn, HookFn, Hooks, HostApiRef, JsonFn, PluginModRef};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::bounded::Bounded;
+use crate::deadline::{self, Outcome};
 use crate::decl::{self, PluginInfo, Signature};
+use crate::hook::{ffi_result, Hook, HookFailure};
 use crate::init::InitCell;
 use crate::state::StateInfo;
 use crate::types;
@@ -81,14 +84,6 @@ impl LoadError {
             Self::ApiVersion { .. } | Self::Layout(_) | Self::PanicStrategy | Self::Declaration(_)
         )
     }
-}
-
-/// A plugin lifecycle hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hook {
-    PreActivate,
-    PostActivate,
-    PreUnload,
 }
 
 /// A loaded, checked plugin library. Shared by every generation that contains it.
@@ -198,10 +193,7 @@ impl LoadedPlugin {
     /// `init`; panics are caught on the plugin's side. Called once per library, through
     /// [`LoadedPlugin::init_cell`].
     pub(crate) fn run_init(&self, host: HostApiRef) -> Result<(), String> {
-        match (self.module.init())(host) {
-            RResult::ROk(()) => Ok(()),
-            RResult::RErr(e) => Err(format!("{}: {}", e.kind, e.message)),
-        }
+        ffi_result((self.module.init())(host))
     }
 
     /// The plugin's state declaration.
@@ -209,17 +201,37 @@ impl LoadedPlugin {
         self.state.as_ref()
     }
 
-    /// Runs one of the plugin's lifecycle hooks, if it declares it (panics are caught on the
-    /// plugin's side).
-    pub(crate) fn run_hook(&self, hook: Hook) -> Result<(), String> {
-        let f = match hook {
+    /// Runs one of the plugin's lifecycle hooks, if it declares it, on a thread of its own and
+    /// waits for it at most `limit` (panics are caught on the plugin's side). A hook past its
+    /// deadline runs on, holding the plugin, so its library stays loaded until it returns.
+    pub(crate) fn run_hook_within(
+        self: &Arc<Self>,
+        hook: Hook,
+        limit: Duration,
+    ) -> Result<(), HookFailure> {
+        let Some(f) = self.hook(hook) else {
+            return Ok(());
+        };
+        let plugin = Arc::clone(self);
+        let late = move |result: Result<(), String>| {
+            tracing::warn!(
+                plugin = %plugin.info.name,
+                hook = hook.name(),
+                ?result,
+                "hook returned after its deadline"
+            );
+        };
+        match deadline::run_within("graft-hook", limit, move || ffi_result(f()), late) {
+            Outcome::Done(result) => result.map_err(HookFailure::Failed),
+            Outcome::TimedOut => Err(HookFailure::TimedOut),
+        }
+    }
+
+    fn hook(&self, hook: Hook) -> Option<HookFn> {
+        match hook {
             Hook::PreActivate => self.hooks.pre_activate,
             Hook::PostActivate => self.hooks.post_activate,
             Hook::PreUnload => self.hooks.pre_unload,
-        };
-        match f.map(|f| f()) {
-            None | Some(RResult::ROk(())) => Ok(()),
-            Some(RResult::RErr(e)) => Err(format!("{}: {}", e.kind, e.message)),
         }
     }
 
@@ -248,11 +260,9 @@ impl LoadedPlugin {
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
         if let Some(library) = self.library.take() {
-            if let Err(error) = self.run_hook(Hook::PreUnload) {
-                tracing::warn!(plugin = %self.info.name, %error, "pre_unload hook failed");
-            }
             self.unloader.unload(Unload {
                 library,
+                pre_unload: self.hook(Hook::PreUnload),
                 plugin: self.info.name.clone(),
                 version: self.info.version.clone(),
                 path: self.path.clone(),

@@ -82,7 +82,8 @@ pub struct LibraryStatus {
     pub version: String,
     /// The staged file it was loaded from.
     pub path: PathBuf,
-    /// Loaded, initialising, abandoned, or released but pinned in memory by the plugin.
+    /// Loaded, initialising, abandoned, unloading, or released but pinned in memory by the
+    /// plugin.
     pub state: LibraryState,
 }
 
@@ -100,6 +101,9 @@ pub enum LibraryState {
     Abandoned,
     /// Closed by the host, but still mapped: the plugin pinned it (a thread or a thread-local).
     Pinned,
+    /// Released by the host; its `pre_unload` hook is running (past the hook deadline the host
+    /// goes on, and the library is closed when the hook returns).
+    Unloading,
 }
 
 /// A release that went live: enough to deploy it again (rollback).

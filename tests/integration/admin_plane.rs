@@ -1,9 +1,12 @@
 //! The admin plane never waits on a deploy: status and rollback answer while a deploy is held
 //! in a plugin's initialiser, an initialiser past `init_timeout_ms` refuses its deploy, and a
-//! deploy whose client went away is accounted for.
+//! deploy whose client went away is accounted for. Lifecycle hooks get the same deadline
+//! (`hook_timeout_ms`): a `pre_activate` past it refuses its release, a `pre_unload` past it
+//! does not hold up other unloads.
 //!
 //! The held initialiser is the `slow-init` test plugin, which waits for a file to appear in the
-//! directory `GRAFT_TEST_INIT_GATE` names. Requests made while it is held use a client with a
+//! directory `GRAFT_TEST_INIT_GATE` names; the held hooks are `slow-hooks`'s, the same way with
+//! `GRAFT_TEST_HOOK_GATE`. Requests made while it is held use a client with a
 //! 10 s timeout, far below the plugin's own 60 s limit: an admin plane that waited for the
 //! initialiser would fail them.
 
@@ -17,7 +20,7 @@ use graft::client::AdminClient;
 use graft_host::status::LibraryState;
 
 use crate::serve::{config, post, spawn_graft_serve_logged, spawn_graft_serve_with};
-use crate::util::{wait_until, Env};
+use crate::util::{mapped_in, wait_until, Env};
 
 /// A fresh gate directory for the slow-init plugin.
 fn gate(env: &Env, name: &str) -> PathBuf {
@@ -36,12 +39,17 @@ fn wait_for_init(gate: &std::path::Path) {
 
 /// The state of the slow-init library, as status reports it.
 fn slow_init_state(admin: &AdminClient) -> Option<LibraryState> {
+    library_state(admin, "slow-init")
+}
+
+/// The state of a plugin's library, as status reports it.
+fn library_state(admin: &AdminClient, plugin: &str) -> Option<LibraryState> {
     let status = admin.status().unwrap();
     status
         .host
         .libraries
         .iter()
-        .find(|l| l.plugin == "slow-init")
+        .find(|l| l.plugin == plugin)
         .map(|l| l.state)
 }
 
@@ -181,4 +189,113 @@ fn a_deploy_whose_client_goes_away_while_it_prepares_is_not_published_and_says_s
     assert!(next.is_ok(), "{next:?}");
     let back = admin.rollback();
     assert!(back.is_ok(), "{back:?}");
+}
+
+/// A gate directory for `slow-hooks` that holds `hook`.
+fn hook_gate(env: &Env, hook: &str) -> PathBuf {
+    let gate = gate(env, "hooks");
+    std::fs::write(gate.join(format!("hold-{hook}")), b"").unwrap();
+    gate
+}
+
+#[test]
+fn a_pre_activate_hook_past_hook_timeout_ms_refuses_its_release_and_the_old_generation_serves() {
+    let env = Env::new();
+    let gate = hook_gate(&env, "pre_activate");
+    let (_server, base, admin_url) = spawn_graft_serve_with(
+        &config(&env, "hook_timeout_ms = 300"),
+        &[("GRAFT_TEST_HOOK_GATE", &gate)],
+        &[],
+    );
+    let admin = AdminClient::new(&admin_url, None).timeout(Duration::from_secs(30));
+
+    let refused = admin
+        .deploy(&DeployRequest::new(env.release("held", &["slow-hooks"])))
+        .unwrap_err();
+    let error = refused.api().unwrap_or_else(|| panic!("{refused}"));
+    assert_eq!(error.step.as_deref(), Some("activate"), "{}", error.message);
+    assert_eq!(error.plugin.as_deref(), Some("slow-hooks"));
+    assert!(
+        error
+            .message
+            .contains("pre_activate hook still running after 300 ms"),
+        "{}",
+        error.message
+    );
+    assert!(gate.join("pre_activate-started").exists());
+    assert_eq!(
+        admin.status().unwrap().host.current,
+        1,
+        "the old generation serves on"
+    );
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 1);
+    // The hook runs on and holds its library; once it returns, the library goes.
+    assert_eq!(
+        library_state(&admin, "slow-hooks"),
+        Some(LibraryState::Loaded)
+    );
+    std::fs::write(gate.join("go"), b"").unwrap();
+    wait_until("the held library to go", Duration::from_secs(60), || {
+        library_state(&admin, "slow-hooks").is_none()
+    });
+}
+
+#[test]
+fn a_pre_unload_hook_past_hook_timeout_ms_shows_unloading_and_other_libraries_still_unload() {
+    let env = Env::new();
+    let gate = hook_gate(&env, "pre_unload");
+    let config = config(
+        &env,
+        "hook_timeout_ms = 300\nunload_policy = \"when-drained\"",
+    );
+    let (server, _base, admin_url, log) =
+        spawn_graft_serve_logged(&config, &[("GRAFT_TEST_HOOK_GATE", &gate)], &[]);
+    let admin = AdminClient::new(&admin_url, None).timeout(Duration::from_secs(30));
+    let pid = server.0.id().to_string();
+    let deploy = |release: PathBuf| {
+        let report = admin.deploy(&DeployRequest::new(release));
+        assert!(report.is_ok(), "{report:?}");
+    };
+
+    deploy(env.release("hooked", &["slow-hooks"]));
+    // The release that drops slow-hooks releases its library: its pre_unload holds.
+    deploy(env.path("releases/v1"));
+    wait_until("pre_unload to start", Duration::from_secs(30), || {
+        gate.join("pre_unload-started").exists()
+    });
+    assert_eq!(
+        library_state(&admin, "slow-hooks"),
+        Some(LibraryState::Unloading)
+    );
+    log.wait_for(&[
+        "pre_unload hook still running at its deadline",
+        "slow-hooks",
+    ]);
+
+    // The unloader went on: a library released now is closed while the hook still runs.
+    deploy(env.path("releases/v2"));
+    let foo_v2 = admin
+        .status()
+        .unwrap()
+        .host
+        .libraries
+        .into_iter()
+        .find(|l| l.plugin == "foo" && l.version.starts_with('2'))
+        .expect("foo v2 loaded")
+        .path;
+    deploy(env.path("releases/v1"));
+    wait_until("foo v2 to be unmapped", Duration::from_secs(30), || {
+        !mapped_in(&pid, &foo_v2)
+    });
+    assert_eq!(
+        library_state(&admin, "slow-hooks"),
+        Some(LibraryState::Unloading)
+    );
+
+    std::fs::write(gate.join("go"), b"").unwrap();
+    wait_until(
+        "the held library to be closed",
+        Duration::from_secs(60),
+        || library_state(&admin, "slow-hooks").is_none(),
+    );
 }

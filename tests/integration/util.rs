@@ -29,6 +29,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("not-a-plugin", "not-a-plugin"),
     ("pins-itself", "pins-itself"),
     ("slow-init", "slow-init"),
+    ("slow-hooks", "slow-hooks"),
     ("frob-mistyped", "frob"),
     ("newer-api", "newer-api"),
     ("abort-build", "abort-build"),
@@ -452,7 +453,12 @@ pub(crate) fn history(host: &Host) -> Vec<String> {
 
 /// Whether `path` is mapped into this process, read straight from `/proc/self/maps`.
 pub(crate) fn mapped(path: &Path) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    mapped_in("self", path)
+}
+
+/// Whether `path` is mapped into process `pid` ("self" for this one), per `/proc/<pid>/maps`.
+pub(crate) fn mapped_in(pid: &str, path: &Path) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let path = path.to_str().unwrap();
     maps.lines()
         .any(|l| l.ends_with(path) || l.ends_with(&format!("{path} (deleted)")))

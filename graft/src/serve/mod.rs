@@ -92,6 +92,7 @@ impl Server {
             .unload_policy(config.unload_policy)
             .history(config.history)
             .init_timeout(Duration::from_millis(config.init_timeout_ms))
+            .hook_timeout(Duration::from_millis(config.hook_timeout_ms))
             .migration_drain(Duration::from_millis(config.migration_drain_ms))
             .limits(config.limits)
             .build()

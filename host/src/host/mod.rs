@@ -44,7 +44,7 @@ use crate::status::{
     ReleaseRecord, Status,
 };
 use crate::typed::TypedExport;
-use crate::unload::{UnloadPolicy, Unloader};
+use crate::unload::{Released, UnloadPolicy, Unloader};
 
 pub use prepare::Prepared;
 
@@ -90,6 +90,7 @@ struct Settings {
     unload_policy: UnloadPolicy,
     history_len: usize,
     init_timeout: Duration,
+    hook_timeout: Duration,
     migration_drain: Duration,
     limits: Limits,
 }
@@ -146,6 +147,15 @@ impl HostBuilder {
         self
     }
 
+    /// How long a lifecycle hook (`pre_activate`, `post_activate`, `pre_unload`) may run
+    /// (default 10 s). A `pre_activate` past it refuses the release at
+    /// [`Step::Activate`](crate::Step::Activate); the others are logged. A hook cannot be
+    /// stopped: it runs on, and its library stays loaded until it returns.
+    pub fn hook_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.hook_timeout = timeout;
+        self
+    }
+
     /// The limits on release manifests (default [`Limits::default`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.settings.limits = limits;
@@ -166,7 +176,7 @@ impl HostBuilder {
             current: ArcSwap::from_pointee(empty),
             exports: Exports::default(),
             libraries: Libraries::default(),
-            unloader: Unloader::spawn()?,
+            unloader: Unloader::spawn(self.settings.hook_timeout)?,
             checksums: ChecksumCache::default(),
             staging_dir,
             staging: RwLock::new(()),
@@ -190,6 +200,7 @@ impl Host {
                 unload_policy: UnloadPolicy::default(),
                 history_len: 5,
                 init_timeout: Duration::from_secs(10),
+                hook_timeout: Duration::from_secs(10),
                 migration_drain: Duration::from_secs(1),
                 limits: Limits::default(),
             },
@@ -390,16 +401,26 @@ impl Host {
                 },
             })
             .collect();
+        let released = |state| {
+            move |l: Released| LibraryStatus {
+                plugin: l.plugin,
+                version: l.version,
+                path: l.path,
+                state,
+            }
+        };
+        let unloader = &self.unloader;
         libraries.extend(
-            self.unloader
+            unloader
+                .unloading()
+                .into_iter()
+                .map(released(LibraryState::Unloading)),
+        );
+        libraries.extend(
+            unloader
                 .lingering()
                 .into_iter()
-                .map(|l| LibraryStatus {
-                    plugin: l.plugin,
-                    version: l.version,
-                    path: l.path,
-                    state: LibraryState::Pinned,
-                }),
+                .map(released(LibraryState::Pinned)),
         );
         libraries.sort_by(|a, b| a.path.cmp(&b.path));
         Status {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::Generation;
+use crate::hook::{Hook, HookFailure};
 use crate::init::InitFailure;
 use crate::link::{self, OpenImports};
-use crate::loader::{Hook, LoadedPlugin};
+use crate::loader::LoadedPlugin;
 use crate::release::{Manifest, MANIFEST};
 use crate::report::{Change, DeployReport, PluginChange};
 use crate::services;
@@ -354,7 +355,7 @@ impl Host {
         .map_err(|e| DeployError::new(Step::Link, None, None, e.into()))?;
         let state = state::carry(base, &set)?;
         self.initialise(&shipped)?;
-        pre_activate(&shipped)?;
+        pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();
 
         let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -544,17 +545,27 @@ impl Host {
     }
 }
 
-/// Runs the `pre_activate` hooks of the shipped plugins, in order; the first error vetoes.
-fn pre_activate(shipped: &[Shipped]) -> Result<(), DeployError> {
+/// Runs the `pre_activate` hooks of the shipped plugins, in order, each under `limit`; the first
+/// error or overrun vetoes.
+fn pre_activate(shipped: &[Shipped], limit: Duration) -> Result<(), DeployError> {
     for Shipped { plugin, .. } in shipped {
-        plugin.run_hook(Hook::PreActivate).map_err(|veto| {
-            DeployError::new(
-                Step::Activate,
-                Some(&plugin.info().name),
-                Some(plugin.path().to_owned()),
-                DeployCause::Veto(veto),
-            )
-        })?;
+        plugin
+            .run_hook_within(Hook::PreActivate, limit)
+            .map_err(|failure| {
+                let cause = match failure {
+                    HookFailure::Failed(veto) => DeployCause::Veto(veto),
+                    HookFailure::TimedOut => DeployCause::HookTimeout {
+                        hook: Hook::PreActivate.name(),
+                        limit,
+                    },
+                };
+                DeployError::new(
+                    Step::Activate,
+                    Some(&plugin.info().name),
+                    Some(plugin.path().to_owned()),
+                    cause,
+                )
+            })?;
     }
     Ok(())
 }

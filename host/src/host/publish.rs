@@ -15,7 +15,7 @@ use crate::atomic_file;
 use crate::error::{DeployCause, DeployError, Step};
 use crate::gate::Closed;
 use crate::generation::Generation;
-use crate::loader::Hook;
+use crate::hook::Hook;
 use crate::report::DeployReport;
 use crate::state::Migration;
 use crate::status::ReleaseRecord;
@@ -90,8 +90,9 @@ impl Host {
         self.write_record(version, &history);
         self.collect_staged(&history);
         for Shipped { plugin, .. } in &shipped {
-            if let Err(error) = plugin.run_hook(Hook::PostActivate) {
-                tracing::warn!(plugin = %plugin.info().name, %error, "post_activate hook failed");
+            let limit = self.settings.hook_timeout;
+            if let Err(failure) = plugin.run_hook_within(Hook::PostActivate, limit) {
+                tracing::warn!(plugin = %plugin.info().name, ?failure, "post_activate hook failed");
             }
         }
         Ok(report)
