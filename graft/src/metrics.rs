@@ -1,7 +1,8 @@
 //! Prometheus metrics of a serving host, exposed by the admin API at `GET /metrics`.
 //!
 //! Per generation: requests, errors (plugin errors, panics, bad input), a latency histogram and
-//! in-flight requests; per result: deploys; go-live latency (link, init, store); libraries mapped.
+//! in-flight requests; per result: deploys; go-live latency (link, init, store); state
+//! migrations and how long each held requests at the boundary; libraries mapped.
 //! In-flight and libraries are read from [`Host::status`] at scrape time, so they cost nothing
 //! per request. The request series of the [`KEPT_GENERATIONS`] most recently served generations
 //! are kept; older ones are dropped, so a server deployed to every minute for months does not
@@ -18,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use graft_host::Host;
+use graft_host::{DeployReport, Host};
 
 use crate::rollout::RolloutStatus;
 
@@ -65,6 +66,8 @@ pub(crate) struct Metrics {
     in_flight: Family<GenerationLabel, Gauge>,
     deploys: Family<ResultLabel, Counter>,
     go_live: Histogram,
+    migrations: Counter,
+    migration_pause: Histogram,
     libraries: Gauge,
     role: Family<RoleLabel, Gauge>,
     canary_weight: Gauge,
@@ -87,6 +90,9 @@ impl Metrics {
         let in_flight = Family::<GenerationLabel, Gauge>::default();
         let deploys = Family::<ResultLabel, Counter>::default();
         let go_live = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        let migrations = Counter::default();
+        // 10 µs to about 5 s (past the default drain deadline of 1 s).
+        let migration_pause = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
         let libraries = Gauge::default();
         let role = Family::<RoleLabel, Gauge>::default();
         let canary_weight = Gauge::default();
@@ -137,6 +143,16 @@ impl Metrics {
             go_live.clone(),
         );
         registry.register(
+            "state_migrations",
+            "Plugin state migrations run by releases that went live",
+            migrations.clone(),
+        );
+        registry.register(
+            "migration_pause_seconds",
+            "How long a release that migrated state held new requests at the boundary",
+            migration_pause.clone(),
+        );
+        registry.register(
             "libraries_mapped",
             "Plugin libraries mapped by the host",
             libraries.clone(),
@@ -151,6 +167,8 @@ impl Metrics {
             in_flight,
             deploys,
             go_live,
+            migrations,
+            migration_pause,
             libraries,
             role,
             canary_weight,
@@ -204,15 +222,20 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn deploy(&self, go_live: Option<Duration>) {
-        let result = if go_live.is_some() {
+    /// Counts a deploy (or rollback): its report if it went live, `None` if it was refused.
+    pub(crate) fn deploy(&self, live: Option<&DeployReport>) {
+        let result = if live.is_some() {
             "succeeded"
         } else {
             "rejected"
         };
         self.deploys.get_or_create(&ResultLabel { result }).inc();
-        if let Some(go_live) = go_live {
-            self.go_live.observe(go_live.as_secs_f64());
+        if let Some(report) = live {
+            self.go_live.observe(report.go_live.as_secs_f64());
+            if !report.migrated.is_empty() {
+                self.migrations.inc_by(report.migrated.len() as u64);
+                self.migration_pause.observe(report.pause.as_secs_f64());
+            }
         }
     }
 

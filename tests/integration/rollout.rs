@@ -1,4 +1,5 @@
-//! Staged rollouts: sticky routing, automatic abort, promotion, and too little traffic.
+//! Staged rollouts: sticky routing, automatic abort, promotion, too little traffic, and a
+//! release that migrates state (refused as a canary).
 //!
 //! These drive a host's [`Rollouts`] the way `graft serve` does for each request: route (which
 //! pins one generation), call, record. The analysis thread is slowed down to once an hour so
@@ -8,9 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use example_types::counter::IncrV1;
 use graft::rollout::{
-    AnalysisConfig, RolloutConfig, RolloutPlan, RolloutState, RolloutStatus, Rollouts, Route,
-    Verdict,
+    AnalysisConfig, RolloutConfig, RolloutError, RolloutPlan, RolloutState, RolloutStatus,
+    Rollouts, Route, Verdict,
 };
 use graft_host::{Export, Host, UnloadPolicy};
 
@@ -374,4 +376,37 @@ export = "hello@1"
     let (ok, _, stderr) = cli(&["rollout", "abort"]);
     assert!(!ok);
     assert!(stderr.contains("no rollout is under way"), "{stderr}");
+}
+
+#[test]
+fn a_release_that_migrates_state_is_refused_as_a_canary_and_stable_keeps_its_state() {
+    let env = Env::new();
+    let host = Arc::new(env.host_with(UnloadPolicy::WhenDrained));
+    host.deploy(env.complete_release("v1", &["counter-v1"]))
+        .unwrap();
+    let incr = host.typed_export::<IncrV1>().unwrap();
+    host.call_typed(&incr, 0).unwrap();
+    let rollouts = Rollouts::new(Arc::clone(&host), config("10:1h", 1));
+
+    let refused = rollouts
+        .start(&env.complete_release("v2", &["counter-v2"]), None, None)
+        .unwrap_err();
+    assert!(
+        matches!(&refused, RolloutError::MigratesState(m) if m == &["counter 1 -> 2 (up)"]),
+        "{refused}"
+    );
+    assert!(!rollouts.under_way());
+    assert_eq!(
+        host.call_typed(&incr, 0).unwrap(),
+        2,
+        "stable's state is untouched"
+    );
+    // A release that keeps the schema shares the state: it may be a canary.
+    rollouts
+        .start(
+            &env.complete_release("v1-again", &["counter-v1"]),
+            None,
+            None,
+        )
+        .unwrap();
 }

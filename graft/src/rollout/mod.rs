@@ -192,6 +192,10 @@ pub enum RolloutError {
     /// There is no rollout under way.
     #[error("no rollout is under way")]
     NoRollout,
+    /// The release migrates plugin state: a canary and stable would each write their own copy,
+    /// and the canary's writes would be lost at promotion.
+    #[error("the release migrates state ({}): a canary cannot share state with stable across a schema change; deploy it directly", .0.join(", "))]
+    MigratesState(Vec<String>),
 }
 
 /// The two sides' counters for the rollout under way, found by generation id.
@@ -319,6 +323,9 @@ impl Rollouts {
         self.starting.store(false, Ordering::Release);
         let prepared = prepared?;
         let report = prepared.report().clone();
+        if !report.migrated.is_empty() {
+            return Err(RolloutError::MigratesState(report.migrated));
+        }
         let (stable, canary) = (prepared.base(), prepared.id());
         let sides = Arc::new(Sides {
             stable_id: stable,

@@ -55,7 +55,7 @@ impl Deployer {
         // stable that changed under its canary, so this deploy gives way instead.
         self.no_rollout_under_way()?;
         let report = self.host.publish(prepared).map_err(|e| self.rejected(&e))?;
-        self.metrics.deploy(Some(report.go_live));
+        self.metrics.deploy(Some(&report));
         Ok(report.into())
     }
 
@@ -63,7 +63,7 @@ impl Deployer {
     pub(crate) fn rollback(&self) -> Result<DeployResponse, ApiError> {
         self.no_rollout_under_way()?;
         let report = self.host.rollback().map_err(|e| self.rejected(&e))?;
-        self.metrics.deploy(Some(report.go_live));
+        self.metrics.deploy(Some(&report));
         Ok(report.into())
     }
 
@@ -80,7 +80,7 @@ impl Deployer {
             .map_err(|reason| ApiError::bad_request(format!("invalid rollout plan: {reason}")))?;
         match self.rollouts.start(dir, options.canary, plan) {
             Ok((report, rollout)) => {
-                self.metrics.deploy(Some(report.go_live));
+                self.metrics.deploy(Some(&report));
                 Ok(DeployResponse {
                     report,
                     rollout: Some(rollout),
