@@ -9,6 +9,7 @@
 //! init_timeout_ms = 10000
 //! hook_timeout_ms = 10000
 //! migration_drain_ms = 1000
+//! state_save_interval_ms = 0
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -67,6 +68,10 @@ pub struct ServeConfig {
     /// at the boundary) before it is refused.
     #[serde(default = "default_migration_drain_ms")]
     pub migration_drain_ms: u64,
+    /// How often the plugin state that asks to be saved is saved while serving (0: only when
+    /// the server stops). Each save holds new requests at the boundary while it copies.
+    #[serde(default)]
+    pub state_save_interval_ms: u64,
     /// What happens to libraries no generation uses.
     #[serde(default)]
     pub unload_policy: UnloadPolicy,

@@ -193,6 +193,19 @@ pub enum DeployCause {
     },
 }
 
+/// Why saving plugin state ([`Host::save_state`](crate::Host::save_state)) failed. What was
+/// saved before stays as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaveStateError {
+    /// The requests in flight did not finish within the drain deadline (`migration_drain_ms`).
+    #[error("requests still in flight after {} ms, the limit (migration_drain_ms); the state was not saved", .0.as_millis())]
+    Drain(Duration),
+    /// Writing the state files failed.
+    #[error("writing saved state to {}", .0.display())]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
 /// A call into the pinned generation that did not return a value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -111,6 +111,11 @@ impl Generation {
             .and_then(|(p, cell)| cell.as_ref().map(|c| (c, p)))
     }
 
+    /// The state cells of the generation's plugins that are saved across restarts.
+    pub(crate) fn persisted_states(&self) -> impl Iterator<Item = &Arc<StateCell>> {
+        self.states.iter().flatten().filter(|cell| cell.persist)
+    }
+
     /// The generation's number; 0 is the empty generation a host starts with.
     pub fn id(&self) -> u64 {
         self.id

@@ -63,6 +63,7 @@ mod registry;
 pub mod release;
 mod report;
 mod services;
+mod snapshot;
 mod stage;
 mod state;
 pub mod status;
@@ -73,10 +74,10 @@ mod unload;
 pub use decl::{
     is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
 };
-pub use error::{CallError, DeployCause, DeployError, DisplayChain, Step};
+pub use error::{CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step};
 pub use generation::{Export, Generation, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
-pub use host::{Host, HostBuilder, Prepared, RECORD};
+pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD};
 pub use loader::LoadError;
 pub use pin::{OwnedPin, Pin, PinCache};
 pub use report::{Change, DeployReport, PluginChange};

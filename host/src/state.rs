@@ -15,6 +15,7 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fmt;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -26,7 +27,9 @@ use graft_api::state::{Direction, StateDecl, StateSlot};
 
 use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::Generation;
+use crate::hook::ffi_result;
 use crate::loader::LoadedPlugin;
+use crate::snapshot::{self, Snapshot};
 use crate::types;
 
 /// What a plugin's library declares about its state, copied into host memory at load.
@@ -38,6 +41,8 @@ pub(crate) struct StateInfo {
     type_id: UTypeId,
     init: extern "C" fn(to: *mut u8) -> RResult<(), FfiError>,
     pub migrations: Vec<MigrationInfo>,
+    /// Saved across restarts ([`graft_api::State::PERSIST`]).
+    pub persist: bool,
 }
 
 /// One migration a library carries.
@@ -58,6 +63,15 @@ impl StateInfo {
         };
         let layout = Layout::from_size_align(decl.layout.size(), decl.layout.alignment())
             .map_err(|e| format!("state schema {}: {e}", decl.schema))?;
+        if decl.persist {
+            types::padding_free(decl.layout).map_err(|e| {
+                format!(
+                    "state schema {} ({}) asks to be saved, but its bytes are not all data: {e}",
+                    decl.schema,
+                    decl.layout.full_type()
+                )
+            })?;
+        }
         let mut migrations = Vec::with_capacity(decl.migrations.len());
         for m in decl.migrations.iter() {
             let up = match m.direction {
@@ -80,6 +94,7 @@ impl StateInfo {
             type_id: (decl.type_id)(),
             init: decl.init,
             migrations,
+            persist: decl.persist,
         })
     }
 
@@ -127,18 +142,13 @@ impl StateInfo {
     }
 }
 
-fn ffi_result(result: RResult<(), FfiError>) -> Result<(), String> {
-    match result {
-        RResult::ROk(()) => Ok(()),
-        RResult::RErr(e) => Err(format!("{}: {}", e.kind, e.message)),
-    }
-}
-
 /// One plugin's state value in host memory, shared by the generations that agree on its type.
 pub(crate) struct StateCell {
     pub plugin: String,
     pub schema: u32,
     pub fingerprint: String,
+    /// Saved across restarts.
+    pub persist: bool,
     layout: Layout,
     ptr: NonNull<u8>,
 }
@@ -151,19 +161,77 @@ unsafe impl Sync for StateCell {}
 impl StateCell {
     /// A new, zeroed cell for `info`'s type, for its initialiser or a migration to fill.
     fn zeroed(plugin: &str, info: &StateInfo) -> Result<Self, String> {
+        Self::alloc(
+            plugin,
+            info.schema,
+            &info.fingerprint,
+            info.persist,
+            info.layout,
+        )
+    }
+
+    fn alloc(
+        plugin: &str,
+        schema: u32,
+        fingerprint: &str,
+        persist: bool,
+        layout: Layout,
+    ) -> Result<Self, String> {
         // A zero-sized state still gets a unique, valid address.
-        let layout = Layout::from_size_align(info.layout.size().max(1), info.layout.align())
+        let layout = Layout::from_size_align(layout.size().max(1), layout.align())
             .map_err(|e| e.to_string())?;
         // SAFETY: `layout` has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })
             .ok_or_else(|| format!("allocating {} bytes of state failed", layout.size()))?;
         Ok(Self {
             plugin: plugin.to_owned(),
-            schema: info.schema,
-            fingerprint: info.fingerprint.clone(),
+            schema,
+            fingerprint: fingerprint.to_owned(),
+            persist,
             layout,
             ptr,
         })
+    }
+
+    /// A cell holding a saved value, with the saved type's size and alignment: the source of
+    /// a migration, or the state itself when the schema is the plugin's.
+    fn restored(plugin: &str, saved: &Snapshot) -> Result<Self, String> {
+        let layout =
+            Layout::from_size_align(saved.bytes.len(), saved.align as usize).map_err(|e| {
+                format!(
+                    "saved size {} and alignment {}: {e}",
+                    saved.bytes.len(),
+                    saved.align
+                )
+            })?;
+        let cell = Self::alloc(plugin, saved.schema, &saved.fingerprint, true, layout)?;
+        // SAFETY: the cell has at least `bytes.len()` bytes (its size is that, or 1 for an
+        // empty value) and nothing else refers to it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                saved.bytes.as_ptr(),
+                cell.ptr.as_ptr(),
+                saved.bytes.len(),
+            );
+        }
+        Ok(cell)
+    }
+
+    /// The value's bytes, to save. Call it only at a request boundary (nothing writes the value
+    /// meanwhile).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut bytes = vec![0; self.layout.size()];
+        // SAFETY: the cell holds `layout.size()` bytes, all of them initialised: it was
+        // allocated zeroed and its type has no padding (checked at load for saved types).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), bytes.as_mut_ptr(), bytes.len());
+        }
+        Snapshot {
+            schema: self.schema,
+            align: u32::try_from(self.layout.align()).unwrap_or(u32::MAX),
+            fingerprint: self.fingerprint.clone(),
+            bytes,
+        }
     }
 }
 
@@ -228,8 +296,14 @@ pub(crate) struct Carried {
 
 /// Carries the state of `base` over to the plugin set `set`: passes a cell through where the
 /// schema and type agree, starts a fresh one for a plugin `base` holds no state for, and
-/// migrates (a trial run, into a new cell) where the schema changed.
-pub(crate) fn carry(base: &Generation, set: &[Arc<LoadedPlugin>]) -> Result<Carried, DeployError> {
+/// migrates (a trial run, into a new cell) where the schema changed. With `saved` (the first
+/// release a host publishes), a plugin `base` holds no state for starts from its saved state
+/// instead, if it has some: as it is, or migrated up by the plugin.
+pub(crate) fn carry(
+    base: &Generation,
+    set: &[Arc<LoadedPlugin>],
+    saved: Option<&Path>,
+) -> Result<Carried, DeployError> {
     let mut carried = Carried {
         cells: Vec::with_capacity(set.len()),
         migrations: Vec::new(),
@@ -248,64 +322,108 @@ pub(crate) fn carry(base: &Generation, set: &[Arc<LoadedPlugin>]) -> Result<Carr
             carried.cells.push(None);
             continue;
         };
-        let cell = match base.state_of(name) {
-            None => Arc::new(
-                info.fresh(name)
-                    .map_err(|e| refuse(format!("initial value of schema {}: {e}", info.schema)))?,
-            ),
-            Some((old, _)) if old.schema == info.schema => {
-                if old.fingerprint != info.fingerprint {
-                    return Err(refuse(format!(
-                        "schema {} is live with another type than {}: a changed state type \
-                         needs a new schema number and migrations",
-                        info.schema, info.type_name
-                    )));
-                }
-                Arc::clone(old)
+        // The value to carry over, the build holding it (none for a saved one), and where it
+        // comes from, for errors.
+        let live = base
+            .state_of(name)
+            .map(|(old, holder)| (Arc::clone(old), Some(holder), "is live".to_owned()));
+        let found = match (live, saved) {
+            (Some(live), _) => Some(live),
+            (None, Some(dir)) if info.persist => {
+                restore(dir, name, &refuse)?.map(|(cell, origin)| (cell, None, origin))
             }
-            Some((old, holder)) => {
-                let up = info.schema > old.schema;
-                // Up: the newer build carries it; down: the build being replaced does.
-                let (carrier, found) = if up {
-                    (plugin, info.up_from(old.schema, &old.fingerprint))
-                } else {
-                    let found = holder
-                        .state()
-                        .and_then(|h| h.down_to(info.schema, &info.fingerprint));
-                    (holder, found)
-                };
-                let Some(found) = found else {
-                    let carrier_paths = carrier.state().map_or_else(String::new, StateInfo::paths);
-                    return Err(refuse(format!(
-                        "no migration from schema {} to schema {}: {} {} carries {carrier_paths}",
-                        old.schema,
-                        info.schema,
-                        carrier.info().name,
-                        carrier.info().version,
-                    )));
-                };
-                let migration = Migration {
-                    plugin: name.clone(),
-                    from: Arc::clone(old),
-                    to: Arc::new(StateCell::zeroed(name, info).map_err(refuse)?),
-                    carrier: Arc::clone(carrier),
-                    run: found.run,
-                    up,
-                };
-                migration.run().map_err(|e| {
-                    refuse(format!(
-                        "migration {} from schema {} to {} failed: {e}",
-                        if up { "up" } else { "down" },
-                        old.schema,
-                        info.schema
-                    ))
-                })?;
-                let to = Arc::clone(&migration.to);
-                carried.migrations.push(migration);
-                to
+            (None, _) => None,
+        };
+        let Some((old, holder, origin)) = found else {
+            let cell = info
+                .fresh(name)
+                .map_err(|e| refuse(format!("initial value of schema {}: {e}", info.schema)))?;
+            carried.cells.push(Some(Arc::new(cell)));
+            continue;
+        };
+        let cell = if old.schema == info.schema {
+            if old.fingerprint != info.fingerprint {
+                return Err(refuse(format!(
+                    "schema {} {origin} with another type than {}: a changed state type needs a \
+                     new schema number and migrations",
+                    info.schema, info.type_name
+                )));
             }
+            old
+        } else {
+            let up = info.schema > old.schema;
+            // Up: the newer build carries it; down: the build being replaced does (a saved
+            // value has no such build loaded).
+            let (carrier, found) = if up {
+                (Some(plugin), info.up_from(old.schema, &old.fingerprint))
+            } else {
+                let found = holder
+                    .and_then(|h| h.state())
+                    .and_then(|h| h.down_to(info.schema, &info.fingerprint));
+                (holder, found)
+            };
+            let (Some(carrier), Some(found)) = (carrier, found) else {
+                let carries = carrier.map_or_else(
+                    || {
+                        format!(
+                            "the value {origin}, and no build that could migrate it down is loaded"
+                        )
+                    },
+                    |c| {
+                        let paths = c.state().map_or_else(String::new, StateInfo::paths);
+                        format!("{} {} carries {paths}", c.info().name, c.info().version)
+                    },
+                );
+                return Err(refuse(format!(
+                    "no migration from schema {} to schema {}: {carries}",
+                    old.schema, info.schema,
+                )));
+            };
+            let migration = Migration {
+                plugin: name.clone(),
+                to: Arc::new(StateCell::zeroed(name, info).map_err(refuse)?),
+                from: old,
+                carrier: Arc::clone(carrier),
+                run: found.run,
+                up,
+            };
+            migration.run().map_err(|e| {
+                refuse(format!(
+                    "migration {} from schema {} to {} failed: {e}",
+                    if up { "up" } else { "down" },
+                    migration.from.schema,
+                    info.schema
+                ))
+            })?;
+            let to = Arc::clone(&migration.to);
+            carried.migrations.push(migration);
+            to
         };
         carried.cells.push(Some(cell));
     }
     Ok(carried)
+}
+
+/// `plugin`'s saved value under `dir`, if it has one, and where it was saved (for errors).
+fn restore(
+    dir: &Path,
+    plugin: &str,
+    refuse: &dyn Fn(String) -> DeployError,
+) -> Result<Option<(Arc<StateCell>, String)>, DeployError> {
+    let file = snapshot::path(dir, plugin);
+    let in_file = |e: String| {
+        refuse(format!(
+            "saved state {}: {e} (move the file away to start from a fresh value)",
+            file.display()
+        ))
+    };
+    let Some(saved) = snapshot::read(dir, plugin).map_err(in_file)? else {
+        return Ok(None);
+    };
+    let cell = StateCell::restored(plugin, &saved).map_err(in_file)?;
+    tracing::info!(plugin, schema = saved.schema, file = %file.display(), "restoring saved state");
+    Ok(Some((
+        Arc::new(cell),
+        format!("was saved in {}", file.display()),
+    )))
 }

@@ -143,6 +143,55 @@ fn plain(layout: &'static TypeLayout, depth: usize, nodes: &mut usize) -> Result
     }
 }
 
+/// Checks that a plain-data type has no padding bytes (every byte belongs to a field), so its
+/// bytes can be saved as they are: no enum or union (whose bytes may be partly uninitialised),
+/// and fields that fill their struct.
+pub(crate) fn padding_free(layout: &'static TypeLayout) -> Result<(), String> {
+    let mut nodes = 0;
+    no_padding(layout, 0, &mut nodes)
+}
+
+fn no_padding(layout: &'static TypeLayout, depth: usize, nodes: &mut usize) -> Result<(), String> {
+    use abi_stable::type_layout::TLPrimitive as P;
+    *nodes += 1;
+    if depth >= MAX_DEPTH || *nodes > MAX_NODES {
+        return Err("the type is too deep or too large to check".into());
+    }
+    let name = || layout.full_type().to_string();
+    let filled = |fields: TLFields, nodes: &mut usize| {
+        let mut sum = 0;
+        for field in fields.iter() {
+            no_padding(field.layout(), depth + 1, nodes)
+                .map_err(|e| format!("field {}: {e}", field.name()))?;
+            sum += field.layout().size();
+        }
+        if sum == layout.size() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} has padding ({sum} of its {} bytes are fields)",
+                name(),
+                layout.size()
+            ))
+        }
+    };
+    match layout.data() {
+        TLData::Primitive(P::Array) => {
+            for element in layout.phantom_fields().iter() {
+                no_padding(element.layout(), depth + 1, nodes)?;
+            }
+            Ok(())
+        }
+        TLData::Primitive(_) => Ok(()),
+        TLData::Struct { fields } => filled(fields, nodes),
+        TLData::Union { .. } | TLData::Enum(_) => Err(format!(
+            "{} is an enum or union, whose bytes may be partly uninitialised",
+            name()
+        )),
+        TLData::PrefixType(_) | TLData::Opaque => Err(format!("{} is not plain data", name())),
+    }
+}
+
 fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
     TypeInfo {
         name: layout.full_type().to_string(),
@@ -323,5 +372,34 @@ mod tests {
         assert_ne!(strings, describe(graft_api::runtime::describe::<Vec<u64>>));
         assert!(json_info("not json").unwrap_err().contains("malformed"));
         assert!(json_info(&"x".repeat(MAX_DESCRIPTION + 1)).is_err());
+    }
+
+    #[test]
+    fn only_types_whose_bytes_are_all_fields_can_be_saved() {
+        use std::sync::atomic::AtomicU64;
+        #[repr(C)]
+        #[derive(StableAbi)]
+        struct Filled {
+            total: AtomicU64,
+            by_key: [u32; 4],
+        }
+        #[repr(C)]
+        #[derive(StableAbi)]
+        struct Padded {
+            flag: u8,
+            total: u64,
+        }
+        #[repr(C)]
+        #[derive(StableAbi)]
+        struct Nested {
+            inner: [Padded; 2],
+        }
+        assert_eq!(padding_free(Filled::LAYOUT), Ok(()));
+        let error = padding_free(Padded::LAYOUT).unwrap_err();
+        assert!(error.contains("padding (9 of its 16 bytes"), "{error}");
+        assert!(padding_free(Nested::LAYOUT).is_err());
+        assert!(padding_free(<ROption<u64>>::LAYOUT)
+            .unwrap_err()
+            .contains("enum"));
     }
 }

@@ -16,6 +16,12 @@
 //! carries both. The host runs the newer build's `up` when it goes live over the older one,
 //! and the current build's `down` when an older build goes live over it (a rollback), so what
 //! a request wrote is never lost and nothing stale comes back. See the crate docs.
+//!
+//! A state type that sets [`State::PERSIST`] is also saved to the host's data directory (when
+//! the server stops, and periodically if configured) and comes back when the host restarts: at
+//! the same schema as it is, or through the starting build's `up` from the saved schema. Its
+//! type must have no padding bytes (the host checks at load), since the snapshot is the value's
+//! bytes.
 
 #![allow(unsafe_code)]
 
@@ -34,6 +40,10 @@ use crate::runtime::flatten;
 pub trait State: StableAbi + Send + Sync + Sized + 'static {
     /// The schema number; a different type under the same plugin needs a different number.
     const SCHEMA: u32;
+
+    /// Whether the host saves the value to its data directory so that a restart comes back
+    /// with it (off by default: state lives as long as the process).
+    const PERSIST: bool = false;
 
     /// The value a fresh host starts with.
     fn init() -> Self;
@@ -82,6 +92,8 @@ pub struct StateDecl {
     pub init: extern "C" fn(to: *mut u8) -> RResult<(), FfiError>,
     /// The migrations the plugin carries.
     pub migrations: RSlice<'static, MigrationDecl>,
+    /// Whether the host saves the value across restarts ([`State::PERSIST`]).
+    pub persist: bool,
 }
 
 /// Where a plugin's state lives in one generation, in its link table.
@@ -120,6 +132,7 @@ pub const fn state_decl<S: State>(migrations: &'static [MigrationDecl]) -> State
         type_id: new_utypeid::<S>,
         init: init::<S>,
         migrations: RSlice::from_slice(migrations),
+        persist: S::PERSIST,
     }
 }
 

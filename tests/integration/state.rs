@@ -1,13 +1,18 @@
 //! Plugin state held by the host: it survives deploys, rollbacks (migrated down) and every
 //! unload policy; a release whose migration or hook fails, or whose drain deadline passes, is
-//! refused with the state as it was.
+//! refused with the state as it was. State that asks to be saved comes back after a restart.
 
 use std::time::Duration;
 
 use example_types::counter::{IncrV1, KeyCountV1, TotalV1};
+use graft::api::DeployRequest;
+use graft::client::AdminClient;
+use graft::config::ServeConfig;
+use graft::serve::Server;
 use graft_host::{DeployCause, DeployError, DisplayChain, Host, Step, UnloadPolicy};
 
-use crate::util::Env;
+use crate::serve::{agent, post};
+use crate::util::{wait_until, Env};
 
 const POLICIES: [UnloadPolicy; 3] = [
     UnloadPolicy::WhenDrained,
@@ -150,4 +155,209 @@ fn a_migration_whose_drain_deadline_passes_is_refused_and_no_request_fails() {
     host.deploy(env.complete_release("v2-again", &["counter-v2"]))
         .unwrap();
     assert_eq!(total(&host), 3);
+}
+
+/// A host on `env`'s data directory (a restart is a new one on the same directory).
+fn restarted(env: &Env) -> Host {
+    env.host()
+}
+
+#[test]
+fn saved_state_comes_back_after_a_restart_as_it_was_or_migrated_up() {
+    let env = Env::new();
+    let (v1, v2) = (
+        env.complete_release("v1", &["counter-v1"]),
+        env.complete_release("v2", &["counter-v2"]),
+    );
+    let host = env.host();
+    assert_eq!(
+        host.save_state().unwrap().plugins,
+        Vec::<String>::new(),
+        "nothing live yet"
+    );
+    host.deploy(&v1).unwrap();
+    incr(&host, 6, 0);
+    let saved = host.save_state().unwrap();
+    assert_eq!(saved.plugins, ["counter"]);
+    incr(&host, 1, 0); // made after the save: a restart without another save loses it
+    drop(host);
+
+    // Same schema: the value as it was saved.
+    let host = restarted(&env);
+    assert_eq!(host.save_state().unwrap().plugins, Vec::<String>::new());
+    host.deploy(&v1).unwrap();
+    assert_eq!(total(&host), 6);
+    incr(&host, 2, 0);
+    host.save_state().unwrap();
+    drop(host);
+
+    // A newer schema: the saved value migrated up by the build that starts.
+    let host = restarted(&env);
+    let report = host.deploy(&v2).unwrap();
+    assert_eq!(report.migrated, ["counter 1 -> 2 (up)"]);
+    assert_eq!(total(&host), 8);
+    // Only the first release reads saved state: later ones carry the live value.
+    incr(&host, 1, 3);
+    host.deploy(&v1).unwrap();
+    assert_eq!(total(&host), 9);
+    host.save_state().unwrap();
+    drop(host);
+
+    // A release without the plugin saves nothing for it, and removes what was saved.
+    let host = restarted(&env);
+    host.deploy(&v1).unwrap();
+    assert_eq!(total(&host), 9);
+    host.deploy(env.complete_release("other", &["hello-v1"]))
+        .unwrap();
+    host.save_state().unwrap();
+    drop(host);
+    let host = restarted(&env);
+    host.deploy(&v1).unwrap();
+    assert_eq!(total(&host), 0, "no stale state comes back");
+}
+
+#[test]
+fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v2", &["counter-v2"]))
+        .unwrap();
+    incr(&host, 3, 1);
+    host.save_state().unwrap();
+    drop(host);
+
+    // Schema 2 saved, schema 1 starting: only a loaded schema-2 build could migrate it down.
+    let host = restarted(&env);
+    let err = host
+        .deploy(env.complete_release("v1", &["counter-v1"]))
+        .unwrap_err();
+    let text = DisplayChain(&err).to_string();
+    assert_eq!(err.step(), Step::Migrate, "{text}");
+    assert!(
+        text.contains("no migration from schema 2 to schema 1") && text.contains("counter.state"),
+        "{text}"
+    );
+    drop(host);
+
+    // A damaged file: refused, the file named; it is kept for the operator.
+    let file = env.path("data/state/counter.state");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let host = restarted(&env);
+    let err = host
+        .deploy(env.complete_release("v2-again", &["counter-v2"]))
+        .unwrap_err();
+    let text = DisplayChain(&err).to_string();
+    assert_eq!(err.step(), Step::Migrate, "{text}");
+    assert!(
+        text.contains("checksum mismatch") && text.contains(file.to_str().unwrap()),
+        "{text}"
+    );
+    assert!(file.exists());
+}
+
+/// `graft serve` of the counter example on `env`, in this process, with its admin client.
+fn serve_counter(env: &Env, extra: &str) -> (tokio::runtime::Runtime, Server, AdminClient) {
+    let path = env.path("graft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+{extra}
+[admin]
+listen = "127.0.0.1:0"
+
+[[route]]
+method = "POST"
+path = "/incr"
+export = "incr@1"
+
+[[route]]
+method = "POST"
+path = "/total"
+export = "total@1"
+"#
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
+        .unwrap();
+    let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    (runtime, server, admin)
+}
+
+fn post_u64(server: &Server, path: &str, key: u32) -> u64 {
+    let (status, _, body) = post(&format!("http://{}{path}", server.addr()), &key.to_string());
+    assert_eq!(status, 200, "{body}");
+    body.parse().unwrap()
+}
+
+#[test]
+fn graft_serve_saves_state_when_it_stops_and_a_restart_comes_back_with_it_and_counts_migrations() {
+    let env = Env::new();
+    env.complete_release("v1", &["counter-v1"]);
+    let v2 = env.complete_release("v2", &["counter-v2"]);
+    let (runtime, server, admin) = serve_counter(&env, "");
+    for _ in 0..5 {
+        post_u64(&server, "/incr", 0);
+    }
+    admin.deploy(&DeployRequest::new(v2)).unwrap();
+    assert_eq!(post_u64(&server, "/incr", 2), 6);
+
+    let mut response = agent()
+        .get(&format!("http://{}/metrics", server.admin_addr()))
+        .call()
+        .unwrap();
+    let metrics = response.body_mut().read_to_string().unwrap();
+    for expected in [
+        "graft_state_migrations_total 1",
+        "graft_migration_pause_seconds_count 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected:?} missing from:\n{metrics}"
+        );
+    }
+
+    assert!(runtime.block_on(server.shutdown()));
+    drop(runtime);
+    assert!(env.path("data/state/counter.state").exists());
+    // The restart restores the last live release (v2) and its saved state.
+    let (runtime, server, _admin) = serve_counter(&env, "");
+    assert_eq!(post_u64(&server, "/total", 0), 6);
+    assert!(runtime.block_on(server.shutdown()));
+}
+
+#[test]
+fn graft_serve_saves_state_periodically_with_state_save_interval_ms() {
+    let env = Env::new();
+    env.complete_release("v1", &["counter-v1"]);
+    let (_runtime, server, _admin) = serve_counter(&env, "state_save_interval_ms = 50");
+    post_u64(&server, "/incr", 0);
+    let file = env.path("data/state/counter.state");
+    wait_until("a periodic save", Duration::from_secs(30), || file.exists());
+    // Without a shutdown (as after a crash), a host started on a copy of the saved state comes
+    // back with what was last saved.
+    for _ in 0..2 {
+        post_u64(&server, "/incr", 0);
+    }
+    let copy = env.path("copy");
+    wait_until(
+        "a save of all 3 increments",
+        Duration::from_secs(30),
+        || {
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(copy.join("state")).unwrap();
+            std::fs::copy(&file, copy.join("state/counter.state")).unwrap();
+            let host = Host::builder(&copy).build().unwrap();
+            host.deploy(env.path("releases/v1")).unwrap();
+            total(&host) == 3
+        },
+    );
 }

@@ -147,8 +147,11 @@ pub mod counter {
         pub total: AtomicU64,
     }
 
+    // Both schemas ask the host to save the counter across restarts (`graft serve` saves it when
+    // it stops, and every `state_save_interval_ms` if set).
     impl State for CounterV1 {
         const SCHEMA: u32 = 1;
+        const PERSIST: bool = true;
         fn init() -> Self {
             Self {
                 total: AtomicU64::new(0),
@@ -168,6 +171,7 @@ pub mod counter {
 
     impl State for CounterV2 {
         const SCHEMA: u32 = 2;
+        const PERSIST: bool = true;
         fn init() -> Self {
             Self {
                 total: AtomicU64::new(0),

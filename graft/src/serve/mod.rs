@@ -7,7 +7,9 @@
 //!   publish; how concurrent deploys order.
 //!
 //! On shutdown the listeners stop accepting and in-flight requests finish, bounded by the drain
-//! timeout.
+//! timeout; then the plugin state that asks to be saved is saved to the data directory (and,
+//! with `state_save_interval_ms`, also every so often while serving), so the next start comes
+//! back with it.
 
 mod admin;
 mod app;
@@ -156,6 +158,10 @@ impl Server {
                 .with_graceful_shutdown(until_stopped(stopped))
                 .into_future(),
         );
+        if config.state_save_interval_ms > 0 {
+            let every = Duration::from_millis(config.state_save_interval_ms);
+            tokio::spawn(save_state_every(Arc::clone(&host), every, stop.subscribe()));
+        }
         let watch = match &config.watch {
             Some(path) => Some(crate::watch::watch(
                 path.clone(),
@@ -223,7 +229,37 @@ impl Server {
         } else {
             tracing::warn!("drain timeout: requests still in flight were abandoned");
         }
+        save_state(Arc::clone(&self.host)).await;
         drained
+    }
+}
+
+/// Saves the plugin state that asks for it; a failure is logged (the previous save stays).
+async fn save_state(host: Arc<Host>) {
+    match tokio::task::spawn_blocking(move || host.save_state()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(error = %graft_host::DisplayChain(&error), "saving plugin state failed")
+        }
+        Err(error) => tracing::error!(%error, "saving plugin state panicked"),
+    }
+}
+
+/// Saves the plugin state every `every` until the server stops.
+async fn save_state_every(
+    host: Arc<Host>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is now
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => save_state(Arc::clone(&host)).await,
+            // The sender only ever sends `true` (stop), or is dropped.
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod prepare;
 mod publish;
+mod save;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ use crate::typed::TypedExport;
 use crate::unload::{Released, UnloadPolicy, Unloader};
 
 pub use prepare::Prepared;
+pub use save::SavedState;
 
 /// Runs plugins and replaces them while callers keep calling.
 ///
@@ -75,8 +77,12 @@ pub struct Host {
     /// The version of the history last written to `record_path`: writes never go backwards.
     record_written: Mutex<u64>,
     settings: Settings,
-    /// The request boundary a migrating publish closes.
+    /// The request boundary a migrating publish (or a state save) closes.
     gate: Gate,
+    /// `DATA/state`: saved plugin state.
+    state_dir: PathBuf,
+    /// Held by one state save at a time, so that an older copy never overwrites a newer one.
+    saving: Mutex<()>,
     next_generation: AtomicU64,
     /// Every generation prepared and not yet dropped, for status.
     generations: Mutex<Vec<Weak<Generation>>>,
@@ -184,6 +190,8 @@ impl HostBuilder {
             record_written: Mutex::new(0),
             settings: self.settings,
             gate: Gate::default(),
+            state_dir: self.data_dir.join(crate::snapshot::DIR),
+            saving: Mutex::new(()),
             next_generation: AtomicU64::new(1),
             generations: Mutex::new(Vec::new()),
             book: Mutex::new(Book::default()),

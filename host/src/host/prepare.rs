@@ -353,7 +353,10 @@ impl Host {
             open,
         )
         .map_err(|e| DeployError::new(Step::Link, None, None, e.into()))?;
-        let state = state::carry(base, &set)?;
+        // The first release a host publishes (over the empty generation 0) starts from the
+        // state the last run saved.
+        let saved = (base.id() == 0).then_some(self.state_dir.as_path());
+        let state = state::carry(base, &set, saved)?;
         self.initialise(&shipped)?;
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();

@@ -106,17 +106,10 @@ impl Host {
         &self,
         migrations: &[Migration],
     ) -> Result<(Closed<'_>, Instant), DeployError> {
-        let closed = self.gate.close();
-        let paused = Instant::now();
-        let deadline = paused + self.settings.migration_drain;
-        while self.counted_pins() > 0 {
-            if Instant::now() >= deadline {
-                drop(closed);
-                let cause = DeployCause::MigrationDrain(self.settings.migration_drain);
-                return Err(self.refused(DeployError::new(Step::Migrate, None, None, cause)));
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        let Some((closed, paused)) = self.quiesce() else {
+            let cause = DeployCause::MigrationDrain(self.settings.migration_drain);
+            return Err(self.refused(DeployError::new(Step::Migrate, None, None, cause)));
+        };
         for migration in migrations {
             if let Err(e) = migration.run() {
                 drop(closed);
@@ -131,6 +124,22 @@ impl Host {
             }
         }
         Ok((closed, paused))
+    }
+
+    /// Closes the request boundary and waits for every counted pin to drop, until the drain
+    /// deadline. Returns the closed gate and when it closed, or `None` (the gate open again)
+    /// if pins were still held at the deadline.
+    pub(super) fn quiesce(&self) -> Option<(Closed<'_>, Instant)> {
+        let closed = self.gate.close();
+        let paused = Instant::now();
+        let deadline = paused + self.settings.migration_drain;
+        while self.counted_pins() > 0 {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        Some((closed, paused))
     }
 
     /// Counted pins (owned pins and pin caches) on every live generation. Every generation a

@@ -1,0 +1,202 @@
+//! Saved plugin state: the bytes of each persisted state value ([`graft_api::State::PERSIST`])
+//! in the data directory, so that a restart comes back with them.
+//!
+//! One file per plugin, `state/<plugin>.state`: a header (magic, schema, alignment, the type's
+//! layout fingerprint, the value's length), the value's bytes, and the SHA-256 of everything
+//! before it. Files are written whole (temp file, fsync, rename) by [`Host::save_state`], which
+//! copies the values at a request boundary, and read back by the first release a host publishes
+//! (see [`crate::state::carry`]). A file that does not check out refuses that release, naming
+//! the file: state is never dropped silently.
+//!
+//! [`Host::save_state`]: crate::Host::save_state
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::atomic_file;
+
+/// The directory, in the data directory, that holds saved state.
+pub(crate) const DIR: &str = "state";
+
+const MAGIC: &[u8; 8] = b"GRAFTST1";
+const SUFFIX: &str = ".state";
+
+/// The largest state file read back (a larger one is refused, not read).
+pub(crate) const MAX_STATE_BYTES: u64 = 256 << 20;
+
+/// One plugin's saved state value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) schema: u32,
+    pub(crate) align: u32,
+    pub(crate) fingerprint: String,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    fn encode(&self) -> Vec<u8> {
+        let fingerprint = self.fingerprint.as_bytes();
+        let mut out = Vec::with_capacity(64 + fingerprint.len() + self.bytes.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.schema.to_le_bytes());
+        out.extend_from_slice(&self.align.to_le_bytes());
+        out.extend_from_slice(
+            &u32::try_from(fingerprint.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(fingerprint);
+        out.extend_from_slice(&(self.bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    fn decode(file: &[u8]) -> Result<Self, String> {
+        let (body, digest) = file
+            .split_at_checked(file.len().saturating_sub(32))
+            .filter(|(body, _)| body.len() >= MAGIC.len())
+            .ok_or("too short to be a state file")?;
+        let mut r = Reader(body);
+        if r.take(MAGIC.len())? != MAGIC {
+            let start = String::from_utf8_lossy(&body[..MAGIC.len()]);
+            return Err(format!("not a graft state file (it starts with {start:?})"));
+        }
+        if Sha256::digest(body).as_slice() != digest {
+            return Err("checksum mismatch: the file is damaged".into());
+        }
+        let schema = r.u32()?;
+        let align = r.u32()?;
+        let fingerprint_len = r.u32()? as usize;
+        let fingerprint = String::from_utf8(r.take(fingerprint_len)?.to_vec())
+            .map_err(|_| "the type fingerprint is not UTF-8")?;
+        let len = usize::try_from(r.u64()?).map_err(|_| "the value length does not fit")?;
+        let bytes = r.take(len)?.to_vec();
+        if !r.0.is_empty() {
+            return Err(format!("{} bytes after the value", r.0.len()));
+        }
+        Ok(Self {
+            schema,
+            align,
+            fingerprint,
+            bytes,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let (head, rest) = self
+            .0
+            .split_at_checked(n)
+            .ok_or_else(|| format!("truncated: {n} bytes wanted, {} left", self.0.len()))?;
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// Where `plugin`'s saved state lives under `dir`.
+pub(crate) fn path(dir: &Path, plugin: &str) -> PathBuf {
+    dir.join(format!("{plugin}{SUFFIX}"))
+}
+
+/// Reads `plugin`'s saved state, if there is a file for it. The error names what is wrong with
+/// the file, not the file (the caller does).
+pub(crate) fn read(dir: &Path, plugin: &str) -> Result<Option<Snapshot>, String> {
+    let file = match std::fs::File::open(path(dir, plugin)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(format!("larger than {MAX_STATE_BYTES} bytes"));
+    }
+    Snapshot::decode(&bytes).map(Some)
+}
+
+/// Writes these snapshots (each whole: temp file, fsync, rename) and removes the state files
+/// of plugins not among them, so that a restart does not bring back the state of a plugin
+/// that was no longer live.
+pub(crate) fn write_all(dir: &Path, snapshots: &[(String, Snapshot)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (plugin, snapshot) in snapshots {
+        atomic_file::write(&path(dir, plugin), &snapshot.encode())?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(plugin) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+            continue;
+        };
+        if !snapshots.iter().any(|(p, _)| p == plugin) {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            schema: 2,
+            align: 8,
+            fingerprint: "abc123".into(),
+            bytes: (0..72).collect(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        assert_eq!(Snapshot::decode(&snapshot().encode()), Ok(snapshot()));
+    }
+
+    #[test]
+    fn a_damaged_truncated_or_foreign_file_is_refused_with_a_bounded_reason() {
+        let good = snapshot().encode();
+        let mut flipped = good.clone();
+        flipped[30] ^= 1;
+        assert!(Snapshot::decode(&flipped).unwrap_err().contains("checksum"));
+        assert!(Snapshot::decode(&good[..20]).is_err());
+        assert!(Snapshot::decode(b"").unwrap_err().contains("too short"));
+        let foreign = vec![b'x'; 100_000];
+        let error = Snapshot::decode(&foreign).unwrap_err();
+        assert!(
+            error.contains("not a graft state file") && error.len() < 200,
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn writing_replaces_the_set_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write_all(
+            dir.path(),
+            &[("a".into(), snapshot()), ("b".into(), snapshot())],
+        )
+        .unwrap();
+        write_all(dir.path(), &[("b".into(), snapshot())]).unwrap();
+        assert_eq!(read(dir.path(), "a"), Ok(None));
+        assert_eq!(read(dir.path(), "b"), Ok(Some(snapshot())));
+    }
+}
