@@ -1,7 +1,7 @@
 //! The request boundary a migrating publish closes (OTP's suspend, per request).
 //!
 //! Counted pins ([`OwnedPin`](crate::OwnedPin), taken by [`Host::pin_owned`] and
-//! [`Host::try_pin_owned`]) are admitted through the gate: a pin is taken first, then the gate
+//! [`Host::try_pin_owned`], and a [`PinCache`](crate::PinCache)'s) are admitted through the gate: a pin is taken first, then the gate
 //! is checked, and a pin taken while it is closed is dropped and retried once it opens. A
 //! migrating publish closes the gate first, then waits for every counted pin to drop. Both
 //! sides order their two steps with `SeqCst` fences, so either the publish sees the pin in
@@ -46,6 +46,13 @@ impl Gate {
     pub(crate) fn admits(&self) -> bool {
         fence(Ordering::SeqCst);
         !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether a publish is closing or holding the gate, read cheaply (no fence): a holder of a
+    /// counted pin that sees it lets the pin go and passes the gate again ([`Gate::admits`]).
+    #[inline]
+    pub(crate) fn closing(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Blocks until the gate is open.

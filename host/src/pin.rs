@@ -9,13 +9,15 @@
 //! |---|---|---|---|---|
 //! | [`Pin`] | [`Host::pin`](crate::Host::pin) | an `arc_swap` guard: two uncontended atomic operations on the thread's own slot | until dropped (synchronous work only) | no |
 //! | [`OwnedPin`] | [`Host::pin_owned`](crate::Host::pin_owned) | an `Arc` clone and a counter, both shared by every core | until dropped (`Send`, crosses `.await`) | yes |
-//! | [`PinCache`] | [`Host::pin_cache`](crate::Host::pin_cache) | one relaxed load and a compare while nothing was published | **until its next pin after a publish, or its drop** | yes, one per cache |
+//! | [`PinCache`] | [`Host::pin_cache`](crate::Host::pin_cache) | two relaxed loads and a compare while nothing was published | **until its next pin after a publish, or its drop** | yes, one per cache |
 //!
 //! A `Pin` is not counted: a counter touched by every call would be shared by every core. A
 //! `PinCache` is for a worker that pins in a loop; because it keeps the last generation it saw
 //! until it pins again, it counts as one in flight on that generation, so status shows a
 //! replaced generation an idle cache still holds, and the unload policy runs when the cache
-//! moves on or is dropped. Drop a worker's cache when the worker goes idle.
+//! moves on or is dropped. A cache passes the request boundary a migrating publish closes (it
+//! lets its count go and waits), but only when it pins: an idle one holds the publish until its
+//! drain deadline. Drop a worker's cache when the worker goes idle.
 
 use std::fmt;
 use std::ops::Deref;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Cache};
 
+use crate::gate::Gate;
 use crate::generation::Generation;
 
 /// A pin on the generation that was current when it was taken; cheap, for synchronous work.
@@ -106,27 +109,45 @@ impl fmt::Debug for OwnedPin {
 /// a publish, or its drop: see the [module docs](self) for when to use one.
 pub struct PinCache<'h> {
     cache: Cache<&'h ArcSwap<Generation>, Arc<Generation>>,
-    /// The generation `cache` holds, counted in flight. Replaced only after `cache` moved on,
-    /// so its count drops while the old generation is still alive.
+    gate: &'h Gate,
+    /// The generation `cache` holds, counted in flight (admitted through the gate).
     held: OwnedPin,
 }
 
 impl<'h> PinCache<'h> {
-    pub(crate) fn new(current: &'h ArcSwap<Generation>) -> Self {
+    pub(crate) fn new(current: &'h ArcSwap<Generation>, gate: &'h Gate) -> Self {
         let mut cache = Cache::new(current);
         let held = OwnedPin::new(Arc::clone(cache.load()));
-        Self { cache, held }
+        let mut this = Self { cache, gate, held };
+        this.admit();
+        this
     }
 
     /// The generation current now; it stays valid while the borrow lasts, so one request's
-    /// calls all go to it.
+    /// calls all go to it. Waits while a publish that migrates state holds the request
+    /// boundary, like [`Host::pin_owned`](crate::Host::pin_owned).
     #[inline]
     pub fn pin(&mut self) -> &Generation {
         let current = self.cache.load();
-        if !Arc::ptr_eq(current, &self.held.0) {
-            self.held = OwnedPin::new(Arc::clone(current));
+        if !Arc::ptr_eq(current, &self.held.0) || self.gate.closing() {
+            self.admit();
         }
-        current
+        &self.held.0
+    }
+
+    /// Takes a counted pin on the current generation through the gate. The count held so far
+    /// is dropped first (parked on an empty generation no publish waits for), so a publish
+    /// holding the boundary sees this cache leave the old generation.
+    #[cold]
+    fn admit(&mut self) {
+        self.held = OwnedPin::new(Arc::new(Generation::empty()));
+        self.held = loop {
+            self.gate.wait_open();
+            let candidate = OwnedPin::new(Arc::clone(self.cache.load()));
+            if self.gate.admits() {
+                break candidate;
+            }
+        };
     }
 }
 

@@ -361,3 +361,49 @@ fn graft_serve_saves_state_periodically_with_state_save_interval_ms() {
         },
     );
 }
+
+#[test]
+fn a_worker_pinning_through_a_pin_cache_lets_a_migration_through_and_loses_no_increment() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", &["counter-v1"]))
+        .unwrap();
+    let incr = host.typed_export::<IncrV1>().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acknowledged, reports) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let mut cache = host.pin_cache();
+            let mut acknowledged = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if cache.pin().call_typed(&incr, 0).is_ok() {
+                    acknowledged += 1;
+                }
+            }
+            acknowledged
+        });
+        // Each deploy migrates; the worker's cache holds a counted pin the whole time, which
+        // it lets go at the boundary (else every deploy would pass its drain deadline).
+        let reports: Vec<_> = (0..6)
+            .map(|i| {
+                let release = if i % 2 == 0 {
+                    "counter-v2"
+                } else {
+                    "counter-v1"
+                };
+                host.deploy(env.complete_release(&format!("r{i}"), &[release]))
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (worker.join().unwrap(), reports)
+    });
+    for report in reports {
+        let report = report.unwrap_or_else(|e| panic!("{}", DisplayChain(&e)));
+        assert_eq!(report.migrated.len(), 1);
+    }
+    assert!(acknowledged > 0);
+    assert_eq!(
+        total(&host),
+        acknowledged,
+        "every acknowledged increment is counted"
+    );
+}

@@ -241,10 +241,11 @@ impl Host {
     }
 
     /// A pin cache for a worker that pins in a loop: each [`PinCache::pin`] returns the
-    /// generation current then, for a relaxed load and a compare. It holds the last generation
-    /// it returned until it pins again after a publish (see [`crate::pin`]).
+    /// generation current then, for two relaxed loads and a compare. It holds the last
+    /// generation it returned until it pins again after a publish (see [`crate::pin`]), and
+    /// passes the request boundary a migrating publish closes, like [`Host::pin_owned`].
     pub fn pin_cache(&self) -> PinCache<'_> {
-        PinCache::new(&self.current)
+        PinCache::new(&self.current, &self.gate)
     }
 
     /// Pins the current generation with an owned handle (for async work; counted in flight).
