@@ -105,8 +105,11 @@
 //!    an older minor version the host checks instead that the plugin's root-module fields are
 //!    its own first fields, same names and layouts. A field is never removed, reordered or
 //!    retyped. Both directions are tested (`tests/integration/evolution.rs`).
-//! 3. Every other type here ([`Context`], [`LinkTable`], [`ExportDecl`], [`Signature`],
-//!    [`FfiError`], ...) is frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
+//! 3. [`LinkTable`] is built by the host and read by plugins through a reference: fields are
+//!    appended at its end (MINOR; `states` came in 2.1) and never changed, so a plugin built
+//!    against an older minor reads the fields it knows at the offsets it knows. Every other
+//!    type here ([`Context`], [`ExportDecl`], [`Signature`], [`FfiError`], the state
+//!    declarations, ...) is frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
 //! 4. Error kinds are codes ([`ErrorKind`]), not an enum, so new kinds need no layout change;
 //!    the same holds for [`Wire`].
 //! 5. No `NonExhaustive` enums and no `#[sabi(extra_checks)]`: both keep process-global state
