@@ -68,6 +68,21 @@ pub(crate) fn agent() -> ureq::Agent {
     )
 }
 
+/// Checks that the server's `/metrics` has each of these lines.
+pub(crate) fn assert_metrics(server: &Server, expected: &[&str]) {
+    let mut response = agent()
+        .get(&format!("http://{}/metrics", server.admin_addr()))
+        .call()
+        .unwrap();
+    let metrics = response.body_mut().read_to_string().unwrap();
+    for expected in expected {
+        assert!(
+            metrics.contains(expected),
+            "{expected:?} missing from:\n{metrics}"
+        );
+    }
+}
+
 /// POSTs JSON; returns status, generation header and body.
 pub(crate) fn post(url: &str, body: &str) -> (u16, u64, String) {
     let mut response = agent()
@@ -209,26 +224,19 @@ fn deploy_and_rollback_through_the_admin_api() {
     assert_eq!(status.current, 3);
     assert!(status.last_deploy.unwrap().error.is_none());
 
-    let mut response = agent()
-        .get(&format!("http://{}/metrics", server.admin_addr()))
-        .call()
-        .unwrap();
-    let metrics = response.body_mut().read_to_string().unwrap();
-    for expected in [
-        "graft_requests_total{generation=\"2\"} 2",
-        "graft_requests_total{generation=\"3\"} 1",
-        "graft_deploys_total{result=\"succeeded\"} 2",
-        "graft_deploys_total{result=\"rejected\"} 1",
-        "graft_request_duration_seconds_count{generation=\"2\"} 2",
-        "graft_go_live_seconds_count 2",
-        "graft_in_flight{generation=\"3\"} 0",
-        "graft_libraries_mapped 4",
-    ] {
-        assert!(
-            metrics.contains(expected),
-            "{expected:?} missing from:\n{metrics}"
-        );
-    }
+    assert_metrics(
+        &server,
+        &[
+            "graft_requests_total{generation=\"2\"} 2",
+            "graft_requests_total{generation=\"3\"} 1",
+            "graft_deploys_total{result=\"succeeded\"} 2",
+            "graft_deploys_total{result=\"rejected\"} 1",
+            "graft_request_duration_seconds_count{generation=\"2\"} 2",
+            "graft_go_live_seconds_count 2",
+            "graft_in_flight{generation=\"3\"} 0",
+            "graft_libraries_mapped 4",
+        ],
+    );
     assert!(runtime.block_on(server.shutdown()));
 }
 

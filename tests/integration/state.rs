@@ -11,7 +11,7 @@ use graft::config::ServeConfig;
 use graft::serve::Server;
 use graft_host::{DeployCause, DeployError, DisplayChain, Host, Step, UnloadPolicy};
 
-use crate::serve::{agent, post};
+use crate::serve::{assert_metrics, post};
 use crate::util::{wait_until, Env};
 
 const POLICIES: [UnloadPolicy; 3] = [
@@ -310,20 +310,13 @@ fn graft_serve_saves_state_when_it_stops_and_a_restart_comes_back_with_it_and_co
     admin.deploy(&DeployRequest::new(v2)).unwrap();
     assert_eq!(post_u64(&server, "/incr", 2), 6);
 
-    let mut response = agent()
-        .get(&format!("http://{}/metrics", server.admin_addr()))
-        .call()
-        .unwrap();
-    let metrics = response.body_mut().read_to_string().unwrap();
-    for expected in [
-        "graft_state_migrations_total 1",
-        "graft_migration_pause_seconds_count 1",
-    ] {
-        assert!(
-            metrics.contains(expected),
-            "{expected:?} missing from:\n{metrics}"
-        );
-    }
+    assert_metrics(
+        &server,
+        &[
+            "graft_state_migrations_total 1",
+            "graft_migration_pause_seconds_count 1",
+        ],
+    );
 
     assert!(runtime.block_on(server.shutdown()));
     drop(runtime);
