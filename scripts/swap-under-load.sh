@@ -3,7 +3,7 @@
 # while releases v1 and v2 are deployed alternately; a Lua script checks every response.
 #
 # Run: scripts/swap-under-load.sh [--duration 30] [--interval-ms 50] [--connections 32]
-#                                 [--threads 2] [--baseline restart]
+#                                 [--threads 2] [--baseline restart|static]
 #                                 [--unload-policy keep-history|when-drained|never]
 #
 # The same load runs steady (no deploys) and swapping, --duration seconds each, in alternating
@@ -14,6 +14,12 @@
 # exactly one line:
 #   requests=N non2xx=N socket_errors=N mixed=N deploys=N rps_swapping=N rps_steady=N
 # where `mixed` counts responses whose foo, bar and frob major versions disagree.
+#
+# With --baseline static there are no deploys: windows alternate between `graft serve` (v1) and
+# the same three functions compiled into one plain axum binary (tests/static-baseline), every
+# request fast (`/foo`), and it ends with
+#   requests=N non2xx=N socket_errors=N mixed=N rps_graft=N rps_static=N ratio=R
+# (requests and errors summed over both servers; ratio = rps_graft / rps_static).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -29,7 +35,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[ "$baseline" = graft ] || [ "$baseline" = restart ] || { echo "--baseline takes: restart" >&2; exit 2; }
+case "$baseline" in graft|restart|static) ;; *) echo "--baseline takes: restart, static" >&2; exit 2 ;; esac
 
 need_wrk
 build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
@@ -76,16 +82,18 @@ start() {
 }
 
 cat >"$work/check.lua" <<'EOF'
--- Nine fast requests, then one slow one; every response must be 2xx and unmixed.
+-- One request in SLOW_EVERY (the script's argument; 0 for none) is slow, the others fast;
+-- every response must be 2xx and unmixed.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args)
   n, mixed, bad = 0, 0, 0
+  slow_every = tonumber(args[1]) or 10
   wrk.headers["Content-Type"] = "application/json"
 end
 function request()
   n = n + 1
-  if n % 10 == 0 then
+  if slow_every > 0 and n % slow_every == 0 then
     return wrk.format("POST", "/slow", nil, '{"a": 7, "pause_ms": 5}')
   end
   return wrk.format("POST", "/foo", nil, '{"a": 7}')
@@ -143,8 +151,11 @@ while time.monotonic() < deadline:
 open(count_file, "w").write(str(ok))
 PY
 
-# One wrk run of $1 seconds; prints its RESULT line.
-load() { wrk -t"$threads" -c"$connections" -d"${1}s" -s "$work/check.lua" "http://127.0.0.1:$port_app" | grep '^RESULT'; }
+# load SECONDS [PORT [SLOW_EVERY]]: one wrk run; prints its RESULT line.
+load() {
+  wrk -t"$threads" -c"$connections" -d"${1}s" -s "$work/check.lua" \
+    "http://127.0.0.1:${2:-$port_app}" -- "${3:-10}" | grep '^RESULT'
+}
 field() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
 # add TOTALS RESULT: sums the fields of a RESULT line into a "k=v ..." line.
 add() {
@@ -163,6 +174,29 @@ zero="requests=0 non2xx=0 socket_errors=0 mixed=0 duration_us=0"
 steady=$zero swapping=$zero
 deploys_file="$work/deploys"
 echo 0 >"$deploys_file"
+if [ "$baseline" = static ]; then
+  echo "$windows graft and $windows static windows of ${window}s" >&2
+  cargo build --release --quiet -p static-baseline
+  port_static=$((port + 2))
+  start "$(config graft "$work/v1")"
+  "$target/static-baseline" "127.0.0.1:$port_static" >>"$work/static.log" 2>&1 &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$port_static/"
+  graft_load=$zero static_load=$zero
+  for _ in $(seq 1 "$windows"); do
+    graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
+    static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
+  done
+  both=$(add "$graft_load" "$static_load")
+  rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }
+  rps_graft=$(rps "$graft_load") rps_static=$(rps "$static_load")
+  echo "requests=$(field "$both" requests) non2xx=$(field "$both" non2xx)" \
+    "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
+    "rps_graft=$rps_graft rps_static=$rps_static" \
+    "ratio=$(awk -v g="$rps_graft" -v s="$rps_static" 'BEGIN { printf "%.3f", g / s }')"
+  exit 0
+fi
+
 echo "$windows steady and $windows swapping windows of ${window}s, a $([ "$baseline" = graft ] && echo deploy || echo restart) every ${interval_ms} ms" >&2
 if [ "$baseline" = graft ]; then
   start "$(config swap "$work/v1")"

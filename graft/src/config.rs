@@ -10,6 +10,7 @@
 //! hook_timeout_ms = 10000
 //! migration_drain_ms = 1000
 //! state_save_interval_ms = 0
+//! inline_budget_us = 100
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -18,6 +19,7 @@
 //! method = "POST"
 //! path = "/foo"
 //! export = "foo@1"
+//! mode = "auto"
 //! ```
 
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ use axum::routing::MethodFilter;
 use graft_host::bounded::BoundedPath;
 use graft_host::release::Limits;
 use graft_host::{Contract, UnloadPolicy};
+
+use crate::serve::mode::CallMode;
 use serde::Deserialize;
 
 use crate::rollout::RolloutConfig;
@@ -72,6 +76,10 @@ pub struct ServeConfig {
     /// the server stops). Each save holds new requests at the boundary while it copies.
     #[serde(default)]
     pub state_save_interval_ms: u64,
+    /// How long a plugin call may take and still run on a worker thread, for routes in mode
+    /// `auto`.
+    #[serde(default = "default_inline_budget_us")]
+    pub inline_budget_us: u64,
     /// What happens to libraries no generation uses.
     #[serde(default)]
     pub unload_policy: UnloadPolicy,
@@ -126,6 +134,11 @@ pub struct Route {
     pub path: String,
     /// The export contract, `name@N`. Its input is the request body (JSON; `null` when empty).
     pub export: String,
+    /// Where its calls run: `inline` (on the worker), `blocking` (on the blocking pool) or
+    /// `auto` (the default: inline while calls stay within `inline_budget_us`; see
+    /// [`mode`](crate::serve::mode)).
+    #[serde(default)]
+    pub mode: CallMode,
 }
 
 fn default_listen() -> SocketAddr {
@@ -142,6 +155,9 @@ fn default_init_timeout_ms() -> u64 {
 }
 fn default_migration_drain_ms() -> u64 {
     1_000
+}
+fn default_inline_budget_us() -> u64 {
+    100
 }
 fn default_history() -> usize {
     5

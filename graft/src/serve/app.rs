@@ -2,8 +2,8 @@
 //!
 //! Every request takes an owned pin when it starts (on the canary or on stable, when a rollout
 //! is under way) and runs its export, and every import call the export makes, in that
-//! generation, on tokio's blocking pool (plugin calls are synchronous). The response carries
-//! `x-graft-generation`. A plugin error or panic is answered with an [`ApiError`]; the server
+//! generation: on the worker thread or on tokio's blocking pool, as the route's [`CallMode`]
+//! decides (plugin calls are synchronous). The response carries `x-graft-generation`. A plugin error or panic is answered with an [`ApiError`]; the server
 //! lives on.
 
 use std::collections::BTreeMap;
@@ -17,12 +17,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
 use axum::Router;
-use graft_host::{Export, Host};
+use graft_host::{CallError, Export, Host, OwnedPin};
 
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{method_filter, Route};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
+
+use super::mode::{CallMode, Learned};
 
 /// The response header naming the generation that served a request.
 pub const GENERATION_HEADER: &str = "x-graft-generation";
@@ -38,6 +40,30 @@ struct RouteState {
     export: Export,
     method: String,
     path: String,
+    mode: CallMode,
+    /// What `auto` learned of the route's calls.
+    learned: Learned,
+}
+
+impl RouteState {
+    /// Whether this request's call runs on the blocking pool.
+    fn blocking(&self) -> bool {
+        match self.mode {
+            CallMode::Inline => false,
+            CallMode::Blocking => true,
+            CallMode::Auto => self.learned.blocking(),
+        }
+    }
+
+    /// Calls the export in the pinned generation, timing the call for `auto`.
+    fn call(&self, pin: &OwnedPin, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let started = Instant::now();
+        let result = pin.call_raw(&self.export, input);
+        if self.mode == CallMode::Auto {
+            self.learned.record(started.elapsed());
+        }
+        result
+    }
 }
 
 /// The app's router: one route per `[[route]]`, JSON errors for everything else.
@@ -46,6 +72,7 @@ pub(super) fn router(
     metrics: &Arc<Metrics>,
     rollouts: &Arc<Rollouts>,
     routes: &[Route],
+    inline_budget: Duration,
 ) -> Result<Router, String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     for route in routes {
@@ -55,6 +82,8 @@ pub(super) fn router(
             export: host.export(&route.export).map_err(|e| e.to_string())?,
             method: route.method.to_ascii_uppercase(),
             path: route.path.clone(),
+            mode: route.mode,
+            learned: Learned::new(inline_budget),
         });
         let handler = on(method_filter(&route.method)?, call_export).with_state(state);
         let merged = match by_path.remove(route.path.as_str()) {
@@ -74,8 +103,8 @@ pub(super) fn router(
 /// How often a request held at the boundary by a migrating publish tries again.
 const HELD_RETRY: Duration = Duration::from_micros(200);
 
-/// One HTTP request: route (stable or canary) and pin, call on the blocking pool, answer with
-/// the generation that served it.
+/// One HTTP request: route (stable or canary) and pin, call (inline or on the blocking pool),
+/// answer with the generation that served it.
 async fn call_export(
     State(route): State<Arc<RouteState>>,
     headers: HeaderMap,
@@ -123,12 +152,17 @@ async fn call_export(
     } else {
         body
     };
-    let call = Arc::clone(&route);
-    let result = tokio::task::spawn_blocking(move || {
+    let result = if route.blocking() {
+        let call = Arc::clone(&route);
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            call.call(&pin, &input)
+        })
+        .await
+    } else {
         let _entered = span.enter();
-        pin.call_raw(&call.export, &input)
-    })
-    .await;
+        Ok(route.call(&pin, &input))
+    };
     let elapsed = started.elapsed();
     route
         .metrics

@@ -14,6 +14,7 @@
 mod admin;
 mod app;
 mod deployer;
+pub mod mode;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -114,14 +115,15 @@ impl Server {
         .expect("the initial deploy does not panic")
         .map_err(ServeError::Deploy)?;
         let metrics = Metrics::new();
+        let inline_budget = Duration::from_micros(config.inline_budget_us);
         let rollouts = Rollouts::new(Arc::clone(&host), config.rollout.clone());
         let deployer = Arc::new(Deployer {
             host: Arc::clone(&host),
             rollouts: Arc::clone(&rollouts),
             metrics: Arc::clone(&metrics),
         });
-        let app =
-            app::router(&host, &metrics, &rollouts, &config.routes).map_err(ServeError::Route)?;
+        let app = app::router(&host, &metrics, &rollouts, &config.routes, inline_budget)
+            .map_err(ServeError::Route)?;
         let admin = admin::router(
             admin::Admin {
                 host: Arc::clone(&host),
