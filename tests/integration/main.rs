@@ -9,6 +9,7 @@ mod check_cli;
 mod dev;
 mod evolution;
 mod fleet;
+mod isolation;
 mod logging;
 mod pinning;
 mod publish;

@@ -107,7 +107,7 @@ fn in_process(env: &Env) -> (tokio::runtime::Runtime, Server) {
 }
 
 /// Serves the config at `path` in this process, its `[admin]` line replaced by `admin`.
-fn in_process_with(path: &Path, admin: &str) -> (tokio::runtime::Runtime, Server) {
+pub(crate) fn in_process_with(path: &Path, admin: &str) -> (tokio::runtime::Runtime, Server) {
     let text = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, text.replace("[admin]", admin)).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -5,6 +5,10 @@
 //! - `admin.rs`: status, metrics, deploy, rollback, rollouts (see [`api`](crate::api)).
 //! - `deployer.rs`: the one deploy path, for the admin API and watch mode: prepare, then
 //!   publish; how concurrent deploys order.
+//! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
+//!
+//! The admin API runs on a runtime of its own (one worker thread, its own blocking pool), so
+//! app load never delays it.
 //!
 //! On shutdown the listeners stop accepting and in-flight requests finish, bounded by the drain
 //! timeout; then the plugin state that asks to be saved is saved to the data directory (and,
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graft_host::{DeployError, Host};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER};
 
@@ -68,6 +72,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin plane's runtime could not start.
+    #[error("starting the admin runtime")]
+    AdminRuntime(#[source] std::io::Error),
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -81,6 +88,55 @@ pub struct Server {
     admin: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     _watch: Option<crate::watch::Watch>,
+    /// Declared last: stopped after everything that runs on it.
+    _admin_runtime: AdminRuntime,
+}
+
+/// The admin plane's runtime: one worker thread and a small blocking pool of its own. Shut
+/// down in the background when dropped, so dropping it inside async code is fine.
+#[derive(Debug)]
+struct AdminRuntime(Option<tokio::runtime::Runtime>);
+
+impl AdminRuntime {
+    fn start() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(16)
+            .thread_name("graft-admin")
+            .enable_all()
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for AdminRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Binds a listener on the runtime entered now (as `TcpListener::bind` does: address reuse, a
+/// backlog of 1024 connections).
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    };
+    bound().map_err(|source| ServeError::Bind { addr, source })
 }
 
 impl Server {
@@ -134,17 +190,15 @@ impl Server {
             },
             config.admin.token.clone(),
         );
-        let bind = |addr| async move {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            Ok::<_, ServeError>((listener, local))
+        // The admin plane runs on a runtime of its own (its own worker thread and blocking
+        // pool), so no load on the app, however slow its plugin calls, delays status, metrics,
+        // deploys or rollbacks.
+        let admin_runtime = AdminRuntime::start().map_err(ServeError::AdminRuntime)?;
+        let (app_listener, addr) = bind(config.listen)?;
+        let (admin_listener, admin_addr) = {
+            let _in_admin = admin_runtime.handle().enter();
+            bind(config.admin.listen)?
         };
-        let (app_listener, addr) = bind(config.listen).await?;
-        let (admin_listener, admin_addr) = bind(config.admin.listen).await?;
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -155,14 +209,15 @@ impl Server {
                 .with_graceful_shutdown(until_stopped(stopped.clone()))
                 .into_future(),
         );
-        let admin = tokio::spawn(
+        let admin = admin_runtime.handle().spawn(
             axum::serve(admin_listener, admin)
                 .with_graceful_shutdown(until_stopped(stopped))
                 .into_future(),
         );
         if config.state_save_interval_ms > 0 {
             let every = Duration::from_millis(config.state_save_interval_ms);
-            tokio::spawn(save_state_every(Arc::clone(&host), every, stop.subscribe()));
+            let saving = save_state_every(Arc::clone(&host), every, stop.subscribe());
+            admin_runtime.handle().spawn(saving);
         }
         let watch = match &config.watch {
             Some(path) => Some(crate::watch::watch(
@@ -187,6 +242,7 @@ impl Server {
             admin,
             stop,
             _watch: watch,
+            _admin_runtime: admin_runtime,
         })
     }
 
