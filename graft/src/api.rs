@@ -187,6 +187,12 @@ pub enum ErrorCode {
     Conflict,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge,
+    /// The request body did not arrive within `body_timeout_ms` (408).
+    RequestTimeout,
+    /// The route is at its concurrency limit (`max_in_flight`); retry later (503).
+    Overloaded,
+    /// The call ran past the route's deadline (`timeout_ms`); its result was discarded (503).
+    DeadlineExceeded,
     /// The release was refused at a step; the previous release keeps serving (422).
     DeployRejected,
     /// The plugin found the request's content invalid (422).
@@ -220,8 +226,11 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::DeployRejected | Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded | Self::DeadlineExceeded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Plugin
             | Self::Panic
             | Self::BadOutput

@@ -11,6 +11,9 @@
 //! migration_drain_ms = 1000
 //! state_save_interval_ms = 0
 //! inline_budget_us = 100
+//! max_connections = 1024
+//! header_read_timeout_ms = 10000
+//! body_timeout_ms = 30000
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -76,6 +79,18 @@ pub struct ServeConfig {
     /// the server stops). Each save holds new requests at the boundary while it copies.
     #[serde(default)]
     pub state_save_interval_ms: u64,
+    /// How many connections the service serves at once; past it new ones wait in the kernel's
+    /// backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a complete request head, counted from when it
+    /// was accepted or answered its previous request: it cuts slow headers and closes idle
+    /// keep-alive connections.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive (408 past it).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
     /// How long a plugin call may take and still run on a worker thread, for routes in mode
     /// `auto`.
     #[serde(default = "default_inline_budget_us")]
@@ -139,6 +154,15 @@ pub struct Route {
     /// [`mode`](crate::serve::mode)).
     #[serde(default)]
     pub mode: CallMode,
+    /// How many of its calls may be in flight at once; past it requests are answered 503
+    /// (`overloaded`) at once. No limit by default.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// How long a call may run before its request is answered 503 (`deadline_exceeded`); the
+    /// call, which cannot be stopped, runs on and its result is discarded. No deadline by
+    /// default.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -155,6 +179,15 @@ fn default_init_timeout_ms() -> u64 {
 }
 fn default_migration_drain_ms() -> u64 {
     1_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
 }
 fn default_inline_budget_us() -> u64 {
     100

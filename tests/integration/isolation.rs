@@ -1,13 +1,17 @@
-//! Serving at native speed without letting slow calls hurt anyone else: the admin plane runs on
-//! threads of its own, and a route whose calls block runs them on the blocking pool while fast
-//! routes run theirs inline.
+//! Serving at native speed without letting slow calls or slow clients hurt anyone else: the admin
+//! plane runs on threads of its own, a route whose calls block runs them on the blocking pool
+//! while fast routes run theirs inline, and the limits hold (idle and header-read timeouts, the
+//! body timeout, per-route concurrency limits and deadlines).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use graft::client::AdminClient;
+use graft::serve::Server;
 
-use crate::serve::{config, in_process_with, post};
+use crate::serve::{agent, config, in_process_with, post};
 use crate::util::{wait_until, Env};
 
 #[test]
@@ -63,4 +67,188 @@ fn with_hundreds_of_slow_blocking_calls_in_flight_status_and_a_fast_route_answer
         eprintln!("with {SLOW} slow calls in flight: /status {status_took:?}, /foo {foo_took:?}");
     });
     assert_eq!(finished.load(Ordering::SeqCst), SLOW);
+}
+
+/// `graft serve` in this process with the standard test config, `extra` top-level lines and
+/// these routes appended.
+fn serve_with(env: &Env, extra: &str, routes: &str) -> (tokio::runtime::Runtime, Server) {
+    let path = config(env, extra);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(routes);
+    std::fs::write(&path, text).unwrap();
+    in_process_with(&path, "[admin]")
+}
+
+/// POSTs JSON; returns the status and body (an answer of the server's own names no generation).
+fn post_any(url: &str, body: &str) -> (u16, String) {
+    let mut response = agent()
+        .post(url)
+        .content_type("application/json")
+        .send(body)
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+/// Reads until the server closes the connection (or 10 s pass); returns what it sent.
+fn read_to_close(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close the connection: {e}"),
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_header_read_timeout_and_slow_headers_are_cut() {
+    let env = Env::new();
+    let (_runtime, server) = serve_with(&env, "header_read_timeout_ms = 300", "");
+
+    // Idle from the start.
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(server.addr()).unwrap();
+    assert_eq!(read_to_close(&mut idle), "");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Idle after a request on a keep-alive connection.
+    let mut kept = TcpStream::connect(server.addr()).unwrap();
+    let body = r#"{"a": 1}"#;
+    write!(
+        kept,
+        "POST /foo HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let answered = read_to_close(&mut kept);
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // Headers trickled a byte every 50 ms would take 5 s; the connection is cut long before.
+    let mut slow = TcpStream::connect(server.addr()).unwrap();
+    let started = Instant::now();
+    let mut trickle = slow.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for byte in b"POST /foo HTTP/1.1\r\nhost: graft\r\nx-slow: "
+            .iter()
+            .cycle()
+            .take(100)
+        {
+            if trickle.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert_eq!(read_to_close(&mut slow), "");
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "cut after {cut_after:?}"
+    );
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_body_slower_than_body_timeout_ms_is_answered_408() {
+    let env = Env::new();
+    let (_runtime, server) = serve_with(&env, "body_timeout_ms = 300", "");
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stream,
+        "POST /foo HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\nconnection: close\r\n\r\n{{\"a\""
+    )
+    .unwrap();
+    let answer = read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request-timeout\""), "{answer}");
+}
+
+#[test]
+fn a_route_over_its_concurrency_limit_answers_503_and_a_call_past_its_deadline_too() {
+    let env = Env::new();
+    let routes = "\n[[route]]\nmethod = \"POST\"\npath = \"/slow\"\nexport = \"foo@1\"\n\
+                  mode = \"blocking\"\nmax_in_flight = 2\n\n\
+                  [[route]]\nmethod = \"POST\"\npath = \"/bounded\"\nexport = \"foo@1\"\n\
+                  mode = \"blocking\"\ntimeout_ms = 200\n";
+    let (_runtime, server) = serve_with(&env, "", routes);
+    let base = format!("http://{}", server.addr());
+    let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    let slow = r#"{"a": 1, "pause_ms": 1500}"#;
+
+    std::thread::scope(|s| {
+        let held: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| post(&format!("{base}/slow"), slow).0))
+            .collect();
+        wait_until("two slow calls in flight", Duration::from_secs(30), || {
+            let status = admin.status().unwrap();
+            status
+                .host
+                .generations
+                .iter()
+                .map(|g| g.in_flight)
+                .sum::<usize>()
+                >= 2
+        });
+        let (code, body) = post_any(&format!("{base}/slow"), slow);
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("\"overloaded\"") && body.contains("max_in_flight"),
+            "{body}"
+        );
+        for call in held {
+            assert_eq!(call.join().unwrap(), 200);
+        }
+    });
+    assert_eq!(
+        post(&format!("{base}/slow"), r#"{"a": 1}"#).0,
+        200,
+        "slots free again"
+    );
+
+    let (code, body) = post_any(&format!("{base}/bounded"), r#"{"a": 1, "pause_ms": 2000}"#);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"deadline-exceeded\""), "{body}");
+    assert_eq!(post(&format!("{base}/bounded"), r#"{"a": 1}"#).0, 200);
+}
+
+#[test]
+fn past_max_connections_new_connections_wait_and_the_admin_plane_still_answers() {
+    let env = Env::new();
+    let (_runtime, server) = serve_with(&env, "max_connections = 2", "");
+    let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    // Let the server accept both.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut third = TcpStream::connect(server.addr()).unwrap();
+    let body = r#"{"a": 1}"#;
+    write!(
+        third,
+        "POST /foo HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the third connection was served past the cap: {waited:?}"
+    );
+    assert_eq!(admin.status().unwrap().host.current, 1, "admin answers");
+
+    drop(held);
+    let answer = read_to_close(&mut third);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

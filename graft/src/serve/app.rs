@@ -18,12 +18,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
 use axum::Router;
 use graft_host::{CallError, Export, Host, OwnedPin};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{method_filter, Route};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
 
+use super::listen::BodyTimeoutError;
 use super::mode::{CallMode, Learned};
 
 /// The response header naming the generation that served a request.
@@ -43,6 +45,11 @@ struct RouteState {
     mode: CallMode,
     /// What `auto` learned of the route's calls.
     learned: Learned,
+    /// Slots for calls in flight, if the route has a limit.
+    limit: Option<Arc<Semaphore>>,
+    max_in_flight: usize,
+    /// How long a call may run before the request is answered without it.
+    deadline: Option<Duration>,
 }
 
 impl RouteState {
@@ -53,6 +60,17 @@ impl RouteState {
             CallMode::Blocking => true,
             CallMode::Auto => self.learned.blocking(),
         }
+    }
+
+    /// Reports a call past the route's deadline and the answer for it.
+    fn late(&self, deadline: Duration) -> ApiError {
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(route = %self.path, contract = %self.export, deadline_ms,
+            "call past its deadline; its result is discarded");
+        ApiError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("the call ran past the route's deadline ({deadline_ms} ms, timeout_ms); its result is discarded"),
+        )
     }
 
     /// Calls the export in the pinned generation, timing the call for `auto`.
@@ -84,6 +102,9 @@ pub(super) fn router(
             path: route.path.clone(),
             mode: route.mode,
             learned: Learned::new(inline_budget),
+            limit: route.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
+            max_in_flight: route.max_in_flight.unwrap_or(0),
+            deadline: route.timeout_ms.map(Duration::from_millis),
         });
         let handler = on(method_filter(&route.method)?, call_export).with_state(state);
         let merged = match by_path.remove(route.path.as_str()) {
@@ -121,6 +142,20 @@ async fn call_export(
         Ok(body) => body,
         Err(rejection) => return rejected_body(&rejection),
     };
+    // A route at its concurrency limit answers at once rather than queue.
+    let slot = match &route.limit {
+        Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                let message = format!(
+                    "the route is at its limit of {} calls in flight (max_in_flight)",
+                    route.max_in_flight
+                );
+                return ApiError::new(ErrorCode::Overloaded, message).into_response();
+            }
+        },
+        None => None,
+    };
     // Without a rollout under way every request goes to stable: no header is looked at.
     let (key, force) = if route.rollouts.under_way() {
         let config = route.rollouts.config();
@@ -152,17 +187,7 @@ async fn call_export(
     } else {
         body
     };
-    let result = if route.blocking() {
-        let call = Arc::clone(&route);
-        tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            call.call(&pin, &input)
-        })
-        .await
-    } else {
-        let _entered = span.enter();
-        Ok(route.call(&pin, &input))
-    };
+    let result = run(&route, pin, input, span, slot).await;
     let elapsed = started.elapsed();
     route
         .metrics
@@ -178,7 +203,7 @@ async fn call_export(
             }
             answer.into_response()
         }
-        Err(join) => ApiError::from(join).into_response(),
+        Err(answer) => answer.into_response(),
     };
     route
         .rollouts
@@ -189,6 +214,44 @@ async fn call_export(
         headers.insert(ROUTE_HEADER, HeaderValue::from_static("canary"));
     }
     response
+}
+
+/// Runs the route's call where its mode says, within its deadline. `Err` is the server's own
+/// answer: the call ran past its deadline (its result is discarded when it returns; a call on
+/// the blocking pool keeps its concurrency slot until then), or panicked in the host.
+async fn run(
+    route: &Arc<RouteState>,
+    pin: OwnedPin,
+    input: Bytes,
+    span: tracing::Span,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Result<Result<Vec<u8>, CallError>, ApiError> {
+    if route.blocking() {
+        let call = Arc::clone(route);
+        let task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let _entered = span.enter();
+            call.call(&pin, &input)
+        });
+        let joined = match route.deadline {
+            Some(deadline) => tokio::time::timeout(deadline, task)
+                .await
+                .map_err(|_| route.late(deadline))?,
+            None => task.await,
+        };
+        joined.map_err(ApiError::from)
+    } else {
+        let started = Instant::now();
+        let result = {
+            let _entered = span.enter();
+            route.call(&pin, &input)
+        };
+        drop(slot);
+        match route.deadline {
+            Some(deadline) if started.elapsed() > deadline => Err(route.late(deadline)),
+            _ => Ok(result),
+        }
+    }
 }
 
 /// The sticky key of a request: the configured header's value, or the configured cookie's.
@@ -211,8 +274,15 @@ fn sticky_key<'a>(
         .map(|(_, value)| value.as_bytes())
 }
 
-/// A body that could not be read (too large, or the connection failed mid-body).
+/// A body that could not be read (too large, too slow, or the connection failed mid-body).
 pub(super) fn rejected_body(rejection: &BytesRejection) -> Response {
+    let mut source = std::error::Error::source(rejection);
+    while let Some(error) = source {
+        if let Some(timeout) = error.downcast_ref::<BodyTimeoutError>() {
+            return ApiError::new(ErrorCode::RequestTimeout, timeout.to_string()).into_response();
+        }
+        source = error.source();
+    }
     let code = if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ErrorCode::PayloadTooLarge
     } else {

@@ -6,6 +6,7 @@
 //! - `deployer.rs`: the one deploy path, for the admin API and watch mode: prepare, then
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
+//! - `listen.rs`: accepting connections under a cap, header-read and body timeouts.
 //!
 //! The admin API runs on a runtime of its own (one worker thread, its own blocking pool), so
 //! app load never delays it.
@@ -18,9 +19,10 @@
 mod admin;
 mod app;
 mod deployer;
+mod listen;
 pub mod mode;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +34,10 @@ use tokio::net::{TcpListener, TcpSocket};
 pub use app::{GENERATION_HEADER, ROUTE_HEADER};
 
 use deployer::Deployer;
+use listen::ConnLimits;
+
+/// How many connections the admin listener serves at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 use crate::api::RolloutOptions;
 use crate::config::ServeConfig;
@@ -84,8 +90,8 @@ pub struct Server {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     drain: Duration,
-    app: tokio::task::JoinHandle<std::io::Result<()>>,
-    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    app: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
     _watch: Option<crate::watch::Watch>,
     /// Declared last: stopped after everything that runs on it.
@@ -201,19 +207,27 @@ impl Server {
         };
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
+        let app_limits = ConnLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         };
-        let app = tokio::spawn(
-            axum::serve(app_listener, app)
-                .with_graceful_shutdown(until_stopped(stopped.clone()))
-                .into_future(),
-        );
-        let admin = admin_runtime.handle().spawn(
-            axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(until_stopped(stopped))
-                .into_future(),
-        );
+        let admin_limits = ConnLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..app_limits
+        };
+        let app = tokio::spawn(listen::serve(
+            app_listener,
+            app,
+            app_limits,
+            stopped.clone(),
+        ));
+        let admin = admin_runtime.handle().spawn(listen::serve(
+            admin_listener,
+            admin,
+            admin_limits,
+            stopped,
+        ));
         if config.state_save_interval_ms > 0 {
             let every = Duration::from_millis(config.state_save_interval_ms);
             let saving = save_state_every(Arc::clone(&host), every, stop.subscribe());

@@ -1,0 +1,331 @@
+//! Accepting connections: hyper's HTTP/1 server under the limits a public listener needs.
+//!
+//! - **A connection cap** ([`ConnLimits::max_connections`]): past it the listener stops
+//!   accepting (connections wait in the kernel's backlog) instead of running out of file
+//!   descriptors, which would also make the admin listener unreachable.
+//! - **A header-read timeout** ([`ConnLimits::header_read_timeout`]): a connection must deliver
+//!   a complete request head within it, counted from when it was accepted or answered its
+//!   previous request. It cuts slowly trickled headers, and it is the idle timeout of
+//!   keep-alive connections too.
+//! - **A body timeout** ([`ConnLimits::body_timeout`]): a request body must arrive within it,
+//!   counted from when the server first waited for it ([`BodyTimeoutError`] past it; the app
+//!   answers 408).
+//!
+//! The header-read timeout costs no timer and no clock read per request: each connection
+//! records when it went idle (accepted, or its last response produced; on a clock the sweeper
+//! advances) and whether a request is being served, and one sweeper per listener closes, every [`SWEEPS_PER_TIMEOUT`]th of the timeout, the
+//! connections idle for longer than it. (hyper's own `header_read_timeout` resets a timer for
+//! every request, which cost a tenth of the throughput of a service of fast calls.) A connection
+//! is therefore closed between one and 1.25 timeouts after it went idle. Likewise the body
+//! timeout starts a timer only when a body is not already all there: a small body that came
+//! with its head costs none.
+//!
+//! On stop, the listener closes and every connection finishes the request it is serving, then
+//! closes (hyper's graceful shutdown).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tower::Service;
+
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+}
+
+/// How often, per timeout, the sweeper looks for idle connections.
+const SWEEPS_PER_TIMEOUT: u32 = 4;
+
+/// How long to wait before accepting again after `accept` failed (out of file descriptors,
+/// usually): a connection closing frees one meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the sweeper knows of one connection.
+struct Tracked {
+    /// Requests being served (0 or 1 on HTTP/1 without pipelining).
+    busy: AtomicUsize,
+    /// When it last went idle, in milliseconds since the listener started.
+    idle_since_ms: AtomicU64,
+    /// Closes it: at once (idle), or after its request (`graceful`, on stop).
+    close: Notify,
+    graceful: AtomicBool,
+}
+
+/// The connections of one listener, for the sweeper.
+struct Connections {
+    started: Instant,
+    /// Milliseconds since `started`, as of the sweeper's last tick: the clock requests read,
+    /// which costs them no system call.
+    coarse_ms: AtomicU64,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Tracked>>>,
+}
+
+impl Connections {
+    fn now_ms(&self) -> u64 {
+        self.coarse_ms.load(Ordering::Relaxed)
+    }
+
+    fn track(&self) -> (u64, Arc<Tracked>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tracked = Arc::new(Tracked {
+            busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+            close: Notify::new(),
+            graceful: AtomicBool::new(false),
+        });
+        self.lock().insert(id, Arc::clone(&tracked));
+        (id, tracked)
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connections idle (no request being served) for longer than `timeout`.
+    fn sweep(&self, timeout: Duration) {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.coarse_ms.store(now, Ordering::Relaxed);
+        for tracked in self.lock().values() {
+            let idle_since = tracked.idle_since_ms.load(Ordering::Relaxed);
+            if tracked.busy.load(Ordering::Relaxed) == 0
+                && now.saturating_sub(idle_since) > timeout_ms
+            {
+                tracked.close.notify_one();
+            }
+        }
+    }
+
+    /// Asks every connection to finish the request it is serving and close.
+    fn stop_all(&self) {
+        for tracked in self.lock().values() {
+            tracked.graceful.store(true, Ordering::Relaxed);
+            tracked.close.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The router, as hyper calls it for one connection: marks the connection busy while a request
+/// is served.
+#[derive(Clone)]
+struct Service1 {
+    router: Router,
+    tracked: Arc<Tracked>,
+    connections: Arc<Connections>,
+    body_timeout: Duration,
+}
+
+/// Marks a connection idle again when its request ends (or is dropped).
+struct Served {
+    tracked: Arc<Tracked>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let now = self.connections.now_ms();
+        self.tracked.idle_since_ms.store(now, Ordering::Relaxed);
+        self.tracked.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service1 {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.tracked.busy.fetch_add(1, Ordering::Relaxed);
+        let served = Served {
+            tracked: Arc::clone(&self.tracked),
+            connections: Arc::clone(&self.connections),
+        };
+        let timeout = self.body_timeout;
+        let request = request.map(|body| Body::new(TimedBody::new(body, timeout)));
+        let response = self.router.clone().call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(served);
+            response
+        })
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish
+/// their requests.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+) {
+    let http = hyper::server::conn::http1::Builder::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Arc::new(Connections {
+        started: Instant::now(),
+        coarse_ms: AtomicU64::new(0),
+        next_id: AtomicU64::new(0),
+        open: Mutex::default(),
+    });
+    let sweeper = tokio::spawn(sweep(
+        Arc::clone(&connections),
+        limits.header_read_timeout,
+        stop.clone(),
+    ));
+    let mut tasks = JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = stopped(stop.clone()) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = stopped(stop.clone()) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (id, tracked) = connections.track();
+        let service = Service1 {
+            router: router.clone(),
+            tracked: Arc::clone(&tracked),
+            connections: Arc::clone(&connections),
+            body_timeout: limits.body_timeout,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connections = Arc::clone(&connections);
+        // The connection is polled on every wake-up, the close signal only when notified: one
+        // `Notify` per connection carries both the sweeper's close and the listener's stop, so
+        // serving a request touches nothing other connections share.
+        tasks.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                biased;
+                result = connection.as_mut() => result,
+                () = tracked.close.notified() => {
+                    if tracked.graceful.load(Ordering::Relaxed) {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            connections.forget(id);
+            drop(slot);
+        });
+        // Reap the tasks that ended, so the set does not grow with every connection served.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    connections.stop_all();
+    while tasks.join_next().await.is_some() {}
+    sweeper.abort();
+}
+
+/// A request body that must arrive within a timeout, counted from when it was first waited
+/// for: a body already all there starts no timer.
+struct TimedBody<B> {
+    inner: B,
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> TimedBody<B> {
+    fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+/// A request body that did not arrive within the body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within body_timeout_ms")]
+pub(crate) struct BodyTimeoutError;
+
+impl<B> http_body::Body for TimedBody<B>
+where
+    B: http_body::Body<Error = hyper::Error> + Unpin,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => return Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {}
+        }
+        let timeout = this.timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeoutError.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Closes idle connections until `stop`.
+async fn sweep(connections: Arc<Connections>, timeout: Duration, stop: watch::Receiver<bool>) {
+    let every = (timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => connections.sweep(timeout),
+            () = stopped(stop.clone()) => return,
+        }
+    }
+}
+
+/// Completes once `stop` is true (or its sender is gone).
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
