@@ -130,6 +130,8 @@ pub enum Wire {
     ByValue,
     /// Serde values, as JSON bytes.
     Json,
+    /// Serde values, as JSON bytes, to an `async` export (its call returns a future).
+    AsyncJson,
 }
 
 /// A contract and its types, as one plugin declared it (for an export or an import).
@@ -148,7 +150,11 @@ pub struct Signature {
 impl Signature {
     /// The types, `In -> Out` (JSON contracts say so: `json String -> String`).
     pub fn types(&self) -> String {
-        let json = if self.wire == Wire::Json { "json " } else { "" };
+        let json = match self.wire {
+            Wire::ByValue => "",
+            Wire::Json => "json ",
+            Wire::AsyncJson => "json async ",
+        };
         format!("{json}{} -> {}", self.input, self.output)
     }
 

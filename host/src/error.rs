@@ -254,6 +254,15 @@ pub enum CallError {
         /// The pinned generation.
         generation: u64,
     },
+    /// The export is `async`: its call returns a future, so it is called with
+    /// [`OwnedPin::call_async`](crate::OwnedPin::call_async).
+    #[error("{contract} in generation {generation} is async: call it with OwnedPin::call_async")]
+    AsyncExport {
+        /// The contract called.
+        contract: String,
+        /// The pinned generation.
+        generation: u64,
+    },
     /// The input could not be encoded as JSON.
     #[error("encoding the input of {contract}")]
     Encode {

@@ -201,6 +201,13 @@ impl Generation {
         }
     }
 
+    /// Whether this generation's export of `export` is `async` (called with
+    /// [`OwnedPin::call_async`](crate::OwnedPin::call_async)).
+    pub fn is_async(&self, export: &Export) -> bool {
+        self.entry(export.id)
+            .is_some_and(|(entry, _)| entry.is_async)
+    }
+
     /// Calls an export with serde input and output, through its JSON adapter.
     ///
     /// # Errors
@@ -244,6 +251,12 @@ impl Resolved<'_> {
             table: &self.generation.table,
             plugin: self.entry.plugin,
         };
+        if self.entry.is_async {
+            return Err(CallError::AsyncExport {
+                contract: self.export.to_string(),
+                generation: self.generation.id,
+            });
+        }
         let Some(json) = self.entry.json else {
             return Err(CallError::NoJsonAdapter {
                 contract: self.export.to_string(),

@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod async_call;
 mod atomic_file;
 pub mod bounded;
 pub mod check;
@@ -81,6 +82,7 @@ pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD};
 pub use loader::LoadError;
 pub use pin::{OwnedPin, Pin, PinCache};
 pub use report::{Change, DeployReport, PluginChange};
+pub use services::{set_async_services, AsyncServices, BoxFuture};
 pub use stage::sha256_hex;
 pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

@@ -15,7 +15,7 @@ use graft_api::ffi::{Binding, ErasedFn, JsonFn, LinkTable, PluginLinks};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::decl::{Contract, PluginInfo, Signature};
+use crate::decl::{Contract, PluginInfo, Signature, Wire};
 use crate::loader::ExportImpl;
 
 /// One resolved import: who imports what from whom.
@@ -184,6 +184,8 @@ pub(crate) struct Entry {
     pub(crate) plugin: u32,
     pub(crate) func: ErasedFn,
     pub(crate) json: Option<JsonFn>,
+    /// Whether `func` is an [`AsyncJsonFn`](graft_api::ffi::AsyncJsonFn) (wire `async json`).
+    pub(crate) is_async: bool,
     /// [`types_key`] of the export's signature.
     pub(crate) types: u64,
 }
@@ -261,6 +263,7 @@ where
                     plugin,
                     func: export.func,
                     json: export.json,
+                    is_async: signature.wire == Wire::AsyncJson,
                     types: types_key(signature),
                 },
             );
@@ -302,7 +305,7 @@ where
 mod tests {
     use super::*;
 
-    use crate::decl::{TypeInfo, Wire};
+    use crate::decl::TypeInfo;
 
     /// A signature `contract: input -> u64`.
     fn sig(contract: &str, input: &str) -> Signature {

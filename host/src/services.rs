@@ -3,16 +3,109 @@
 //! Plugin log events arrive here already formatted and are re-emitted into the host's `tracing`
 //! subscriber under the target `graft::plugin`, with the plugin's name and its own target as
 //! fields, so `RUST_LOG=graft::plugin=debug` (or a per-plugin field filter) controls them.
-//! Both callbacks are `extern "C"`: a panic unwinding out of them would abort, so none can.
+//! Every callback is `extern "C"`: a panic unwinding out of them would abort, so none can.
+//!
+//! The async services (a timer, the blocking pool) are the embedder's runtime's: graft-host
+//! has no runtime of its own, so the embedder installs its [`AsyncServices`] once per process
+//! ([`set_async_services`]; `graft serve` installs tokio's). One set per process, because the
+//! services reach plugins through one static [`HostApi`].
 
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use abi_stable::prefix_type::WithMetadata;
-use abi_stable::std_types::RStr;
-use graft_api::ffi::{level_from_u8, HostApi, HostApiRef, LogRecord};
+use abi_stable::std_types::{RResult, RStr};
+use async_ffi::FutureExt as _;
+use graft_api::ffi::{
+    level_from_u8, BlockingJob, ErrorKind, FfiError, HostApi, HostApiRef, HostFuture, LogRecord,
+};
 use tracing::Level;
 
-const HOST_API: &WithMetadata<HostApi> = &WithMetadata::new(HostApi { log, log_enabled });
+const HOST_API: &WithMetadata<HostApi> = &WithMetadata::new(HostApi {
+    log,
+    log_enabled,
+    sleep,
+    run_blocking,
+});
+
+/// A boxed future of the embedder's runtime.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What an async runtime offers plugins' async exports: implemented by the embedder (for
+/// tokio: `tokio::time::sleep` and `tokio::task::spawn_blocking`).
+pub trait AsyncServices: Send + Sync + 'static {
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture;
+    /// Runs `work` on a pool for blocking work; the future completes when it returned.
+    fn run_blocking(&self, work: Box<dyn FnOnce() + Send>) -> BoxFuture;
+}
+
+static SERVICES: OnceLock<Arc<dyn AsyncServices>> = OnceLock::new();
+
+/// Installs the async services plugins get (the first call wins; later ones are ignored and
+/// return `false`). Until one is installed, a plugin's `graft_api::sleep` and
+/// `graft_api::blocking` fail with an error that says so.
+pub fn set_async_services(services: Arc<dyn AsyncServices>) -> bool {
+    SERVICES.set(services).is_ok()
+}
+
+fn no_services(service: &str) -> FfiError {
+    FfiError {
+        kind: ErrorKind::UNAVAILABLE,
+        message: format!(
+            "the host has no {service}: the embedder installs one with \
+             graft_host::set_async_services"
+        )
+        .into(),
+    }
+}
+
+fn panicked(service: &str) -> FfiError {
+    FfiError {
+        kind: ErrorKind::INTERNAL,
+        message: format!("the host's {service} panicked").into(),
+    }
+}
+
+extern "C" fn sleep(millis: u64) -> HostFuture {
+    let Some(services) = SERVICES.get() else {
+        return std::future::ready(RResult::RErr(no_services("timer"))).into_ffi();
+    };
+    let Ok(sleeping) = catch_unwind(AssertUnwindSafe(|| {
+        services.sleep(Duration::from_millis(millis))
+    })) else {
+        return std::future::ready(RResult::RErr(panicked("timer"))).into_ffi();
+    };
+    async move {
+        sleeping.await;
+        RResult::ROk(())
+    }
+    .into_ffi()
+}
+
+extern "C" fn run_blocking(job: BlockingJob) -> HostFuture {
+    let Some(services) = SERVICES.get() else {
+        // The job owns its data: run it here rather than leak it.
+        (job.run)(job.data);
+        return std::future::ready(RResult::ROk(())).into_ffi();
+    };
+    let work = Box::new(move || {
+        // The whole job moves in (it is `Send`), not its raw pointer alone.
+        let job = job;
+        (job.run)(job.data);
+    });
+    let Ok(running) = catch_unwind(AssertUnwindSafe(|| services.run_blocking(work))) else {
+        return std::future::ready(RResult::RErr(panicked("blocking pool"))).into_ffi();
+    };
+    async move {
+        running.await;
+        RResult::ROk(())
+    }
+    .into_ffi()
+}
 
 /// The services handed to plugins.
 pub(crate) fn host_api() -> HostApiRef {

@@ -18,7 +18,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
-use graft_api::contract::{Contract, WireOf};
+use graft_api::contract::{CallWire, Contract};
 use graft_api::ffi::Context;
 
 use crate::decl::Signature;
@@ -87,7 +87,10 @@ impl Generation {
         &self,
         export: &TypedExport<C>,
         input: C::In,
-    ) -> Result<Returned<'_, C::Out>, CallError> {
+    ) -> Result<Returned<'_, C::Out>, CallError>
+    where
+        C::Wire: CallWire<C::In, C::Out>,
+    {
         let Some((entry, table)) = self.entry(export.export.id) else {
             return Err(CallError::NotExported {
                 contract: export.export.to_string(),
@@ -103,7 +106,7 @@ impl Generation {
         };
         // SAFETY: the export's types key equals `C`'s: the plugin declared this export with the
         // same wire and types of the same fingerprints, so `entry.func` is `C`'s typed function.
-        match unsafe { <C::Wire as WireOf<C::In, C::Out>>::call(entry.func, &ctx, input) } {
+        match unsafe { <C::Wire as CallWire<C::In, C::Out>>::call(entry.func, &ctx, input) } {
             Ok(value) => Ok(Returned {
                 value,
                 _generation: PhantomData,

@@ -31,6 +31,7 @@ pub(crate) fn signature(sig: &ffi::Signature) -> Result<Signature, String> {
     let wire = match sig.wire {
         ffi::Wire::BY_VALUE => Wire::ByValue,
         ffi::Wire::JSON => Wire::Json,
+        ffi::Wire::ASYNC_JSON => Wire::AsyncJson,
         ffi::Wire(code) => return Err(format!("{contract}: unknown wire {code}")),
     };
     let describe = |desc| type_info(desc, wire).map_err(|e| format!("{contract}: {e}"));
@@ -95,7 +96,7 @@ fn field_text(field: &abi_stable::type_layout::TLField) -> String {
 fn type_info(desc: &TypeDesc, wire: Wire) -> Result<TypeInfo, String> {
     match (wire, desc.layout, desc.describe) {
         (Wire::ByValue, Some(layout), _) => Ok(layout_info(layout)),
-        (Wire::Json, _, Some(describe)) => json_info(&describe().into_string()),
+        (Wire::Json | Wire::AsyncJson, _, Some(describe)) => json_info(&describe().into_string()),
         _ => Err("a type is declared without its description".into()),
     }
 }

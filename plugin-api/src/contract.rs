@@ -57,7 +57,12 @@ pub struct ByValue;
 #[derive(Debug, Clone, Copy)]
 pub struct Json;
 
-/// How a wire carries an `I -> O` call. Implemented by [`ByValue`] and [`Json`] only.
+/// Values cross as JSON to an `async` export, whose call returns a future the host polls.
+#[derive(Debug, Clone, Copy)]
+pub struct AsyncJson;
+
+/// How a wire describes an `I -> O` contract. Implemented by [`ByValue`], [`Json`] and
+/// [`AsyncJson`] only.
 #[doc(hidden)]
 pub trait WireOf<I, O> {
     /// The wire's code.
@@ -66,7 +71,11 @@ pub trait WireOf<I, O> {
     const INPUT: TypeDesc;
     /// The output type, described for the host.
     const OUTPUT: TypeDesc;
+}
 
+/// How a synchronous wire carries an import call: [`ByValue`] and [`Json`].
+#[doc(hidden)]
+pub trait CallWire<I, O>: WireOf<I, O> {
     /// Calls `func` with `input`.
     ///
     /// # Safety
@@ -88,7 +97,9 @@ impl<I: StableAbi, O: StableAbi> WireOf<I, O> for ByValue {
         layout: Some(O::LAYOUT),
         describe: None,
     };
+}
 
+impl<I: StableAbi, O: StableAbi> CallWire<I, O> for ByValue {
     #[inline]
     unsafe fn call(func: ErasedFn, ctx: &Context<'_>, input: I) -> Result<O, FfiError> {
         // SAFETY: the caller guarantees `func` is a `ValueFn<I, O>` (see `ErasedFn`); function
@@ -104,15 +115,32 @@ where
     O: Serialize + DeserializeOwned,
 {
     const WIRE: Wire = Wire::JSON;
-    const INPUT: TypeDesc = TypeDesc {
-        layout: None,
-        describe: Some(crate::runtime::describe::<I>),
-    };
-    const OUTPUT: TypeDesc = TypeDesc {
-        layout: None,
-        describe: Some(crate::runtime::describe::<O>),
-    };
+    const INPUT: TypeDesc = json_desc::<I>();
+    const OUTPUT: TypeDesc = json_desc::<O>();
+}
 
+impl<I, O> WireOf<I, O> for AsyncJson
+where
+    I: Serialize + DeserializeOwned,
+    O: Serialize + DeserializeOwned,
+{
+    const WIRE: Wire = Wire::ASYNC_JSON;
+    const INPUT: TypeDesc = json_desc::<I>();
+    const OUTPUT: TypeDesc = json_desc::<O>();
+}
+
+const fn json_desc<T: DeserializeOwned>() -> TypeDesc {
+    TypeDesc {
+        layout: None,
+        describe: Some(crate::runtime::describe::<T>),
+    }
+}
+
+impl<I, O> CallWire<I, O> for Json
+where
+    I: Serialize + DeserializeOwned,
+    O: Serialize + DeserializeOwned,
+{
     unsafe fn call(func: ErasedFn, ctx: &Context<'_>, input: I) -> Result<O, FfiError> {
         let internal = |message: String| FfiError {
             kind: ErrorKind::INTERNAL,
@@ -187,7 +215,10 @@ impl Context<'_> {
     /// [`ErrorKind::INTERNAL`] error when JSON fails to encode or decode; an
     /// [`ErrorKind::UNBOUND_IMPORT`] error when the import is left open.
     #[inline]
-    pub fn call<C: Contract>(&self, import: Import<C>, input: C::In) -> Result<C::Out, Error> {
+    pub fn call<C: Contract>(&self, import: Import<C>, input: C::In) -> Result<C::Out, Error>
+    where
+        C::Wire: CallWire<C::In, C::Out>,
+    {
         let Some(binding) = self
             .table
             .plugins
@@ -205,7 +236,7 @@ impl Context<'_> {
         };
         // SAFETY: the host binds an import slot only to an export whose signature equals the
         // import's; this plugin declared slot `import.slot` with `signature::<C>()`.
-        unsafe { <C::Wire as WireOf<C::In, C::Out>>::call(func, &callee, input) }.map_err(|e| {
+        unsafe { <C::Wire as CallWire<C::In, C::Out>>::call(func, &callee, input) }.map_err(|e| {
             let mut err = Error::from_ffi(e);
             err.prefix(C::NAME);
             err
@@ -224,7 +255,9 @@ fn unbound<C: Contract>() -> Error {
 /// Declares contracts: for each, a unit type implementing [`Contract`].
 ///
 /// `fn(In) -> Out` declares a by-value contract (both types `#[repr(C)]` and deriving
-/// `StableAbi`); `json fn(In) -> Out` one whose values cross as JSON (any serde types).
+/// `StableAbi`); `json fn(In) -> Out` one whose values cross as JSON (any serde types);
+/// `json async fn(In) -> Out` a JSON one exported by an `async fn` (see
+/// [`asynchronous`](crate::asynchronous)).
 ///
 /// ```
 /// use abi_stable::{std_types::RString, StableAbi};
@@ -261,6 +294,13 @@ macro_rules! contract {
             json fn($in:ty) -> $out:ty; $($rest:tt)*
     ) => {
         $crate::__contract_type!([$(#[$meta])*] $vis $name $contract $in, $out, Json);
+        $crate::contract!($($rest)*);
+    };
+    (
+        $(#[$meta:meta])* $vis:vis struct $name:ident = $contract:literal :
+            json async fn($in:ty) -> $out:ty; $($rest:tt)*
+    ) => {
+        $crate::__contract_type!([$(#[$meta])*] $vis $name $contract $in, $out, AsyncJson);
         $crate::contract!($($rest)*);
     };
 }

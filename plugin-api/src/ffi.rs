@@ -16,6 +16,7 @@ use abi_stable::{
     type_layout::TypeLayout,
     StableAbi,
 };
+pub use async_ffi::FfiFuture;
 
 use crate::state::{StateDecl, StateSlot};
 
@@ -44,6 +45,32 @@ pub type ErasedFn = extern "C" fn();
 /// adapter) when its types are serde-capable. The HTTP edge calls exports through it.
 pub type JsonFn =
     extern "C" fn(ctx: &Context<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, FfiError>;
+
+/// An async export called with JSON: JSON input in, a future of the JSON output out.
+///
+/// The future crosses as async-ffi's [`FfiFuture`] (a `#[repr(C)]` vtable of poll and drop,
+/// with the waker passed the same way), and is polled by the host's runtime. `ctx` is valid
+/// as long as the caller keeps the generation pinned, which it does until the future is done
+/// or dropped: the `'static` only says that the future may hold it.
+pub type AsyncJsonFn =
+    extern "C" fn(ctx: Context<'static>, input: RVec<u8>) -> FfiFuture<RResult<RVec<u8>, FfiError>>;
+
+/// A host service future: done, or the host's error.
+pub type HostFuture = FfiFuture<RResult<(), FfiError>>;
+
+/// Work a plugin hands to the host's blocking pool: `run(data)` is called once, on a pool
+/// thread.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct BlockingJob {
+    /// The work's state, owned by the job until `run` takes it.
+    pub data: *mut (),
+    /// Runs the work (and frees `data`); catches its own panics.
+    pub run: extern "C" fn(data: *mut ()),
+}
+
+// SAFETY: the plugin side builds a job only from `Send` work (`graft_api::blocking`).
+unsafe impl Send for BlockingJob {}
 
 /// Signature of a plugin's initialiser, run once per load after the release linked.
 pub type InitFn = extern "C" fn(host: HostApiRef) -> RResult<(), FfiError>;
@@ -97,6 +124,9 @@ impl Wire {
     pub const BY_VALUE: Self = Self(1);
     /// As JSON bytes: serde types, encoded by the caller and decoded by the callee.
     pub const JSON: Self = Self(2);
+    /// As JSON bytes, to an `async` export: the call returns a future the caller polls (an
+    /// [`AsyncJsonFn`]). Since 2.1.
+    pub const ASYNC_JSON: Self = Self(3);
 }
 
 /// What crosses for one type of a signature: enough for the host to compare two declarations
@@ -244,6 +274,11 @@ pub struct HostApi {
     /// Whether the host's subscriber wants events of this level and target.
     #[sabi(last_prefix_field)]
     pub log_enabled: extern "C" fn(level: u8, target: RStr<'_>) -> bool,
+    /// A future that completes after `millis` milliseconds, on the host's timer (since 2.1).
+    pub sleep: extern "C" fn(millis: u64) -> HostFuture,
+    /// A future that runs `job` on the host's blocking pool and completes when it returned
+    /// (since 2.1).
+    pub run_blocking: extern "C" fn(job: BlockingJob) -> HostFuture,
 }
 
 /// A log event from a plugin, already formatted.

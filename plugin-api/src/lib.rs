@@ -118,6 +118,7 @@
 //! Version 2.0 made types part of contracts and calls by value; plugins built against 1.x are
 //! refused by the gate and must be rebuilt.
 
+pub mod asynchronous;
 pub mod contract;
 mod error;
 pub mod ffi;
@@ -126,6 +127,7 @@ mod log;
 pub mod runtime;
 pub mod state;
 
+pub use asynchronous::{blocking, sleep};
 pub use contract::{Contract, Import};
 pub use error::Error;
 pub use ffi::{
@@ -150,6 +152,8 @@ pub mod __private {
 ///   ContractType`); its slot is its position in the list.
 /// - `exports` maps each contract type to a function
 ///   `fn(&Context<'_>, C::In) -> Result<C::Out, Error>`.
+/// - `async_exports` maps each contract declared `json async fn` to an
+///   `async fn(Context<'static>, C::In) -> Result<C::Out, Error>` (see [`asynchronous`]).
 /// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live.
 ///
 /// The macro records every contract's types and the crate's panic strategy in the root module,
@@ -163,6 +167,7 @@ macro_rules! plugin {
         $(state: $state:ty $({ $($dir:ident $other:ty => $migrate:path),* $(,)? })?,)?
         $(imports: { $($import:ident : $import_ty:ty),* $(,)? },)?
         exports: { $($export_ty:ty => $export_fn:path),* $(,)? }
+        $(, async_exports: { $($async_ty:ty => $async_fn:path),* $(,)? })?
         $(, init: $init:path)?
         $(, pre_activate: $pre_activate:path)?
         $(, post_activate: $post_activate:path)?
@@ -200,7 +205,24 @@ macro_rules! plugin {
                     $crate::runtime::export_decl::<__GraftExport>(
                         <$crate::runtime::JsonAdapter<__GraftExport>>::FUNC,
                     )
-                },)*],
+                },)* $($({
+                    struct __GraftAsyncExport;
+                    impl $crate::asynchronous::AsyncHandler for __GraftAsyncExport {
+                        type Contract = $async_ty;
+                        fn call(
+                            ctx: $crate::Context<'static>,
+                            input: <$async_ty as $crate::Contract>::In,
+                        ) -> impl ::core::future::Future<
+                            Output = ::core::result::Result<
+                                <$async_ty as $crate::Contract>::Out,
+                                $crate::Error,
+                            >,
+                        > + ::core::marker::Send + 'static {
+                            $async_fn(ctx, input)
+                        }
+                    }
+                    $crate::asynchronous::async_export_decl::<__GraftAsyncExport>()
+                },)*)?],
                 &[$($($crate::contract::signature::<$import_ty>(),)*)?],
                 cfg!(panic = "unwind"),
                 {

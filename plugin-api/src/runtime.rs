@@ -185,6 +185,7 @@ pub fn run_init(
 ) -> RResult<(), FfiError> {
     let result = catch_unwind(AssertUnwindSafe(|| {
         log::forward_to_host(host, plugin);
+        crate::asynchronous::install(host);
         log::forward_panics_to_host(host, plugin);
         match init {
             Some(init) => init(),
@@ -207,7 +208,7 @@ pub(crate) fn flatten<T>(
 /// The error a caught panic becomes.
 #[cold]
 #[inline(never)]
-fn panicked(payload: Box<dyn Any + Send>) -> FfiError {
+pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> FfiError {
     let message = panic_message(&*payload);
     // A payload whose own drop panics must not unwind out of here either.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));

@@ -1,6 +1,7 @@
 //! Serving at native speed without letting slow calls or slow clients hurt anyone else: the admin
 //! plane runs on threads of its own, a route whose calls block runs them on the blocking pool
-//! while fast routes run theirs inline, and the limits hold (idle and header-read timeouts, the
+//! while fast routes run theirs inline, async exports wait without holding threads, and the
+//! limits hold (idle and header-read timeouts, the
 //! body timeout, per-route concurrency limits and deadlines).
 
 use std::io::{Read, Write};
@@ -8,10 +9,11 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use graft::api::DeployRequest;
 use graft::client::AdminClient;
 use graft::serve::Server;
 
-use crate::serve::{agent, config, in_process_with, post};
+use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with};
 use crate::util::{wait_until, Env};
 
 #[test]
@@ -251,4 +253,67 @@ fn past_max_connections_new_connections_wait_and_the_admin_plane_still_answers()
     drop(held);
     let answer = read_to_close(&mut third);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// The number of threads of process `pid`, from `/proc`.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads line")
+}
+
+#[test]
+fn four_hundred_concurrent_async_sleeps_all_succeed_on_a_few_threads() {
+    let env = Env::new();
+    let path = config(&env, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[[route]]\nmethod = \"POST\"\npath = \"/sleep\"\nexport = \"sleep@1\"\n");
+    std::fs::write(&path, text).unwrap();
+    let (server, base, admin_url) = spawn_graft_serve_with(&path, &[], &[]);
+    let admin = AdminClient::new(&admin_url, None);
+    admin
+        .deploy(&DeployRequest::new(env.release("sleepy", &["sleepy"])))
+        .unwrap();
+    let pid = server.0.id();
+    assert_eq!(
+        post_any(&format!("{base}/sleep"), "1"),
+        (200, "1".to_owned())
+    );
+
+    const REQUESTS: usize = 400;
+    let ok = AtomicUsize::new(0);
+    let most_threads = AtomicUsize::new(threads_of(pid));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                most_threads.fetch_max(threads_of(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let clients: Vec<_> = (0..REQUESTS)
+            .map(|_| {
+                s.spawn(|| {
+                    let (status, body) = post_any(&format!("{base}/sleep"), "200");
+                    assert_eq!((status, body.as_str()), (200, "200"));
+                    ok.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let wall = started.elapsed();
+    let most = most_threads.load(Ordering::SeqCst);
+    eprintln!(
+        "{REQUESTS} concurrent 200 ms async sleeps: wall {wall:?}, server threads at most {most}"
+    );
+    assert_eq!(ok.load(Ordering::SeqCst), REQUESTS);
+    assert!(most < 64, "the server ran {most} threads");
 }

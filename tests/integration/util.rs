@@ -30,6 +30,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("pins-itself", "pins-itself"),
     ("slow-init", "slow-init"),
     ("slow-hooks", "slow-hooks"),
+    ("sleepy", "sleepy"),
     ("frob-mistyped", "frob"),
     ("newer-api", "newer-api"),
     ("abort-build", "abort-build"),

@@ -19,6 +19,8 @@ use axum::routing::{on, MethodRouter};
 use axum::Router;
 use graft_host::{CallError, Export, Host, OwnedPin};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{method_filter, Route};
@@ -60,6 +62,20 @@ impl RouteState {
             CallMode::Blocking => true,
             CallMode::Auto => self.learned.blocking(),
         }
+    }
+
+    /// Waits for a call running as a task of its own, until the route's deadline.
+    async fn join(
+        &self,
+        task: JoinHandle<Result<Vec<u8>, CallError>>,
+    ) -> Result<Result<Vec<u8>, CallError>, ApiError> {
+        let joined = match self.deadline {
+            Some(deadline) => tokio::time::timeout(deadline, task)
+                .await
+                .map_err(|_| self.late(deadline))?,
+            None => task.await,
+        };
+        joined.map_err(ApiError::from)
     }
 
     /// Reports a call past the route's deadline and the answer for it.
@@ -226,31 +242,37 @@ async fn run(
     span: tracing::Span,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Result<Result<Vec<u8>, CallError>, ApiError> {
+    let call = Arc::clone(route);
+    if pin.is_async(&route.export) {
+        // A task of its own, which owns the pin: the plugin's future runs to its end even if
+        // the client goes away or the deadline passes, so no plugin code (its blocking work
+        // included) ever runs on a generation that was let go.
+        let task = tokio::spawn(
+            async move {
+                let _slot = slot;
+                pin.call_async(&call.export, input.to_vec()).await
+            }
+            .instrument(span),
+        );
+        return route.join(task).await;
+    }
     if route.blocking() {
-        let call = Arc::clone(route);
         let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let _entered = span.enter();
             call.call(&pin, &input)
         });
-        let joined = match route.deadline {
-            Some(deadline) => tokio::time::timeout(deadline, task)
-                .await
-                .map_err(|_| route.late(deadline))?,
-            None => task.await,
-        };
-        joined.map_err(ApiError::from)
-    } else {
-        let started = Instant::now();
-        let result = {
-            let _entered = span.enter();
-            route.call(&pin, &input)
-        };
-        drop(slot);
-        match route.deadline {
-            Some(deadline) if started.elapsed() > deadline => Err(route.late(deadline)),
-            _ => Ok(result),
-        }
+        return route.join(task).await;
+    }
+    let started = Instant::now();
+    let result = {
+        let _entered = span.enter();
+        route.call(&pin, &input)
+    };
+    drop(slot);
+    match route.deadline {
+        Some(deadline) if started.elapsed() > deadline => Err(route.late(deadline)),
+        _ => Ok(result),
     }
 }
 

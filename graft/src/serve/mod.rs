@@ -98,6 +98,24 @@ pub struct Server {
     _admin_runtime: AdminRuntime,
 }
 
+/// What plugins' async exports wait on: tokio's timer and blocking pool (created when first
+/// polled, so on the runtime that polls them).
+struct TokioServices;
+
+impl graft_host::AsyncServices for TokioServices {
+    fn sleep(&self, duration: Duration) -> graft_host::BoxFuture {
+        Box::pin(async move { tokio::time::sleep(duration).await })
+    }
+
+    fn run_blocking(&self, work: Box<dyn FnOnce() + Send>) -> graft_host::BoxFuture {
+        Box::pin(async move {
+            if let Err(error) = tokio::task::spawn_blocking(work).await {
+                tracing::error!(%error, "a plugin's blocking work did not complete");
+            }
+        })
+    }
+}
+
 /// The admin plane's runtime: one worker thread and a small blocking pool of its own. Shut
 /// down in the background when dropped, so dropping it inside async code is fine.
 #[derive(Debug)]
@@ -166,6 +184,9 @@ impl Server {
                 source,
             })?;
         let host = Arc::new(host);
+        // Plugins' async exports wait on this runtime (once per process; a second server in
+        // the same process finds them installed).
+        graft_host::set_async_services(Arc::new(TokioServices));
         // The last release that went live wins over the configured one: a restart (even after
         // SIGKILL mid-deploy) comes back on what was serving.
         let (h, release) = (Arc::clone(&host), config.release.clone());

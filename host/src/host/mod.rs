@@ -302,6 +302,7 @@ impl Host {
     ) -> Result<C::Out, CallError>
     where
         C::Out: Clone,
+        C::Wire: graft_api::contract::CallWire<C::In, C::Out>,
     {
         Ok(self.pin().call_typed(export, input)?.cloned())
     }
