@@ -25,7 +25,7 @@ use abi_stable::std_types::{RResult, RVec};
 use async_ffi::FutureExt as _;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::contract::{signature, AsyncJson, Contract};
+use crate::contract::{signature, AsyncJson, Contract, Import};
 use crate::error::Error;
 use crate::ffi::{
     AsyncJsonFn, BlockingJob, Context, ErasedFn, ErrorKind, ExportDecl, FfiError, FfiFuture,
@@ -188,5 +188,43 @@ where
         signature: signature::<H::Contract>(),
         func,
         json: None,
+    }
+}
+
+impl Context<'static> {
+    /// Calls one of this plugin's async imports (a contract declared `json async fn`) and awaits
+    /// it, in the generation this call runs in. Only an async export has a `Context<'static>`,
+    /// which is what lets the call's future outlive the stack.
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::call`].
+    pub async fn call_async<C>(&self, import: Import<C>, input: C::In) -> Result<C::Out, Error>
+    where
+        C: Contract<Wire = AsyncJson>,
+        C::In: Serialize,
+        C::Out: DeserializeOwned,
+    {
+        let (func, callee) = self.bound(import)?;
+        let failed = |message: String| {
+            let mut err = Error::with_kind(ErrorKind::INTERNAL, message);
+            err.prefix(C::NAME);
+            err
+        };
+        let bytes =
+            serde_json::to_vec(&input).map_err(|e| failed(format!("encoding the input: {e}")))?;
+        // SAFETY: the host binds an import slot only to an export whose signature equals the
+        // import's, here of wire `ASYNC_JSON`, which is exported as an `AsyncJsonFn`.
+        let func = unsafe { std::mem::transmute::<ErasedFn, AsyncJsonFn>(func) };
+        let output = func(callee, RVec::from(bytes))
+            .await
+            .into_result()
+            .map_err(|e| {
+                let mut err = Error::from_ffi(e);
+                err.prefix(C::NAME);
+                err
+            })?;
+        serde_json::from_slice(output.as_slice())
+            .map_err(|e| failed(format!("decoding the output: {e}")))
     }
 }

@@ -185,6 +185,10 @@ impl<C: Contract> Import<C> {
     pub const fn contract(&self) -> &'static str {
         C::NAME
     }
+
+    pub(crate) const fn slot(&self) -> u32 {
+        self.slot
+    }
 }
 
 impl<C> Clone for Import<C> {
@@ -219,21 +223,7 @@ impl Context<'_> {
     where
         C::Wire: CallWire<C::In, C::Out>,
     {
-        let Some(binding) = self
-            .table
-            .plugins
-            .get(self.plugin as usize)
-            .and_then(|links| links.imports.get(import.slot as usize))
-        else {
-            return Err(unbound::<C>());
-        };
-        let Some(func) = binding.func else {
-            return Err(unbound::<C>());
-        };
-        let callee = Context {
-            table: self.table,
-            plugin: binding.plugin,
-        };
+        let (func, callee) = self.bound(import)?;
         // SAFETY: the host binds an import slot only to an export whose signature equals the
         // import's; this plugin declared slot `import.slot` with `signature::<C>()`.
         unsafe { <C::Wire as CallWire<C::In, C::Out>>::call(func, &callee, input) }.map_err(|e| {
@@ -241,6 +231,27 @@ impl Context<'_> {
             err.prefix(C::NAME);
             err
         })
+    }
+}
+
+impl<'a> Context<'a> {
+    /// The function an import slot is bound to, and the context to call it with.
+    pub(crate) fn bound<C: Contract>(
+        &self,
+        import: Import<C>,
+    ) -> Result<(ErasedFn, Context<'a>), Error> {
+        let binding = self
+            .table
+            .plugins
+            .get(self.plugin as usize)
+            .and_then(|links| links.imports.get(import.slot() as usize))
+            .ok_or_else(unbound::<C>)?;
+        let func = binding.func.ok_or_else(unbound::<C>)?;
+        let callee = Context {
+            table: self.table,
+            plugin: binding.plugin,
+        };
+        Ok((func, callee))
     }
 }
 

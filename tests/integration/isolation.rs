@@ -317,3 +317,32 @@ fn four_hundred_concurrent_async_sleeps_all_succeed_on_a_few_threads() {
     assert_eq!(ok.load(Ordering::SeqCst), REQUESTS);
     assert!(most < 64, "the server ran {most} threads");
 }
+
+#[test]
+fn an_async_export_awaits_an_async_import_and_blocking_work_on_the_host() {
+    let env = Env::new();
+    let host = env.host();
+    graft_host::set_async_services(std::sync::Arc::new(graft::serve::TokioServices));
+    host.deploy(env.complete_release("sleepy", &["sleepy"]))
+        .unwrap();
+    let naps = host.export("naps@1").unwrap();
+    let sleep = host.export("sleep@1").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pin = host.pin_owned();
+    assert!(pin.is_async(&naps));
+    let started = Instant::now();
+    let total = runtime.block_on(pin.call_async(&naps, b"[30, 20]".to_vec()));
+    assert_eq!(total.unwrap(), b"50");
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // Called the synchronous way, an async export says how to call it.
+    let err = pin.call_raw(&sleep, b"1").unwrap_err();
+    assert!(err.to_string().contains("is async"), "{err}");
+    // A plugin error from inside the import comes back with the import's contract.
+    let err = runtime
+        .block_on(pin.call_async(&naps, b"[70000]".to_vec()))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("sleep@1") && err.to_string().contains("more than"),
+        "{err}"
+    );
+}

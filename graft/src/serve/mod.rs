@@ -99,8 +99,10 @@ pub struct Server {
 }
 
 /// What plugins' async exports wait on: tokio's timer and blocking pool (created when first
-/// polled, so on the runtime that polls them).
-struct TokioServices;
+/// polled, so on the runtime that polls them). `graft serve` installs it; so can any embedder
+/// of graft-host on tokio (`graft_host::set_async_services`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioServices;
 
 impl graft_host::AsyncServices for TokioServices {
     fn sleep(&self, duration: Duration) -> graft_host::BoxFuture {
