@@ -16,6 +16,12 @@ use graft::serve::Server;
 use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with};
 use crate::util::{wait_until, Env};
 
+/// Requests in flight on every generation, as status reports them.
+fn in_flight(admin: &AdminClient) -> usize {
+    let status = admin.status().unwrap();
+    status.host.generations.iter().map(|g| g.in_flight).sum()
+}
+
 #[test]
 fn with_hundreds_of_slow_blocking_calls_in_flight_status_and_a_fast_route_answer_at_once() {
     let env = Env::new();
@@ -42,14 +48,7 @@ fn with_hundreds_of_slow_blocking_calls_in_flight_status_and_a_fast_route_answer
             });
         }
         wait_until("every slow call in flight", Duration::from_secs(60), || {
-            let status = admin.status().unwrap();
-            status
-                .host
-                .generations
-                .iter()
-                .map(|g| g.in_flight)
-                .sum::<usize>()
-                >= SLOW
+            in_flight(&admin) >= SLOW
         });
 
         let started = Instant::now();
@@ -188,14 +187,7 @@ fn a_route_over_its_concurrency_limit_answers_503_and_a_call_past_its_deadline_t
             .map(|_| s.spawn(|| post(&format!("{base}/slow"), slow).0))
             .collect();
         wait_until("two slow calls in flight", Duration::from_secs(30), || {
-            let status = admin.status().unwrap();
-            status
-                .host
-                .generations
-                .iter()
-                .map(|g| g.in_flight)
-                .sum::<usize>()
-                >= 2
+            in_flight(&admin) >= 2
         });
         let (code, body) = post_any(&format!("{base}/slow"), slow);
         assert_eq!(code, 503, "{body}");
