@@ -55,6 +55,7 @@ mod gate;
 mod generation;
 mod hook;
 mod host;
+mod ids;
 mod init;
 pub mod link;
 mod loader;

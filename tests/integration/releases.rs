@@ -243,14 +243,25 @@ fn a_new_host_on_the_same_data_dir_restores_the_last_live_release_and_its_histor
         host.deploy(env.complete_release("v1", V1)).unwrap();
         host.deploy(env.complete_release("v2", V2)).unwrap();
         let _ = host.deploy(env.release("bad", &["frob-v1"])).unwrap_err();
+        // Prepared, never published: its id was handed out all the same.
+        let unpublished = host.prepare(env.complete_release("v1-again", V1)).unwrap();
+        assert_eq!(unpublished.id(), 3);
     }
     let host = env.host();
     let report = host.restore().unwrap().expect("a release was recorded");
     assert_eq!(report.release.as_deref(), Some("v2"));
-    assert_eq!(
-        report.generation, 3,
-        "generation ids go on from the recorded ones (v1 was 1, v2 was 2)"
+    assert!(
+        report.generation > 3,
+        "generation ids go on past every id handed out (v1 1, v2 2, the unpublished 3): {}",
+        report.generation
     );
+    // A host that does not restore (its configured release instead) goes on past them too.
+    let fresh = env.host();
+    let id = fresh
+        .deploy(env.complete_release("v1-later", V1))
+        .unwrap()
+        .generation;
+    assert!(id > report.generation, "{id} after {}", report.generation);
     assert_eq!(versions(&foo(&host, 1)), ("2.0.0", "2.0.0", "2.0.0"));
     host.rollback().unwrap();
     assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));

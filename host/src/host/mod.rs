@@ -21,7 +21,6 @@ mod save;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +32,7 @@ use crate::decl::ContractError;
 use crate::error::{CallError, DeployError, DisplayChain};
 use crate::gate::Gate;
 use crate::generation::{Export, Exports, Generation};
+use crate::ids::Ids;
 use crate::init::InitState;
 use crate::loader::LoadedPlugin;
 use crate::pin::{OwnedPin, Pin, PinCache};
@@ -83,7 +83,8 @@ pub struct Host {
     state_dir: PathBuf,
     /// Held by one state save at a time, so that an older copy never overwrites a newer one.
     saving: Mutex<()>,
-    next_generation: AtomicU64,
+    /// Generation ids, unique for the life of the data directory.
+    ids: Ids,
     /// Every generation prepared and not yet dropped, for status.
     generations: Mutex<Vec<Weak<Generation>>>,
     /// What publishing changes, under the one publish lock; never held across I/O or plugin
@@ -192,7 +193,7 @@ impl HostBuilder {
             gate: Gate::default(),
             state_dir: self.data_dir.join(crate::snapshot::DIR),
             saving: Mutex::new(()),
-            next_generation: AtomicU64::new(1),
+            ids: Ids::open(&self.data_dir),
             generations: Mutex::new(Vec::new()),
             book: Mutex::new(Book::default()),
         })

@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,9 +259,9 @@ impl Host {
         let Some(last) = history.back() else {
             return Ok(None);
         };
-        // Generation ids go on from the recorded ones: an id is never served twice by a host.
+        // A record written before ids were reserved in `DATA/generations`: go on past it too.
         let next = history.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
-        self.next_generation.fetch_max(next, Ordering::Relaxed);
+        self.ids.at_least(next);
         let plan = Plan::from_record(last);
         self.prepare_plan(Ok(plan), Kind::Restore(history), OpenImports::Refuse, None)
             .map(Some)
@@ -361,7 +360,7 @@ impl Host {
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();
 
-        let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let id = self.ids.next();
         let generation = Arc::new(Generation::new(
             id,
             plan.label.clone(),

@@ -154,7 +154,7 @@ impl Host {
     ///
     /// The record is written only after a release went live, so a host killed in the middle of
     /// a deploy comes back on the last release that was live, never on a half-deployed one.
-    /// Generation ids go on from the recorded ones.
+    /// Generation ids go on past every id handed out in this data directory.
     ///
     /// # Errors
     ///
