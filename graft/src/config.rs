@@ -115,6 +115,9 @@ pub struct ServeConfig {
     pub routes: Vec<Route>,
 }
 
+/// The fewest characters an admin token may have: a short one is guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// `[admin]`: the admin API's address and token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +253,15 @@ impl ServeConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(token) = &self.admin.token {
+            let chars = token.trim().chars().count();
+            if chars < MIN_TOKEN_CHARS {
+                return Err(format!(
+                    "admin.token must be at least {MIN_TOKEN_CHARS} characters (not counting \
+                     surrounding spaces); it has {chars}"
+                ));
+            }
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             return Err(format!(
                 "the admin API listens on {}, which is not loopback: set admin.token",

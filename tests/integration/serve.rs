@@ -241,18 +241,18 @@ fn deploy_and_rollback_through_the_admin_api() {
 }
 
 #[test]
-fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
+fn a_token_protects_the_admin_api_is_required_off_loopback_and_is_never_short() {
     let env = Env::new();
     let path = config(&env, "");
     let text = std::fs::read_to_string(&path).unwrap();
-    let (runtime, server) = in_process_with(&path, "[admin]\ntoken = \"s3cret\"");
+    let (runtime, server) = in_process_with(&path, "[admin]\ntoken = \"s3cret-long-enough-token\"");
     let url = format!("http://{}", server.admin_addr());
     let anonymous = AdminClient::new(&url, None);
     assert!(matches!(
         anonymous.status(),
         Err(ClientError::Api { status: 401, .. })
     ));
-    let authorised = AdminClient::new(&url, Some("s3cret".into()));
+    let authorised = AdminClient::new(&url, Some("s3cret-long-enough-token".into()));
     assert_eq!(authorised.status().unwrap().host.current, 1);
     assert!(runtime.block_on(server.shutdown()));
 
@@ -266,6 +266,26 @@ fn a_token_protects_the_admin_api_and_is_required_off_loopback() {
     .unwrap();
     let err = ServeConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("not loopback: set admin.token"), "{err}");
+
+    // A token is never empty, blank or short, wherever the admin API listens.
+    for token in ["", "   ", "fifteen-chars-x", "  short-token   "] {
+        std::fs::write(
+            &path,
+            text.replace("[admin]", &format!("[admin]\ntoken = {token:?}")),
+        )
+        .unwrap();
+        let err = ServeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("admin.token must be at least 16 characters"),
+            "{token:?}: {err}"
+        );
+    }
+    std::fs::write(
+        &path,
+        text.replace("[admin]", "[admin]\ntoken = \"sixteen-chars-ok\""),
+    )
+    .unwrap();
+    assert!(ServeConfig::load(&path).is_ok());
 }
 
 /// `graft serve` as a child process (killed when dropped); returns it and its two base URLs.
@@ -618,7 +638,10 @@ fn an_unknown_field_in_a_deploy_request_is_a_400_and_deploys_nothing() {
 #[test]
 fn admin_and_app_errors_share_one_json_shape() {
     let env = Env::new();
-    let (runtime, server) = in_process_with(&config(&env, ""), "[admin]\ntoken = \"s3cret\"");
+    let (runtime, server) = in_process_with(
+        &config(&env, ""),
+        "[admin]\ntoken = \"s3cret-long-enough-token\"",
+    );
     let (app, admin) = (
         format!("http://{}", server.addr()),
         format!("http://{}", server.admin_addr()),
@@ -629,11 +652,11 @@ fn admin_and_app_errors_share_one_json_shape() {
         let mut response = match method {
             "GET" => agent
                 .get(&url)
-                .header("authorization", "Bearer s3cret")
+                .header("authorization", "Bearer s3cret-long-enough-token")
                 .call(),
             _ => agent
                 .post(&url)
-                .header("authorization", "Bearer s3cret")
+                .header("authorization", "Bearer s3cret-long-enough-token")
                 .content_type("application/json")
                 .send(body),
         }

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -92,7 +93,10 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if given == Some(expected.as_str()) {
+    // Compared in constant time: how long a refusal takes says nothing of the token.
+    let matches =
+        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
+    if matches {
         next.run(request).await
     } else {
         ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response()
