@@ -348,17 +348,28 @@ fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
                 .with_context(|| format!("resolving {}", watch.display()))?,
         );
     }
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let drained = runtime.block_on(async {
         let server = Server::start(config).await?;
         println!(
             "graft: serving on http://{}, admin on http://{}",
             server.addr(),
             server.admin_addr()
         );
-        server.run_until(shutdown_signal()).await;
-        anyhow::Ok(())
-    })
+        anyhow::Ok(server.run_until(shutdown_signal()).await)
+    })?;
+    // Plugin calls and deploys still running cannot be stopped, and tokio would wait for them:
+    // give them a moment, then exit anyway.
+    runtime.shutdown_timeout(EXIT_MARGIN);
+    anyhow::ensure!(
+        drained,
+        "requests still in flight at the drain deadline were abandoned (drain_timeout_ms)"
+    );
+    Ok(())
 }
+
+/// How long a stopping server waits, after the drain deadline, for work it cannot stop.
+const EXIT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `graft pack`: names each library by what it declares, then writes the release.
 fn pack(

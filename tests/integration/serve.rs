@@ -450,6 +450,53 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
 }
 
 #[test]
+fn sigterm_exits_soon_after_the_drain_deadline_and_non_zero_when_a_call_never_returns() {
+    let env = Env::new();
+    let path = config(&env, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("drain_timeout_ms = 10000", "drain_timeout_ms = 300"),
+    )
+    .unwrap();
+    let (mut child, base, _, log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let gate = env.path("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    // Held at the gate for the test's whole life (the plugin gives up after 60 s).
+    let _held = {
+        let body = serde_json::json!({ "a": 5, "gate": gate }).to_string();
+        let url = format!("{base}/foo");
+        std::thread::spawn(move || {
+            agent()
+                .post(&url)
+                .content_type("application/json")
+                .send(&body)
+        })
+    };
+    while !gate.join("frob-done").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let started = std::time::Instant::now();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    assert!(
+        !status.success(),
+        "a non-zero exit when a request was abandoned"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "exited {took:?} after SIGTERM, not when the held call returns"
+    );
+    log.wait_for(&["requests still in flight were abandoned", "abandoned=1"]);
+}
+
+#[test]
 fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
     let env = Env::new();
     let config = config(&env, "");

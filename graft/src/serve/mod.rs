@@ -322,7 +322,17 @@ impl Server {
         if drained {
             tracing::info!("drained");
         } else {
-            tracing::warn!("drain timeout: requests still in flight were abandoned");
+            let abandoned: usize = self
+                .host
+                .status()
+                .generations
+                .iter()
+                .map(|g| g.in_flight)
+                .sum();
+            tracing::warn!(
+                abandoned,
+                "drain timeout: requests still in flight were abandoned"
+            );
         }
         save_state(Arc::clone(&self.host)).await;
         drained
