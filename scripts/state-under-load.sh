@@ -48,7 +48,8 @@ method = "POST"
 path = "/total"
 export = "total@1"
 EOF
-(cd "$work" && RUST_LOG=warn "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
+# `exec`: the pid recorded is graft's own, so the cleanup stops the server, not just a subshell.
+(cd "$work" && RUST_LOG=warn exec "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
 pids+=($!)
 wait_for "http://127.0.0.1:$port_admin/status"
 
