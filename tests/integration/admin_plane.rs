@@ -10,7 +10,6 @@
 //! 10 s timeout, far below the plugin's own 60 s limit: an admin plane that waited for the
 //! initialiser would fail them.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use graft::api::{DeployRequest, ErrorCode};
 use graft::client::AdminClient;
 use graft_host::status::LibraryState;
 
-use crate::serve::{config, post, spawn_graft_serve_logged, spawn_graft_serve_with};
+use crate::serve::{config, post, spawn_graft_serve_logged, spawn_graft_serve_with, write_post};
 use crate::util::{mapped_in, wait_until, Env};
 
 /// A fresh gate directory for the slow-init plugin.
@@ -163,13 +162,7 @@ fn a_deploy_whose_client_goes_away_while_it_prepares_is_not_published_and_says_s
     let held = env.release("held", &["slow-init"]);
     let body = serde_json::to_string(&DeployRequest::new(held)).unwrap();
     let mut client = std::net::TcpStream::connect(admin_url.trim_start_matches("http://")).unwrap();
-    write!(
-        client,
-        "POST /deploy HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write_post(&mut client, "/deploy", &body, "");
     wait_for_init(&gate);
     drop(client);
     // Give the server a moment to see the connection close before the init returns.

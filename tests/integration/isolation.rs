@@ -13,7 +13,7 @@ use graft::api::DeployRequest;
 use graft::client::AdminClient;
 use graft::serve::Server;
 
-use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with};
+use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with, write_post};
 use crate::util::{wait_until, Env};
 
 /// Requests in flight on every generation, as status reports them.
@@ -118,14 +118,7 @@ fn an_idle_connection_is_closed_after_the_header_read_timeout_and_slow_headers_a
 
     // Idle after a request on a keep-alive connection.
     let mut kept = TcpStream::connect(server.addr()).unwrap();
-    let body = r#"{"a": 1}"#;
-    write!(
-        kept,
-        "POST /foo HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write_post(&mut kept, "/foo", r#"{"a": 1}"#, "");
     let answered = read_to_close(&mut kept);
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 
@@ -223,14 +216,7 @@ fn past_max_connections_new_connections_wait_and_the_admin_plane_still_answers()
     std::thread::sleep(Duration::from_millis(200));
 
     let mut third = TcpStream::connect(server.addr()).unwrap();
-    let body = r#"{"a": 1}"#;
-    write!(
-        third,
-        "POST /foo HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write_post(&mut third, "/foo", r#"{"a": 1}"#, "connection: close\r\n");
     third
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();

@@ -83,6 +83,29 @@ pub(crate) fn assert_metrics(server: &Server, expected: &[&str]) {
     }
 }
 
+/// Writes a JSON POST of `body` to `path` on a raw connection, with `headers` (each ending in
+/// `\r\n`) added; the test reads the answer itself.
+pub(crate) fn write_post(stream: &mut std::net::TcpStream, path: &str, body: &str, headers: &str) {
+    use std::io::Write as _;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: graft\r\ncontent-type: application/json\r\n{headers}\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+}
+
+/// Sends SIGTERM to a child process.
+fn sigterm(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// POSTs JSON; returns status, generation header and body.
 pub(crate) fn post(url: &str, body: &str) -> (u16, u64, String) {
     let mut response = agent()
@@ -430,12 +453,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     while !gate.join("frob-done").exists() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     // The server stops accepting while the slow request is still held at the gate.
     let refused = (0..500).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -477,12 +495,7 @@ fn sigterm_exits_soon_after_the_drain_deadline_and_non_zero_when_a_call_never_re
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let started = std::time::Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     let status = child.wait().unwrap();
     let took = started.elapsed();
     assert!(

@@ -216,6 +216,17 @@ fn saved_state_comes_back_after_a_restart_as_it_was_or_migrated_up() {
     assert_eq!(total(&host), 0, "no stale state comes back");
 }
 
+/// Starts a host on `env`'s data directory and deploys crate `krate` as release `label`, which
+/// must be refused at step migrate; returns the error's whole chain.
+fn refused_after_restart(env: &Env, label: &str, krate: &str) -> String {
+    let err = restarted(env)
+        .deploy(env.complete_release(label, &[krate]))
+        .unwrap_err();
+    let text = DisplayChain(&err).to_string();
+    assert_eq!(err.step(), Step::Migrate, "{text}");
+    text
+}
+
 #[test]
 fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
     let env = Env::new();
@@ -227,17 +238,11 @@ fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
     drop(host);
 
     // Schema 2 saved, schema 1 starting: only a loaded schema-2 build could migrate it down.
-    let host = restarted(&env);
-    let err = host
-        .deploy(env.complete_release("v1", &["counter-v1"]))
-        .unwrap_err();
-    let text = DisplayChain(&err).to_string();
-    assert_eq!(err.step(), Step::Migrate, "{text}");
+    let text = refused_after_restart(&env, "v1", "counter-v1");
     assert!(
         text.contains("no migration from schema 2 to schema 1") && text.contains("counter.state"),
         "{text}"
     );
-    drop(host);
 
     // A damaged file: refused, the file named; it is kept for the operator.
     let file = env.path("data/state/counter.state");
@@ -245,12 +250,7 @@ fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    let host = restarted(&env);
-    let err = host
-        .deploy(env.complete_release("v2-again", &["counter-v2"]))
-        .unwrap_err();
-    let text = DisplayChain(&err).to_string();
-    assert_eq!(err.step(), Step::Migrate, "{text}");
+    let text = refused_after_restart(&env, "v2-again", "counter-v2");
     assert!(
         text.contains("checksum mismatch") && text.contains(file.to_str().unwrap()),
         "{text}"

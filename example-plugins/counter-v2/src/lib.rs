@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use example_types::counter::{CounterV1, CounterV2, IncrV1, KeyCountV1, TotalV1, KEYS};
+use example_types::counter::{CounterV1, CounterV2, IncrV1, KeyCountV1, TotalV1};
 use graft_api::{Context, Error};
 
 graft_api::plugin! {
@@ -39,11 +39,7 @@ fn pre_activate() -> Result<(), Error> {
 
 fn incr(ctx: &Context<'_>, key: u32) -> Result<u64, Error> {
     let state: &CounterV2 = ctx.state()?;
-    let slot = state
-        .by_key
-        .get(key as usize)
-        .ok_or_else(|| Error::invalid(format!("key {key} is not below {KEYS}")))?;
-    slot.fetch_add(1, Ordering::AcqRel);
+    state.key(key)?.fetch_add(1, Ordering::AcqRel);
     Ok(state.total.fetch_add(1, Ordering::AcqRel) + 1)
 }
 
@@ -52,10 +48,5 @@ fn total(ctx: &Context<'_>, _: u32) -> Result<u64, Error> {
 }
 
 fn key_count(ctx: &Context<'_>, key: u32) -> Result<u64, Error> {
-    let state: &CounterV2 = ctx.state()?;
-    let slot = state
-        .by_key
-        .get(key as usize)
-        .ok_or_else(|| Error::invalid(format!("key {key} is not below {KEYS}")))?;
-    Ok(slot.load(Ordering::Acquire))
+    Ok(ctx.state::<CounterV2>()?.key(key)?.load(Ordering::Acquire))
 }

@@ -3,7 +3,6 @@
 //! waits (at most 60 s) for `go`. Tests use it to hold a hook past the host's hook deadline.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use graft_api::{Context, Error};
 
@@ -38,12 +37,7 @@ fn hold(hook: &str) -> Result<(), Error> {
     if !gate.join(format!("hold-{hook}")).exists() {
         return Ok(());
     }
-    std::fs::write(gate.join(format!("{hook}-started")), b"")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !gate.join("go").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
+    example_types::hold_at_gate(&gate, &format!("{hook}-started")).map_err(Error::new)
 }
 
 fn hooked(_: &Context<'_>, input: String) -> Result<String, Error> {

@@ -106,9 +106,18 @@ pub struct BarOutput {
 ///
 /// When the marker cannot be written or the gate never opens.
 pub fn wait_at_gate(gate: &std::path::Path) -> Result<(), String> {
+    hold_at_gate(gate, "frob-done")
+}
+
+/// How a test plugin is held by a test: create `GATE/MARKER` (the test waits for it), then wait
+/// (at most 60 s) for the test to create `GATE/go`.
+///
+/// # Errors
+///
+/// When the marker cannot be written or the gate never opens.
+pub fn hold_at_gate(gate: &std::path::Path, marker: &str) -> Result<(), String> {
     use std::time::{Duration, Instant};
-    std::fs::write(gate.join("frob-done"), b"")
-        .map_err(|e| format!("writing the gate marker: {e}"))?;
+    std::fs::write(gate.join(marker), b"").map_err(|e| format!("writing the gate marker: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !gate.join("go").exists() {
         if Instant::now() > deadline {
@@ -124,7 +133,7 @@ pub mod counter {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use abi_stable::StableAbi;
-    use graft_api::State;
+    use graft_api::{Error, State};
 
     graft_api::contract! {
         /// Adds one under a key (0 to [`KEYS`] - 1; schema 1 keeps no keys); returns the new
@@ -188,6 +197,17 @@ pub mod counter {
             new.total.store(total, Ordering::Relaxed);
             new.by_key[0].store(total, Ordering::Relaxed);
             new
+        }
+
+        /// The count under `key`.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::invalid`] when `key` is not below [`KEYS`].
+        pub fn key(&self, key: u32) -> Result<&AtomicU64, Error> {
+            self.by_key
+                .get(key as usize)
+                .ok_or_else(|| Error::invalid(format!("key {key} is not below {KEYS}")))
         }
 
         /// Schema 2 → 1: the total (the per-key counts have no place in schema 1).

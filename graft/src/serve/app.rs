@@ -47,9 +47,8 @@ struct RouteState {
     mode: CallMode,
     /// What `auto` learned of the route's calls.
     learned: Learned,
-    /// Slots for calls in flight, if the route has a limit.
-    limit: Option<Arc<Semaphore>>,
-    max_in_flight: usize,
+    /// Slots for calls in flight, and how many, if the route has a limit.
+    limit: Option<(Arc<Semaphore>, usize)>,
     /// How long a call may run before the request is answered without it.
     deadline: Option<Duration>,
 }
@@ -118,8 +117,9 @@ pub(super) fn router(
             path: route.path.clone(),
             mode: route.mode,
             learned: Learned::new(inline_budget),
-            limit: route.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
-            max_in_flight: route.max_in_flight.unwrap_or(0),
+            limit: route
+                .max_in_flight
+                .map(|n| (Arc::new(Semaphore::new(n)), n)),
             deadline: route.timeout_ms.map(Duration::from_millis),
         });
         let handler = on(method_filter(&route.method)?, call_export).with_state(state);
@@ -160,13 +160,11 @@ async fn call_export(
     };
     // A route at its concurrency limit answers at once rather than queue.
     let slot = match &route.limit {
-        Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+        Some((slots, max)) => match Arc::clone(slots).try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                let message = format!(
-                    "the route is at its limit of {} calls in flight (max_in_flight)",
-                    route.max_in_flight
-                );
+                let message =
+                    format!("the route is at its limit of {max} calls in flight (max_in_flight)");
                 return ApiError::new(ErrorCode::Overloaded, message).into_response();
             }
         },

@@ -322,13 +322,7 @@ impl Server {
         if drained {
             tracing::info!("drained");
         } else {
-            let abandoned: usize = self
-                .host
-                .status()
-                .generations
-                .iter()
-                .map(|g| g.in_flight)
-                .sum();
+            let abandoned = self.host.in_flight();
             tracing::warn!(
                 abandoned,
                 "drain timeout: requests still in flight were abandoned"

@@ -133,7 +133,7 @@ impl Host {
         let closed = self.gate.close();
         let paused = Instant::now();
         let deadline = paused + self.settings.migration_drain;
-        while self.counted_pins() > 0 {
+        while self.in_flight() > 0 {
             if Instant::now() >= deadline {
                 return None;
             }
@@ -142,10 +142,10 @@ impl Host {
         Some((closed, paused))
     }
 
-    /// Counted pins (owned pins and pin caches) on every live generation. Every generation a
-    /// release made is tracked, the current one included; only the empty generation 0 is not,
-    /// and it holds no state.
-    fn counted_pins(&self) -> usize {
+    /// Requests in flight: the counted pins (owned pins and pin caches) on every live
+    /// generation. Every generation a release made is tracked, the current one included; only
+    /// the empty generation 0 is not, and it holds no state.
+    pub fn in_flight(&self) -> usize {
         self.live_generations().iter().map(|g| g.in_flight()).sum()
     }
 
