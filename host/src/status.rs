@@ -130,6 +130,11 @@ pub struct PluginRecord {
     pub sha256: String,
     /// Its staged copy.
     pub staged: PathBuf,
+    /// The file it was deployed from (a release directory's library, a build), absolute: where
+    /// a restart finds it again if the staged copy is gone. `None` in records written before
+    /// sources were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
 }
 
 /// The result of the last deploy or rollback.

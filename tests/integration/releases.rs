@@ -161,6 +161,56 @@ fn rollback_reloads_from_the_staged_copy_when_the_release_directory_is_gone() {
 }
 
 #[test]
+fn a_restart_without_staged_copies_restores_from_the_sources_then_from_earlier_releases() {
+    let env = Env::new();
+    let staged = env.path("data/staged");
+    let (v1, v2) = (
+        env.complete_release("v1", V1),
+        env.complete_release("v2", V2),
+    );
+    {
+        let host = env.host();
+        host.deploy(&v1).unwrap();
+        // A refused build's staged copies are removed at once: only v1's three remain.
+        host.deploy(env.release("bar-only", &["foo-v2", "bar-v2"]))
+            .unwrap_err();
+        host.deploy(env.release("corrupt", &["not-a-plugin"]))
+            .unwrap_err();
+        assert_eq!(std::fs::read_dir(&staged).unwrap().count(), 3);
+        host.deploy(&v2).unwrap();
+    }
+
+    // The staged copies are lost: v2 comes back from its release directory.
+    std::fs::remove_dir_all(&staged).unwrap();
+    {
+        let host = env.host();
+        let report = host.restore().unwrap().expect("a release was recorded");
+        assert_eq!(report.release.as_deref(), Some("v2"));
+        assert_eq!(versions(&foo(&host, 1)), ("2.0.0", "2.0.0", "2.0.0"));
+        assert_eq!(history(&host), ["v1", "v2"]);
+    }
+
+    // Staged copies and v2's directory lost: the release before it, from its directory, with
+    // the history up to it.
+    std::fs::remove_dir_all(&staged).unwrap();
+    std::fs::remove_dir_all(&v2).unwrap();
+    {
+        let host = env.host();
+        let report = host.restore().unwrap().expect("a release was recorded");
+        assert_eq!(report.release.as_deref(), Some("v1"));
+        assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));
+        assert_eq!(history(&host), ["v1"]);
+    }
+
+    // Nothing recorded deploys any more: the error is the last live release's.
+    std::fs::remove_dir_all(&staged).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    let err = env.host().restore().unwrap_err();
+    assert_eq!(err.step(), Step::Stage, "{err}");
+    assert!(err.to_string().contains("foo"), "{err}");
+}
+
+#[test]
 fn history_keeps_the_configured_number_of_releases() {
     let env = Env::new();
     let host = graft_host::Host::builder(env.path("data"))

@@ -565,6 +565,58 @@ fn a_host_killed_mid_deploy_restarts_on_the_last_release_that_went_live() {
 }
 
 #[test]
+fn a_restart_without_staged_copies_falls_back_loudly_and_refuses_only_when_nothing_deploys() {
+    let env = Env::new();
+    let config = config(&env, "");
+    {
+        let (mut server, _, admin) = spawn_graft_serve(&config);
+        let v2 = env.path("releases/v2");
+        assert!(graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
+        sigterm(&server);
+        assert!(server.wait().unwrap().success());
+    }
+    // Lost: the staged copies and both recorded release directories. The configured release
+    // is now v3 (v2's plugins, elsewhere). An upload a killed run left is lying around.
+    for gone in ["data/staged", "releases/v1", "releases/v2"] {
+        std::fs::remove_dir_all(env.path(gone)).unwrap();
+    }
+    env.complete_release("v3", V2);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("releases/v1", "releases/v3")).unwrap();
+    let leftover = env.path("data/uploads/upload-999-0");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("release.toml"), "half").unwrap();
+
+    {
+        let (_server, base, admin, log) = spawn_graft_serve_logged(&config, &[], &[]);
+        log.wait_for(&["restoring", "falling back to the configured release"]);
+        let out: FooOutput =
+            serde_json::from_str(&post(&format!("{base}/foo"), r#"{"a": 1}"#).2).unwrap();
+        assert_eq!(out.foo, "2.0.0");
+        let status = AdminClient::new(&admin, None).status().unwrap().host;
+        assert_eq!(status.history.last().unwrap().name.as_deref(), Some("v3"));
+        assert!(!leftover.exists(), "leftover uploads are removed at start");
+    }
+
+    // Nothing deploys: the server refuses to start, saying it was restoring.
+    std::fs::remove_dir_all(env.path("data/staged")).unwrap();
+    std::fs::remove_dir_all(env.path("releases/v3")).unwrap();
+    let out = Command::new(graft_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("restoring the last live release failed")
+            && stderr.contains("deploying the configured release"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
     let env = Env::new();
     let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));

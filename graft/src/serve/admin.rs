@@ -202,7 +202,11 @@ fn deploy_bundle(
 ) -> Result<DeployResponse, ApiError> {
     static UPLOADS: AtomicU64 = AtomicU64::new(0);
     let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
-    let dir = uploads.join(format!("upload-{}-{n}", std::process::id()));
+    let dir = uploads.join(format!(
+        "{}{}-{n}",
+        super::UPLOAD_PREFIX,
+        std::process::id()
+    ));
     let result = match crate::bundle::unpack(bundle, &dir) {
         Ok(()) => deployer.deploy(&dir, options, gone),
         Err(error) => Err(ApiError::bad_request(DisplayChain(&error))),

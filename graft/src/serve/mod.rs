@@ -24,11 +24,11 @@ pub mod mode;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use graft_host::{DeployError, Host};
+use graft_host::{DeployError, DisplayChain, Host};
 use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER};
@@ -47,6 +47,10 @@ use crate::rollout::Rollouts;
 /// How long file events must stop before the watcher reads a release.
 const WATCH_SETTLE: Duration = Duration::from_millis(100);
 
+/// How the directories uploaded bundles are unpacked into are named, in `DATA/uploads`: what a
+/// start removes as left over.
+const UPLOAD_PREFIX: &str = "upload-";
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +67,20 @@ pub enum ServeError {
     /// The initial release was rejected.
     #[error("deploying the initial release")]
     Deploy(#[source] DeployError),
+    /// No recorded release restored, and there is no configured release to fall back to.
+    #[error(
+        "restoring the last live release: no recorded release deploys and no release is configured"
+    )]
+    Restore(#[source] DeployError),
+    /// No recorded release restored, and the configured release was rejected too.
+    #[error("restoring the last live release failed ({restore}), and so did deploying the configured release")]
+    RestoreAndDeploy {
+        /// Why the last live release did not restore.
+        restore: String,
+        /// Why the configured release was rejected.
+        #[source]
+        deploy: Box<DeployError>,
+    },
     /// A route is invalid.
     #[error("invalid route: {0}")]
     Route(String),
@@ -192,13 +210,10 @@ impl Server {
         // The last release that went live wins over the configured one: a restart (even after
         // SIGKILL mid-deploy) comes back on what was serving.
         let (h, release) = (Arc::clone(&host), config.release.clone());
-        tokio::task::spawn_blocking(move || match h.restore()? {
-            Some(report) => Ok(Some(report)),
-            None => release.map(|r| h.deploy(r)).transpose(),
-        })
-        .await
-        .expect("the initial deploy does not panic")
-        .map_err(ServeError::Deploy)?;
+        tokio::task::spawn_blocking(move || initial_release(&h, release))
+            .await
+            .expect("the initial deploy does not panic")?;
+        remove_uploads(&config.data_dir.join("uploads"));
         let metrics = Metrics::new();
         let inline_budget = Duration::from_micros(config.inline_budget_us);
         let rollouts = Rollouts::new(Arc::clone(&host), config.rollout.clone());
@@ -334,6 +349,59 @@ impl Server {
 }
 
 /// Saves the plugin state that asks for it; a failure is logged (the previous save stays).
+/// What a starting server serves first: the last live release restored (falling back through
+/// the history, see [`Host::restore`]), else the configured release.
+fn initial_release(host: &Host, release: Option<PathBuf>) -> Result<(), ServeError> {
+    let restore = match host.restore() {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => None,
+        Err(error) => Some(error),
+    };
+    let Some(release) = release else {
+        return restore.map_or(Ok(()), |error| Err(ServeError::Restore(error)));
+    };
+    if let Some(error) = &restore {
+        tracing::error!(
+            error = %DisplayChain(error),
+            release = %release.display(),
+            "restoring: no recorded release deploys; falling back to the configured release"
+        );
+    }
+    match (host.deploy(&release), restore) {
+        (Ok(_), _) => Ok(()),
+        (Err(deploy), Some(restore)) => Err(ServeError::RestoreAndDeploy {
+            restore: DisplayChain(&restore).to_string(),
+            deploy: Box::new(deploy),
+        }),
+        (Err(deploy), None) => Err(ServeError::Deploy(deploy)),
+    }
+}
+
+/// Removes what uploads a previous run left (a server killed while it unpacked one).
+fn remove_uploads(uploads: &Path) {
+    let Ok(entries) = std::fs::read_dir(uploads) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(UPLOAD_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed an upload left by an earlier run")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not remove a leftover upload")
+            }
+        }
+    }
+}
+
 async fn save_state(host: Arc<Host>) {
     match tokio::task::spawn_blocking(move || host.save_state()).await {
         Ok(Ok(_)) => {}

@@ -468,7 +468,18 @@ impl Host {
     }
 
     /// Logs a refused release and records it as the last deploy's outcome; returns it.
+    /// Records a refusal as the last deploy's outcome and deletes the staged copies it left
+    /// (nothing live or recorded refers to them once its libraries were let go).
     fn refused(&self, error: DeployError) -> DeployError {
+        let error = self.noted(error);
+        let history = self.lock_book().history.clone();
+        self.collect_staged(&history);
+        error
+    }
+
+    /// Records a refusal as the last deploy's outcome, deleting nothing: what a restore does
+    /// while earlier recorded releases, not in the history yet, may still be tried.
+    fn noted(&self, error: DeployError) -> DeployError {
         tracing::warn!(error = %DisplayChain(&error), "release rejected");
         self.lock_book().last_deploy = Some(outcome(None, Some(&error)));
         error

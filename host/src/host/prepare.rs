@@ -52,6 +52,8 @@ pub struct Prepared {
 pub(crate) struct Shipped {
     pub(crate) plugin: Arc<LoadedPlugin>,
     pub(crate) file: PathBuf,
+    /// What the release record keeps as its source.
+    pub(crate) origin: Option<PathBuf>,
 }
 
 /// What publishing a prepared release does to the history.
@@ -117,6 +119,18 @@ pub(crate) struct Planned {
     source: PathBuf,
     /// The manifest's checksum, which the file must match; `None` for a build graft made.
     sha256: Option<String>,
+    /// Where the plugin came from, as the release record keeps it (for a recorded release, the
+    /// file it was first deployed from, not the staged copy it loads).
+    origin: Option<PathBuf>,
+}
+
+/// Where a recorded release is loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum From {
+    /// The staged copies in the data directory.
+    Staged,
+    /// The files each plugin was deployed from (its staged copy where none was recorded).
+    Sources,
 }
 
 impl Plan {
@@ -129,10 +143,14 @@ impl Plan {
             plugins: manifest
                 .plugins
                 .into_iter()
-                .map(|p| Planned {
-                    source: dir.join(&p.file),
-                    name: Some(p.name),
-                    sha256: Some(p.sha256),
+                .map(|p| {
+                    let source = dir.join(&p.file);
+                    Planned {
+                        origin: std::path::absolute(&source).ok(),
+                        source,
+                        name: Some(p.name),
+                        sha256: Some(p.sha256),
+                    }
                 })
                 .collect(),
         }
@@ -150,13 +168,15 @@ impl Plan {
                     name: None,
                     source: source.clone(),
                     sha256: None,
+                    origin: std::path::absolute(source).ok(),
                 })
                 .collect(),
         }
     }
 
-    /// A recorded release again, whole, from its staged copies.
-    fn from_record(record: &ReleaseRecord) -> Self {
+    /// A recorded release again, whole, from its staged copies or from the files they were
+    /// deployed from; either way each file must still have the recorded checksum.
+    fn from_record(record: &ReleaseRecord, from: From) -> Self {
         Self {
             label: record.name.clone(),
             complete: true,
@@ -166,8 +186,12 @@ impl Plan {
                 .iter()
                 .map(|p| Planned {
                     name: Some(p.name.clone()),
-                    source: p.staged.clone(),
+                    source: match (from, &p.source) {
+                        (From::Sources, Some(source)) => source.clone(),
+                        _ => p.staged.clone(),
+                    },
                     sha256: Some(p.sha256.clone()),
+                    origin: p.source.clone(),
                 })
                 .collect(),
         }
@@ -231,40 +255,49 @@ impl Host {
                 .map(|i| book.history[i].clone());
             (target, self.current.load_full())
         };
-        let plan = target.as_ref().map(Plan::from_record).ok_or_else(|| {
-            DeployError::new(Step::Manifest, None, None, DeployCause::NothingToRollBack)
-        });
+        let plan = target
+            .as_ref()
+            .map(|r| Plan::from_record(r, From::Staged))
+            .ok_or_else(|| {
+                DeployError::new(Step::Manifest, None, None, DeployCause::NothingToRollBack)
+            });
         self.prepare_plan(plan, Kind::Rollback, OpenImports::Refuse, Some(base))
     }
 
-    /// Prepares the last release recorded in the data directory, with the recorded history: what
-    /// a restarted host does first. `None` when there is no record (a fresh data directory).
-    pub(super) fn prepare_restore(&self) -> Result<Option<Prepared>, DeployError> {
+    /// The history of live releases recorded in the data directory, oldest first: empty for a
+    /// fresh data directory. Generation ids go on past every id it holds.
+    pub(super) fn read_record(&self) -> Result<VecDeque<ReleaseRecord>, DeployError> {
         let file = || Some(self.record_path.clone());
         let text = match std::fs::read_to_string(&self.record_path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VecDeque::new()),
             Err(e) => {
                 let cause = DeployCause::Io("reading the release record".into(), e);
                 return Err(self.refused(DeployError::new(Step::Manifest, None, file(), cause)));
             }
         };
-        let history: VecDeque<ReleaseRecord> = match serde_json::from_str(&text) {
-            Ok(history) => history,
-            Err(e) => {
-                let cause = DeployCause::Record(e.to_string());
-                return Err(self.refused(DeployError::new(Step::Manifest, None, file(), cause)));
-            }
-        };
-        let Some(last) = history.back() else {
-            return Ok(None);
-        };
+        let history: VecDeque<ReleaseRecord> = serde_json::from_str(&text).map_err(|e| {
+            let cause = DeployCause::Record(e.to_string());
+            self.refused(DeployError::new(Step::Manifest, None, file(), cause))
+        })?;
         // A record written before ids were reserved in `DATA/generations`: go on past it too.
         let next = history.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
         self.ids.at_least(next);
-        let plan = Plan::from_record(last);
-        self.prepare_plan(Ok(plan), Kind::Restore(history), OpenImports::Refuse, None)
-            .map(Some)
+        Ok(history)
+    }
+
+    /// Prepares the recorded release `history[at]` again, loaded `from` its staged copies or
+    /// its sources, to be published with the history up to it (what came after it is dropped:
+    /// it did not restore).
+    pub(super) fn prepare_recorded(
+        &self,
+        history: &VecDeque<ReleaseRecord>,
+        at: usize,
+        from: From,
+    ) -> Result<Prepared, DeployError> {
+        let plan = Plan::from_record(&history[at], from);
+        let kept = history.iter().take(at + 1).cloned().collect();
+        self.prepare_plan(Ok(plan), Kind::Restore(kept), OpenImports::Refuse, None)
     }
 
     /// Prepares what `graft check` checks: a release directory, or a single library. A partial
@@ -310,8 +343,15 @@ impl Host {
     ) -> Result<Prepared, DeployError> {
         let started = Instant::now();
         let base = base.unwrap_or_else(|| self.current.load_full());
+        let restoring = matches!(kind, Kind::Restore(_));
         plan.and_then(|plan| self.build(plan, kind, open, &base, started))
-            .map_err(|error| self.refused(error))
+            .map_err(|error| {
+                if restoring {
+                    self.noted(error)
+                } else {
+                    self.refused(error)
+                }
+            })
     }
 
     fn build(
@@ -381,6 +421,7 @@ impl Host {
                     version: p.info().version.clone(),
                     sha256: p.sha256().to_owned(),
                     staged: p.path().to_owned(),
+                    source: self.source_of(p, &shipped),
                 })
                 .collect(),
         };
@@ -409,6 +450,24 @@ impl Host {
         })
     }
 
+    /// The source the release record keeps for a plugin of a new generation: the file the
+    /// release shipped it from, or for a plugin carried over, what the history says.
+    fn source_of(&self, plugin: &LoadedPlugin, shipped: &[Shipped]) -> Option<PathBuf> {
+        if let Some(s) = shipped
+            .iter()
+            .find(|s| s.plugin.sha256() == plugin.sha256())
+        {
+            return s.origin.clone();
+        }
+        let book = self.lock_book();
+        book.history
+            .iter()
+            .rev()
+            .flat_map(|r| &r.plugins)
+            .find(|p| p.sha256 == plugin.sha256())
+            .and_then(|p| p.source.clone())
+    }
+
     /// Stages, loads and checks every file of the plan. Holds the staging lock shared, so no
     /// staged copy is collected between being written and being loaded.
     fn stage_and_load_all(&self, plan: &Plan) -> Result<Vec<Shipped>, DeployError> {
@@ -432,6 +491,7 @@ impl Host {
             shipped.push(Shipped {
                 plugin,
                 file: planned.source.clone(),
+                origin: planned.origin.clone(),
             });
         }
         Ok(shipped)

@@ -21,7 +21,7 @@ use crate::state::Migration;
 use crate::status::ReleaseRecord;
 use crate::unload::UnloadPolicy;
 
-use super::prepare::{Kind, Prepared, Shipped};
+use super::prepare::{From, Kind, Prepared, Shipped};
 use super::{outcome, Book, Host};
 
 impl Host {
@@ -156,17 +156,54 @@ impl Host {
     /// a deploy comes back on the last release that was live, never on a half-deployed one.
     /// Generation ids go on past every id handed out in this data directory.
     ///
+    /// Restoring falls back, loudly (a warning for each attempt that fails): the last live
+    /// release from its staged copies, then from the files it was deployed from, then each
+    /// earlier release of the history the same way, newest first. The history kept is the one
+    /// up to the release restored.
+    ///
     /// # Errors
     ///
-    /// [`DeployError`] if the record is unreadable or its release no longer deploys (for
-    /// example a staged copy was deleted: its checksum no longer matches).
+    /// [`DeployError`] if the record is unreadable, or if no recorded release deploys: then the
+    /// error of the last live release from its staged copies.
     pub fn restore(&self) -> Result<Option<DeployReport>, DeployError> {
         let span = tracing::info_span!("restore", record = %self.record_path.display());
         let _entered = span.enter();
-        match self.prepare_restore()? {
-            Some(prepared) => self.publish(prepared).map(Some),
-            None => Ok(None),
+        let history = self.read_record()?;
+        let mut newest_error = None;
+        for at in (0..history.len()).rev() {
+            let record = &history[at];
+            for from in [From::Staged, From::Sources] {
+                if from == From::Sources && !record.plugins.iter().any(|p| p.source.is_some()) {
+                    continue;
+                }
+                let restored = self
+                    .prepare_recorded(&history, at, from)
+                    .and_then(|prepared| self.publish(prepared));
+                match restored {
+                    Ok(report) => {
+                        if newest_error.is_some() {
+                            tracing::warn!(
+                                generation = report.generation,
+                                recorded = record.generation,
+                                ?from,
+                                "restored a fallback: not the last live release from its staged copies"
+                            );
+                        }
+                        return Ok(Some(report));
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            recorded = record.generation,
+                            ?from,
+                            error = %crate::DisplayChain(&error),
+                            "restoring: this recorded release does not deploy, trying the next"
+                        );
+                        newest_error.get_or_insert(error);
+                    }
+                }
+            }
         }
+        newest_error.map_or(Ok(None), Err)
     }
 
     /// Updates the history for a release that just went live.
@@ -242,7 +279,7 @@ impl Host {
 
     /// Deletes staged copies that no live library and no recorded release refers to. Skipped
     /// while a prepare is staging (the next publish collects them).
-    fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
+    pub(super) fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
         let Ok(_exclusive) = self.staging.try_write() else {
             tracing::debug!("staged copies not collected: a prepare is staging");
             return;
