@@ -5,14 +5,16 @@
 //! unpacks it ([`unpack`]) into a private directory, regular files with relative paths only,
 //! then deploys that directory like any other: every checksum is verified before anything loads.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
 
 use graft_host::bounded::{Bounded, BoundedPath};
-use graft_host::release::{Manifest, ManifestError, MANIFEST};
+use graft_host::release::{Manifest, ManifestError, MANIFEST, SIGNATURE};
 
-/// Packs a release directory into a tar bundle: its manifest and the files the manifest names.
+/// Packs a release directory into a tar bundle: its manifest first, its signature if it has one,
+/// then the files the manifest names.
 ///
 /// # Errors
 ///
@@ -35,6 +37,9 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, ManifestError> {
             .map_err(|source| ManifestError::Read { path, source })
     };
     add(Path::new(MANIFEST))?;
+    if dir.join(SIGNATURE).is_file() {
+        add(Path::new(SIGNATURE))?;
+    }
     for plugin in &manifest.plugins {
         add(&plugin.file)?;
     }
@@ -44,29 +49,78 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, ManifestError> {
     })
 }
 
+/// What an uploaded bundle may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleLimits {
+    /// The most entries, the manifest and signature included.
+    pub max_entries: usize,
+    /// The most bytes all entries unpack to together.
+    pub max_bytes: u64,
+}
+
+impl Default for BundleLimits {
+    /// 256 entries, 512 MiB.
+    fn default() -> Self {
+        Self {
+            max_entries: 256,
+            max_bytes: 512 << 20,
+        }
+    }
+}
+
 /// A tar bundle that cannot be unpacked safely.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
-    /// The bytes are not a readable tar archive.
+    /// The bytes are not a readable tar archive, or the upload stopped.
     #[error("not a readable tar bundle")]
     Read(#[source] io::Error),
     /// An entry is not a regular file, or its path leaves the bundle.
     #[error("bundle entry {:?} is not a regular file with a relative path inside the bundle", Bounded(.0).to_string())]
     Entry(String),
+    /// The first entry is not the manifest.
+    #[error("a bundle starts with its manifest, {MANIFEST}; the first entry is {:?}", Bounded(.0).to_string())]
+    ManifestFirst(String),
+    /// The manifest is invalid.
+    #[error("the bundle's manifest")]
+    Manifest(#[source] ManifestError),
+    /// An entry the manifest does not name, or one named twice.
+    #[error("bundle entry {:?} is not a file the manifest names (or comes twice)", Bounded(.0).to_string())]
+    NotNamed(String),
+    /// A file the manifest names is not in the bundle (or the bundle ended early).
+    #[error("the bundle has no {:?}, which its manifest names", Bounded(.0).to_string())]
+    Missing(String),
+    /// More entries, or more bytes, than the limits allow.
+    #[error("the bundle is over its limit of {0}")]
+    TooLarge(String),
     /// Writing an unpacked file failed.
     #[error("writing {}", BoundedPath(.0))]
     Write(PathBuf, #[source] io::Error),
 }
 
-/// Unpacks a tar bundle into `into` (which must not exist yet): regular files with relative paths
-/// only, each written whole before the next.
+impl BundleError {
+    /// Whether the bundle was refused for its size (a 413 rather than a 400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::TooLarge(_))
+    }
+}
+
+/// Unpacks a tar bundle, as it is read, into `into` (which must not exist yet).
+///
+/// The first entry must be the manifest; the others may only be the signature and the files
+/// the manifest names, each once, regular files with relative paths. The first entry past
+/// `limits` (count or total size, checked from each header before its data is read) stops the
+/// unpacking, as does an error reading `bundle` (an upload whose client went away). Nothing is
+/// fsynced: the directory is scratch, deleted after the deploy, and the deploy's staging writes
+/// each library durably.
 ///
 /// # Errors
 ///
 /// [`BundleError`]; what was unpacked so far stays in `into`, for the caller to remove.
-pub fn unpack(bundle: &[u8], into: &Path) -> Result<(), BundleError> {
+pub fn unpack(bundle: impl io::Read, into: &Path, limits: BundleLimits) -> Result<(), BundleError> {
     let mut archive = tar::Archive::new(bundle);
+    let mut wanted: Option<HashSet<PathBuf>> = None;
+    let (mut entries, mut bytes) = (0usize, 0u64);
     for entry in archive.entries().map_err(BundleError::Read)? {
         let mut entry = entry.map_err(BundleError::Read)?;
         let path = entry.path().map_err(BundleError::Read)?.into_owned();
@@ -74,13 +128,77 @@ pub fn unpack(bundle: &[u8], into: &Path) -> Result<(), BundleError> {
         if !entry.header().entry_type().is_file() || !inside || path.as_os_str().is_empty() {
             return Err(BundleError::Entry(path.display().to_string()));
         }
-        let dest = into.join(&path);
-        let parent = dest.parent().unwrap_or(into);
-        fs::create_dir_all(parent).map_err(|e| BundleError::Write(parent.to_owned(), e))?;
-        let mut file = fs::File::create(&dest).map_err(|e| BundleError::Write(dest.clone(), e))?;
-        io::copy(&mut entry, &mut file).map_err(|e| BundleError::Write(dest.clone(), e))?;
+        entries += 1;
+        bytes = bytes.saturating_add(entry.size());
+        if entries > limits.max_entries {
+            return Err(BundleError::TooLarge(format!(
+                "{} entries",
+                limits.max_entries
+            )));
+        }
+        if bytes > limits.max_bytes {
+            return Err(BundleError::TooLarge(format!(
+                "{} bytes unpacked",
+                limits.max_bytes
+            )));
+        }
+        let Some(wanted) = wanted.as_mut() else {
+            if path != Path::new(MANIFEST) {
+                return Err(BundleError::ManifestFirst(path.display().to_string()));
+            }
+            // Kept byte for byte: a signature covers these exact bytes.
+            let limits = graft_host::release::Limits::default();
+            let mut text = Vec::new();
+            (&mut entry)
+                .take(limits.max_manifest_bytes.saturating_add(1))
+                .read_to_end(&mut text)
+                .map_err(BundleError::Read)?;
+            let manifest = Manifest::read_within(text.as_slice(), &path, &limits)
+                .map_err(BundleError::Manifest)?;
+            wanted = Some(
+                manifest
+                    .plugins
+                    .iter()
+                    .map(|p| p.file.clone())
+                    .chain([PathBuf::from(SIGNATURE)])
+                    .collect(),
+            );
+            write(&mut text.as_slice(), into, &path)?;
+            continue;
+        };
+        if !wanted.remove(&path) {
+            return Err(BundleError::NotNamed(path.display().to_string()));
+        }
+        write(&mut entry, into, &path)?;
     }
-    Ok(())
+    let missing = wanted
+        .as_ref()
+        .and_then(|w| w.iter().find(|p| p.as_os_str() != SIGNATURE));
+    match (wanted.is_some(), missing) {
+        (false, _) => Err(BundleError::Missing(MANIFEST.to_owned())),
+        (true, Some(path)) => Err(BundleError::Missing(path.display().to_string())),
+        (true, None) => Ok(()),
+    }
+}
+
+/// Writes one unpacked file, telling a failed read of the bundle (an upload that stopped) from a
+/// failed write.
+fn write(data: &mut impl io::Read, into: &Path, path: &Path) -> Result<(), BundleError> {
+    let dest = into.join(path);
+    let parent = dest.parent().unwrap_or(into);
+    fs::create_dir_all(parent).map_err(|e| BundleError::Write(parent.to_owned(), e))?;
+    let mut file = fs::File::create(&dest).map_err(|e| BundleError::Write(dest.clone(), e))?;
+    let mut buffer = vec![0; 64 << 10];
+    loop {
+        let n = match data.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BundleError::Read(e)),
+        };
+        file.write_all(&buffer[..n])
+            .map_err(|e| BundleError::Write(dest.clone(), e))?;
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +222,7 @@ mod tests {
         .unwrap();
         let bundle = pack(&release).unwrap();
         let out = dir.path().join("out");
-        unpack(&bundle, &out).unwrap();
+        unpack(bundle.as_slice(), &out, BundleLimits::default()).unwrap();
         assert_eq!(fs::read(out.join("lib/libx.so")).unwrap(), b"bytes");
         assert!(
             !out.join("stray.txt").exists(),
@@ -121,15 +239,167 @@ mod tests {
         let mut builder = tar::Builder::new(Vec::new());
         builder.append(&header, &b"evil"[..]).unwrap();
         let evil = builder.into_inner().unwrap();
-        let err = unpack(&evil, &dir.path().join("evil-out")).unwrap_err();
+        let err = unpack(
+            evil.as_slice(),
+            &dir.path().join("evil-out"),
+            BundleLimits::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, BundleError::Entry(ref p) if p == "../evil"),
             "{err}"
         );
         assert!(!dir.path().join("evil").exists());
         assert!(matches!(
-            unpack(b"garbage", &dir.path().join("g")),
+            unpack(
+                &b"garbage"[..],
+                &dir.path().join("g"),
+                BundleLimits::default()
+            ),
             Err(BundleError::Read(_))
         ));
+    }
+
+    /// A tar archive of these entries, in order.
+    pub(crate) fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn manifest_naming(files: &[&str]) -> String {
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                format!(
+                    "[[plugin]]\nname = \"p{i}\"\nfile = \"{f}\"\nsha256 = \"{}\"\n",
+                    "0".repeat(64)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_manifest_then_what_it_names_unpacks_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_naming(&["a.so", "b.so"]);
+        let unpack_into = |name: &str, entries: &[(&str, &[u8])], limits| {
+            unpack(tar_of(entries).as_slice(), &dir.path().join(name), limits)
+        };
+        let limits = BundleLimits::default();
+
+        let sig: &[u8] = b"signature";
+        unpack_into(
+            "ok",
+            &[
+                ("release.toml", manifest.as_bytes()),
+                ("release.sig", sig),
+                ("a.so", b"a"),
+                ("b.so", b"b"),
+            ],
+            limits,
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("ok/release.toml")).unwrap(),
+            manifest.as_bytes()
+        );
+
+        let err = unpack_into(
+            "first",
+            &[("a.so", b"a"), ("release.toml", manifest.as_bytes())],
+            limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BundleError::ManifestFirst(ref p) if p == "a.so"),
+            "{err}"
+        );
+
+        let err = unpack_into(
+            "stray",
+            &[("release.toml", manifest.as_bytes()), ("c.so", b"c")],
+            limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BundleError::NotNamed(ref p) if p == "c.so"),
+            "{err}"
+        );
+        assert!(!dir.path().join("stray/c.so").exists());
+
+        let err = unpack_into(
+            "twice",
+            &[
+                ("release.toml", manifest.as_bytes()),
+                ("a.so", b"a"),
+                ("a.so", b"a"),
+            ],
+            limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BundleError::NotNamed(_)), "{err}");
+
+        let few = BundleLimits {
+            max_entries: 2,
+            ..limits
+        };
+        let err = unpack_into(
+            "count",
+            &[
+                ("release.toml", manifest.as_bytes()),
+                ("a.so", b"a"),
+                ("b.so", b"b"),
+            ],
+            few,
+        )
+        .unwrap_err();
+        assert!(
+            err.is_too_large() && err.to_string().contains("2 entries"),
+            "{err}"
+        );
+
+        let small = BundleLimits {
+            max_bytes: manifest.len() as u64 + 10,
+            ..limits
+        };
+        let big = vec![0u8; 11];
+        let err = unpack_into(
+            "bytes",
+            &[("release.toml", manifest.as_bytes()), ("a.so", &big)],
+            small,
+        )
+        .unwrap_err();
+        assert!(err.is_too_large(), "{err}");
+        assert!(
+            !dir.path().join("bytes/a.so").exists(),
+            "refused from its header, before its data"
+        );
+
+        let err = unpack_into(
+            "missing",
+            &[("release.toml", manifest.as_bytes()), ("a.so", b"a")],
+            limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BundleError::Missing(ref p) if p == "b.so"),
+            "{err}"
+        );
+
+        // A bundle cut short (an upload whose client left) stops with a read error.
+        let whole = tar_of(&[
+            ("release.toml", manifest.as_bytes()),
+            ("a.so", &[7u8; 4096]),
+        ]);
+        let cut = &whole[..whole.len() - 3000];
+        let err = unpack(cut, &dir.path().join("cut"), limits).unwrap_err();
+        assert!(matches!(err, BundleError::Read(_)), "{err}");
     }
 }

@@ -130,6 +130,30 @@ pub struct AdminConfig {
     /// none, [`ADMIN_TOKEN_ENV`] is read.
     #[serde(default)]
     pub token: Option<String>,
+    /// The most entries an uploaded bundle may have (default 256).
+    #[serde(default = "default_bundle_entries")]
+    pub max_bundle_entries: usize,
+    /// The most bytes an uploaded bundle may unpack to (default 512 MiB).
+    #[serde(default = "default_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+}
+
+impl AdminConfig {
+    /// The limits on uploaded bundles.
+    pub fn bundle_limits(&self) -> crate::bundle::BundleLimits {
+        crate::bundle::BundleLimits {
+            max_entries: self.max_bundle_entries,
+            max_bytes: self.max_bundle_bytes,
+        }
+    }
+}
+
+fn default_bundle_entries() -> usize {
+    crate::bundle::BundleLimits::default().max_entries
+}
+
+fn default_bundle_bytes() -> u64 {
+    crate::bundle::BundleLimits::default().max_bytes
 }
 
 impl Default for AdminConfig {
@@ -137,6 +161,8 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin(),
             token: None,
+            max_bundle_entries: default_bundle_entries(),
+            max_bundle_bytes: default_bundle_bytes(),
         }
     }
 }

@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read as _};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,10 @@ use crate::stage::sha256_hex;
 
 /// The manifest's file name inside a release directory.
 pub const MANIFEST: &str = "release.toml";
+
+/// The signature's file name inside a release directory: an ed25519 signature over the
+/// manifest's bytes (see [`signature`](crate::signature)).
+pub const SIGNATURE: &str = "release.sig";
 
 /// How large a manifest may be. Past a limit the release is refused before it is parsed (size)
 /// or validated (plugins). `[limits]` in `graft.toml`.
@@ -169,21 +173,36 @@ impl Manifest {
                 source,
             },
         })?;
-        // Read at most one byte past the limit: a larger file is refused without reading it.
+        Self::read_within(file, &path, limits)
+    }
+
+    /// Reads and validates a manifest from `reader` (at most one byte past the limit: a larger
+    /// one is refused without reading it), `path` naming it in errors: how a bundle's manifest
+    /// is read as it streams in.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manifest::load`].
+    pub fn read_within(
+        reader: impl Read,
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<Self, ManifestError> {
         let mut text = String::new();
-        file.take(limits.max_manifest_bytes.saturating_add(1))
+        reader
+            .take(limits.max_manifest_bytes.saturating_add(1))
             .read_to_string(&mut text)
             .map_err(|source| ManifestError::Read {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
         if text.len() as u64 > limits.max_manifest_bytes {
             return Err(ManifestError::TooLarge {
-                path,
+                path: path.to_owned(),
                 limit: limits.max_manifest_bytes,
             });
         }
-        Self::parse(&text, limits).map_err(|e| e.at(path))
+        Self::parse(&text, limits).map_err(|e| e.at(path.to_owned()))
     }
 
     /// Parses and validates manifest text.

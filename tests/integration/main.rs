@@ -18,4 +18,5 @@ mod rollout;
 mod serve;
 mod state;
 mod unload;
+mod uploads;
 mod watch;

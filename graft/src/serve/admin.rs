@@ -5,21 +5,24 @@
 //! rollout is doing. Deploys and rollbacks run on the blocking pool through the
 //! [`Deployer`]. A bearer token is optional on loopback and required on any other address.
 
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest as _, MatchedPath, Path, Query, Request, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::TryStreamExt as _;
 use graft_host::bounded::{Bounded, BoundedPath};
 use graft_host::{DisplayChain, Host};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tracing::Instrument as _;
 
 use super::app::{method_not_allowed, not_found, rejected_body};
@@ -28,11 +31,14 @@ use crate::api::{
     ApiError, DeployRequest, DeployResponse, ErrorCode, RolloutAction, RolloutOptions,
     StatusResponse, MAX_DIR_BYTES,
 };
+use crate::bundle::BundleLimits;
 use crate::metrics::Metrics;
 use crate::rollout::{RolloutError, RolloutStatus, Rollouts};
 
-/// The largest release bundle the admin API accepts.
-const MAX_BUNDLE_BYTES: usize = 512 << 20;
+/// The largest JSON request body the admin API accepts (bundles have limits of their own): far
+/// past any real deploy request, small enough to read whole before refusing one, so that its
+/// client reads the refusal rather than a connection reset.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -44,6 +50,8 @@ pub(super) struct Admin {
     /// Where uploaded bundles are unpacked, each in a directory of its own, removed after the
     /// deploy (its files were staged by then).
     pub(super) uploads: PathBuf,
+    /// What an uploaded bundle may unpack to.
+    pub(super) bundle_limits: BundleLimits,
 }
 
 pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
@@ -58,7 +66,7 @@ pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
             post(rollout_action).fallback(method_not_allowed),
         )
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(admin);
     let router = match token {
         Some(token) => router.layer(middleware::from_fn_with_state(
@@ -125,24 +133,38 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 }
 
 /// `POST /deploy`: a JSON [`DeployRequest`], or a tar bundle with [`RolloutOptions`] as the
-/// query.
+/// query. A bundle is unpacked as it arrives (never held in memory whole), within the
+/// configured [`BundleLimits`].
 async fn deploy(
     State(admin): State<Admin>,
     query: Result<Query<RolloutOptions>, QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Json<DeployResponse>, Response> {
-    let body = body.map_err(|rejection| rejected_body(&rejection))?;
-    let is_bundle = headers
+    let is_bundle = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
     let (source, options) = if is_bundle {
-        let Query(options) = query.map_err(|rejection| {
-            ApiError::bad_request(format!("invalid deploy query: {}", rejection.body_text()))
-                .into_response()
-        })?;
-        (Source::Bundle(body), options)
+        let options = match query {
+            Ok(Query(options)) => options,
+            Err(rejection) => {
+                let message = format!("invalid deploy query: {}", rejection.body_text());
+                drain(request.into_body(), admin.bundle_limits.max_bytes).await;
+                return Err(ApiError::bad_request(message).into_response());
+            }
+        };
+        // Read on the blocking thread that unpacks it, chunk by chunk as it arrives; an error
+        // (the client went away, the body timed out) stops the unpacking.
+        let stream = request
+            .into_body()
+            .into_data_stream()
+            .map_err(io::Error::other);
+        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        (Source::Bundle(Box::new(reader)), options)
     } else {
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|rejection| rejected_body(&rejection))?;
         let request: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(format!(
                 "expected {{\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?}} or a tar bundle: {e}"
@@ -163,12 +185,18 @@ async fn deploy(
     // release prepares, the deployer sees the channel closed and does not publish.
     let (done, answer) = tokio::sync::oneshot::channel();
     let deployer = Arc::clone(&admin.deployer);
-    let uploads = admin.uploads.clone();
+    let (uploads, limits) = (admin.uploads.clone(), admin.bundle_limits);
     tokio::task::spawn_blocking(move || {
         let gone = || done.is_closed();
         let result = match source {
             Source::Dir(dir) => deployer.deploy(&dir, &options, &gone),
-            Source::Bundle(bundle) => deploy_bundle(&deployer, &uploads, &bundle, &options, &gone),
+            Source::Bundle(bundle) => {
+                let upload = Upload {
+                    uploads: &uploads,
+                    limits,
+                };
+                upload.deploy(&deployer, bundle, &options, &gone)
+            }
         };
         if let Err(Ok(report)) = done.send(result) {
             tracing::warn!(
@@ -186,33 +214,62 @@ async fn deploy(
     }
 }
 
+/// Reads and drops a request body, up to `limit` bytes: an upload refused before it is read,
+/// so that its client reads the answer rather than a connection reset.
+async fn drain(body: axum::body::Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+        read = read.saturating_add(chunk.len() as u64);
+        if read > limit {
+            break;
+        }
+    }
+}
+
 /// Where a deploy's release comes from.
 enum Source {
     Dir(PathBuf),
-    Bundle(Bytes),
+    /// A tar bundle, read as it arrives.
+    Bundle(Box<dyn io::Read + Send>),
 }
 
-/// Unpacks a bundle into a directory of its own, deploys it, removes the directory.
-fn deploy_bundle(
-    deployer: &Deployer,
-    uploads: &std::path::Path,
-    bundle: &[u8],
-    options: &RolloutOptions,
-    gone: &dyn Fn() -> bool,
-) -> Result<DeployResponse, ApiError> {
-    static UPLOADS: AtomicU64 = AtomicU64::new(0);
-    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
-    let dir = uploads.join(format!(
-        "{}{}-{n}",
-        super::UPLOAD_PREFIX,
-        std::process::id()
-    ));
-    let result = match crate::bundle::unpack(bundle, &dir) {
-        Ok(()) => deployer.deploy(&dir, options, gone),
-        Err(error) => Err(ApiError::bad_request(DisplayChain(&error))),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+/// Where and within what limits uploads are unpacked.
+struct Upload<'a> {
+    uploads: &'a std::path::Path,
+    limits: BundleLimits,
+}
+
+impl Upload<'_> {
+    /// Unpacks a bundle into a directory of its own, deploys it, removes the directory.
+    fn deploy(
+        &self,
+        deployer: &Deployer,
+        bundle: impl io::Read,
+        options: &RolloutOptions,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<DeployResponse, ApiError> {
+        static UPLOADS: AtomicU64 = AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}{}-{n}", super::UPLOAD_PREFIX, std::process::id());
+        let dir = self.uploads.join(name);
+        let mut bundle = bundle;
+        let unpacked = crate::bundle::unpack(&mut bundle, &dir, self.limits);
+        // What the unpacking left unread (a refused bundle's rest, the archive's end) is read
+        // and dropped, up to the size limit, so that the client reads the answer rather than a
+        // connection reset in the middle of its upload.
+        let _ = io::copy(&mut bundle.take(self.limits.max_bytes), &mut io::sink());
+        let result = match unpacked {
+            Ok(()) => deployer.deploy(&dir, options, gone),
+            Err(error) if error.is_too_large() => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                DisplayChain(&error),
+            )),
+            Err(error) => Err(ApiError::bad_request(DisplayChain(&error))),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
 }
 
 async fn rollback(State(admin): State<Admin>) -> Result<Json<DeployResponse>, ApiError> {

@@ -231,6 +231,7 @@ impl Server {
                 rollouts,
                 deployer: Arc::clone(&deployer),
                 uploads: config.data_dir.join("uploads"),
+                bundle_limits: config.admin.bundle_limits(),
             },
             config.admin.token.clone(),
         );
