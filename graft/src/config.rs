@@ -9,6 +9,7 @@
 //! init_timeout_ms = 10000
 //! hook_timeout_ms = 10000
 //! migration_drain_ms = 1000
+//! trusted_keys = []            # ["ed25519:<hex>", ...]: releases must be signed by one
 //! state_save_interval_ms = 0
 //! inline_budget_us = 100
 //! max_connections = 1024
@@ -32,6 +33,7 @@ use axum::http::Method;
 use axum::routing::MethodFilter;
 use graft_host::bounded::BoundedPath;
 use graft_host::release::Limits;
+use graft_host::signature::TrustedKey;
 use graft_host::{Contract, UnloadPolicy};
 
 use crate::serve::mode::CallMode;
@@ -104,6 +106,11 @@ pub struct ServeConfig {
     /// How large a release manifest may be.
     #[serde(default)]
     pub limits: Limits,
+    /// Public keys (`ed25519:<hex>`, the line `graft keygen` writes to `PATH.pub`). With any,
+    /// every release must carry a valid signature by one of them (see
+    /// [`graft_host::signature`]).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -278,6 +285,14 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// The trusted keys, parsed (they were validated at load).
+    pub fn trusted_keys(&self) -> Vec<TrustedKey> {
+        self.trusted_keys
+            .iter()
+            .filter_map(|k| TrustedKey::parse(k).ok())
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), String> {
         if let Some(token) = &self.admin.token {
             let chars = token.trim().chars().count();
@@ -293,6 +308,9 @@ impl ServeConfig {
                 "the admin API listens on {}, which is not loopback: set admin.token",
                 self.admin.listen
             ));
+        }
+        for key in &self.trusted_keys {
+            TrustedKey::parse(key).map_err(|e| format!("trusted_keys: {e}"))?;
         }
         for route in &self.routes {
             method_filter(&route.method)?;

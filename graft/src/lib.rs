@@ -22,5 +22,6 @@ pub mod fleet;
 mod metrics;
 pub mod rollout;
 pub mod serve;
+pub mod signing;
 mod tables;
 pub mod watch;

@@ -166,6 +166,24 @@ enum Command {
         /// Mark the release complete: it replaces the whole plugin set.
         #[arg(long)]
         complete: bool,
+        /// Sign the release with this secret key (as `graft sign` does).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Write a new ed25519 signing key to PATH (mode 0600) and its public key, one line, to
+    /// PATH.pub: the line `trusted_keys` in graft.toml takes.
+    Keygen {
+        /// Where to write the secret key (it must not exist).
+        path: PathBuf,
+    },
+    /// Sign a release directory: writes DIR/release.sig, an ed25519 signature over its
+    /// manifest, which pins every file's sha256.
+    Sign {
+        /// The release directory.
+        dir: PathBuf,
+        /// The secret key (from `graft keygen`).
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -319,8 +337,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             libraries,
             name,
             complete,
-        } => pack(&out, &libraries, name.as_deref(), complete),
+            sign,
+        } => {
+            pack(&out, &libraries, name.as_deref(), complete)?;
+            sign.map_or(Ok(()), |key| signed(&out, &key))
+        }
+        Command::Keygen { path } => {
+            let public = graft::signing::keygen(&path)?;
+            println!(
+                "secret key: {}
+public key: {} ({public})",
+                path.display(),
+                graft::signing::public_path(&path).display()
+            );
+            Ok(())
+        }
+        Command::Sign { dir, key } => signed(&dir, &key),
     }
+}
+
+/// Signs the release in `dir` and says so.
+fn signed(dir: &Path, key: &Path) -> anyhow::Result<()> {
+    let public =
+        graft::signing::sign(dir, key).with_context(|| format!("signing {}", dir.display()))?;
+    println!("{}: signed by {public}", dir.display());
+    Ok(())
 }
 
 /// Prints `value` as JSON, or as its table.

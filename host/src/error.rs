@@ -21,6 +21,8 @@ use crate::release::ManifestError;
 pub enum Step {
     /// Reading and validating the manifest, or planning a rollback.
     Manifest,
+    /// Verifying the release's signature, when the host trusts signing keys.
+    Signature,
     /// Verifying a plugin file against the manifest's sha256.
     Checksum,
     /// Copying a plugin file to its unique staged name.
@@ -46,6 +48,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Manifest => "manifest",
+            Self::Signature => "signature",
             Self::Checksum => "checksum",
             Self::Stage => "stage",
             Self::Load => "load",
@@ -120,6 +123,9 @@ pub enum DeployCause {
     /// The release removes a plugin the current generation does not have.
     #[error("the release removes plugin {}, which the current generation does not have", Bounded(.0))]
     RemoveUnknown(String),
+    /// The release is not signed by a trusted key.
+    #[error(transparent)]
+    Signature(#[from] crate::signature::SignatureError),
     /// The record of live releases (`releases.json`) is corrupt.
     #[error("corrupt release record: {}", Bounded(.0))]
     Record(String),

@@ -65,6 +65,7 @@ mod registry;
 pub mod release;
 mod report;
 mod services;
+pub mod signature;
 mod snapshot;
 mod stage;
 mod state;

@@ -135,6 +135,10 @@ pub struct PluginRecord {
     /// sources were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PathBuf>,
+    /// The sha256 of the signed manifest that vouches for it, kept in `DATA/signed`; `None`
+    /// when the host trusts no signing keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<String>,
 }
 
 /// The result of the last deploy or rollback.

@@ -16,6 +16,7 @@ mod publish;
 mod releases;
 mod rollout;
 mod serve;
+mod signing;
 mod state;
 mod unload;
 mod uploads;

@@ -18,6 +18,7 @@
 mod prepare;
 mod publish;
 mod save;
+mod vouch;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ pub struct Host {
     staging: RwLock<()>,
     /// `DATA/releases.json`: the releases that went live, the last one current.
     record_path: PathBuf,
+    /// The data directory.
+    data_dir: PathBuf,
     /// The version of the history last written to `record_path`: writes never go backwards.
     record_written: Mutex<u64>,
     settings: Settings,
@@ -100,6 +103,7 @@ struct Settings {
     hook_timeout: Duration,
     migration_drain: Duration,
     limits: Limits,
+    trusted_keys: Vec<crate::signature::TrustedKey>,
 }
 
 #[derive(Default)]
@@ -169,6 +173,15 @@ impl HostBuilder {
         self
     }
 
+    /// The keys releases must be signed with (default none: signatures are not checked). With
+    /// any, every release (deploy, rollback, restore) is refused at
+    /// [`Step::Signature`](crate::Step::Signature) unless its manifest carries a valid
+    /// signature by one of them; see [`signature`](crate::signature).
+    pub fn trusted_keys(mut self, keys: Vec<crate::signature::TrustedKey>) -> Self {
+        self.settings.trusted_keys = keys;
+        self
+    }
+
     /// Creates the host, with the empty generation 0 current.
     ///
     /// # Errors
@@ -188,6 +201,7 @@ impl HostBuilder {
             staging_dir,
             staging: RwLock::new(()),
             record_path: self.data_dir.join(RECORD),
+            data_dir: self.data_dir.clone(),
             record_written: Mutex::new(0),
             settings: self.settings,
             gate: Gate::default(),
@@ -212,6 +226,7 @@ impl Host {
                 hook_timeout: Duration::from_secs(10),
                 migration_drain: Duration::from_secs(1),
                 limits: Limits::default(),
+                trusted_keys: Vec::new(),
             },
         }
     }

@@ -2,9 +2,9 @@
 //! else waits for.
 //!
 //! The steps, each able to refuse the release with a [`DeployError`] naming itself:
-//! manifest → checksum → stage → load → check → link → init. The result is a [`Prepared`]
-//! release: a linked, initialised generation nobody pins yet, and the generation it was
-//! prepared against.
+//! manifest → signature (with trusted keys, `vouch.rs`) → checksum → stage → load → check →
+//! link → init. The result is a [`Prepared`] release: a linked, initialised generation nobody
+//! pins yet, and the generation it was prepared against.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use crate::hook::{Hook, HookFailure};
 use crate::init::InitFailure;
 use crate::link::{self, OpenImports};
 use crate::loader::LoadedPlugin;
-use crate::release::{Manifest, MANIFEST};
+use crate::release::Manifest;
 use crate::report::{Change, DeployReport, PluginChange};
 use crate::services;
 use crate::stage::{self, StageError};
@@ -54,6 +54,8 @@ pub(crate) struct Shipped {
     pub(crate) file: PathBuf,
     /// What the release record keeps as its source.
     pub(crate) origin: Option<PathBuf>,
+    /// What the release record keeps as its voucher.
+    pub(crate) voucher: Option<String>,
 }
 
 /// What publishing a prepared release does to the history.
@@ -122,6 +124,8 @@ pub(crate) struct Planned {
     /// Where the plugin came from, as the release record keeps it (for a recorded release, the
     /// file it was first deployed from, not the staged copy it loads).
     origin: Option<PathBuf>,
+    /// The sha256 of the signed manifest that vouches for it, if signatures are required.
+    voucher: Option<String>,
 }
 
 /// Where a recorded release is loaded from.
@@ -135,7 +139,7 @@ pub(super) enum From {
 
 impl Plan {
     /// The plan of the release in `dir`, from its manifest.
-    pub(crate) fn from_manifest(dir: &Path, manifest: Manifest) -> Self {
+    pub(crate) fn from_manifest(dir: &Path, manifest: Manifest, voucher: Option<String>) -> Self {
         Self {
             label: manifest.name,
             complete: manifest.complete,
@@ -147,6 +151,7 @@ impl Plan {
                     let source = dir.join(&p.file);
                     Planned {
                         origin: std::path::absolute(&source).ok(),
+                        voucher: voucher.clone(),
                         source,
                         name: Some(p.name),
                         sha256: Some(p.sha256),
@@ -169,6 +174,7 @@ impl Plan {
                     source: source.clone(),
                     sha256: None,
                     origin: std::path::absolute(source).ok(),
+                    voucher: None,
                 })
                 .collect(),
         }
@@ -192,6 +198,7 @@ impl Plan {
                     },
                     sha256: Some(p.sha256.clone()),
                     origin: p.source.clone(),
+                    voucher: p.signed.clone(),
                 })
                 .collect(),
         }
@@ -209,7 +216,9 @@ impl Host {
         let dir = dir.as_ref();
         let span = tracing::info_span!("prepare", release = %crate::bounded::BoundedPath(dir));
         let _entered = span.enter();
-        let plan = self.read_manifest(dir).map(|m| Plan::from_manifest(dir, m));
+        let plan = self
+            .read_manifest(dir)
+            .map(|(m, voucher)| Plan::from_manifest(dir, m, voucher));
         self.prepare_plan(plan, Kind::Deploy, OpenImports::Refuse, None)
     }
 
@@ -230,8 +239,10 @@ impl Host {
     ) -> Result<Prepared, DeployError> {
         let span = tracing::info_span!("prepare", release = label.as_deref().unwrap_or("builds"));
         let _entered = span.enter();
-        let plan = Plan::from_libraries(label, libraries);
-        self.prepare_plan(Ok(plan), Kind::Deploy, OpenImports::Refuse, None)
+        let plan = self
+            .check_unsigned_allowed()
+            .map(|()| Plan::from_libraries(label, libraries));
+        self.prepare_plan(plan, Kind::Deploy, OpenImports::Refuse, None)
     }
 
     /// Prepares the release before the current one, whole, from its staged copies (reusing the
@@ -257,9 +268,12 @@ impl Host {
         };
         let plan = target
             .as_ref()
-            .map(|r| Plan::from_record(r, From::Staged))
             .ok_or_else(|| {
                 DeployError::new(Step::Manifest, None, None, DeployCause::NothingToRollBack)
+            })
+            .and_then(|record| {
+                self.verify_record(record)?;
+                Ok(Plan::from_record(record, From::Staged))
             });
         self.prepare_plan(plan, Kind::Rollback, OpenImports::Refuse, Some(base))
     }
@@ -295,9 +309,11 @@ impl Host {
         at: usize,
         from: From,
     ) -> Result<Prepared, DeployError> {
-        let plan = Plan::from_record(&history[at], from);
+        let plan = self
+            .verify_record(&history[at])
+            .map(|()| Plan::from_record(&history[at], from));
         let kept = history.iter().take(at + 1).cloned().collect();
-        self.prepare_plan(Ok(plan), Kind::Restore(kept), OpenImports::Refuse, None)
+        self.prepare_plan(plan, Kind::Restore(kept), OpenImports::Refuse, None)
     }
 
     /// Prepares what `graft check` checks: a release directory, or a single library. A partial
@@ -308,13 +324,13 @@ impl Host {
         path: &Path,
     ) -> Result<(Prepared, Option<Manifest>), DeployError> {
         if path.is_dir() {
-            let manifest = self.read_manifest(path)?;
+            let (manifest, voucher) = self.read_manifest(path)?;
             let open = if manifest.complete {
                 OpenImports::Refuse
             } else {
                 OpenImports::Stub
             };
-            let mut plan = Plan::from_manifest(path, manifest.clone());
+            let mut plan = Plan::from_manifest(path, manifest.clone(), voucher);
             // The scratch host has nothing to remove; the report lists what the release would.
             plan.remove.clear();
             let prepared = self.prepare_plan(Ok(plan), Kind::Deploy, open, None)?;
@@ -324,11 +340,6 @@ impl Host {
             let prepared = self.prepare_plan(Ok(plan), Kind::Deploy, OpenImports::Stub, None)?;
             Ok((prepared, None))
         }
-    }
-
-    fn read_manifest(&self, dir: &Path) -> Result<Manifest, DeployError> {
-        Manifest::load_within(dir, &self.settings.limits)
-            .map_err(|e| DeployError::new(Step::Manifest, None, Some(dir.join(MANIFEST)), e.into()))
     }
 
     /// The pipeline every release goes through before it can be published. `base` is the
@@ -421,7 +432,8 @@ impl Host {
                     version: p.info().version.clone(),
                     sha256: p.sha256().to_owned(),
                     staged: p.path().to_owned(),
-                    source: self.source_of(p, &shipped),
+                    source: self.recorded(p, &shipped, |s| s.origin.clone(), |r| r.source.clone()),
+                    signed: self.recorded(p, &shipped, |s| s.voucher.clone(), |r| r.signed.clone()),
                 })
                 .collect(),
         };
@@ -450,14 +462,21 @@ impl Host {
         })
     }
 
-    /// The source the release record keeps for a plugin of a new generation: the file the
-    /// release shipped it from, or for a plugin carried over, what the history says.
-    fn source_of(&self, plugin: &LoadedPlugin, shipped: &[Shipped]) -> Option<PathBuf> {
+    /// What the release record keeps of a plugin of a new generation (its source, its
+    /// voucher): what the release shipped it with, or for a plugin carried over, what the
+    /// history says.
+    fn recorded<T>(
+        &self,
+        plugin: &LoadedPlugin,
+        shipped: &[Shipped],
+        of_shipped: impl Fn(&Shipped) -> Option<T>,
+        of_record: impl Fn(&PluginRecord) -> Option<T>,
+    ) -> Option<T> {
         if let Some(s) = shipped
             .iter()
             .find(|s| s.plugin.sha256() == plugin.sha256())
         {
-            return s.origin.clone();
+            return of_shipped(s);
         }
         let book = self.lock_book();
         book.history
@@ -465,7 +484,7 @@ impl Host {
             .rev()
             .flat_map(|r| &r.plugins)
             .find(|p| p.sha256 == plugin.sha256())
-            .and_then(|p| p.source.clone())
+            .and_then(of_record)
     }
 
     /// Stages, loads and checks every file of the plan. Holds the staging lock shared, so no
@@ -492,6 +511,7 @@ impl Host {
                 plugin,
                 file: planned.source.clone(),
                 origin: planned.origin.clone(),
+                voucher: planned.voucher.clone(),
             });
         }
         Ok(shipped)

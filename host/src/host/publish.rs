@@ -89,6 +89,7 @@ impl Host {
         );
         self.write_record(version, &history);
         self.collect_staged(&history);
+        self.collect_signed(&history);
         for Shipped { plugin, .. } in &shipped {
             let limit = self.settings.hook_timeout;
             if let Err(failure) = plugin.run_hook_within(Hook::PostActivate, limit) {
