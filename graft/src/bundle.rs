@@ -12,6 +12,8 @@ use std::path::{Component, Path, PathBuf};
 
 use graft_host::bounded::{Bounded, BoundedPath};
 use graft_host::release::{Manifest, ManifestError, MANIFEST, SIGNATURE};
+#[cfg(test)]
+use graft_host::DisplayChain;
 
 /// Packs a release directory into a tar bundle: its manifest first, its signature if it has one,
 /// then the files the manifest names.
@@ -401,5 +403,99 @@ mod tests {
         let cut = &whole[..whole.len() - 3000];
         let err = unpack(cut, &dir.path().join("cut"), limits).unwrap_err();
         assert!(matches!(err, BundleError::Read(_)), "{err}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let mut config = ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            };
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                config.cases = 64;
+            }
+            config
+        }
+
+        fn valid_bundle() -> Vec<u8> {
+            let manifest = manifest_naming(&["a.so", "lib/b.so"]);
+            tar_of(&[
+                ("release.toml", manifest.as_bytes()),
+                ("a.so", &[1; 700]),
+                ("lib/b.so", &[2; 300]),
+            ])
+        }
+
+        /// Unpacks `bytes` into a directory inside a fresh root: whatever happens, nothing but
+        /// that directory appears in the root, and an error is short.
+        fn check(bytes: &[u8]) {
+            let root = tempfile::tempdir().unwrap();
+            let into = root.path().join("into");
+            if let Err(error) = unpack(bytes, &into, BundleLimits::default()) {
+                let message = DisplayChain(&error).to_string();
+                assert!(!message.is_empty() && message.len() <= 4096, "{message}");
+            }
+            let outside: Vec<_> = fs::read_dir(root.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "into")
+                .collect();
+            assert!(outside.is_empty(), "written outside: {outside:?}");
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_bytes_as_a_bundle(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                check(&bytes);
+            }
+
+            #[test]
+            fn hostile_entries_after_a_valid_manifest(
+                name in prop::sample::select(vec![
+                    "../evil", "/etc/evil", "a/../../evil", "a.so/../../evil", ".", "a.so",
+                    "lib/b.so", "lib", "release.toml", "release.sig",
+                ]),
+                kind in prop::sample::select(vec![
+                    tar::EntryType::Regular, tar::EntryType::Symlink, tar::EntryType::Link,
+                    tar::EntryType::Directory, tar::EntryType::Char, tar::EntryType::Fifo,
+                ]),
+                link in prop::sample::select(vec!["../../evil", "/etc/passwd", "a.so"]),
+            ) {
+                let manifest = manifest_naming(&["a.so", "lib/b.so"]);
+                let mut bytes = tar_of(&[("release.toml", manifest.as_bytes())]);
+                bytes.truncate(bytes.len() - 1024); // the end-of-archive blocks
+                // Written raw: tar's builder refuses such names itself.
+                let mut header = tar::Header::new_old();
+                header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+                header.set_size(4);
+                header.set_entry_type(kind);
+                header.set_cksum();
+                bytes.extend_from_slice(header.as_bytes());
+                bytes.extend_from_slice(&[b'e'; 512]);
+                bytes.extend_from_slice(&[0; 1024]);
+                check(&bytes);
+            }
+
+            #[test]
+            fn a_mutated_bundle(
+                edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                cut in 0usize..300,
+            ) {
+                let mut bytes = valid_bundle();
+                for (at, byte) in edits {
+                    let at = at % bytes.len();
+                    bytes[at] = byte;
+                }
+                bytes.truncate(bytes.len() * cut.min(256) / 256);
+                check(&bytes);
+            }
+        }
     }
 }
