@@ -8,6 +8,7 @@
 //! library mapped after unload.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use abi_stable::std_types::RStr;
 use tracing_core::{
@@ -17,19 +18,30 @@ use tracing_core::{
 
 use crate::ffi::{level_to_u8, HostApiRef, LogRecord};
 
+/// The forwarding subscriber, in this image's static memory: neither it nor the panic hook
+/// allocates, because an allocation kept by a plugin's static (tracing's global default, std's
+/// panic hook) is never freed when the library is unloaded, and would leak on every reload.
+static FORWARD: OnceLock<Forward> = OnceLock::new();
+
 /// Installs the forwarding subscriber; a second call in the same loaded image is a no-op.
 pub(crate) fn forward_to_host(host: HostApiRef, plugin: &'static str) {
-    let dispatch = tracing_core::Dispatch::new(Forward { host, plugin });
+    let forward = FORWARD.get_or_init(|| Forward { host, plugin });
     // Fails only if this image already installed one (the same build loaded twice shares its
     // statics); that subscriber forwards to the same host.
+    let dispatch = tracing_core::Dispatch::new(Forward { ..*forward });
     let _ = tracing_core::dispatcher::set_global_default(dispatch);
 }
 
 /// Replaces this image's panic hook (each plugin carries its own copy of std, and so its own
 /// hook) with one that reports the panic through the host's log instead of printing to stderr.
-/// The panic itself is still caught at the boundary and returned as an error.
-pub(crate) fn forward_panics_to_host(host: HostApiRef, plugin: &'static str) {
-    std::panic::set_hook(Box::new(move |info| {
+/// The panic itself is still caught at the boundary and returned as an error. The hook captures
+/// nothing (it reads [`FORWARD`]), so boxing it allocates nothing; call after
+/// [`forward_to_host`].
+pub(crate) fn forward_panics_to_host() {
+    std::panic::set_hook(Box::new(|info| {
+        let Some(Forward { host, plugin }) = FORWARD.get() else {
+            return;
+        };
         let location = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
@@ -45,6 +57,7 @@ pub(crate) fn forward_panics_to_host(host: HostApiRef, plugin: &'static str) {
     }));
 }
 
+#[derive(Clone, Copy)]
 struct Forward {
     host: HostApiRef,
     plugin: &'static str,

@@ -186,7 +186,7 @@ pub fn run_init(
     let result = catch_unwind(AssertUnwindSafe(|| {
         log::forward_to_host(host, plugin);
         crate::asynchronous::install(host);
-        log::forward_panics_to_host(host, plugin);
+        log::forward_panics_to_host();
         match init {
             Some(init) => init(),
             None => Ok(()),
