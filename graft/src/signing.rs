@@ -47,12 +47,9 @@ pub fn sign(dir: &Path, key: &Path) -> anyhow::Result<TrustedKey> {
     let bytes =
         std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     Manifest::read_within(bytes.as_slice(), &manifest, &Default::default())?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing a signature in {}", dir.display()))?;
-    file.write_all(key.sign(&bytes).as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(dir.join(SIGNATURE))
-        .with_context(|| format!("writing {}", dir.join(SIGNATURE).display()))?;
+    let signature = dir.join(SIGNATURE);
+    graft_host::atomic_file::write(&signature, key.sign(&bytes).as_bytes())
+        .with_context(|| format!("writing {}", signature.display()))?;
     Ok(key.public())
 }
 

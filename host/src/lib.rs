@@ -44,7 +44,7 @@
 //! ```
 
 mod async_call;
-mod atomic_file;
+pub mod atomic_file;
 pub mod bounded;
 pub mod check;
 mod deadline;

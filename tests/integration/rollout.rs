@@ -1,5 +1,5 @@
 //! Staged rollouts: sticky routing, automatic abort, promotion, too little traffic, and a
-//! release that migrates state (refused as a canary).
+//! release that migrates state (refused as a canary), and a rollout cut short by a restart.
 //!
 //! These drive a host's [`Rollouts`] the way `graft serve` does for each request: route (which
 //! pins one generation), call, record. The analysis thread is slowed down to once an hour so
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use example_types::counter::IncrV1;
+use graft::client::AdminClient;
 use graft::rollout::{
     AnalysisConfig, RolloutConfig, RolloutError, RolloutPlan, RolloutState, RolloutStatus,
     Rollouts, Route, Verdict,
@@ -409,4 +410,55 @@ fn a_release_that_migrates_state_is_refused_as_a_canary_and_stable_keeps_its_sta
             None,
         )
         .unwrap();
+}
+
+#[test]
+fn a_rollout_under_way_when_the_server_dies_is_aborted_at_restart_and_says_so() {
+    let env = Env::new();
+    let config = crate::serve::config(&env, "");
+    let (mut server, _, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
+    let v2 = env.path("releases/v2");
+    let (ok, _, stderr) = crate::serve::graft_cli(
+        &["deploy", "--plan", "50:1h,100", v2.to_str().unwrap()],
+        &admin,
+    );
+    assert!(ok, "{stderr}");
+    let client = AdminClient::new(&admin, None);
+    let before = client.rollout().unwrap();
+    assert_eq!(before.state, RolloutState::Running);
+    assert_eq!(before.weight, 50);
+    server.kill().unwrap(); // SIGKILL: no chance to tidy up
+    server.wait().unwrap();
+
+    let (_server, base, admin, log) = crate::serve::spawn_graft_serve_logged(&config, &[], &[]);
+    let line = log.wait_for(&["aborted by a restart"]);
+    assert!(line.contains("WARN"), "{line}");
+    let client = AdminClient::new(&admin, None);
+    let after = client.rollout().unwrap();
+    assert_eq!(after.state, RolloutState::Aborted);
+    assert_eq!(after.canary, before.canary);
+    assert!(
+        after.last_message().contains("it restarted on stable"),
+        "{}",
+        after.last_message()
+    );
+    let status = client.status().unwrap();
+    assert_eq!(
+        status.rollout.map(|r| r.state),
+        Some(RolloutState::Aborted),
+        "status says so too"
+    );
+    // Every request goes to stable; a new rollout may start.
+    for _ in 0..20 {
+        let (code, _, body) = crate::serve::post(&format!("{base}/foo"), r#"{"a": 1}"#);
+        assert_eq!(code, 200);
+        let out: example_types::FooOutput = serde_json::from_str(&body).unwrap();
+        assert_eq!(out.foo, "1.0.0");
+    }
+    let (ok, _, stderr) = crate::serve::graft_cli(
+        &["deploy", "--plan", "50:1h,100", v2.to_str().unwrap()],
+        &admin,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(client.rollout().unwrap().state, RolloutState::Running);
 }

@@ -28,7 +28,7 @@ mod analysis;
 mod bucket;
 mod plan;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -246,12 +246,35 @@ pub struct Rollouts {
     state: Mutex<Option<Active>>,
     /// Read by status: never waits for the state lock.
     snapshot: ArcSwapOption<Snapshot>,
+    /// Where the rollout's status is written at each state change (`DATA/rollout.json`), so a
+    /// restarted server knows a rollout was under way.
+    record: Option<PathBuf>,
+    /// The event last recorded (count, time): the record is written when it changes, not at
+    /// every analysis tick.
+    recorded: Mutex<(usize, u64)>,
 }
 
 impl Rollouts {
     /// The rollouts of `host`, with a thread that runs the analysis every
     /// `config.analysis.interval_ms` while the returned handle lives.
     pub fn new(host: Arc<Host>, config: RolloutConfig) -> Arc<Self> {
+        Self::with_record(host, config, None)
+    }
+
+    /// As [`Rollouts::new`], recording the rollout's status in `record` at each state change.
+    /// A rollout the record shows under way was interrupted by a restart: the restarted host
+    /// serves stable (a canary is never recorded as live), so it is ended as aborted, saying
+    /// so in the log and in its status.
+    pub fn recorded(host: Arc<Host>, config: RolloutConfig, record: PathBuf) -> Arc<Self> {
+        let previous = read_record(&record);
+        let rollouts = Self::with_record(host, config, Some(record));
+        if let Some(status) = previous {
+            rollouts.carry_over(status);
+        }
+        rollouts
+    }
+
+    fn with_record(host: Arc<Host>, config: RolloutConfig, record: Option<PathBuf>) -> Arc<Self> {
         let interval = Duration::from_millis(config.analysis.interval_ms.max(10));
         let rollouts = Arc::new(Self {
             host,
@@ -263,6 +286,8 @@ impl Rollouts {
             starting: AtomicBool::new(false),
             state: Mutex::new(None),
             snapshot: ArcSwapOption::empty(),
+            record,
+            recorded: Mutex::new((0, 0)),
         });
         let weak: Weak<Self> = Arc::downgrade(&rollouts);
         let spawned = std::thread::Builder::new()
@@ -609,6 +634,70 @@ impl Rollouts {
             baseline: active.baseline.clone(),
             step_started: active.step_started,
         })));
+        self.write_record(&active.status);
+    }
+
+    /// Writes the status to the record (temp file, fsync, rename) when it has an event not
+    /// recorded yet; a failure is logged.
+    fn write_record(&self, status: &RolloutStatus) {
+        let Some(path) = &self.record else { return };
+        let last = (
+            status.events.len(),
+            status.events.last().map_or(0, |e| e.at_ms),
+        );
+        {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            if *recorded == last {
+                return;
+            }
+            *recorded = last;
+        }
+        let written = serde_json::to_vec_pretty(status)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| graft_host::atomic_file::write(path, &bytes));
+        if let Err(error) = written {
+            tracing::error!(path = %path.display(), %error, "could not record the rollout");
+        }
+    }
+
+    /// Takes a recorded rollout back as the last one; one that was under way is ended here as
+    /// aborted: the restarted host serves stable, and its canary is gone.
+    fn carry_over(&self, mut status: RolloutStatus) {
+        if status.state.is_under_way() {
+            let current = self.host.pin().id();
+            let message = format!(
+                "aborted by a restart: the server stopped while canary generation {} ({}) took {}% at step {}; it restarted on stable (generation {current}); start the rollout again to resume it",
+                status.canary,
+                status.release.as_deref().unwrap_or("unnamed"),
+                status.weight,
+                status.step,
+            );
+            tracing::warn!(canary = status.canary, stable = current, %message, "rollout");
+            status.state = RolloutState::Aborted;
+            status.weight = 0;
+            let (stable, canary) = (status.stable_window.clone(), status.canary_window.clone());
+            status.events.push(RolloutEvent {
+                at_ms: now_ms(),
+                event: "aborted".into(),
+                weight: 0,
+                message,
+                stable,
+                canary,
+            });
+            if status.events.len() > EVENTS_KEPT {
+                status.events.remove(0);
+            }
+        }
+        let active = Active {
+            status,
+            plan: self.config.plan.clone(),
+            step_started: Instant::now(),
+            baseline: (Counts::default(), Counts::default()),
+            waiting_logged: false,
+            prepared: None,
+        };
+        self.publish_snapshot(&active);
+        *self.lock() = Some(active);
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Active>> {
@@ -635,9 +724,7 @@ fn event(active: &mut Active, kind: &str, message: String) {
         "rollout"
     );
     let entry = RolloutEvent {
-        at_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        at_ms: now_ms(),
         event: kind.to_owned(),
         weight: status.weight,
         message,
@@ -649,4 +736,28 @@ fn event(active: &mut Active, kind: &str, message: String) {
     if events.len() > EVENTS_KEPT {
         events.remove(0);
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The rollout status recorded by the last run, if any; an unreadable record is logged and
+/// ignored (it only reports).
+fn read_record(path: &Path) -> Option<RolloutStatus> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not read the rollout record");
+            return None;
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|error| {
+            tracing::warn!(path = %path.display(), %error, "ignoring a corrupt rollout record");
+        })
+        .ok()
 }

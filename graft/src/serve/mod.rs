@@ -51,6 +51,9 @@ const WATCH_SETTLE: Duration = Duration::from_millis(100);
 /// start removes as left over.
 const UPLOAD_PREFIX: &str = "upload-";
 
+/// The rollout's status, in the data directory, so a restart knows one was under way.
+const ROLLOUT_RECORD: &str = "rollout.json";
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -217,7 +220,11 @@ impl Server {
         remove_uploads(&config.data_dir.join("uploads"));
         let metrics = Metrics::new();
         let inline_budget = Duration::from_micros(config.inline_budget_us);
-        let rollouts = Rollouts::new(Arc::clone(&host), config.rollout.clone());
+        let rollouts = Rollouts::recorded(
+            Arc::clone(&host),
+            config.rollout.clone(),
+            config.data_dir.join(ROLLOUT_RECORD),
+        );
         let deployer = Arc::new(Deployer {
             host: Arc::clone(&host),
             rollouts: Arc::clone(&rollouts),
