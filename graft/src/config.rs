@@ -53,7 +53,9 @@ pub struct ServeConfig {
     /// Where the service listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where graft keeps staged plugin copies.
+    /// Where graft keeps staged plugin copies, the record of live releases and saved state.
+    /// Required by `graft serve`; `graft dev` stages in a temporary directory without it.
+    #[serde(default)]
     pub data_dir: PathBuf,
     /// A release to deploy at start, unless the data directory records a live release (which
     /// is restored instead).
@@ -273,7 +275,9 @@ impl ServeConfig {
         let mut config: Self =
             toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.data_dir = base.join(&config.data_dir);
+        if !config.data_dir.as_os_str().is_empty() {
+            config.data_dir = base.join(&config.data_dir);
+        }
         config.release = config.release.map(|r| base.join(r));
         config.watch = config.watch.map(|w| base.join(w));
         if config.admin.token.is_none() {

@@ -13,6 +13,23 @@ use graft::fleet::{FleetEvent, FleetOptions};
 use graft::serve::{shutdown_signal, Server};
 use tracing_subscriber::EnvFilter;
 
+/// Writes to standard output, returning the write's error: a closed pipe (`graft status |
+/// head`) ends the command quietly instead of panicking as `print!` would.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 /// graft: run a service's logic from plugins and replace it while it serves.
 #[derive(Parser)]
 #[command(version, about)]
@@ -21,22 +38,46 @@ struct Cli {
     command: Command,
 }
 
-/// Where the admin API is.
+/// Where the admin API is: `--admin` (or `GRAFT_ADMIN`), else the `[admin]` of `--config`,
+/// else `http://127.0.0.1:9090`; the token likewise.
 #[derive(clap::Args)]
 struct Admin {
-    /// The admin API's URL.
-    #[arg(long, env = "GRAFT_ADMIN", default_value = "http://127.0.0.1:9090")]
-    admin: String,
+    /// The admin API's URL [default: http://127.0.0.1:9090].
+    #[arg(long, env = "GRAFT_ADMIN")]
+    admin: Option<String>,
     /// Its bearer token, if it has one.
     #[arg(long, env = "GRAFT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A server's graft.toml, to take the admin address and token from.
+    #[arg(long, value_name = "GRAFT_TOML")]
+    config: Option<PathBuf>,
 }
 
 impl Admin {
-    fn client(&self) -> AdminClient {
-        AdminClient::new(&self.admin, self.token.clone())
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let config = self.config.as_deref().map(ServeConfig::load).transpose()?;
+        let url = match (&self.admin, &config) {
+            (Some(url), _) => url.clone(),
+            (None, Some(config)) => {
+                let mut addr = config.admin.listen;
+                // A server listening on every address is reached on this machine's loopback.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+            (None, None) => DEFAULT_ADMIN.to_owned(),
+        };
+        let token = self
+            .token
+            .clone()
+            .or_else(|| config.and_then(|c| c.admin.token));
+        Ok(AdminClient::new(&url, token))
     }
 }
+
+/// Where the CLI looks for the admin API when nothing says otherwise.
+const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
 
 /// How a deploy starts a staged rollout.
 #[derive(clap::Args)]
@@ -158,8 +199,11 @@ enum Command {
         /// The release directory to write.
         out: PathBuf,
         /// The plugin libraries.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "remove")]
         libraries: Vec<PathBuf>,
+        /// A plugin the release removes from the current generation (repeatable).
+        #[arg(long, value_name = "NAME")]
+        remove: Vec<String>,
         /// A label for the release.
         #[arg(long)]
         name: Option<String>,
@@ -224,11 +268,22 @@ fn main() -> ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output went away (`graft check DIR | head`): nothing to say.
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an error is a write to a closed pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -262,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rollout,
             admin,
         } => {
-            let client = admin.client();
+            let client = admin.client()?;
             let response = if upload || !client.is_local() {
                 let bundle = graft::bundle::pack(&dir)
                     .with_context(|| format!("packing {}", dir.display()))?;
@@ -272,7 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("resolving {}", dir.display()))?;
                 client.deploy(&DeployRequest::new(dir).with_rollout(rollout.options()))?
             };
-            print!("{response}");
+            out!("{response}")?;
             Ok(())
         }
         Command::Fleet {
@@ -293,11 +348,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             options.wave_timeout = std::time::Duration::from_secs(wave_timeout);
             let report = graft::fleet::rollout(&hosts, &dir, &options, &mut |event| match event {
                 FleetEvent::Wave { wave, waves, hosts } => {
-                    println!("wave {wave}/{waves}: {}", hosts.join(", "));
+                    let _ = outln!("wave {wave}/{waves}: {}", hosts.join(", "));
                 }
-                FleetEvent::Host { host, line } => println!("  {host}: {line}"),
+                FleetEvent::Host { host, line } => {
+                    let _ = outln!("  {host}: {line}");
+                }
                 FleetEvent::Stopping { reason } => {
-                    println!("stopping: {reason}; putting updated hosts back");
+                    let _ = outln!("stopping: {reason}; putting updated hosts back");
                 }
                 _ => {}
             })
@@ -311,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             admin,
         } => {
-            let client = admin.client();
+            let client = admin.client()?;
             let status = match action.as_str() {
                 "status" => client.rollout()?,
                 action => {
@@ -323,10 +380,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_json_or(json, &status)
         }
         Command::Rollback { admin } => {
-            print!("{}", admin.client().rollback()?);
+            out!("{}", admin.client()?.rollback()?)?;
             Ok(())
         }
-        Command::Status { json, admin } => print_json_or(json, &admin.client().status()?),
+        Command::Status { json, admin } => print_json_or(json, &admin.client()?.status()?),
         Command::Check { path, json } => {
             let report = graft_host::check::check(&path)
                 .with_context(|| format!("checking {}", path.display()))?;
@@ -337,19 +394,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             libraries,
             name,
             complete,
+            remove,
             sign,
         } => {
-            pack(&out, &libraries, name.as_deref(), complete)?;
+            let manifest = (name.as_deref(), complete, remove.as_slice());
+            pack(&out, &libraries, manifest)?;
             sign.map_or(Ok(()), |key| signed(&out, &key))
         }
         Command::Keygen { path } => {
             let public = graft::signing::keygen(&path)?;
-            println!(
-                "secret key: {}
-public key: {} ({public})",
+            outln!(
+                "secret key: {}\npublic key: {} ({public})",
                 path.display(),
                 graft::signing::public_path(&path).display()
-            );
+            )?;
             Ok(())
         }
         Command::Sign { dir, key } => signed(&dir, &key),
@@ -360,7 +418,7 @@ public key: {} ({public})",
 fn signed(dir: &Path, key: &Path) -> anyhow::Result<()> {
     let public =
         graft::signing::sign(dir, key).with_context(|| format!("signing {}", dir.display()))?;
-    println!("{}: signed by {public}", dir.display());
+    outln!("{}: signed by {public}", dir.display())?;
     Ok(())
 }
 
@@ -370,9 +428,9 @@ fn print_json_or<T: serde::Serialize + std::fmt::Display>(
     value: &T,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        outln!("{}", serde_json::to_string_pretty(value)?)?;
     } else {
-        print!("{value}");
+        out!("{value}")?;
     }
     Ok(())
 }
@@ -392,11 +450,11 @@ fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let drained = runtime.block_on(async {
         let server = Server::start(config).await?;
-        println!(
+        outln!(
             "graft: serving on http://{}, admin on http://{}",
             server.addr(),
             server.admin_addr()
-        );
+        )?;
         anyhow::Ok(server.run_until(shutdown_signal()).await)
     })?;
     // Plugin calls and deploys still running cannot be stopped, and tokio would wait for them:
@@ -412,26 +470,31 @@ fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
 /// How long a stopping server waits, after the drain deadline, for work it cannot stop.
 const EXIT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// `graft pack`: names each library by what it declares, then writes the release.
+/// `graft pack`: names each library by what it declares (read without running any plugin
+/// code but the libraries' own loaders), then writes the release: its label, whether it is
+/// complete, and the plugins it removes.
 fn pack(
     out: &Path,
     libraries: &[PathBuf],
-    name: Option<&str>,
-    complete: bool,
+    (name, complete, remove): (Option<&str>, bool, &[String]),
 ) -> anyhow::Result<()> {
-    let mut named = Vec::new();
-    for library in libraries {
-        let report = graft_host::check::check(library)
-            .with_context(|| format!("checking {}", library.display()))?;
-        named.push((report.plugins[0].info.name.clone(), library.as_path()));
-    }
-    let plugins: Vec<(&str, &Path)> = named.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-    graft_host::release::write_release(out, name, complete, &plugins)
+    let declared = graft_host::check::declarations(libraries).context("reading the libraries")?;
+    let plugins: Vec<(&str, &Path)> = declared
+        .iter()
+        .zip(libraries)
+        .map(|(d, library)| (d.info.name.as_str(), library.as_path()))
+        .collect();
+    graft_host::release::write_release(out, name, complete, &plugins, remove)
         .with_context(|| format!("writing release {}", out.display()))?;
-    println!(
-        "{}: release with {} plugin(s)",
+    let removing = if remove.is_empty() {
+        String::new()
+    } else {
+        format!(", removing {}", remove.join(", "))
+    };
+    outln!(
+        "{}: release with {} plugin(s){removing}",
         out.display(),
         plugins.len()
-    );
+    )?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use graft_host::status::GenerationRole;
+use graft_host::status::{GenerationRole, LibraryState};
 
 use crate::api::{DeployResponse, StatusResponse};
 use crate::rollout::RolloutStatus;
@@ -61,6 +61,24 @@ impl fmt::Display for StatusResponse {
             )?;
         }
         writeln!(f, "libraries mapped: {}", status.libraries.len())?;
+        // The ones not simply loaded: each says why it is still mapped.
+        for library in &status.libraries {
+            let why = match library.state {
+                LibraryState::Loaded => continue,
+                LibraryState::Initialising => "initialising",
+                LibraryState::Abandoned => "abandoned (its initialiser ran past the deadline)",
+                LibraryState::Pinned => "pinned (closed, but the plugin keeps it mapped)",
+                LibraryState::Unloading => "unloading (its pre_unload hook is running)",
+                _ => "not loaded normally",
+            };
+            writeln!(
+                f,
+                "  {} {}: {why}: {}",
+                library.plugin,
+                library.version,
+                library.path.display()
+            )?;
+        }
         if let Some(error) = status.last_deploy.as_ref().and_then(|d| d.error.as_deref()) {
             writeln!(f, "last deploy failed: {error}")?;
         }

@@ -103,6 +103,7 @@ fn dispatch(c: &mut Criterion) {
         Some("bench"),
         true,
         &[("hello", &build_plugin())],
+        &[],
     )
     .unwrap();
     let host = Host::builder(data.path().join("data")).build().unwrap();

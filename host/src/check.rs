@@ -47,6 +47,35 @@ pub struct CheckedPlugin {
     pub sha256: String,
 }
 
+/// What plugin libraries declare, read as a deploy would load them (staged, loaded, checked:
+/// the plugins' initialisers are not run, nothing is linked): what `graft pack` writes into a
+/// manifest.
+///
+/// # Errors
+///
+/// The [`DeployError`] a deploy would get at staging, loading or checking, and
+/// [`DeployCause::DuplicatePlugin`] for two libraries declaring the same plugin.
+pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployError> {
+    let scratch_error =
+        |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
+    let scratch =
+        tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
+    let host = Host::builder(scratch.path())
+        .build()
+        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    let declared = host
+        .load_declared(libraries)?
+        .iter()
+        .map(|s| CheckedPlugin {
+            info: s.plugin.info().clone(),
+            file: s.file.clone(),
+            sha256: s.plugin.sha256().to_owned(),
+        })
+        .collect();
+    host.flush_unloads();
+    Ok(declared)
+}
+
 /// Checks a release directory, or a single plugin library.
 ///
 /// # Errors

@@ -312,12 +312,13 @@ pub fn write_release(
     label: Option<&str>,
     complete: bool,
     plugins: &[(&str, &Path)],
+    remove: &[String],
 ) -> io::Result<Manifest> {
     fs::create_dir_all(dir)?;
     let mut manifest = Manifest {
         name: label.map(str::to_owned),
         complete,
-        remove: Vec::new(),
+        remove: remove.to_vec(),
         plugins: Vec::new(),
     };
     for (name, library) in plugins {

@@ -143,6 +143,13 @@ fn an_init_past_init_timeout_ms_refuses_the_deploy_at_init_and_the_old_generatio
         .contains("init"));
     assert_eq!(slow_init_state(&admin), Some(LibraryState::Abandoned));
     assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 1);
+    // Plain `graft status` names it and says why it is still mapped.
+    let (ok, stdout, stderr) = crate::util::run_graft(&["status", "--admin", &admin_url]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("slow-init") && stdout.contains("abandoned (its initialiser ran past"),
+        "{stdout}"
+    );
 
     // Once the abandoned initialiser returns, its library goes.
     std::fs::write(gate.join("go"), b"").unwrap();

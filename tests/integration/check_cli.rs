@@ -138,3 +138,68 @@ fn pack_writes_a_release_that_deploys() {
     assert_eq!(report.release.as_deref(), Some("packed"));
     assert_eq!(report.plugins.len(), 3);
 }
+
+#[test]
+fn pack_reads_declarations_without_running_init_removes_and_refuses_duplicates() {
+    let env = Env::new();
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    // A plugin whose initialiser panics packs fine: packing runs no plugin code.
+    let out = env.path("panicky");
+    let (ok, _, stderr) = run_graft(&["pack", &arg(&out), &arg(library("panic-init"))]);
+    assert!(ok, "{stderr}");
+
+    // Two builds of one plugin: refused, naming it.
+    let (ok, _, stderr) = run_graft(&[
+        "pack",
+        &arg(&env.path("twice")),
+        &arg(library("frob-v1")),
+        &arg(library("frob-v2")),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("two libraries of the release declare plugin frob"),
+        "{stderr}"
+    );
+
+    // --remove: the release drops the shim, and the deploy says so.
+    let host = env.host();
+    host.deploy(env.complete_release("v1", V1)).unwrap();
+    host.deploy(env.release("shim", &["frob-v2", "frob-shim"]))
+        .unwrap();
+    let callers = env.path("callers");
+    let mut args = vec![
+        "pack".to_owned(),
+        arg(&callers),
+        "--remove".into(),
+        "frob-shim".into(),
+    ];
+    args.extend(["foo-v2", "bar-v2"].iter().map(|k| arg(library(k))));
+    let (ok, stdout, stderr) = run_graft(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("removing frob-shim"), "{stdout}");
+    let report = host.deploy(&callers).unwrap();
+    assert_eq!(report.removed, ["frob-shim"]);
+    assert!(
+        report.to_string().contains("; removed frob-shim"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_command_quietly() {
+    let env = Env::new();
+    let release = env.complete_release("v1", V1);
+    let mut child = std::process::Command::new(crate::util::graft_bin())
+        .args(["check", release.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, as `| head -0` would
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

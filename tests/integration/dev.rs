@@ -73,8 +73,8 @@ fn spawn_graft_dev(env: &Env, krate: &Path) -> (KillOnDrop, String, mpsc::Receiv
     let config = env.path("graft.toml");
     std::fs::write(
         &config,
-        r#"data_dir = "unused"
-listen = "127.0.0.1:0"
+        // No data_dir: graft dev stages in a temp directory of its own.
+        r#"listen = "127.0.0.1:0"
 
 [admin]
 listen = "127.0.0.1:0"

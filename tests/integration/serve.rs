@@ -311,6 +311,40 @@ fn a_token_protects_the_admin_api_is_required_off_loopback_and_is_never_short() 
     assert!(ServeConfig::load(&path).is_ok());
 }
 
+#[test]
+fn the_cli_takes_the_admin_address_and_token_from_graft_toml() {
+    let env = Env::new();
+    let path = config(&env, "");
+    // A fixed port, so that the file says where the admin API is.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"cli-reads-this-token\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let (_server, _, admin) = spawn_graft_serve(&path);
+    assert_eq!(admin, format!("http://127.0.0.1:{port}"));
+
+    let config = path.to_str().unwrap();
+    let (ok, stdout, stderr) = run_graft(&["status", "--config", config]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("current generation 1"), "{stdout}");
+    // --admin (or GRAFT_ADMIN) wins over the file; without the token the server refuses.
+    let (ok, _, stderr) = run_graft(&["status", "--admin", &admin]);
+    assert!(
+        !ok && stderr.contains("missing or wrong bearer token"),
+        "{stderr}"
+    );
+    let v2 = env.path("releases/v2");
+    let (ok, stdout, stderr) = run_graft(&["deploy", v2.to_str().unwrap(), "--config", config]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("generation 2 live"), "{stdout}");
+}
+
 /// `graft serve` as a child process (killed when dropped); returns it and its two base URLs.
 fn spawn_graft_serve(config: &Path) -> (KillOnDrop, String, String) {
     spawn_graft_serve_with(config, &[], &[])

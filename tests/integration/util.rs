@@ -225,7 +225,7 @@ impl Env {
             .iter()
             .map(|k| (plugin_name(k), library(k)))
             .collect();
-        release::write_release(&dir, Some(label), complete, &plugins).unwrap();
+        release::write_release(&dir, Some(label), complete, &plugins, &[]).unwrap();
         dir
     }
 

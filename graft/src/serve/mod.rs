@@ -99,6 +99,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The config sets no `data_dir`.
+    #[error("graft.toml sets no data_dir: graft serve keeps its staged copies, release record and saved state there")]
+    NoDataDir,
     /// The admin plane's runtime could not start.
     #[error("starting the admin runtime")]
     AdminRuntime(#[source] std::io::Error),
@@ -194,6 +197,9 @@ impl Server {
     ///
     /// [`ServeError`] if the host, the initial release or a listener fails.
     pub async fn start(config: ServeConfig) -> Result<Self, ServeError> {
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(ServeError::NoDataDir);
+        }
         let host = Host::builder(&config.data_dir)
             .unload_policy(config.unload_policy)
             .history(config.history)

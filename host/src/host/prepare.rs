@@ -487,6 +487,12 @@ impl Host {
             .and_then(of_record)
     }
 
+    /// Stages, loads and checks builds without initialising, linking or publishing them: what
+    /// they declare, for `graft pack`. Two builds declaring one plugin are refused.
+    pub(crate) fn load_declared(&self, libraries: &[PathBuf]) -> Result<Vec<Shipped>, DeployError> {
+        self.stage_and_load_all(&Plan::from_libraries(None, libraries))
+    }
+
     /// Stages, loads and checks every file of the plan. Holds the staging lock shared, so no
     /// staged copy is collected between being written and being loaded.
     fn stage_and_load_all(&self, plan: &Plan) -> Result<Vec<Shipped>, DeployError> {
