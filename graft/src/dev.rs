@@ -302,6 +302,10 @@ impl DevLoop {
             .map(|c| BTreeSet::from([c.clone()]))
             .collect();
         let mut dirty: BTreeSet<usize> = (0..self.crates.len()).collect();
+        // Crates whose last build was refused at link: a change that spans crates (an export's
+        // new contract in one, its importer's in another) lands once every side is saved, so
+        // they are built and deployed again, together with the next change.
+        let mut unlinked: BTreeSet<usize> = BTreeSet::new();
         let mut reload = 0;
         loop {
             // Watch before building: a change saved during the build is seen, and builds again.
@@ -317,8 +321,12 @@ impl DevLoop {
             }
             if !dirty.is_empty() {
                 reload += 1;
+                dirty.append(&mut unlinked);
                 let crates: Vec<usize> = std::mem::take(&mut dirty).into_iter().collect();
-                let builds = self.reload(host, reload, &crates, report);
+                let (builds, refused_at_link) = self.reload(host, reload, &crates, report);
+                if refused_at_link {
+                    unlinked.extend(crates.iter().copied());
+                }
                 for (i, build) in builds {
                     roots_of[i].extend(build.roots);
                     ignored.extend(build.target_dir);
@@ -349,14 +357,15 @@ impl DevLoop {
         }
     }
 
-    /// Builds `crates` and deploys what they produced, all or nothing.
+    /// Builds `crates` and deploys what they produced, all or nothing. Returns the builds, and
+    /// whether the deploy was refused at link.
     fn reload(
         &self,
         host: &Arc<Host>,
         reload: u64,
         crates: &[usize],
         report: &mut dyn FnMut(DevEvent),
-    ) -> Vec<(usize, Build)> {
+    ) -> (Vec<(usize, Build)>, bool) {
         report(DevEvent::Building {
             reload,
             crates: crates.iter().map(|&i| self.crates[i].clone()).collect(),
@@ -373,7 +382,7 @@ impl DevLoop {
                         error,
                         serving: host.pin().id(),
                     });
-                    return builds;
+                    return (builds, false);
                 }
             }
         }
@@ -384,6 +393,7 @@ impl DevLoop {
             .flat_map(|(_, b)| b.libraries.iter().cloned())
             .collect();
         let deploying = Instant::now();
+        let mut refused_at_link = false;
         match host.deploy_libraries(Some(format!("dev-{reload}")), &libraries) {
             Ok(deployed) => {
                 // `elapsed` runs from the start of the deploy to the store.
@@ -395,14 +405,17 @@ impl DevLoop {
                     report: deployed,
                 });
             }
-            Err(error) => report(DevEvent::DeployFailed {
-                reload,
-                build,
-                error,
-                serving: host.pin().id(),
-            }),
+            Err(error) => {
+                refused_at_link = error.step() == graft_host::Step::Link;
+                report(DevEvent::DeployFailed {
+                    reload,
+                    build,
+                    error,
+                    serving: host.pin().id(),
+                });
+            }
         }
-        builds
+        (builds, refused_at_link)
     }
 
     /// Runs `cargo build` for one crate; compiler messages go to standard error.

@@ -297,11 +297,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = ServeConfig::load(&config)?;
             let dev = graft::dev::DevLoop::new(crates)?.release(release);
+            // Said at once: a build under way is not waited for, the server drains first.
+            let stopping = async {
+                shutdown_signal().await;
+                let _ = outln!("graft dev: stopping");
+            };
             runtime()?.block_on(graft::dev::serve(
                 config,
                 dev,
                 data_dir,
-                shutdown_signal(),
+                stopping,
                 |event| {
                     if let Some(line) = event.line() {
                         // Nobody reading (a closed pipe) is no reason to stop the loop.

@@ -11,13 +11,19 @@ use crate::util::{graft_bin, target_dir, workspace_root, Env, KillOnDrop};
 
 /// A plugin crate outside the workspace, the way a user's own plugin would be.
 fn write_plugin_crate(dir: &Path, greeting: &str) {
+    write_crate(dir, "dev-loop-plugin");
+    set_greeting(dir, greeting);
+}
+
+/// A cdylib crate named `package` depending on graft-api, with no source yet.
+fn write_crate(dir: &Path, package: &str) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let api = workspace_root().join("plugin-api");
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
             r#"[package]
-name = "dev-loop-plugin"
+name = "{package}"
 version = "1.0.0"
 edition = "2021"
 
@@ -36,7 +42,6 @@ serde = {{ version = "1", features = ["derive"] }}
     .unwrap();
     // The workspace's lock file, so the build reuses the dependencies the tests already built.
     std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-    set_greeting(dir, greeting);
 }
 
 fn set_greeting(dir: &Path, greeting: &str) {
@@ -70,28 +75,38 @@ fn write_source(dir: &Path, text: &str) {
 
 /// `graft dev` as a child process: its service URL, and its output lines as they come.
 fn spawn_graft_dev(env: &Env, krate: &Path) -> (KillOnDrop, String, mpsc::Receiver<String>) {
+    spawn_graft_dev_of(env, &[krate], "hello")
+}
+
+/// `graft dev` of several crates, routing `POST /{export's name}` to `{export}@1`.
+fn spawn_graft_dev_of(
+    env: &Env,
+    crates: &[&Path],
+    export: &str,
+) -> (KillOnDrop, String, mpsc::Receiver<String>) {
     let config = env.path("graft.toml");
     std::fs::write(
         &config,
         // No data_dir: graft dev stages in a temp directory of its own.
-        r#"listen = "127.0.0.1:0"
+        format!(
+            r#"listen = "127.0.0.1:0"
 
 [admin]
 listen = "127.0.0.1:0"
 
 [[route]]
 method = "POST"
-path = "/hello"
-export = "hello@1"
-"#,
+path = "/{export}"
+export = "{export}@1"
+"#
+        ),
     )
     .unwrap();
+    // No --data-dir either: staged in a temp directory removed on exit.
     let mut child = Command::new(graft_bin())
         .args(["dev", "--config"])
         .arg(&config)
-        .arg("--data-dir")
-        .arg(env.path("data"))
-        .arg(krate)
+        .args(crates)
         .env("CARGO_TARGET_DIR", target_dir())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -167,4 +182,110 @@ fn an_edit_goes_live_and_a_syntax_error_keeps_the_last_build_serving() {
     set_greeting(&krate, "good evening");
     expect_line(&rx, "reload 4: generation 3 live (hello 1.0.0 replaced)");
     assert_eq!(hello(&base), (3, r#""good evening, you""#.into()));
+}
+
+/// `catalog` exports `price@{version}` (`a * factor`).
+fn set_catalog(dir: &Path, version: u32, factor: u64) {
+    write_source(
+        dir,
+        &format!(
+            r#"use graft_api::{{Context, Error}};
+
+graft_api::contract! {{
+    pub struct Price = "price@{version}": json fn(u64) -> u64;
+}}
+
+graft_api::plugin! {{
+    name: "catalog",
+    version: env!("CARGO_PKG_VERSION"),
+    exports: {{ Price => price }},
+}}
+
+fn price(_: &Context<'_>, a: u64) -> Result<u64, Error> {{
+    Ok(a * {factor})
+}}
+"#
+        ),
+    );
+}
+
+/// `checkout` exports `checkout@1` (`price + 1`), importing `price@{version}`.
+fn set_checkout(dir: &Path, version: u32) {
+    write_source(
+        dir,
+        &format!(
+            r#"use graft_api::{{Context, Error}};
+
+graft_api::contract! {{
+    pub struct Price = "price@{version}": json fn(u64) -> u64;
+    pub struct Checkout = "checkout@1": json fn(u64) -> u64;
+}}
+
+graft_api::plugin! {{
+    name: "checkout",
+    version: env!("CARGO_PKG_VERSION"),
+    imports: {{ PRICE: Price }},
+    exports: {{ Checkout => checkout }},
+}}
+
+fn checkout(ctx: &Context<'_>, a: u64) -> Result<u64, Error> {{
+    Ok(ctx.call(PRICE, a)? + 1)
+}}
+"#
+        ),
+    );
+}
+
+fn checkout(base: &str) -> String {
+    ureq::post(format!("{base}/checkout"))
+        .content_type("application/json")
+        .send("10")
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+#[test]
+fn a_change_spanning_two_crates_lands_once_both_are_saved_and_sigterm_stops_it() {
+    let env = Env::new();
+    let (catalog, checkout_crate) = (env.path("catalog"), env.path("checkout"));
+    write_crate(&catalog, "span-catalog");
+    write_crate(&checkout_crate, "span-checkout");
+    set_catalog(&catalog, 1, 2);
+    set_checkout(&checkout_crate, 1);
+    let (mut child, base, rx) = spawn_graft_dev_of(&env, &[&catalog, &checkout_crate], "checkout");
+    expect_line(&rx, "reload 1: generation 1 live");
+    assert_eq!(checkout(&base), "21");
+
+    // catalog moves to price@2 first: checkout still imports price@1, so it cannot link.
+    set_catalog(&catalog, 2, 3);
+    let line = expect_line(&rx, "reload 2: built in");
+    assert!(
+        line.contains("refused") && line.contains("price@1"),
+        "{line}"
+    );
+    assert_eq!(checkout(&base), "21", "generation 1 keeps serving");
+
+    // Then checkout: both crates are built and deployed together, and the change lands.
+    set_checkout(&checkout_crate, 2);
+    let line = expect_line(&rx, "reload 3: generation 2 live");
+    assert!(
+        line.contains("catalog") && line.contains("checkout"),
+        "{line}"
+    );
+    assert_eq!(checkout(&base), "31");
+
+    // SIGTERM: it says it is stopping, and stops.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    expect_line(&rx, "graft dev: stopping");
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    eprintln!("graft dev exited {:?} after SIGTERM", started.elapsed());
+    assert!(status.success(), "{status:?}");
 }
