@@ -47,6 +47,18 @@ pub struct CheckedPlugin {
     pub sha256: String,
 }
 
+/// A host of its own in a temporary directory (removed when the returned guard drops).
+fn scratch_host() -> Result<(tempfile::TempDir, Host), DeployError> {
+    let scratch_error =
+        |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
+    let scratch =
+        tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
+    let host = Host::builder(scratch.path())
+        .build()
+        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    Ok((scratch, host))
+}
+
 /// What plugin libraries declare, read as a deploy would load them (staged, loaded, checked:
 /// the plugins' initialisers are not run, nothing is linked): what `graft pack` writes into a
 /// manifest.
@@ -56,13 +68,7 @@ pub struct CheckedPlugin {
 /// The [`DeployError`] a deploy would get at staging, loading or checking, and
 /// [`DeployCause::DuplicatePlugin`] for two libraries declaring the same plugin.
 pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployError> {
-    let scratch_error =
-        |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
-    let scratch =
-        tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
-    let host = Host::builder(scratch.path())
-        .build()
-        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    let (_scratch, host) = scratch_host()?;
     let declared = host
         .load_declared(libraries)?
         .iter()
@@ -83,13 +89,7 @@ pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployE
 /// The [`DeployError`] the same release would get from [`Host::deploy`], except that a partial
 /// release may leave imports open.
 pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
-    let scratch_error =
-        |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
-    let scratch =
-        tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
-    let host = Host::builder(scratch.path())
-        .build()
-        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    let (_scratch, host) = scratch_host()?;
     let (prepared, manifest) = host.prepare_check(path)?;
     let plugins = prepared
         .shipped()

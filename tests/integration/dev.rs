@@ -277,12 +277,7 @@ fn a_change_spanning_two_crates_lands_once_both_are_saved_and_sigterm_stops_it()
     assert_eq!(checkout(&base), "31");
 
     // SIGTERM: it says it is stopping, and stops.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    crate::serve::sigterm(&child);
     expect_line(&rx, "graft dev: stopping");
     let started = std::time::Instant::now();
     let status = child.wait().unwrap();

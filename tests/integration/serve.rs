@@ -97,7 +97,7 @@ pub(crate) fn write_post(stream: &mut std::net::TcpStream, path: &str, body: &st
 }
 
 /// Sends SIGTERM to a child process.
-fn sigterm(child: &std::process::Child) {
+pub(crate) fn sigterm(child: &std::process::Child) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
