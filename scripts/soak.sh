@@ -9,6 +9,8 @@
 #
 # RSS and the mapping count are read from /proc after `--warmup` deploys (allocator arenas and
 # caches settle first) and after the last one; bytes_per_reload = (rss_end - rss_start) / deploys.
+# A line before the last gives the mappings of staged plugin libraries alone (all mappings also
+# count thread stacks and malloc arenas, a few of which come and go).
 # Measured: about 150 bytes per library load stay allocated. They are tracing-core's: each plugin
 # image installs its own global subscriber (so plugin logs reach the host's), and tracing-core
 # 0.1 keeps it and its dispatcher list on the heap, referenced only from the image's statics,
@@ -68,10 +70,14 @@ def rss_kb():
 def maps():
     return sum(1 for _ in open(f"/proc/{pid}/maps"))
 
+def plugin_maps():
+    # Mappings of staged plugin copies: what a library never unloaded would leave.
+    return sum(1 for line in open(f"/proc/{pid}/maps") if "/staged/" in line)
+
 def settled():
     # The unloader closes the last generation's libraries once it drains: let it finish.
     time.sleep(1)
-    return rss_kb(), maps()
+    return rss_kb(), maps(), plugin_maps()
 
 failures = 0
 def one(i):
@@ -91,15 +97,18 @@ def one(i):
 
 for i in range(warmup):
     one(i)
-rss_start, maps_start = settled()
+rss_start, maps_start, plugins_start = settled()
 started = time.monotonic()
 for i in range(warmup, warmup + deploys):
     one(i)
     if (i - warmup + 1) % 1000 == 0:
         print(f"after {i - warmup + 1} deploys: rss_kb={rss_kb()} maps={maps()}", file=sys.stderr)
 took = time.monotonic() - started
-rss_end, maps_end = settled()
+rss_end, maps_end, plugins_end = settled()
 print(f"{deploys} deploys in {took:.1f} s ({deploys / took:.0f}/s)", file=sys.stderr)
+# All mappings also count thread stacks and malloc arenas, which come and go; these are the
+# plugins' own (one release's libraries, whatever the number of deploys).
+print(f"plugin_maps_start={plugins_start} plugin_maps_end={plugins_end}")
 per_reload = (rss_end - rss_start) * 1024 // deploys
 print(f"deploys={deploys} failures={failures} rss_start_kb={rss_start} rss_end_kb={rss_end} "
       f"bytes_per_reload={per_reload} maps_start={maps_start} maps_end={maps_end}")
