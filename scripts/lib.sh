@@ -6,6 +6,10 @@
 #   - build PROFILE CRATE...: builds the graft binary and these plugin crates (PROFILE is
 #     release or debug), and sets $target (the profile's output directory) and $graft;
 #   - lib CRATE: the library a plugin crate built, in $target;
+#   - pack_foo_releases: builds graft and the foo/bar/frob plugins (release) and packs them as
+#     two complete releases, $work/v1 and $work/v2;
+#   - serve_work ADMIN_PORT: runs `graft serve --config graft.toml` in $work (log in
+#     $work/serve.log), its pid in $server and $pids, and waits for its admin API;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
 #   - need_wrk: installs wrk if it is missing;
 #   - wait_for URL: waits (5 s at most) until URL answers.
@@ -33,6 +37,24 @@ build() {
 }
 
 lib() { echo "$target/lib${1//-/_}.so"; }
+
+pack_foo_releases() {
+  build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
+  local v
+  for v in v1 v2; do
+    "$graft" pack "$work/$v" --name "$v" --complete \
+      "$(lib "foo-$v")" "$(lib "bar-$v")" "$(lib "frob-$v")" >/dev/null
+  done
+}
+
+serve_work() {
+  # `exec`: the pid recorded is graft's own, so the cleanup stops the server (not a subshell)
+  # and /proc/$server is the server's.
+  (cd "$work" && RUST_LOG=warn exec "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
+  server=$!
+  pids+=("$server")
+  wait_for "http://127.0.0.1:$1/status"
+}
 
 port=$((20000 + RANDOM % 20000))
 

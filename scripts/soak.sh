@@ -30,9 +30,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
-"$graft" pack "$work/v1" --name v1 --complete "$(lib foo-v1)" "$(lib bar-v1)" "$(lib frob-v1)" >/dev/null
-"$graft" pack "$work/v2" --name v2 --complete "$(lib foo-v2)" "$(lib bar-v2)" "$(lib frob-v2)" >/dev/null
+pack_foo_releases
 
 port_app=$port port_admin=$((port + 1))
 cat >"$work/graft.toml" <<TOML
@@ -49,11 +47,7 @@ method = "POST"
 path = "/foo"
 export = "foo@1"
 TOML
-# `exec`: the pid recorded is graft's own, whose /proc entries are read.
-(cd "$work" && RUST_LOG=warn exec "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
-server=$!
-pids+=("$server")
-wait_for "http://127.0.0.1:$port_admin/status"
+serve_work "$port_admin"
 
 cat >"$work/soak.py" <<'PY'
 import http.client, json, sys, time

@@ -48,10 +48,7 @@ method = "POST"
 path = "/total"
 export = "total@1"
 EOF
-# `exec`: the pid recorded is graft's own, so the cleanup stops the server, not just a subshell.
-(cd "$work" && RUST_LOG=warn exec "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
-pids+=($!)
-wait_for "http://127.0.0.1:$port_admin/status"
+serve_work "$port_admin"
 
 # Each connection sends increments until `stop`, then GETs to an unrouted path (404) for the
 # tail of the run: wrk abandons the requests in flight when it ends, and those are then reads,

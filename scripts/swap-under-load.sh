@@ -38,9 +38,7 @@ done
 case "$baseline" in graft|restart|static) ;; *) echo "--baseline takes: restart, static" >&2; exit 2 ;; esac
 
 need_wrk
-build release foo-v1 bar-v1 frob-v1 foo-v2 bar-v2 frob-v2
-"$graft" pack "$work/v1" --name v1 --complete "$(lib foo-v1)" "$(lib bar-v1)" "$(lib frob-v1)" >/dev/null
-"$graft" pack "$work/v2" --name v2 --complete "$(lib foo-v2)" "$(lib bar-v2)" "$(lib frob-v2)" >/dev/null
+pack_foo_releases
 
 port_app=$port
 port_admin=$((port + 1))

@@ -173,13 +173,13 @@ pub fn unpack(bundle: impl io::Read, into: &Path, limits: BundleLimits) -> Resul
         }
         write(&mut entry, into, &path)?;
     }
-    let missing = wanted
-        .as_ref()
-        .and_then(|w| w.iter().find(|p| p.as_os_str() != SIGNATURE));
-    match (wanted.is_some(), missing) {
-        (false, _) => Err(BundleError::Missing(MANIFEST.to_owned())),
-        (true, Some(path)) => Err(BundleError::Missing(path.display().to_string())),
-        (true, None) => Ok(()),
+    // What is still wanted was not in the bundle (the signature is optional).
+    let Some(wanted) = wanted else {
+        return Err(BundleError::Missing(MANIFEST.to_owned()));
+    };
+    match wanted.iter().find(|p| p.as_os_str() != SIGNATURE) {
+        Some(path) => Err(BundleError::Missing(path.display().to_string())),
+        None => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decl::PluginInfo;
 use crate::error::{DeployCause, DeployError, Step};
+use crate::host::Shipped;
 use crate::link::{LinkProblem, LinkReport};
 use crate::Host;
 
@@ -47,6 +48,16 @@ pub struct CheckedPlugin {
     pub sha256: String,
 }
 
+impl CheckedPlugin {
+    fn of(shipped: &Shipped) -> Self {
+        Self {
+            info: shipped.plugin.info().clone(),
+            file: shipped.file.clone(),
+            sha256: shipped.plugin.sha256().to_owned(),
+        }
+    }
+}
+
 /// A host of its own in a temporary directory (removed when the returned guard drops).
 fn scratch_host() -> Result<(tempfile::TempDir, Host), DeployError> {
     let scratch_error =
@@ -72,11 +83,7 @@ pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployE
     let declared = host
         .load_declared(libraries)?
         .iter()
-        .map(|s| CheckedPlugin {
-            info: s.plugin.info().clone(),
-            file: s.file.clone(),
-            sha256: s.plugin.sha256().to_owned(),
-        })
+        .map(CheckedPlugin::of)
         .collect();
     host.flush_unloads();
     Ok(declared)
@@ -91,15 +98,7 @@ pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployE
 pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
     let (_scratch, host) = scratch_host()?;
     let (prepared, manifest) = host.prepare_check(path)?;
-    let plugins = prepared
-        .shipped()
-        .iter()
-        .map(|s| CheckedPlugin {
-            info: s.plugin.info().clone(),
-            file: s.file.clone(),
-            sha256: s.plugin.sha256().to_owned(),
-        })
-        .collect();
+    let plugins = prepared.shipped().iter().map(CheckedPlugin::of).collect();
     let report = CheckReport {
         path: path.to_owned(),
         release: manifest.as_ref().and_then(|m| m.name.clone()),

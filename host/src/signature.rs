@@ -16,9 +16,18 @@ use crate::bounded::Bounded;
 const PUBLIC: &str = "ed25519:";
 const SECRET: &str = "ed25519-secret:";
 
-/// A public key releases may be signed with.
-#[derive(Clone, PartialEq, Eq)]
+/// A public key releases may be signed with; deserialized from its one-line form.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct TrustedKey(VerifyingKey);
+
+impl TryFrom<String> for TrustedKey {
+    type Error = SignatureError;
+
+    fn try_from(text: String) -> Result<Self, SignatureError> {
+        Self::parse(&text)
+    }
+}
 
 /// A secret key that signs releases.
 pub struct SecretKey(SigningKey);

@@ -218,6 +218,8 @@ struct Active {
     waiting_logged: bool,
     /// The canary, until it is published (promoted) or dropped (aborted).
     prepared: Option<Prepared>,
+    /// A state change not yet written to the record.
+    unrecorded: bool,
 }
 
 /// What readers see: the status at the last change, and what refreshes its windows.
@@ -249,9 +251,6 @@ pub struct Rollouts {
     /// Where the rollout's status is written at each state change (`DATA/rollout.json`), so a
     /// restarted server knows a rollout was under way.
     record: Option<PathBuf>,
-    /// The event last recorded (count, time): the record is written when it changes, not at
-    /// every analysis tick.
-    recorded: Mutex<(usize, u64)>,
 }
 
 impl Rollouts {
@@ -287,7 +286,6 @@ impl Rollouts {
             state: Mutex::new(None),
             snapshot: ArcSwapOption::empty(),
             record,
-            recorded: Mutex::new((0, 0)),
         });
         let weak: Weak<Self> = Arc::downgrade(&rollouts);
         let spawned = std::thread::Builder::new()
@@ -383,11 +381,12 @@ impl Rollouts {
             baseline: (Counts::default(), Counts::default()),
             waiting_logged: false,
             prepared: Some(prepared),
+            unrecorded: true,
         };
         let message = format!("canary generation {canary} beside stable generation {stable}");
         event(&mut active, "started", message);
         let status = active.status.clone();
-        self.publish_snapshot(&active);
+        self.publish_snapshot(&mut active);
         *state = Some(active);
         Ok((report, status))
     }
@@ -628,30 +627,21 @@ impl Rollouts {
             .store(percent.min(100) * (BUCKETS / 100), Ordering::Relaxed);
     }
 
-    fn publish_snapshot(&self, active: &Active) {
+    /// Publishes the status for readers and, after a state change, writes it to the record.
+    fn publish_snapshot(&self, active: &mut Active) {
         self.snapshot.store(Some(Arc::new(Snapshot {
             status: active.status.clone(),
             baseline: active.baseline.clone(),
             step_started: active.step_started,
         })));
-        self.write_record(&active.status);
+        if std::mem::take(&mut active.unrecorded) {
+            self.write_record(&active.status);
+        }
     }
 
-    /// Writes the status to the record (temp file, fsync, rename) when it has an event not
-    /// recorded yet; a failure is logged.
+    /// Writes the status to the record (temp file, fsync, rename); a failure is logged.
     fn write_record(&self, status: &RolloutStatus) {
         let Some(path) = &self.record else { return };
-        let last = (
-            status.events.len(),
-            status.events.last().map_or(0, |e| e.at_ms),
-        );
-        {
-            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
-            if *recorded == last {
-                return;
-            }
-            *recorded = last;
-        }
         let written = serde_json::to_vec_pretty(status)
             .map_err(std::io::Error::other)
             .and_then(|bytes| graft_host::atomic_file::write(path, &bytes));
@@ -662,7 +652,17 @@ impl Rollouts {
 
     /// Takes a recorded rollout back as the last one; one that was under way is ended here as
     /// aborted: the restarted host serves stable, and its canary is gone.
-    fn carry_over(&self, mut status: RolloutStatus) {
+    fn carry_over(&self, status: RolloutStatus) {
+        let mut active = Active {
+            status,
+            plan: self.config.plan.clone(),
+            step_started: Instant::now(),
+            baseline: (Counts::default(), Counts::default()),
+            waiting_logged: false,
+            prepared: None,
+            unrecorded: false,
+        };
+        let status = &mut active.status;
         if status.state.is_under_way() {
             let current = self.host.pin().id();
             let message = format!(
@@ -675,28 +675,10 @@ impl Rollouts {
             tracing::warn!(canary = status.canary, stable = current, %message, "rollout");
             status.state = RolloutState::Aborted;
             status.weight = 0;
-            let (stable, canary) = (status.stable_window.clone(), status.canary_window.clone());
-            status.events.push(RolloutEvent {
-                at_ms: now_ms(),
-                event: "aborted".into(),
-                weight: 0,
-                message,
-                stable,
-                canary,
-            });
-            if status.events.len() > EVENTS_KEPT {
-                status.events.remove(0);
-            }
+            push_event(status, "aborted", message);
+            active.unrecorded = true;
         }
-        let active = Active {
-            status,
-            plan: self.config.plan.clone(),
-            step_started: Instant::now(),
-            baseline: (Counts::default(), Counts::default()),
-            waiting_logged: false,
-            prepared: None,
-        };
-        self.publish_snapshot(&active);
+        self.publish_snapshot(&mut active);
         *self.lock() = Some(active);
     }
 
@@ -723,6 +705,13 @@ fn event(active: &mut Active, kind: &str, message: String) {
         %message,
         "rollout"
     );
+    push_event(&mut active.status, kind, message);
+    active.unrecorded = true;
+}
+
+/// Appends an event to the status, with the windows as they are, keeping the last
+/// [`EVENTS_KEPT`].
+fn push_event(status: &mut RolloutStatus, kind: &str, message: String) {
     let entry = RolloutEvent {
         at_ms: now_ms(),
         event: kind.to_owned(),
@@ -731,10 +720,9 @@ fn event(active: &mut Active, kind: &str, message: String) {
         stable: status.stable_window.clone(),
         canary: status.canary_window.clone(),
     };
-    let events = &mut active.status.events;
-    events.push(entry);
-    if events.len() > EVENTS_KEPT {
-        events.remove(0);
+    status.events.push(entry);
+    if status.events.len() > EVENTS_KEPT {
+        status.events.remove(0);
     }
 }
 

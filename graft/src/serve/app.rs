@@ -88,14 +88,17 @@ impl RouteState {
         )
     }
 
-    /// Calls the export in the pinned generation, timing the call for `auto`.
-    fn call(&self, pin: &OwnedPin, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        let started = Instant::now();
+    /// Calls the export in the pinned generation. The call is timed only when something uses
+    /// the time: `auto` learning from it, or a deadline (returned then).
+    fn call(&self, pin: &OwnedPin, input: &[u8]) -> (Result<Vec<u8>, CallError>, Option<Duration>) {
+        let timed = self.mode == CallMode::Auto || self.deadline.is_some();
+        let started = timed.then(Instant::now);
         let result = pin.call_raw(&self.export, input);
-        if self.mode == CallMode::Auto {
-            self.learned.record(started.elapsed());
+        let took = started.map(|started| started.elapsed());
+        if let (CallMode::Auto, Some(took)) = (self.mode, took) {
+            self.learned.record(took);
         }
-        result
+        (result, took)
     }
 }
 
@@ -258,18 +261,17 @@ async fn run(
         let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let _entered = span.enter();
-            call.call(&pin, &input)
+            call.call(&pin, &input).0
         });
         return route.join(task).await;
     }
-    let started = Instant::now();
-    let result = {
+    let (result, took) = {
         let _entered = span.enter();
         route.call(&pin, &input)
     };
     drop(slot);
-    match route.deadline {
-        Some(deadline) if started.elapsed() > deadline => Err(route.late(deadline)),
+    match (route.deadline, took) {
+        (Some(deadline), Some(took)) if took > deadline => Err(route.late(deadline)),
         _ => Ok(result),
     }
 }

@@ -24,17 +24,20 @@
 //! On stop, the listener closes and every connection finishes the request it is serving, then
 //! closes (hyper's graceful shutdown).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::Response;
+use axum::routing::future::RouteFuture;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -67,6 +70,9 @@ struct Tracked {
     /// Closes it: at once (idle), or after its request (`graceful`, on stop).
     close: Notify,
     graceful: AtomicBool,
+    /// The listener's coarse clock ([`Connections::coarse_ms`]), held by each connection so
+    /// that a request ending reads it without touching anything every connection shares.
+    clock: Arc<AtomicU64>,
 }
 
 /// The connections of one listener, for the sweeper.
@@ -74,7 +80,7 @@ struct Connections {
     started: Instant,
     /// Milliseconds since `started`, as of the sweeper's last tick: the clock requests read,
     /// which costs them no system call.
-    coarse_ms: AtomicU64,
+    coarse_ms: Arc<AtomicU64>,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Tracked>>>,
 }
@@ -91,6 +97,7 @@ impl Connections {
             idle_since_ms: AtomicU64::new(self.now_ms()),
             close: Notify::new(),
             graceful: AtomicBool::new(false),
+            clock: Arc::clone(&self.coarse_ms),
         });
         self.lock().insert(id, Arc::clone(&tracked));
         (id, tracked)
@@ -130,23 +137,33 @@ impl Connections {
 
 /// The router, as hyper calls it for one connection: marks the connection busy while a request
 /// is served.
-#[derive(Clone)]
 struct Service1 {
-    router: Router,
+    /// This connection's handle on the router. hyper calls the service by `&self`, the router
+    /// wants `&mut self` (it does not keep the borrow): a `RefCell` lends it, where a clone per
+    /// request would touch a reference count every connection shares.
+    router: RefCell<Router>,
     tracked: Arc<Tracked>,
-    connections: Arc<Connections>,
     body_timeout: Duration,
 }
 
-/// Marks a connection idle again when its request ends (or is dropped).
-struct Served {
+/// A request being served: the router's future, and the connection marked busy until it is
+/// done (or dropped).
+struct Serving {
+    response: RouteFuture<Infallible>,
     tracked: Arc<Tracked>,
-    connections: Arc<Connections>,
 }
 
-impl Drop for Served {
+impl Future for Serving {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.response).poll(cx)
+    }
+}
+
+impl Drop for Serving {
     fn drop(&mut self) {
-        let now = self.connections.now_ms();
+        let now = self.tracked.clock.load(Ordering::Relaxed);
         self.tracked.idle_since_ms.store(now, Ordering::Relaxed);
         self.tracked.busy.fetch_sub(1, Ordering::Relaxed);
     }
@@ -155,22 +172,16 @@ impl Drop for Served {
 impl hyper::service::Service<Request<Incoming>> for Service1 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Serving;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.tracked.busy.fetch_add(1, Ordering::Relaxed);
-        let served = Served {
-            tracked: Arc::clone(&self.tracked),
-            connections: Arc::clone(&self.connections),
-        };
         let timeout = self.body_timeout;
         let request = request.map(|body| Body::new(TimedBody::new(body, timeout)));
-        let response = self.router.clone().call(request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(served);
-            response
-        })
+        Serving {
+            response: self.router.borrow_mut().call(request),
+            tracked: Arc::clone(&self.tracked),
+        }
     }
 }
 
@@ -186,7 +197,7 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = Arc::new(Connections {
         started: Instant::now(),
-        coarse_ms: AtomicU64::new(0),
+        coarse_ms: Arc::new(AtomicU64::new(0)),
         next_id: AtomicU64::new(0),
         open: Mutex::default(),
     });
@@ -215,9 +226,8 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let (id, tracked) = connections.track();
         let service = Service1 {
-            router: router.clone(),
+            router: RefCell::new(router.clone()),
             tracked: Arc::clone(&tracked),
-            connections: Arc::clone(&connections),
             body_timeout: limits.body_timeout,
         };
         let connection = http.serve_connection(TokioIo::new(stream), service);

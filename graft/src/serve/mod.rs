@@ -207,7 +207,7 @@ impl Server {
             .hook_timeout(Duration::from_millis(config.hook_timeout_ms))
             .migration_drain(Duration::from_millis(config.migration_drain_ms))
             .limits(config.limits)
-            .trusted_keys(config.trusted_keys())
+            .trusted_keys(config.trusted_keys.clone())
             .build()
             .map_err(|source| ServeError::Host {
                 dir: config.data_dir.clone(),

@@ -49,6 +49,7 @@ use crate::typed::TypedExport;
 use crate::unload::{Released, UnloadPolicy, Unloader};
 
 pub use prepare::Prepared;
+pub(crate) use prepare::Shipped;
 pub use save::SavedState;
 
 /// Runs plugins and replaces them while callers keep calling.

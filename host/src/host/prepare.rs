@@ -424,18 +424,7 @@ impl Host {
         let record = ReleaseRecord {
             generation: id,
             name: plan.label.clone(),
-            plugins: generation
-                .loaded()
-                .iter()
-                .map(|p| PluginRecord {
-                    name: p.info().name.clone(),
-                    version: p.info().version.clone(),
-                    sha256: p.sha256().to_owned(),
-                    staged: p.path().to_owned(),
-                    source: self.recorded(p, &shipped, |s| s.origin.clone(), |r| r.source.clone()),
-                    signed: self.recorded(p, &shipped, |s| s.voucher.clone(), |r| r.signed.clone()),
-                })
-                .collect(),
+            plugins: self.records_of(&generation, &shipped),
         };
         let report = DeployReport {
             generation: id,
@@ -462,29 +451,36 @@ impl Host {
         })
     }
 
-    /// What the release record keeps of a plugin of a new generation (its source, its
-    /// voucher): what the release shipped it with, or for a plugin carried over, what the
-    /// history says.
-    fn recorded<T>(
-        &self,
-        plugin: &LoadedPlugin,
-        shipped: &[Shipped],
-        of_shipped: impl Fn(&Shipped) -> Option<T>,
-        of_record: impl Fn(&PluginRecord) -> Option<T>,
-    ) -> Option<T> {
-        if let Some(s) = shipped
-            .iter()
-            .find(|s| s.plugin.sha256() == plugin.sha256())
-        {
-            return of_shipped(s);
-        }
+    /// The release record's entries for a new generation's plugins. Where each came from (its
+    /// source, its voucher) is what the release shipped it with, or for a plugin carried over,
+    /// what the history says (read under one lock).
+    fn records_of(&self, generation: &Generation, shipped: &[Shipped]) -> Vec<PluginRecord> {
         let book = self.lock_book();
-        book.history
+        generation
+            .loaded()
             .iter()
-            .rev()
-            .flat_map(|r| &r.plugins)
-            .find(|p| p.sha256 == plugin.sha256())
-            .and_then(of_record)
+            .map(|p| {
+                let sha256 = p.sha256();
+                let (source, signed) = match shipped.iter().find(|s| s.plugin.sha256() == sha256) {
+                    Some(s) => (s.origin.clone(), s.voucher.clone()),
+                    None => book
+                        .history
+                        .iter()
+                        .rev()
+                        .flat_map(|r| &r.plugins)
+                        .find(|r| r.sha256 == sha256)
+                        .map_or((None, None), |r| (r.source.clone(), r.signed.clone())),
+                };
+                PluginRecord {
+                    name: p.info().name.clone(),
+                    version: p.info().version.clone(),
+                    sha256: sha256.to_owned(),
+                    staged: p.path().to_owned(),
+                    source,
+                    signed,
+                }
+            })
+            .collect()
     }
 
     /// Stages, loads and checks builds without initialising, linking or publishing them: what

@@ -7,7 +7,8 @@
 //! manifest that vouches for it, so a rollback or a restart verifies again, from the data
 //! directory, that each recorded library is one a trusted key signed.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,13 @@ use super::Host;
 
 /// Where signed manifests are kept, in the data directory.
 pub(super) const SIGNED_DIR: &str = "signed";
+
+/// A manifest whose signature a trusted key verified, parsed from the very bytes verified.
+struct Signed {
+    manifest: Manifest,
+    bytes: Vec<u8>,
+    signature: String,
+}
 
 /// The most bytes a signature file may have (its one line is 136).
 const MAX_SIGNATURE_BYTES: u64 = 1024;
@@ -38,52 +46,24 @@ impl Host {
         &self,
         dir: &Path,
     ) -> Result<(Manifest, Option<String>), DeployError> {
-        let path = dir.join(MANIFEST);
-        let manifest_error = |e: crate::release::ManifestError| {
-            DeployError::new(Step::Manifest, None, Some(path.clone()), e.into())
-        };
         if !self.requires_signatures() {
             return Manifest::load_within(dir, &self.settings.limits)
                 .map(|m| (m, None))
-                .map_err(manifest_error);
+                .map_err(|e| {
+                    DeployError::new(Step::Manifest, None, Some(dir.join(MANIFEST)), e.into())
+                });
         }
-        let limit = self.settings.limits.max_manifest_bytes;
-        let bytes = read_bounded(&path, limit.saturating_add(1)).map_err(|source| {
-            let cause = DeployCause::Io("reading the manifest".into(), source);
-            DeployError::new(Step::Manifest, None, Some(path.clone()), cause)
-        })?;
-        let sig_path = dir.join(SIGNATURE);
-        let signature = match read_bounded(&sig_path, MAX_SIGNATURE_BYTES) {
-            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                let cause = DeployCause::Io("reading the signature".into(), source);
-                return Err(DeployError::new(
-                    Step::Signature,
-                    None,
-                    Some(sig_path),
-                    cause,
-                ));
-            }
-        };
-        signature::verify(&self.settings.trusted_keys, &bytes, signature.as_deref()).map_err(
-            |e| DeployError::new(Step::Signature, None, Some(sig_path.clone()), e.into()),
-        )?;
-        let manifest = Manifest::read_within(bytes.as_slice(), &path, &self.settings.limits)
-            .map_err(manifest_error)?;
-        let voucher = sha256_hex(&bytes);
-        let signature = signature.unwrap_or_default();
-        self.keep_signed(&voucher, &bytes, &signature)
+        let refused = |(step, file, cause)| DeployError::new(step, None, Some(file), cause);
+        let signed = self
+            .verify_signed(&dir.join(MANIFEST), &dir.join(SIGNATURE))
+            .map_err(refused)?;
+        let voucher = sha256_hex(&signed.bytes);
+        self.keep_signed(&voucher, &signed.bytes, &signed.signature)
             .map_err(|source| {
                 let cause = DeployCause::Io("keeping a copy of the signed manifest".into(), source);
-                DeployError::new(
-                    Step::Signature,
-                    None,
-                    Some(self.signed_path(&voucher, "toml")),
-                    cause,
-                )
+                refused((Step::Signature, self.signed_path(&voucher, "toml"), cause))
             })?;
-        Ok((manifest, Some(voucher)))
+        Ok((signed.manifest, Some(voucher)))
     }
 
     /// Refuses a release of builds (no manifest to sign) when signatures are required.
@@ -97,47 +77,72 @@ impl Host {
 
     /// Verifies, when signatures are required, that every plugin of a recorded release is
     /// vouched for by a signed manifest kept in the data directory that names it with its
-    /// sha256.
+    /// sha256. Each kept manifest is verified once, however many plugins it vouches for.
     pub(super) fn verify_record(&self, record: &ReleaseRecord) -> Result<(), DeployError> {
         if !self.requires_signatures() {
             return Ok(());
         }
+        let mut verified: HashMap<&str, Manifest> = HashMap::new();
         for plugin in &record.plugins {
-            let refuse = |file: Option<PathBuf>, cause: DeployCause| {
-                DeployError::new(Step::Signature, Some(&plugin.name), file, cause)
+            let refused = |(step, file, cause): (Step, Option<PathBuf>, DeployCause)| {
+                DeployError::new(step, Some(&plugin.name), file, cause)
             };
             let Some(voucher) = plugin.signed.as_deref().filter(|v| is_hex(v)) else {
-                return Err(refuse(
-                    None,
-                    DeployCause::Signature(SignatureError::Unsigned),
-                ));
+                let cause = DeployCause::Signature(SignatureError::Unsigned);
+                return Err(refused((Step::Signature, None, cause)));
             };
             let manifest_path = self.signed_path(voucher, "toml");
-            let bytes = read_bounded(&manifest_path, self.settings.limits.max_manifest_bytes)
-                .map_err(|e| {
-                    refuse(
-                        Some(manifest_path.clone()),
-                        DeployCause::Io("reading the signed manifest".into(), e),
-                    )
-                })?;
-            let signature = read_bounded(&self.signed_path(voucher, "sig"), MAX_SIGNATURE_BYTES)
-                .ok()
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
-            signature::verify(&self.settings.trusted_keys, &bytes, signature.as_deref())
-                .map_err(|e| refuse(Some(manifest_path.clone()), e.into()))?;
-            let manifest =
-                Manifest::read_within(bytes.as_slice(), &manifest_path, &self.settings.limits)
-                    .map_err(|e| refuse(Some(manifest_path.clone()), e.into()))?;
+            let manifest = match verified.entry(voucher) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let signed = self
+                        .verify_signed(&manifest_path, &self.signed_path(voucher, "sig"))
+                        .map_err(|(step, file, cause)| refused((step, Some(file), cause)))?;
+                    new.insert(signed.manifest)
+                }
+            };
             let vouched = manifest
                 .plugins
                 .iter()
                 .any(|p| p.name == plugin.name && p.sha256 == plugin.sha256);
             if !vouched {
                 let cause = DeployCause::Signature(SignatureError::NotVouched);
-                return Err(refuse(Some(manifest_path), cause));
+                return Err(refused((Step::Signature, Some(manifest_path), cause)));
             }
         }
         Ok(())
+    }
+
+    /// Reads a manifest and its signature, verifies the signature over the manifest's bytes
+    /// under the trusted keys, and parses those very bytes. A refusal names its step and file.
+    fn verify_signed(
+        &self,
+        manifest_path: &Path,
+        sig_path: &Path,
+    ) -> Result<Signed, (Step, PathBuf, DeployCause)> {
+        let limit = self.settings.limits.max_manifest_bytes.saturating_add(1);
+        let bytes = read_bounded(manifest_path, limit).map_err(|source| {
+            let cause = DeployCause::Io("reading the manifest".into(), source);
+            (Step::Manifest, manifest_path.to_owned(), cause)
+        })?;
+        let signature = match read_bounded(sig_path, MAX_SIGNATURE_BYTES) {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                let cause = DeployCause::Io("reading the signature".into(), source);
+                return Err((Step::Signature, sig_path.to_owned(), cause));
+            }
+        };
+        signature::verify(&self.settings.trusted_keys, &bytes, signature.as_deref())
+            .map_err(|e| (Step::Signature, sig_path.to_owned(), e.into()))?;
+        let manifest =
+            Manifest::read_within(bytes.as_slice(), manifest_path, &self.settings.limits)
+                .map_err(|e| (Step::Manifest, manifest_path.to_owned(), e.into()))?;
+        Ok(Signed {
+            manifest,
+            bytes,
+            signature: signature.unwrap_or_default(),
+        })
     }
 
     fn signed_path(&self, voucher: &str, extension: &str) -> PathBuf {
