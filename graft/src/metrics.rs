@@ -41,6 +41,9 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// How many generations' series handles requests find without a lock: stable and canary.
+const CACHED_GENERATIONS: usize = 2;
+
 /// How many generations keep their request series.
 const KEPT_GENERATIONS: usize = 32;
 
@@ -57,8 +60,10 @@ struct GenerationMetrics {
 /// The metrics of one server.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    /// The handles of the generation most recently served (almost always the current one).
-    recent: arc_swap::ArcSwapOption<GenerationMetrics>,
+    /// The handles of the [`CACHED_GENERATIONS`] generations most recently served, newest
+    /// first: the current one, and during a rollout the other side too, so requests that
+    /// alternate between stable and canary find theirs without a lock.
+    recent: arc_swap::ArcSwap<Vec<Arc<GenerationMetrics>>>,
     /// The generations with request series, oldest first.
     served: Mutex<VecDeque<u64>>,
     registry: Registry,
@@ -220,7 +225,7 @@ impl Metrics {
             libraries.clone(),
         );
         Arc::new(Self {
-            recent: arc_swap::ArcSwapOption::empty(),
+            recent: arc_swap::ArcSwap::default(),
             served: Mutex::default(),
             registry,
             requests,
@@ -241,9 +246,9 @@ impl Metrics {
     pub(crate) fn request(&self, generation: u64, ok: bool, elapsed: Duration) {
         let recent = self.recent.load();
         let fresh;
-        let handles = match recent.as_deref() {
-            Some(handles) if handles.generation == generation => handles,
-            _ => {
+        let handles = match recent.iter().find(|h| h.generation == generation) {
+            Some(handles) => &**handles,
+            None => {
                 // A generation not cached: resolve its labelled series (a lock and a map
                 // lookup), once per switch rather than per request.
                 let label = GenerationLabel { generation };
@@ -254,7 +259,9 @@ impl Metrics {
                     errors: self.errors.get_or_create(&label).clone(),
                     latency: self.latency.get_or_create(&label).clone(),
                 });
-                self.recent.store(Some(Arc::clone(&fresh)));
+                let kept = recent.iter().take(CACHED_GENERATIONS - 1).cloned();
+                let cached = std::iter::once(Arc::clone(&fresh)).chain(kept).collect();
+                self.recent.store(Arc::new(cached));
                 &*fresh
             }
         };
