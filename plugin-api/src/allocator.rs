@@ -6,7 +6,7 @@
 //! per load: installing the log forwarder as the image's `tracing` global default, which
 //! tracing-core 0.1 keeps on the heap on purpose (the subscriber, leaked as an `Arc`, and its
 //! list of dispatchers) with no way to uninstall it. While [`in_image`] runs, allocations come
-//! from [`ARENA`], a static in the image, and so are unmapped with it: a reload leaves nothing
+//! from an arena, a static in the image, and so are unmapped with it: a reload leaves nothing
 //! behind (`scripts/soak.sh` measures it).
 //!
 //! Outside [`in_image`] this is [`System`] plus one relaxed load per allocation and one address
