@@ -180,10 +180,20 @@ if [ "$baseline" = static ]; then
   "$target/static-baseline" "127.0.0.1:$port_static" >>"$work/static.log" 2>&1 &
   pids+=($!)
   wait_for "http://127.0.0.1:$port_static/"
+  # One uncounted second each first (fresh processes fault in pages and grow buffers), then
+  # the pairs of windows in ABBA order, so that a machine steadily speeding up or slowing down
+  # favours neither server.
+  load 1 "$port_app" 0 >/dev/null
+  load 1 "$port_static" 0 >/dev/null
   graft_load=$zero static_load=$zero
-  for _ in $(seq 1 "$windows"); do
-    graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
-    static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
+  for i in $(seq 1 "$windows"); do
+    if [ $((i % 2)) -eq 1 ]; then
+      graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
+      static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
+    else
+      static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
+      graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
+    fi
   done
   both=$(add "$graft_load" "$static_load")
   rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
@@ -145,12 +145,12 @@ const HELD_RETRY: Duration = Duration::from_micros(200);
 
 /// One HTTP request: route (stable or canary) and pin, call (inline or on the blocking pool),
 /// answer with the generation that served it.
-async fn call_export(
-    State(route): State<Arc<RouteState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request) -> Response {
     let started = Instant::now();
+    // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
+    // is read under the body limit the request carries.
+    let headers = std::mem::take(request.headers_mut());
+    let body = Bytes::from_request(request, &()).await;
     let span = tracing::info_span!(
         "request",
         method = %route.method,
