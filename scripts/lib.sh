@@ -11,7 +11,7 @@
 #   - serve_work ADMIN_PORT: runs `graft serve --config graft.toml` in $work (log in
 #     $work/serve.log), its pid in $server and $pids, and waits for its admin API;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
-#   - need_wrk: installs wrk if it is missing;
+#   - need TOOL (need_wrk): installs a missing tool (wrk, valgrind) from Debian's packages;
 #   - wait_for URL: waits (5 s at most) until URL answers.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
@@ -58,12 +58,14 @@ serve_work() {
 
 port=$((20000 + RANDOM % 20000))
 
-need_wrk() {
-  if ! command -v wrk >/dev/null; then
-    echo "installing wrk" >&2
-    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+# need TOOL: installs the Debian package of that name if the command is missing.
+need() {
+  if ! command -v "$1" >/dev/null; then
+    echo "installing $1" >&2
+    (apt-get update -qq && apt-get install -y -qq "$1") >/dev/null
   fi
 }
+need_wrk() { need wrk; }
 
 wait_for() {
   for _ in $(seq 1 500); do curl -s -o /dev/null "$1" && return 0; sleep 0.01; done
