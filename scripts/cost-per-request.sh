@@ -33,20 +33,7 @@ pack_foo_releases
 cargo build --release --quiet -p static-baseline
 
 port_app=$port port_admin=$((port + 1)) port_static=$((port + 2))
-cat >"$work/graft.toml" <<TOML
-data_dir = "data"
-release = "$work/v1"
-listen = "127.0.0.1:$port_app"
-
-[admin]
-listen = "127.0.0.1:$port_admin"
-
-[[route]]
-method = "POST"
-path = "/foo"
-export = "foo@1"
-mode = "inline"
-TOML
+foo_config data "$work/v1" "" 'mode = "inline"' >"$work/graft.toml"
 
 cat >"$work/client.py" <<'PY'
 # client.py PORT N: N requests on one keep-alive connection, each checked.

@@ -8,6 +8,9 @@
 #   - lib CRATE: the library a plugin crate built, in $target;
 #   - pack_foo_releases: builds graft and the foo/bar/frob plugins (release) and packs them as
 #     two complete releases, $work/v1 and $work/v2;
+#   - foo_config DATA_DIR RELEASE [TOP_LINES [ROUTE_LINES]]: prints a graft.toml serving the
+#     foo service (POST /foo on foo@1) on $port_app, admin on $port_admin, with those lines
+#     added at the top level and to the route;
 #   - serve_work ADMIN_PORT: runs `graft serve --config graft.toml` in $work (log in
 #     $work/serve.log), its pid in $server and $pids, and waits for its admin API;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
@@ -45,6 +48,24 @@ pack_foo_releases() {
     "$graft" pack "$work/$v" --name "$v" --complete \
       "$(lib "foo-$v")" "$(lib "bar-$v")" "$(lib "frob-$v")" >/dev/null
   done
+}
+
+foo_config() {
+  cat <<EOF
+data_dir = "$1"
+release = "$2"
+listen = "127.0.0.1:$port_app"
+${3:-}
+
+[admin]
+listen = "127.0.0.1:$port_admin"
+
+[[route]]
+method = "POST"
+path = "/foo"
+export = "foo@1"
+${4:-}
+EOF
 }
 
 serve_work() {

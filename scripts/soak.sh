@@ -31,20 +31,7 @@ done
 pack_foo_releases
 
 port_app=$port port_admin=$((port + 1))
-cat >"$work/graft.toml" <<TOML
-data_dir = "data"
-release = "$work/v1"
-listen = "127.0.0.1:$port_app"
-unload_policy = "when-drained"
-
-[admin]
-listen = "127.0.0.1:$port_admin"
-
-[[route]]
-method = "POST"
-path = "/foo"
-export = "foo@1"
-TOML
+foo_config data "$work/v1" 'unload_policy = "when-drained"' >"$work/graft.toml"
 serve_work "$port_admin"
 
 cat >"$work/soak.py" <<'PY'

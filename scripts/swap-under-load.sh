@@ -44,26 +44,11 @@ port_app=$port
 port_admin=$((port + 1))
 # config NAME RELEASE: a graft.toml with its own data dir, on the fixed loopback ports.
 config() {
-  cat >"$work/$1.toml" <<EOF
-data_dir = "data-$1"
-release = "$2"
-listen = "127.0.0.1:$port_app"
-drain_timeout_ms = 10000
-unload_policy = "$unload_policy"
-
-[admin]
-listen = "127.0.0.1:$port_admin"
-
-[[route]]
-method = "POST"
-path = "/foo"
-export = "foo@1"
-
-[[route]]
-method = "POST"
-path = "/slow"
-export = "foo@1"
-EOF
+  {
+    foo_config "data-$1" "$2" "drain_timeout_ms = 10000
+unload_policy = \"$unload_policy\""
+    printf '\n[[route]]\nmethod = "POST"\npath = "/slow"\nexport = "foo@1"\n'
+  } >"$work/$1.toml"
   echo "$work/$1.toml"
 }
 
