@@ -107,6 +107,19 @@ pub struct LinkError {
     pub problems: Vec<LinkProblem>,
 }
 
+impl LinkError {
+    /// The importing plugin of the first problem that has one (an ambiguous export has none):
+    /// the plugin a refused release's error names.
+    pub fn importer(&self) -> Option<&str> {
+        self.problems.iter().find_map(|problem| match problem {
+            LinkProblem::Missing { importer, .. } | LinkProblem::Mismatch { importer, .. } => {
+                Some(importer.as_str())
+            }
+            LinkProblem::Ambiguous { .. } => None,
+        })
+    }
+}
+
 /// The link report of a set of plugins: every resolved edge and every problem.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LinkReport {

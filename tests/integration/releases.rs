@@ -11,14 +11,20 @@ fn a_new_bar_without_the_new_frob_is_rejected_and_the_old_release_keeps_serving(
     let host = env.host();
     host.deploy(env.complete_release("v1", V1)).unwrap();
 
-    let err = host
-        .deploy(env.release("bar-only", &["foo-v2", "bar-v2"]))
-        .unwrap_err();
+    let bar_only = env.release("bar-only", &["foo-v2", "bar-v2"]);
+    let err = host.deploy(&bar_only).unwrap_err();
     assert_eq!(err.step(), Step::Link);
     let message = graft_host::DisplayChain(&err).to_string();
     assert!(
         message
             .contains("plugin foo imports frob@2, which no plugin of the new generation exports"),
+        "{message}"
+    );
+    // The importer and its file, as the release ships it.
+    assert_eq!(err.plugin(), Some("foo"), "{message}");
+    assert_eq!(
+        err.file().and_then(|f| f.parent()),
+        Some(&*bar_only),
         "{message}"
     );
 
@@ -27,6 +33,10 @@ fn a_new_bar_without_the_new_frob_is_rejected_and_the_old_release_keeps_serving(
         .unwrap_err();
     let message = graft_host::DisplayChain(&err).to_string();
     assert!(message.contains("plugin foo imports frob@1"), "{message}");
+    // foo is carried over from v1: its file is the staged copy it runs from.
+    assert_eq!(err.plugin(), Some("foo"), "{message}");
+    let staged = err.file().expect("the error names foo's file");
+    assert!(staged.starts_with(env.path("data/staged")), "{message}");
 
     assert_eq!(host.pin().id(), 1);
     assert_eq!(versions(&foo(&host, 1)), ("1.0.0", "1.0.0", "1.0.0"));

@@ -445,7 +445,9 @@ fn the_cli_deploys_rolls_back_and_reports_refusals() {
     let (ok, _, stderr) = graft_cli(&["deploy", bad.to_str().unwrap()], &admin);
     assert!(!ok, "a refused deploy exits non-zero");
     assert!(
-        stderr.contains("release rejected at link") && stderr.contains("plugin foo imports frob@2"),
+        stderr.contains("release rejected at link, plugin foo, file ")
+            && stderr.contains("/staged/foo-")
+            && stderr.contains("plugin foo imports frob@2"),
         "{stderr}"
     );
     assert_eq!(

@@ -359,7 +359,7 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
                 ],
             ),
             Step::Link,
-            None,
+            Some("foo"),
             "plugin foo imports frob@1 as u64 -> Frob1, but plugin frob exports it as u64 -> RString",
         ),
         case(
@@ -411,7 +411,7 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
                 &[("unlinked", "libunlinked.so", read("unlinked"), None)],
             ),
             Step::Link,
-            None,
+            Some("unlinked"),
             "plugin unlinked imports nothing@1",
         ),
         case(

@@ -402,7 +402,20 @@ impl Host {
             set.iter().map(|p| (p.info(), p.exports().map(|(_, f)| f))),
             open,
         )
-        .map_err(|e| DeployError::new(Step::Link, None, None, e.into()))?;
+        .map_err(|e| {
+            // Named: the first importer that cannot link, and its file (the one the release
+            // ships, or for a plugin carried over, its staged copy).
+            let plugin = e.importer().map(str::to_owned);
+            let file = plugin.as_deref().and_then(|name| {
+                let shipped = shipped.iter().find(|s| &*s.plugin.info().name == name);
+                shipped.map(|s| s.file.clone()).or_else(|| {
+                    set.iter()
+                        .find(|p| &*p.info().name == name)
+                        .map(|p| p.path().to_owned())
+                })
+            });
+            DeployError::new(Step::Link, plugin.as_deref(), file, e.into())
+        })?;
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
         let saved = (base.id() == 0).then_some(self.state_dir.as_path());
