@@ -10,6 +10,7 @@ mod dev;
 mod evolution;
 mod fleet;
 mod isolation;
+mod lifecycle;
 mod logging;
 mod pinning;
 mod publish;
