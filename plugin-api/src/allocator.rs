@@ -9,9 +9,10 @@
 //! from an arena, a static in the image, and so are unmapped with it: a reload leaves nothing
 //! behind (`scripts/soak.sh` measures it).
 //!
-//! Outside [`in_image`] this is [`System`] plus one relaxed load per allocation and one address
-//! comparison per free. `plugin!` declares it as the crate's `#[global_allocator]`, so a plugin
-//! cannot declare another.
+//! Outside [`in_image`] this is the allocator it wraps ([`System`] unless the plugin names
+//! another) plus one relaxed load per allocation and one address comparison per free. `plugin!`
+//! declares it as the crate's `#[global_allocator]`, so a plugin that wants another allocator
+//! names it there (`allocator: mimalloc::MiMalloc`, a unit struct) instead of declaring its own.
 
 #![allow(unsafe_code)]
 
@@ -19,9 +20,19 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// The global allocator `plugin!` declares (see the [module docs](self)).
+/// The global allocator `plugin!` declares (see the [module docs](self)): `A`, with graft's
+/// once-per-load allocations kept in the image.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PluginAllocator;
+pub struct PluginAllocator<A = System> {
+    inner: A,
+}
+
+impl<A> PluginAllocator<A> {
+    /// `inner`, with the image's arena in front of it.
+    pub const fn new(inner: A) -> Self {
+        Self { inner }
+    }
+}
 
 /// Arena bytes: what installing the forwarder needs (about 100) with room to spare. Once it is
 /// used up, allocations fall back to the heap, as if there were no arena.
@@ -88,8 +99,8 @@ pub fn in_arena(ptr: *const u8) -> bool {
 }
 
 // SAFETY: arena pointers are aligned as asked, inside the arena, never handed out twice and
-// never passed to `System`; every other pointer is `System`'s, and goes back to it.
-unsafe impl GlobalAlloc for PluginAllocator {
+// never passed to `inner`; every other pointer is `inner`'s, and goes back to it.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for PluginAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if ACTIVE.load(Ordering::Relaxed) {
             if let Some(ptr) = arena_alloc(layout) {
@@ -97,7 +108,7 @@ unsafe impl GlobalAlloc for PluginAllocator {
             }
         }
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
+        unsafe { self.inner.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -108,21 +119,21 @@ unsafe impl GlobalAlloc for PluginAllocator {
             }
         }
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // An arena block is freed with the image.
         if !in_arena(ptr.cast_const()) {
-            // SAFETY: not an arena pointer, so `System` allocated it with this layout.
-            unsafe { System.dealloc(ptr, layout) }
+            // SAFETY: not an arena pointer, so `inner` allocated it with this layout.
+            unsafe { self.inner.dealloc(ptr, layout) }
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !in_arena(ptr.cast_const()) {
-            // SAFETY: not an arena pointer, so `System` allocated it with this layout.
-            return unsafe { System.realloc(ptr, layout, new_size) };
+            // SAFETY: not an arena pointer, so `inner` allocated it with this layout.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
         // SAFETY: the caller guarantees `new_size`, rounded up to `layout.align()`, fits `isize`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };

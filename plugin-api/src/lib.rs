@@ -83,7 +83,8 @@
 //! free of background threads. Writing to stdout with `println!` leaks a small buffer per reload,
 //! as does anything else the plugin allocates and keeps only in a static (a cache in a `OnceLock`):
 //! unloading frees the statics, not the heap they point to. `plugin!` declares the crate's global
-//! allocator ([`allocator::PluginAllocator`], the system's), so a plugin declares none of its own.
+//! allocator ([`allocator::PluginAllocator`], around the system's or the one its `allocator`
+//! names), so a plugin declares none of its own.
 //! A plugin must be built with `panic = "unwind"` (the default): the host refuses one built
 //! with `panic = "abort"`, whose first panic would end the whole process.
 //!
@@ -159,6 +160,10 @@ pub mod __private {
 /// - `async_exports` maps each contract declared `json async fn` to an
 ///   `async fn(Context<'static>, C::In) -> Result<C::Out, Error>` (see [`asynchronous`]).
 /// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live.
+/// - `allocator` names the plugin's allocator, a unit struct implementing `GlobalAlloc`
+///   (`mimalloc::MiMalloc`); the system's by default. The macro declares the crate's
+///   `#[global_allocator]` (a [`allocator::PluginAllocator`] around it), so the crate must
+///   not declare one.
 ///
 /// The macro records every contract's types and the crate's panic strategy in the root module,
 /// and exports it, so the crate must be a `cdylib` that also depends on `abi_stable` (the
@@ -177,6 +182,7 @@ macro_rules! plugin {
         $(, pre_activate: $pre_activate:path)?
         $(, post_activate: $post_activate:path)?
         $(, pre_unload: $pre_unload:path)?
+        $(, allocator: $allocator:path)?
         $(,)?
     ) => {
         #[allow(non_camel_case_types, dead_code, clippy::upper_case_acronyms)]
@@ -259,11 +265,7 @@ macro_rules! plugin {
                 ),
             ));
 
-        /// The plugin's allocator: the system's, and nothing left behind when the library is
-        /// unloaded (see `graft_api::allocator`).
-        #[global_allocator]
-        static __GRAFT_ALLOCATOR: $crate::allocator::PluginAllocator =
-            $crate::allocator::PluginAllocator;
+        $crate::__graft_allocator!($($allocator)?);
 
         /// The plugin's abi_stable root module (the static it exports has no docs of its own).
         #[doc(hidden)]
@@ -301,6 +303,22 @@ macro_rules! __graft_migration {
             }
             __graft_migrate
         })
+    };
+}
+
+/// The plugin's global allocator: `plugin!`'s `allocator`, or the system's, behind the image's
+/// arena (see [`allocator`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __graft_allocator {
+    () => {
+        $crate::__graft_allocator!(::std::alloc::System);
+    };
+    ($allocator:path) => {
+        /// The plugin's allocator, which leaves nothing behind when the library is unloaded.
+        #[global_allocator]
+        static __GRAFT_ALLOCATOR: $crate::allocator::PluginAllocator<$allocator> =
+            $crate::allocator::PluginAllocator::new($allocator);
     };
 }
 
