@@ -159,7 +159,9 @@ pub mod __private {
 ///   `fn(&Context<'_>, C::In) -> Result<C::Out, Error>`.
 /// - `async_exports` maps each contract declared `json async fn` to an
 ///   `async fn(Context<'static>, C::In) -> Result<C::Out, Error>` (see [`asynchronous`]).
-/// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live.
+/// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live;
+///   `pre_activate`, `post_activate` and `pre_unload` name lifecycle hooks, each a
+///   `fn() -> Result<(), Error>` (when each runs: the README, "Hooks").
 /// - `allocator` names the plugin's allocator, a unit struct implementing `GlobalAlloc`
 ///   (`mimalloc::MiMalloc`); the system's by default. The macro declares the crate's
 ///   `#[global_allocator]` (a [`allocator::PluginAllocator`] around it), so the crate must
@@ -167,8 +169,7 @@ pub mod __private {
 ///
 /// The macro records every contract's types and the crate's panic strategy in the root module,
 /// and exports it, so the crate must be a `cdylib` that also depends on `abi_stable` (the
-/// version `graft-api` uses). It also declares the crate's global allocator,
-/// [`allocator::PluginAllocator`]. See the crate docs for an example.
+/// version `graft-api` uses). See the crate docs for an example.
 #[macro_export]
 macro_rules! plugin {
     (
