@@ -1,5 +1,5 @@
-//! The plugin's global allocator: the system allocator, plus a small arena in the plugin's own
-//! image for what graft's runtime allocates once per load and can never free.
+//! The plugin's global allocator: the system's (or one the plugin names), plus a small arena in
+//! the plugin's own image for what graft's runtime allocates once per load and can never free.
 //!
 //! Unloading a library unmaps its statics but not the heap, so an allocation referenced only
 //! from a plugin's statics leaks on every reload. graft's own runtime makes two such allocations
