@@ -14,8 +14,8 @@
 #   - serve_work ADMIN_PORT: runs `graft serve --config graft.toml` in $work (log in
 #     $work/serve.log), its pid in $server and $pids, and waits for its admin API;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
-#   - need TOOL (need_wrk): installs a missing tool (wrk, valgrind) from Debian's packages;
-#   - wait_for URL: waits (5 s at most) until URL answers.
+#   - need TOOL: installs a missing tool (wrk, valgrind) from Debian's packages;
+#   - wait_for URL [SECONDS]: waits (5 s unless told) until URL answers.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 work=$(mktemp -d)
@@ -86,10 +86,9 @@ need() {
     (apt-get update -qq && apt-get install -y -qq "$1") >/dev/null
   fi
 }
-need_wrk() { need wrk; }
 
 wait_for() {
-  for _ in $(seq 1 500); do curl -s -o /dev/null "$1" && return 0; sleep 0.01; done
+  for _ in $(seq 1 $((${2:-5} * 100))); do curl -s -o /dev/null "$1" && return 0; sleep 0.01; done
   echo "$1 never answered" >&2
   return 1
 }

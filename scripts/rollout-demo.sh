@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need_wrk
+need wrk
 build release hello-v1 hello-v2 hello-flaky
 "$graft" pack "$work/v1" --name v1 --complete "$(lib hello-v1)" >/dev/null
 "$graft" pack "$work/v2" --name v2 --complete "$(lib hello-v2)" >/dev/null

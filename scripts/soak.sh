@@ -38,7 +38,7 @@ foo_config data "$work/v1" 'unload_policy = "when-drained"' >"$work/graft.toml"
 serve_work "$port_admin"
 
 cat >"$work/soak.py" <<'PY'
-import http.client, json, sys, time
+import http.client, json, statistics, sys, time
 pid, port_app, port_admin, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 deploys, warmup = int(sys.argv[5]), int(sys.argv[6])
 admin = http.client.HTTPConnection("127.0.0.1", port_admin, timeout=30)
@@ -97,13 +97,13 @@ for i in range(warmup, warmup + deploys):
         print(f"after {done} deploys: rss_kb={rss_kb()} anon_kb={anon[-1]} maps={maps()}", file=sys.stderr)
 took = time.monotonic() - started - paused
 rss_end, maps_end, plugins_end = settled()
-rates = sorted((b - a) * 1024 // quarter for a, b in zip(anon, anon[1:]))
+rates = [(b - a) * 1024 // quarter for a, b in zip(anon, anon[1:])]
 print(f"{deploys} deploys in {took:.1f} s ({deploys / took:.0f}/s)", file=sys.stderr)
 # All mappings also count thread stacks and malloc arenas, which come and go; these are the
 # plugins' own (one release's libraries, whatever the number of deploys).
 # The median quarter's heap growth per reload is what a leak would show, without the steps.
 print(f"plugin_maps_start={plugins_start} plugin_maps_end={plugins_end} "
-      f"median_quarter_bytes_per_reload={(rates[1] + rates[2]) // 2 if len(rates) == 4 else rates[0]}")
+      f"median_quarter_bytes_per_reload={int(statistics.median(rates or [0]))}")
 per_reload = (rss_end - rss_start) * 1024 // deploys
 print(f"deploys={deploys} failures={failures} rss_start_kb={rss_start} rss_end_kb={rss_end} "
       f"bytes_per_reload={per_reload} maps_start={maps_start} maps_end={maps_end}")

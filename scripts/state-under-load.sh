@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need_wrk
+need wrk
 build release counter-v1 counter-v2
 "$graft" pack "$work/v1" --name v1 --complete "$(lib counter-v1)" >/dev/null
 "$graft" pack "$work/v2" --name v2 --complete "$(lib counter-v2)" >/dev/null

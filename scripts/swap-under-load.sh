@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 case "$baseline" in graft|restart|static) ;; *) echo "--baseline takes: restart, static" >&2; exit 2 ;; esac
 
-need_wrk
+need wrk
 pack_foo_releases
 
 port_app=$port
