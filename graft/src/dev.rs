@@ -628,7 +628,7 @@ pub async fn serve(
         () = ended => {}
     }
     stop.store(true, Ordering::Relaxed);
-    server.shutdown().await;
+    let _ = server.shutdown().await;
     if watching.is_finished() {
         watching.join().map_err(|_| DevError::Panicked)??;
     }

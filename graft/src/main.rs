@@ -453,7 +453,7 @@ fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let runtime = runtime()?;
-    let drained = runtime.block_on(async {
+    let stopped = runtime.block_on(async {
         let server = Server::start(config).await?;
         outln!(
             "graft: serving on http://{}, admin on http://{}",
@@ -465,9 +465,14 @@ fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
     // Plugin calls and deploys still running cannot be stopped, and tokio would wait for them:
     // give them a moment, then exit anyway.
     runtime.shutdown_timeout(EXIT_MARGIN);
+    if let Err(error) = &stopped.saved {
+        anyhow::bail!("saving plugin state failed: {error}");
+    }
     anyhow::ensure!(
-        drained,
-        "requests still in flight at the drain deadline were abandoned (drain_timeout_ms)"
+        stopped.drained,
+        "{} request(s) still in flight at the drain deadline were abandoned (drain_timeout_ms); \
+         the plugin state was saved",
+        stopped.abandoned
     );
     Ok(())
 }

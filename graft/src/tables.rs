@@ -79,6 +79,19 @@ impl fmt::Display for StatusResponse {
                 library.path.display()
             )?;
         }
+        // Calls running for a second or more: most are past their route's deadline and cannot
+        // be stopped (a synchronous call), or simply slow.
+        let long: Vec<_> = status.calls.iter().filter(|c| c.age_ms >= 1000).collect();
+        if !long.is_empty() {
+            writeln!(
+                f,
+                "calls in flight for 1 s or more ({} in flight in all):",
+                status.in_flight
+            )?;
+            for call in long {
+                writeln!(f, "  {call}")?;
+            }
+        }
         if let Some(error) = status.last_deploy.as_ref().and_then(|d| d.error.as_deref()) {
             writeln!(f, "last deploy failed: {error}")?;
         }

@@ -11,6 +11,7 @@ use crate::elf::ElfError;
 use crate::link::LinkError;
 use crate::loader::LoadError;
 use crate::release::ManifestError;
+use crate::status::CallStatus;
 
 /// The step of a deploy (or rollback) at which it failed.
 ///
@@ -181,10 +182,17 @@ pub enum DeployCause {
     /// same schema, a migration that failed or panicked).
     #[error("state: {}", Bounded(.0))]
     State(String),
-    /// The requests in flight did not finish within the migration's drain deadline; new ones
-    /// were held and then resumed on the old generation.
-    #[error("requests still in flight after {} ms, the limit (migration_drain_ms); the state was not migrated", .0.as_millis())]
-    MigrationDrain(Duration),
+    /// The requests in flight that can reach a migrating plugin did not finish within the
+    /// migration's drain deadline; new ones were held and then resumed on the old generation.
+    /// Requests that cannot reach it were never held.
+    #[error("requests still in flight after {} ms, the limit (migration_drain_ms): {}; the state was not migrated", .limit.as_millis(), CallList(.in_flight))]
+    MigrationDrain {
+        /// The drain deadline.
+        limit: Duration,
+        /// The calls still in flight then that can reach a migrating plugin, oldest first (at
+        /// most 16).
+        in_flight: Vec<CallStatus>,
+    },
     /// A `pre_activate` hook refused the release (or failed).
     #[error("pre_activate refused: {}", Bounded(.0))]
     Veto(String),
@@ -199,14 +207,29 @@ pub enum DeployCause {
     },
 }
 
+/// `POST /slow on generation 3 for 2400 ms, GET /x on generation 3 for 1200 ms`
+struct CallList<'a>(&'a [CallStatus]);
+
+impl fmt::Display for CallList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none listed");
+        }
+        for (i, call) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{call}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Why saving plugin state ([`Host::save_state`](crate::Host::save_state)) failed. What was
 /// saved before stays as it was.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SaveStateError {
-    /// The requests in flight did not finish within the drain deadline (`migration_drain_ms`).
-    #[error("requests still in flight after {} ms, the limit (migration_drain_ms); the state was not saved", .0.as_millis())]
-    Drain(Duration),
     /// Writing the state files failed.
     #[error("writing saved state to {}", .0.display())]
     Io(PathBuf, #[source] std::io::Error),

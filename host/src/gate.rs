@@ -1,23 +1,32 @@
-//! The request boundary a migrating publish closes (OTP's suspend, per request).
+//! The request boundary a migrating publish, or a state save, closes (OTP's suspend, per
+//! request, and only for the requests concerned).
 //!
-//! Counted pins ([`OwnedPin`](crate::OwnedPin), taken by [`Host::pin_owned`] and
-//! [`Host::try_pin_owned`], and a [`PinCache`](crate::PinCache)'s) are admitted through the gate: a pin is taken first, then the gate
-//! is checked, and a pin taken while it is closed is dropped and retried once it opens. A
-//! migrating publish closes the gate first, then waits for every counted pin to drop. Both
-//! sides order their two steps with `SeqCst` fences, so either the publish sees the pin in
-//! flight and waits for it, or the request sees the gate closed and waits: no request runs on
-//! the old state after the migration read it.
+//! Counted pins ([`OwnedPin`](crate::OwnedPin), taken by [`Host::pin_for`],
+//! [`Host::pin_owned`] and their `try_` forms, and a [`PinCache`](crate::PinCache)'s) are
+//! admitted through the gate: a pin is taken (registered in flight) first, then the gate is
+//! checked, and a pin taken while the gate holds it is dropped and retried once the gate opens.
+//! A closer names the plugins it holds; a pin is held only if its call can reach one of them
+//! ([`Reach`]), so requests that cannot touch a migrating plugin never pause. The closer then
+//! waits for every registered call that can reach them to end. Both sides order their two steps
+//! with `SeqCst` fences, so either the closer sees the call in flight and waits for it, or the
+//! request sees the gate closed and waits: no request runs on the old state after the
+//! migration read it.
 //!
+//! [`Host::pin_for`]: crate::Host::pin_for
 //! [`Host::pin_owned`]: crate::Host::pin_owned
-//! [`Host::try_pin_owned`]: crate::Host::try_pin_owned
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use crate::calls::Reach;
+use crate::generation::Generation;
+
 #[derive(Default)]
 pub(crate) struct Gate {
     closed: AtomicBool,
-    /// Held by the one publish that closed the gate, for as long as it is closed.
+    /// The plugins the gate holds while it is closed (set before `closed`, cleared after).
+    held: Mutex<Vec<String>>,
+    /// Held by the one closer that closed the gate, for as long as it is closed.
     closer: Mutex<()>,
     waiting: Mutex<()>,
     opened: Condvar,
@@ -30,9 +39,11 @@ pub(crate) struct Closed<'g> {
 }
 
 impl Gate {
-    /// Closes the gate (waiting for another publish that holds it closed).
-    pub(crate) fn close(&self) -> Closed<'_> {
+    /// Closes the gate for the calls that can reach `plugins` (waiting for another closer that
+    /// holds it).
+    pub(crate) fn close(&self, plugins: Vec<String>) -> Closed<'_> {
         let closer = self.closer.lock().unwrap_or_else(|e| e.into_inner());
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = plugins;
         self.closed.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         Closed {
@@ -41,14 +52,23 @@ impl Gate {
         }
     }
 
-    /// Whether a pin just taken may be used: call after taking it.
+    /// Whether a pin just taken on `generation`, reaching `reach`, may be used: call after
+    /// taking it.
     #[inline]
-    pub(crate) fn admits(&self) -> bool {
+    pub(crate) fn admits(&self, generation: &Generation, reach: Reach) -> bool {
         fence(Ordering::SeqCst);
-        !self.closed.load(Ordering::SeqCst)
+        !self.closed.load(Ordering::SeqCst) || self.admits_while_closed(generation, reach)
     }
 
-    /// Whether a publish is closing or holding the gate, read cheaply (no fence): a holder of a
+    /// Whether the gate, closed now, lets a call reaching `reach` on `generation` through: it
+    /// does if the call cannot reach a held plugin.
+    #[cold]
+    fn admits_while_closed(&self, generation: &Generation, reach: Reach) -> bool {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        !reach.touches(generation.mask_of(held.iter().map(String::as_str)))
+    }
+
+    /// Whether a closer is closing or holding the gate, read cheaply (no fence): a holder of a
     /// counted pin that sees it lets the pin go and passes the gate again ([`Gate::admits`]).
     #[inline]
     pub(crate) fn closing(&self) -> bool {
@@ -68,6 +88,11 @@ impl Drop for Closed<'_> {
     fn drop(&mut self) {
         let _waiting = self.gate.waiting.lock().unwrap_or_else(|e| e.into_inner());
         self.gate.closed.store(false, Ordering::SeqCst);
+        self.gate
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.gate.opened.notify_all();
     }
 }

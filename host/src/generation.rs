@@ -6,7 +6,6 @@
 //! request, and every import call those make, runs in that generation.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -15,6 +14,7 @@ use graft_api::ffi::{Context, LinkTable};
 use graft_api::state::StateSlot;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::calls::{Calls, Reach};
 use crate::decl::{Contract, ContractError, PluginInfo};
 use crate::error::CallError;
 use crate::link::{Entry, LinkReport, Linked};
@@ -32,11 +32,12 @@ pub struct Generation {
     /// the table was built, so an id past its end is a contract it does not export.
     entries: Vec<Option<Entry>>,
     report: LinkReport,
-    /// Owned pins alive on this generation.
     /// Each plugin's state cell, by position (the link table's slots point into them).
     states: Vec<Option<Arc<StateCell>>>,
-    /// Owned pins and pin caches holding this generation (see [`crate::pin`]).
-    pub(crate) in_flight: AtomicUsize,
+    /// What a call entering through each plugin can reach, by position.
+    reach: Vec<Reach>,
+    /// The host's calls in flight, where owned pins on this generation register.
+    pub(crate) calls: Arc<Calls>,
     /// When it went live, if it did.
     published: OnceLock<Instant>,
     /// Dropped last: everything above may point into these libraries.
@@ -54,7 +55,7 @@ impl fmt::Debug for Generation {
 }
 
 impl Generation {
-    pub(crate) fn empty() -> Self {
+    pub(crate) fn empty(calls: Arc<Calls>) -> Self {
         Self::new(
             0,
             None,
@@ -62,6 +63,7 @@ impl Generation {
             Vec::new(),
             Vec::new(),
             &Exports::default(),
+            calls,
         )
     }
 
@@ -72,8 +74,10 @@ impl Generation {
         plugins: Vec<Arc<LoadedPlugin>>,
         states: Vec<Option<Arc<StateCell>>>,
         names: &Exports,
+        calls: Arc<Calls>,
     ) -> Self {
         let mut linked = linked;
+        let reach = reach(&linked.table);
         linked.table.states = plugins
             .iter()
             .zip(&states)
@@ -95,11 +99,36 @@ impl Generation {
             table: linked.table,
             entries,
             report: linked.report,
-            in_flight: AtomicUsize::new(0),
             published: OnceLock::new(),
             plugins,
             states,
+            reach,
+            calls,
         }
+    }
+
+    /// What a call entering through `export` can reach: [`Reach::NONE`] if this generation
+    /// does not export it.
+    pub(crate) fn reach_of(&self, export: &Export) -> Reach {
+        self.entries
+            .get(export.id as usize)
+            .copied()
+            .flatten()
+            .and_then(|entry| self.reach.get(entry.plugin as usize).copied())
+            .unwrap_or(Reach::NONE)
+    }
+
+    /// The positions of the plugins named `names` in this generation, as a mask ([`Reach`]).
+    pub(crate) fn mask_of<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> u64 {
+        let mut mask = 0;
+        for name in names {
+            if let Some(at) = self.plugins.iter().position(|p| p.info().name == name) {
+                mask |= 1u64
+                    .checked_shl(u32::try_from(at).unwrap_or(u32::MAX))
+                    .unwrap_or(u64::MAX);
+            }
+        }
+        mask
     }
 
     /// The state cell of the plugin named `name`, with the plugin.
@@ -160,7 +189,7 @@ impl Generation {
 
     /// How many owned pins hold it now: requests in flight on it.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.calls.count(self.id)
     }
 
     /// Resolves an export once, for many calls in this generation.
@@ -229,6 +258,41 @@ impl Generation {
             source,
         })
     }
+}
+
+/// What a call entering through each plugin can reach, by position: the plugin and every
+/// plugin whose exports it imports, transitively (the link graph's closure). Positions past
+/// 63 do not fit a mask: every plugin then reaches [`Reach::ALL`].
+fn reach(table: &LinkTable) -> Vec<Reach> {
+    let plugins = table.plugins.len();
+    if plugins > 64 {
+        return vec![Reach::ALL; plugins];
+    }
+    let callees: Vec<u64> = table
+        .plugins
+        .iter()
+        .map(|links| {
+            links
+                .imports
+                .iter()
+                .filter(|b| b.func.is_some())
+                .fold(0, |mask, b| mask | 1u64.checked_shl(b.plugin).unwrap_or(0))
+        })
+        .collect();
+    (0..plugins)
+        .map(|start| {
+            let mut reached = 1u64 << start;
+            loop {
+                let next = (0..plugins)
+                    .filter(|p| reached & (1 << p) != 0)
+                    .fold(reached, |mask, p| mask | callees[p]);
+                if next == reached {
+                    return Reach(reached);
+                }
+                reached = next;
+            }
+        })
+        .collect()
 }
 
 /// An export resolved in one generation: the function pointer and its plugin.

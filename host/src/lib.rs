@@ -46,6 +46,7 @@
 mod async_call;
 pub mod atomic_file;
 pub mod bounded;
+mod calls;
 pub mod check;
 mod deadline;
 mod decl;
@@ -74,13 +75,14 @@ mod typed;
 mod types;
 mod unload;
 
+pub use calls::CallSite;
 pub use decl::{
     is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
 };
 pub use error::{CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step};
 pub use generation::{Export, Generation, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
-pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD};
+pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD, SAVE_HOLD};
 pub use loader::LoadError;
 pub use pin::{OwnedPin, Pin, PinCache};
 pub use report::{Change, DeployReport, PluginChange};

@@ -8,7 +8,7 @@
 //! | pin | taken by | costs per pin | holds the generation | counted in flight |
 //! |---|---|---|---|---|
 //! | [`Pin`] | [`Host::pin`](crate::Host::pin) | an `arc_swap` guard: two uncontended atomic operations on the thread's own slot | until dropped (synchronous work only) | no |
-//! | [`OwnedPin`] | [`Host::pin_owned`](crate::Host::pin_owned) | an `Arc` clone and a counter, both shared by every core | until dropped (`Send`, crosses `.await`) | yes |
+//! | [`OwnedPin`] | [`Host::pin_for`](crate::Host::pin_for), [`Host::pin_owned`](crate::Host::pin_owned) | an `Arc` clone (shared by every core) and a registration in the calls in flight (a mutex of the thread's own shard) | until dropped (`Send`, crosses `.await`) | yes, with what it can reach and since when |
 //! | [`PinCache`] | [`Host::pin_cache`](crate::Host::pin_cache) | two relaxed loads and a compare while nothing was published | **until its next pin after a publish, or its drop** | yes, one per cache |
 //!
 //! A `Pin` is not counted: a counter touched by every call would be shared by every core. A
@@ -21,11 +21,12 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::{ArcSwap, Cache};
 
+use crate::calls::{Call, CallSite, Reach, Ticket};
 use crate::gate::Gate;
 use crate::generation::Generation;
 
@@ -63,27 +64,64 @@ impl fmt::Debug for Pin {
 
 /// An owned pin (an `Arc` of the generation): `Send`, `'static`, fine across `.await`.
 ///
-/// Every owned pin counts as in flight in [`Host::status`](crate::Host::status) while it lives.
-pub struct OwnedPin(Arc<Generation>);
+/// Every owned pin is a call in flight while it lives: counted in
+/// [`Host::status`](crate::Host::status), listed with its age and label, and waited for by a
+/// migration or a save that concerns a plugin it can reach.
+pub struct OwnedPin {
+    generation: Arc<Generation>,
+    reach: Reach,
+    ticket: Ticket,
+}
 
 impl OwnedPin {
-    /// Pins `generation` (for example a canary held beside the current one) and counts it in
-    /// flight.
+    /// Pins `generation` as a call that may reach any of its plugins, and counts it in flight.
     pub fn new(generation: Arc<Generation>) -> Self {
-        generation.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(generation)
+        Self::register(generation, Reach::ALL, None)
+    }
+
+    /// Pins `generation` for a call entering through `site`'s export: it reaches what that
+    /// export reaches, and is listed under `site`'s label.
+    pub fn for_site(generation: Arc<Generation>, site: &CallSite) -> Self {
+        let reach = generation.reach_of(&site.export);
+        Self::register(generation, reach, Some(Arc::clone(&site.label)))
+    }
+
+    fn register(generation: Arc<Generation>, reach: Reach, label: Option<Arc<str>>) -> Self {
+        let ticket = generation.calls.register(Call {
+            generation: generation.id(),
+            reach,
+            started: Instant::now(),
+            label,
+        });
+        Self {
+            generation,
+            reach,
+            ticket,
+        }
+    }
+
+    /// What the pinned call can reach.
+    pub(crate) fn reach(&self) -> Reach {
+        self.reach
     }
 }
 
+/// Another call in flight on the same generation, reaching the same plugins, under the same
+/// label, from now.
 impl Clone for OwnedPin {
     fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.0))
+        let label = self
+            .generation
+            .calls
+            .get(&self.ticket)
+            .and_then(|call| call.label);
+        Self::register(Arc::clone(&self.generation), self.reach, label)
     }
 }
 
 impl Drop for OwnedPin {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.generation.calls.release(&self.ticket);
     }
 }
 
@@ -91,7 +129,7 @@ impl Deref for OwnedPin {
     type Target = Generation;
     #[inline]
     fn deref(&self) -> &Generation {
-        &self.0
+        &self.generation
     }
 }
 
@@ -110,15 +148,19 @@ impl fmt::Debug for OwnedPin {
 pub struct PinCache<'h> {
     cache: Cache<&'h ArcSwap<Generation>, Arc<Generation>>,
     gate: &'h Gate,
-    /// The generation `cache` holds, counted in flight (admitted through the gate).
-    held: OwnedPin,
+    /// The generation `cache` holds, counted in flight (admitted through the gate); `None`
+    /// only while it waits at the gate.
+    held: Option<OwnedPin>,
 }
 
 impl<'h> PinCache<'h> {
     pub(crate) fn new(current: &'h ArcSwap<Generation>, gate: &'h Gate) -> Self {
-        let mut cache = Cache::new(current);
-        let held = OwnedPin::new(Arc::clone(cache.load()));
-        let mut this = Self { cache, gate, held };
+        let cache = Cache::new(current);
+        let mut this = Self {
+            cache,
+            gate,
+            held: None,
+        };
         this.admit();
         this
     }
@@ -128,31 +170,36 @@ impl<'h> PinCache<'h> {
     /// boundary, like [`Host::pin_owned`](crate::Host::pin_owned).
     #[inline]
     pub fn pin(&mut self) -> &Generation {
-        let current = self.cache.load();
-        if !Arc::ptr_eq(current, &self.held.0) || self.gate.closing() {
+        let fresh = match &self.held {
+            Some(held) => Arc::ptr_eq(self.cache.load(), &held.generation) && !self.gate.closing(),
+            None => false,
+        };
+        if !fresh {
             self.admit();
         }
-        &self.held.0
+        self.held.as_deref().expect("admitted")
     }
 
-    /// Takes a counted pin on the current generation through the gate. The count held so far
-    /// is dropped first (parked on an empty generation no publish waits for), so a publish
-    /// holding the boundary sees this cache leave the old generation.
+    /// Takes a counted pin on the current generation through the gate. The pin held so far is
+    /// dropped first, so a closer holding the boundary sees this cache leave the old
+    /// generation.
     #[cold]
     fn admit(&mut self) {
-        self.held = OwnedPin::new(Arc::new(Generation::empty()));
-        self.held = loop {
-            self.gate.wait_open();
+        self.held = None;
+        self.held = Some(loop {
             let candidate = OwnedPin::new(Arc::clone(self.cache.load()));
-            if self.gate.admits() {
+            if self.gate.admits(&candidate, candidate.reach()) {
                 break candidate;
             }
-        };
+            drop(candidate);
+            self.gate.wait_open();
+        });
     }
 }
 
 impl fmt::Debug for PinCache<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PinCache").field(&self.held.id()).finish()
+        let id = self.held.as_ref().map(|held| held.id());
+        f.debug_tuple("PinCache").field(&id).finish()
     }
 }

@@ -92,10 +92,14 @@ extern "C" fn run_blocking(job: BlockingJob) -> HostFuture {
         (job.run)(job.data);
         return std::future::ready(RResult::ROk(())).into_ffi();
     };
+    // The job runs plugin code, maybe after the call that started it was dropped: it holds a
+    // pin of that call's generation of its own until it returns.
+    let pin = crate::async_call::polling_pin();
     let work = Box::new(move || {
         // The whole job moves in (it is `Send`), not its raw pointer alone.
         let job = job;
         (job.run)(job.data);
+        drop(pin);
     });
     let Ok(running) = catch_unwind(AssertUnwindSafe(|| services.run_blocking(work))) else {
         return std::future::ready(RResult::RErr(panicked("blocking pool"))).into_ffi();

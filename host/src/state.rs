@@ -43,6 +43,9 @@ pub(crate) struct StateInfo {
     pub migrations: Vec<MigrationInfo>,
     /// Saved across restarts ([`graft_api::State::PERSIST`]).
     pub persist: bool,
+    /// The value's primitive fields, `(offset, size)`, for a copy taken while plugins write
+    /// it (saved types only; see [`StateCell::snapshot_live`]).
+    leaves: Arc<[(usize, usize)]>,
 }
 
 /// One migration a library carries.
@@ -50,6 +53,9 @@ pub(crate) struct MigrationInfo {
     pub up: bool,
     pub schema: u32,
     pub fingerprint: String,
+    /// The other schema's type's size and alignment: a saved value migrated from it must have
+    /// them.
+    pub layout: Layout,
     pub run: extern "C" fn(from: *const u8, to: *mut u8) -> RResult<(), FfiError>,
 }
 
@@ -63,15 +69,19 @@ impl StateInfo {
         };
         let layout = Layout::from_size_align(decl.layout.size(), decl.layout.alignment())
             .map_err(|e| format!("state schema {}: {e}", decl.schema))?;
-        if decl.persist {
-            types::padding_free(decl.layout).map_err(|e| {
+        let leaves = if decl.persist {
+            let not_data = |e: String| {
                 format!(
                     "state schema {} ({}) asks to be saved, but its bytes are not all data: {e}",
                     decl.schema,
                     decl.layout.full_type()
                 )
-            })?;
-        }
+            };
+            types::padding_free(decl.layout).map_err(not_data)?;
+            types::leaves(decl.layout).map_err(not_data)?
+        } else {
+            Vec::new()
+        };
         let mut migrations = Vec::with_capacity(decl.migrations.len());
         for m in decl.migrations.iter() {
             let up = match m.direction {
@@ -83,6 +93,8 @@ impl StateInfo {
                 up,
                 schema: m.schema,
                 fingerprint: described(m.layout, m.schema)?,
+                layout: Layout::from_size_align(m.layout.size(), m.layout.alignment())
+                    .map_err(|e| format!("state schema {}: {e}", m.schema))?,
                 run: m.run,
             });
         }
@@ -95,6 +107,7 @@ impl StateInfo {
             init: decl.init,
             migrations,
             persist: decl.persist,
+            leaves: leaves.into(),
         })
     }
 
@@ -150,6 +163,8 @@ pub(crate) struct StateCell {
     /// Saved across restarts.
     pub persist: bool,
     layout: Layout,
+    /// The value's primitive fields (saved types only).
+    leaves: Arc<[(usize, usize)]>,
     ptr: NonNull<u8>,
 }
 
@@ -167,6 +182,7 @@ impl StateCell {
             &info.fingerprint,
             info.persist,
             info.layout,
+            Arc::clone(&info.leaves),
         )
     }
 
@@ -176,6 +192,7 @@ impl StateCell {
         fingerprint: &str,
         persist: bool,
         layout: Layout,
+        leaves: Arc<[(usize, usize)]>,
     ) -> Result<Self, String> {
         // A zero-sized state still gets a unique, valid address.
         let layout = Layout::from_size_align(layout.size().max(1), layout.align())
@@ -189,13 +206,14 @@ impl StateCell {
             fingerprint: fingerprint.to_owned(),
             persist,
             layout,
+            leaves,
             ptr,
         })
     }
 
     /// A cell holding a saved value, with the saved type's size and alignment: the source of
     /// a migration, or the state itself when the schema is the plugin's.
-    fn restored(plugin: &str, saved: &Snapshot) -> Result<Self, String> {
+    fn restored(plugin: &str, saved: &Snapshot, info: &StateInfo) -> Result<Self, String> {
         let layout =
             Layout::from_size_align(saved.bytes.len(), saved.align as usize).map_err(|e| {
                 format!(
@@ -204,7 +222,21 @@ impl StateCell {
                     saved.align
                 )
             })?;
-        let cell = Self::alloc(plugin, saved.schema, &saved.fingerprint, true, layout)?;
+        // As the plugin's own value, it reads the same fields; as a migration's source, it is
+        // only read by the migration.
+        let leaves = if saved.schema == info.schema {
+            Arc::clone(&info.leaves)
+        } else {
+            Arc::from([])
+        };
+        let cell = Self::alloc(
+            plugin,
+            saved.schema,
+            &saved.fingerprint,
+            true,
+            layout,
+            leaves,
+        )?;
         // SAFETY: the cell has at least `bytes.len()` bytes (its size is that, or 1 for an
         // empty value) and nothing else refers to it yet.
         unsafe {
@@ -217,6 +249,23 @@ impl StateCell {
         Ok(cell)
     }
 
+    /// Whether the value has this size and alignment: a saved value must have its type's.
+    fn has_layout(&self, layout: Layout) -> Result<(), String> {
+        let (size, align) = (self.layout.size(), self.layout.align());
+        // A zero-sized type's cell is one byte (see `alloc`).
+        let expected = (layout.size().max(1), layout.align());
+        if (size, align) == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "the value is {size} bytes aligned to {align}, but its type is {} bytes aligned \
+                 to {}",
+                layout.size(),
+                layout.align()
+            ))
+        }
+    }
+
     /// The value's bytes, to save. Call it only at a request boundary (nothing writes the value
     /// meanwhile).
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -226,6 +275,49 @@ impl StateCell {
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), bytes.as_mut_ptr(), bytes.len());
         }
+        self.snapshot_of(bytes)
+    }
+
+    /// The value's bytes, to save, copied while requests may be writing it: each primitive
+    /// field read with one atomic load of its own size, as plugins write state through
+    /// atomics. Each field is a value it had; fields are not consistent with one another, and
+    /// a field a plugin writes without an atomic (behind a lock of its own) may be torn. What a
+    /// save does when it could not wait for the requests that may write the value.
+    pub(crate) fn snapshot_live(&self) -> Snapshot {
+        use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+        let mut bytes = vec![0; self.layout.size()];
+        for &(offset, size) in self.leaves.iter() {
+            let (Some(out), true) = (
+                bytes.get_mut(offset..offset + size),
+                offset + size <= self.layout.size(),
+            ) else {
+                continue;
+            };
+            // SAFETY: `offset..offset + size` lies inside the value (checked above), and the
+            // leaves come from the type's layout, so the field there is a primitive of `size`
+            // bytes at an offset aligned for it (repr(C)), in a cell allocated with the type's
+            // alignment. Atomics of the same size have the same layout.
+            unsafe {
+                let at = self.ptr.as_ptr().add(offset);
+                match size {
+                    1 => out.copy_from_slice(&(*at.cast::<AtomicU8>()).load(Relaxed).to_ne_bytes()),
+                    2 => {
+                        out.copy_from_slice(&(*at.cast::<AtomicU16>()).load(Relaxed).to_ne_bytes())
+                    }
+                    4 => {
+                        out.copy_from_slice(&(*at.cast::<AtomicU32>()).load(Relaxed).to_ne_bytes())
+                    }
+                    8 => {
+                        out.copy_from_slice(&(*at.cast::<AtomicU64>()).load(Relaxed).to_ne_bytes())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.snapshot_of(bytes)
+    }
+
+    fn snapshot_of(&self, bytes: Vec<u8>) -> Snapshot {
         Snapshot {
             schema: self.schema,
             align: u32::try_from(self.layout.align()).unwrap_or(u32::MAX),
@@ -330,7 +422,7 @@ pub(crate) fn carry(
         let found = match (live, saved) {
             (Some(live), _) => Some(live),
             (None, Some(dir)) if info.persist => {
-                restore(dir, name, &refuse)?.map(|(cell, origin)| (cell, None, origin))
+                restore(dir, name, info, &refuse)?.map(|(cell, origin)| (cell, None, origin))
             }
             (None, _) => None,
         };
@@ -349,6 +441,8 @@ pub(crate) fn carry(
                     info.schema, info.type_name
                 )));
             }
+            old.has_layout(info.layout)
+                .map_err(|e| refuse(format!("schema {} {origin}, but {e}", info.schema)))?;
             old
         } else {
             let up = info.schema > old.schema;
@@ -362,6 +456,10 @@ pub(crate) fn carry(
                     .and_then(|h| h.down_to(info.schema, &info.fingerprint));
                 (holder, found)
             };
+            if let (true, Some(found)) = (up, found) {
+                old.has_layout(found.layout)
+                    .map_err(|e| refuse(format!("schema {} {origin}, but {e}", old.schema)))?;
+            }
             let (Some(carrier), Some(found)) = (carrier, found) else {
                 let carries = carrier.map_or_else(
                     || {
@@ -408,6 +506,7 @@ pub(crate) fn carry(
 fn restore(
     dir: &Path,
     plugin: &str,
+    info: &StateInfo,
     refuse: &dyn Fn(String) -> DeployError,
 ) -> Result<Option<(Arc<StateCell>, String)>, DeployError> {
     let file = snapshot::path(dir, plugin);
@@ -420,7 +519,7 @@ fn restore(
     let Some(saved) = snapshot::read(dir, plugin).map_err(in_file)? else {
         return Ok(None);
     };
-    let cell = StateCell::restored(plugin, &saved).map_err(in_file)?;
+    let cell = StateCell::restored(plugin, &saved, info).map_err(in_file)?;
     tracing::info!(plugin, schema = saved.schema, file = %file.display(), "restoring saved state");
     Ok(Some((
         Arc::new(cell),

@@ -23,6 +23,35 @@ pub struct Status {
     pub unload_policy: UnloadPolicy,
     /// The result of the last deploy or rollback.
     pub last_deploy: Option<DeployOutcome>,
+    /// Calls in flight (counted pins) on every generation.
+    pub in_flight: usize,
+    /// The oldest calls in flight, at most 16: a call that runs long (one that cannot be
+    /// stopped, past its route's deadline) shows here with its age.
+    pub calls: Vec<CallStatus>,
+}
+
+/// One call in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CallStatus {
+    /// The generation it pinned.
+    pub generation: u64,
+    /// What it is (`POST /cart/{id}`), if its pin was taken for a call site.
+    pub label: Option<String>,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+}
+
+/// `POST /slow on generation 3 for 2400 ms`
+impl std::fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = crate::bounded::Bounded(self.label.as_deref().unwrap_or("a call"));
+        write!(
+            f,
+            "{label} on generation {} for {} ms",
+            self.generation, self.age_ms
+        )
+    }
 }
 
 /// One live generation.

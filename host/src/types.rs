@@ -193,6 +193,73 @@ fn no_padding(layout: &'static TypeLayout, depth: usize, nodes: &mut usize) -> R
     }
 }
 
+/// The primitive fields of a padding-free plain-data type (see [`padding_free`]), as
+/// `(offset, size)` pairs in order, tiling the value: what a copy taken while plugins write it
+/// reads, one atomic load of each field's own size.
+pub(crate) fn leaves(layout: &'static TypeLayout) -> Result<Vec<(usize, usize)>, String> {
+    let mut out = Vec::new();
+    let mut nodes = 0;
+    collect_leaves(layout, 0, 0, &mut nodes, &mut out)?;
+    Ok(out)
+}
+
+fn collect_leaves(
+    layout: &'static TypeLayout,
+    at: usize,
+    depth: usize,
+    nodes: &mut usize,
+    out: &mut Vec<(usize, usize)>,
+) -> Result<(), String> {
+    use abi_stable::type_layout::TLPrimitive as P;
+    *nodes += 1;
+    if depth >= MAX_DEPTH || *nodes > MAX_NODES {
+        return Err("the type is too deep or too large to check".into());
+    }
+    match layout.data() {
+        TLData::Primitive(P::Array) => {
+            let element = layout
+                .phantom_fields()
+                .iter()
+                .next()
+                .ok_or("an array without its element type")?
+                .layout();
+            if element.size() == 0 {
+                return Ok(());
+            }
+            let start = out.len();
+            collect_leaves(element, at, depth + 1, nodes, out)?;
+            let one: Vec<(usize, usize)> = out[start..].to_vec();
+            for i in 1..layout.size() / element.size() {
+                let shift = i * element.size();
+                out.extend(one.iter().map(|(offset, size)| (offset + shift, *size)));
+            }
+            Ok(())
+        }
+        TLData::Primitive(_) => {
+            match layout.size() {
+                0 => {}
+                size @ (1 | 2 | 4 | 8) => out.push((at, size)),
+                size => return Err(format!("a primitive of {size} bytes")),
+            }
+            Ok(())
+        }
+        TLData::Struct { fields } => {
+            let mut cursor = at;
+            for field in fields.iter() {
+                let field = field.layout();
+                cursor = cursor.next_multiple_of(field.alignment().max(1));
+                collect_leaves(field, cursor, depth + 1, nodes, out)?;
+                cursor += field.size();
+            }
+            Ok(())
+        }
+        _ => Err(format!(
+            "{} is not a struct of primitives",
+            layout.full_type()
+        )),
+    }
+}
+
 fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
     TypeInfo {
         name: layout.full_type().to_string(),
@@ -402,5 +469,32 @@ mod tests {
         assert!(padding_free(<ROption<u64>>::LAYOUT)
             .unwrap_err()
             .contains("enum"));
+    }
+
+    #[test]
+    fn the_leaves_of_a_saved_type_tile_it_at_their_own_sizes() {
+        use std::sync::atomic::{AtomicU32, AtomicU64};
+        #[repr(C)]
+        #[derive(StableAbi)]
+        struct Counts {
+            total: AtomicU64,
+            small: [AtomicU32; 2],
+            flags: [u8; 4],
+            wide: u64,
+        }
+        let leaves = leaves(Counts::LAYOUT).unwrap();
+        assert_eq!(
+            leaves,
+            [
+                (0, 8),
+                (8, 4),
+                (12, 4),
+                (16, 1),
+                (17, 1),
+                (18, 1),
+                (19, 1),
+                (24, 8)
+            ]
+        );
     }
 }

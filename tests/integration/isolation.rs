@@ -17,7 +17,7 @@ use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with,
 use crate::util::{wait_until, Env};
 
 /// Requests in flight on every generation, as status reports them.
-fn in_flight(admin: &AdminClient) -> usize {
+pub(crate) fn in_flight(admin: &AdminClient) -> usize {
     let status = admin.status().unwrap();
     status.host.generations.iter().map(|g| g.in_flight).sum()
 }
@@ -76,7 +76,11 @@ fn with_hundreds_of_slow_blocking_calls_in_flight_status_and_a_fast_route_answer
 
 /// `graft serve` in this process with the standard test config, `extra` top-level lines and
 /// these routes appended.
-fn serve_with(env: &Env, extra: &str, routes: &str) -> (tokio::runtime::Runtime, Server) {
+pub(crate) fn serve_with(
+    env: &Env,
+    extra: &str,
+    routes: &str,
+) -> (tokio::runtime::Runtime, Server) {
     let path = config(env, extra);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(routes);

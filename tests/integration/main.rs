@@ -19,6 +19,7 @@ mod rollout;
 mod serve;
 mod signing;
 mod state;
+mod switch;
 mod unload;
 mod uploads;
 mod watch;

@@ -15,7 +15,7 @@ use graft::rollout::{
     AnalysisConfig, RolloutConfig, RolloutError, RolloutPlan, RolloutState, RolloutStatus,
     Rollouts, Route, Verdict,
 };
-use graft_host::{Export, Host, UnloadPolicy};
+use graft_host::{CallSite, Export, Host, UnloadPolicy};
 
 use crate::util::{mapped, staged_path, wait_until, Env};
 
@@ -45,8 +45,9 @@ fn setup(env: &Env, config: RolloutConfig) -> (Arc<Host>, Arc<Rollouts>, Export)
 /// whether it succeeded.
 fn request(rollouts: &Rollouts, hello: &Export, key: Option<&str>) -> (Route, u64, bool) {
     let started = Instant::now();
+    let site = CallSite::new(hello.clone(), "POST /hello");
     let (pin, side) = rollouts
-        .route(key.map(str::as_bytes), None)
+        .route(&site, key.map(str::as_bytes), None)
         .expect("no migration holds the boundary");
     let ok = pin.call::<_, String>(hello, &"you").is_ok();
     rollouts.record(pin.id(), !ok, started.elapsed());
@@ -147,7 +148,8 @@ fn a_canary_failing_a_fifth_of_its_calls_is_aborted_and_stable_never_fails() {
         assert_eq!((side, generation, ok), (Route::Stable, stable, true));
     }
     // Even forced, a request can no longer reach it.
-    let (pin, side) = rollouts.route(None, Some(Route::Canary)).unwrap();
+    let site = CallSite::new(hello.clone(), "POST /hello");
+    let (pin, side) = rollouts.route(&site, None, Some(Route::Canary)).unwrap();
     assert_eq!((side, pin.id()), (Route::Stable, stable));
     assert_ne!(pin.id(), canary);
 }

@@ -167,7 +167,7 @@ fn routes_call_their_exports_and_name_the_generation() {
             .as_u16(),
         404
     );
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn a_panicking_export_is_a_500_and_the_server_keeps_serving() {
     let (status, _, body) = post(&format!("{base}/foo"), "not json");
     assert_eq!(status, 400, "{body}");
     assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).0, 200);
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn deploy_and_rollback_through_the_admin_api() {
             "graft_libraries_mapped 4",
         ],
     );
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn a_token_protects_the_admin_api_is_required_off_loopback_and_is_never_short() 
     ));
     let authorised = AdminClient::new(&url, Some("s3cret-long-enough-token".into()));
     assert_eq!(authorised.status().unwrap().host.current, 1);
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 
     std::fs::write(
         &path,
@@ -604,7 +604,7 @@ fn an_unknown_field_in_a_deploy_request_is_a_400_and_deploys_nothing() {
     );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("canry"), "{text}");
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]
@@ -782,7 +782,7 @@ fn admin_and_app_errors_share_one_json_shape() {
         );
         assert_eq!(json["error"], expected_code, "{label}: {body}");
     }
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]
@@ -828,5 +828,5 @@ fn oversized_input_is_refused_with_a_short_error_and_a_short_status() {
     assert_eq!(error.step.as_deref(), Some("manifest"), "{}", error.message);
     assert!(error.message.contains("larger than"), "{}", error.message);
     assert_eq!(client.status().unwrap().host.current, 1);
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }

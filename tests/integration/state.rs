@@ -140,10 +140,12 @@ fn a_migration_whose_drain_deadline_passes_is_refused_and_no_request_fails() {
         .deploy(env.complete_release("v2", &["counter-v2"]))
         .unwrap_err();
     assert_eq!(err.step(), Step::Migrate, "{err}");
+    let text = DisplayChain(&err).to_string();
     assert!(
-        matches!(err.cause(), DeployCause::MigrationDrain(_)),
-        "{err}"
+        matches!(err.cause(), DeployCause::MigrationDrain { in_flight, .. } if in_flight.len() == 1),
+        "{text}"
     );
+    assert!(text.contains("a call on generation"), "{text}");
 
     // The held request finishes on its generation; new ones are admitted again.
     assert_eq!(request.call_typed(&incr_export, 0).unwrap().get(), 2);
@@ -318,13 +320,13 @@ fn graft_serve_saves_state_when_it_stops_and_a_restart_comes_back_with_it_and_co
         ],
     );
 
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
     drop(runtime);
     assert!(env.path("data/state/counter.state").exists());
     // The restart restores the last live release (v2) and its saved state.
     let (runtime, server, _admin) = serve_counter(&env, "");
     assert_eq!(post_u64(&server, "/total", 0), 6);
-    assert!(runtime.block_on(server.shutdown()));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
 }
 
 #[test]

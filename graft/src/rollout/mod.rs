@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use graft_host::{DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared};
+use graft_host::{
+    CallSite, DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared,
+};
 use serde::Deserialize;
 
 pub use analysis::{AnalysisConfig, Verdict, WindowStats};
@@ -285,12 +287,18 @@ impl Rollouts {
         self.weight.load(Ordering::Relaxed) != 0
     }
 
-    /// Routes a request: pins the canary or the current generation. `key` is the sticky key,
-    /// `force` an override. Without a rollout under way, every request goes to stable.
+    /// Routes a request entering through `site`: pins the canary or the current generation.
+    /// `key` is the sticky key, `force` an override. Without a rollout under way, every request
+    /// goes to stable.
     ///
-    /// `None` while a publish that migrates state holds new requests at the boundary: the
-    /// caller waits briefly and routes again.
-    pub fn route(&self, key: Option<&[u8]>, force: Option<Route>) -> Option<(OwnedPin, Route)> {
+    /// `None` while a migration or a save holds the site's requests at the boundary: the caller
+    /// waits briefly and routes again.
+    pub fn route(
+        &self,
+        site: &CallSite,
+        key: Option<&[u8]>,
+        force: Option<Route>,
+    ) -> Option<(OwnedPin, Route)> {
         let weight = self.weight.load(Ordering::Relaxed);
         let to_canary = match force {
             Some(route) => route == Route::Canary,
@@ -299,11 +307,11 @@ impl Rollouts {
         };
         if to_canary {
             if let Some(canary) = self.canary.load_full() {
-                let pin = self.host.try_admit(OwnedPin::new(canary))?;
+                let pin = self.host.try_pin_at(canary, site)?;
                 return Some((pin, Route::Canary));
             }
         }
-        Some((self.host.try_pin_owned()?, Route::Stable))
+        Some((self.host.try_pin_for(site)?, Route::Stable))
     }
 
     /// Counts a finished request for the analysis.

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
 use axum::Router;
-use graft_host::{CallError, Export, Host, OwnedPin};
+use graft_host::{CallError, CallSite, Host, OwnedPin};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -41,7 +41,8 @@ pub const ROUTE_HEADER: &str = "x-graft-route";
 struct RouteState {
     rollouts: Arc<Rollouts>,
     metrics: Arc<Metrics>,
-    export: Export,
+    /// The export, and the route's label (`POST /foo`) in status and errors.
+    site: CallSite,
     method: String,
     path: String,
     mode: CallMode,
@@ -77,10 +78,21 @@ impl RouteState {
         joined.map_err(ApiError::from)
     }
 
+    /// Reports an async call cancelled at the route's deadline and the answer for it.
+    fn cancelled(&self, deadline: Duration) -> ApiError {
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(route = %self.path, contract = %self.site.export(), deadline_ms,
+            "async call past its deadline; cancelled");
+        ApiError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("the call ran past the route's deadline ({deadline_ms} ms, timeout_ms) and was cancelled"),
+        )
+    }
+
     /// Reports a call past the route's deadline and the answer for it.
     fn late(&self, deadline: Duration) -> ApiError {
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        tracing::warn!(route = %self.path, contract = %self.export, deadline_ms,
+        tracing::warn!(route = %self.path, contract = %self.site.export(), deadline_ms,
             "call past its deadline; its result is discarded");
         ApiError::new(
             ErrorCode::DeadlineExceeded,
@@ -93,7 +105,7 @@ impl RouteState {
     fn call(&self, pin: &OwnedPin, input: &[u8]) -> (Result<Vec<u8>, CallError>, Option<Duration>) {
         let timed = self.mode == CallMode::Auto || self.deadline.is_some();
         let started = timed.then(Instant::now);
-        let result = pin.call_raw(&self.export, input);
+        let result = pin.call_raw(self.site.export(), input);
         let took = started.map(|started| started.elapsed());
         if let (CallMode::Auto, Some(took)) = (self.mode, took) {
             self.learned.record(took);
@@ -115,7 +127,10 @@ pub(super) fn router(
         let state = Arc::new(RouteState {
             rollouts: Arc::clone(rollouts),
             metrics: Arc::clone(metrics),
-            export: host.export(&route.export).map_err(|e| e.to_string())?,
+            site: CallSite::new(
+                host.export(&route.export).map_err(|e| e.to_string())?,
+                format!("{} {}", route.method.to_ascii_uppercase(), route.path),
+            ),
             method: route.method.to_ascii_uppercase(),
             path: route.path.clone(),
             mode: route.mode,
@@ -192,7 +207,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // Held at the boundary (never failed) while a release migrates state: the pause is a few
     // milliseconds, bounded by the migration's drain deadline.
     let (pin, side) = loop {
-        match route.rollouts.route(key, force) {
+        match route.rollouts.route(&route.site, key, force) {
             Some(routed) => break routed,
             None => tokio::time::sleep(HELD_RETRY).await,
         }
@@ -214,9 +229,9 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         Ok(Err(error)) => {
             let answer = ApiError::from(&error);
             if answer.status().is_server_error() {
-                tracing::warn!(contract = %route.export, generation, error = %error, "request failed");
+                tracing::warn!(contract = %route.site.export(), generation, error = %error, "request failed");
             } else {
-                tracing::debug!(contract = %route.export, generation, error = %error, "request refused");
+                tracing::debug!(contract = %route.site.export(), generation, error = %error, "request refused");
             }
             answer.into_response()
         }
@@ -234,8 +249,11 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
 }
 
 /// Runs the route's call where its mode says, within its deadline. `Err` is the server's own
-/// answer: the call ran past its deadline (its result is discarded when it returns; a call on
-/// the blocking pool keeps its concurrency slot until then), or panicked in the host.
+/// answer: the call ran past its deadline, or panicked in the host. An async call is polled in
+/// the request's own future, so it is cancelled (its future dropped, its pin released) at the
+/// deadline or when the client goes away; a synchronous call cannot be stopped: past the
+/// deadline its result is discarded when it returns, and it keeps its pin (listed in status)
+/// and its concurrency slot until then.
 async fn run(
     route: &Arc<RouteState>,
     pin: OwnedPin,
@@ -244,18 +262,20 @@ async fn run(
     slot: Option<OwnedSemaphorePermit>,
 ) -> Result<Result<Vec<u8>, CallError>, ApiError> {
     let call = Arc::clone(route);
-    if pin.is_async(&route.export) {
-        // A task of its own, which owns the pin: the plugin's future runs to its end even if
-        // the client goes away or the deadline passes, so no plugin code (its blocking work
-        // included) ever runs on a generation that was let go.
-        let task = tokio::spawn(
-            async move {
-                let _slot = slot;
-                pin.call_async(&call.export, input.to_vec()).await
-            }
-            .instrument(span),
-        );
-        return route.join(task).await;
+    if pin.is_async(route.site.export()) {
+        // Dropping the call drops the plugin's future before its pin; blocking work it started
+        // holds a pin of its own until it returns.
+        let call = pin
+            .into_call_async(route.site.export(), input.to_vec())
+            .instrument(span);
+        let result = match route.deadline {
+            Some(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| route.cancelled(deadline))?,
+            None => call.await,
+        };
+        drop(slot);
+        return Ok(result);
     }
     if route.blocking() {
         let task = tokio::task::spawn_blocking(move || {

@@ -328,16 +328,16 @@ impl Server {
         &self.host
     }
 
-    /// Runs until `signal` completes, then stops accepting and lets in-flight requests finish
-    /// (at most the drain timeout). Returns whether everything drained in time.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> bool {
+    /// Runs until `signal` completes, then stops as [`Server::shutdown`] does.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Stopped {
         signal.await;
         self.shutdown().await
     }
 
-    /// Stops accepting, lets in-flight requests finish (at most the drain timeout). Returns
-    /// whether everything drained in time.
-    pub async fn shutdown(self) -> bool {
+    /// Stops accepting, lets in-flight requests finish (at most the drain timeout), then saves
+    /// the plugin state that asks for it, whatever is still in flight (a save never waits for
+    /// a slow call: see [`Host::save_state`]).
+    pub async fn shutdown(self) -> Stopped {
         tracing::info!(
             drain_timeout_ms = u64::try_from(self.drain.as_millis()).unwrap_or(u64::MAX),
             "shutting down: draining"
@@ -349,21 +349,44 @@ impl Server {
         })
         .await
         .is_ok();
+        let abandoned = self.host.in_flight();
         if drained {
             tracing::info!("drained");
         } else {
-            let abandoned = self.host.in_flight();
             tracing::warn!(
                 abandoned,
                 "drain timeout: requests still in flight were abandoned"
             );
         }
-        save_state(Arc::clone(&self.host)).await;
-        drained
+        let saved = save_state(Arc::clone(&self.host)).await;
+        Stopped {
+            drained,
+            abandoned,
+            saved,
+        }
     }
 }
 
-/// Saves the plugin state that asks for it; a failure is logged (the previous save stays).
+/// How a server stopped.
+#[derive(Debug)]
+#[must_use]
+pub struct Stopped {
+    /// Whether every request finished within the drain timeout.
+    pub drained: bool,
+    /// Calls still in flight when the state was saved (those the drain timeout abandoned).
+    pub abandoned: usize,
+    /// Whether the plugin state that asks to be saved was saved (or the error, with its
+    /// causes); the previous save stays when it was not.
+    pub saved: Result<(), String>,
+}
+
+impl Stopped {
+    /// Whether it stopped cleanly: drained, and saved.
+    pub fn is_clean(&self) -> bool {
+        self.drained && self.saved.is_ok()
+    }
+}
+
 /// What a starting server serves first: the last live release restored (falling back through
 /// the history, see [`Host::restore`]), else the configured release.
 fn initial_release(host: &Host, release: Option<PathBuf>) -> Result<(), ServeError> {
@@ -417,14 +440,16 @@ fn remove_uploads(uploads: &Path) {
     }
 }
 
-async fn save_state(host: Arc<Host>) {
-    match tokio::task::spawn_blocking(move || host.save_state()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::error!(error = %graft_host::DisplayChain(&error), "saving plugin state failed")
-        }
-        Err(error) => tracing::error!(%error, "saving plugin state panicked"),
-    }
+/// Saves the plugin state that asks for it; a failure is logged and returned (the previous
+/// save stays).
+async fn save_state(host: Arc<Host>) -> Result<(), String> {
+    let failed = match tokio::task::spawn_blocking(move || host.save_state()).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(error)) => graft_host::DisplayChain(&error).to_string(),
+        Err(error) => format!("saving plugin state panicked: {error}"),
+    };
+    tracing::error!(error = %failed, "saving plugin state failed");
+    Err(failed)
 }
 
 /// Saves the plugin state every `every` until the server stops.
@@ -438,7 +463,10 @@ async fn save_state_every(
     ticks.tick().await; // the first tick is now
     loop {
         tokio::select! {
-            _ = ticks.tick() => save_state(Arc::clone(&host)).await,
+            _ = ticks.tick() => {
+                // A failure is logged; the previous save stays and the next tick tries again.
+                let _ = save_state(Arc::clone(&host)).await;
+            }
             // The sender only ever sends `true` (stop), or is dropped.
             _ = stop.changed() => return,
         }

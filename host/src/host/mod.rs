@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bounded::{truncate, MAX_MESSAGE};
+use crate::calls::{CallSite, Calls};
 use crate::decl::ContractError;
 use crate::error::{CallError, DeployError, DisplayChain};
 use crate::gate::Gate;
@@ -50,7 +51,7 @@ use crate::unload::{Released, UnloadPolicy, Unloader};
 
 pub use prepare::Prepared;
 pub(crate) use prepare::Shipped;
-pub use save::SavedState;
+pub use save::{SavedState, SAVE_HOLD};
 
 /// Runs plugins and replaces them while callers keep calling.
 ///
@@ -83,6 +84,8 @@ pub struct Host {
     settings: Settings,
     /// The request boundary a migrating publish (or a state save) closes.
     gate: Gate,
+    /// The calls in flight on every generation (see [`crate::calls`]).
+    calls: Arc<Calls>,
     /// `DATA/state`: saved plugin state.
     state_dir: PathBuf,
     /// Held by one state save at a time, so that an older copy never overwrites a newer one.
@@ -191,7 +194,8 @@ impl HostBuilder {
     pub fn build(self) -> std::io::Result<Host> {
         let staging_dir = self.data_dir.join("staged");
         std::fs::create_dir_all(&staging_dir)?;
-        let empty = Generation::empty();
+        let calls = Arc::new(Calls::default());
+        let empty = Generation::empty(Arc::clone(&calls));
         empty.mark_published();
         Ok(Host {
             current: ArcSwap::from_pointee(empty),
@@ -206,6 +210,7 @@ impl HostBuilder {
             record_written: Mutex::new(0),
             settings: self.settings,
             gate: Gate::default(),
+            calls,
             state_dir: self.data_dir.join(crate::snapshot::DIR),
             saving: Mutex::new(()),
             ids: Ids::open(&self.data_dir),
@@ -265,12 +270,38 @@ impl Host {
         PinCache::new(&self.current, &self.gate)
     }
 
-    /// Pins the current generation with an owned handle (for async work; counted in flight).
+    /// Pins the current generation for a request entering through `site` (an owned handle,
+    /// for async work; a call in flight, listed under the site's label).
     ///
-    /// Waits while a publish that migrates state holds the request boundary (bounded by the
-    /// migration's drain deadline plus the migration itself); [`Host::try_pin_owned`] does not.
-    /// Code that writes plugin state pins with this, not with [`Host::pin`]: the migration
-    /// waits for counted pins only.
+    /// Waits while a migration or a save holds the request boundary for a plugin the site's
+    /// export can reach (bounded by the drain deadline plus the migration itself); requests
+    /// that cannot reach it pass. [`Host::try_pin_for`] does not wait. Code that writes plugin
+    /// state pins with this (or [`Host::pin_owned`]), not with [`Host::pin`]: migrations and
+    /// saves wait for counted pins only.
+    pub fn pin_for(&self, site: &CallSite) -> OwnedPin {
+        loop {
+            if let Some(pin) = self.try_pin_for(site) {
+                return pin;
+            }
+            self.gate.wait_open();
+        }
+    }
+
+    /// [`Host::pin_for`] without waiting: `None` while the request boundary holds the site's
+    /// requests (async callers retry after a short sleep).
+    pub fn try_pin_for(&self, site: &CallSite) -> Option<OwnedPin> {
+        self.try_pin_at(self.current.load_full(), site)
+    }
+
+    /// Pins `generation` (a canary's, held beside the current one) for a request entering
+    /// through `site`, through the request boundary like [`Host::try_pin_for`].
+    pub fn try_pin_at(&self, generation: Arc<Generation>, site: &CallSite) -> Option<OwnedPin> {
+        self.try_admit(OwnedPin::for_site(generation, site))
+    }
+
+    /// Pins the current generation for work that may reach any plugin (an owned handle,
+    /// counted in flight): held at the boundary by every migration and save. Prefer
+    /// [`Host::pin_for`] for requests that enter through one export.
     pub fn pin_owned(&self) -> OwnedPin {
         loop {
             if let Some(pin) = self.try_pin_owned() {
@@ -280,16 +311,16 @@ impl Host {
         }
     }
 
-    /// [`Host::pin_owned`] without waiting: `None` while a migrating publish holds the request
-    /// boundary (async callers retry after a short sleep).
+    /// [`Host::pin_owned`] without waiting: `None` while a migration or a save holds the
+    /// request boundary.
     pub fn try_pin_owned(&self) -> Option<OwnedPin> {
         self.try_admit(OwnedPin::new(self.current.load_full()))
     }
 
-    /// Lets a counted pin taken some other way (a canary's) through the request boundary:
-    /// `None`, the pin dropped, while a migrating publish holds it.
+    /// Lets a counted pin taken some other way through the request boundary: `None`, the pin
+    /// dropped, while the boundary holds a plugin the pin can reach.
     pub fn try_admit(&self, pin: OwnedPin) -> Option<OwnedPin> {
-        self.gate.admits().then_some(pin)
+        self.gate.admits(&pin, pin.reach()).then_some(pin)
     }
 
     /// Calls an export in the current generation: `self.pin().call(export, input)`.
@@ -376,6 +407,7 @@ impl Host {
     /// no prepare holds while it works, so it answers whatever a deploy is doing.
     pub fn status(&self) -> Status {
         let current = self.current.load_full();
+        let calls = self.calls.matching(|_| true);
         let (history, last_deploy) = {
             let book = self.lock_book();
             (
@@ -407,7 +439,10 @@ impl Host {
                         sha256: p.sha256().to_owned(),
                     })
                     .collect(),
-                in_flight: generation.in_flight(),
+                in_flight: calls
+                    .iter()
+                    .filter(|c| c.generation == generation.id())
+                    .count(),
                 age_ms: u64::try_from(generation.age().as_millis()).unwrap_or(u64::MAX),
             })
             .collect();
@@ -457,6 +492,8 @@ impl Host {
             history,
             unload_policy: self.settings.unload_policy,
             last_deploy,
+            in_flight: calls.len(),
+            calls: crate::calls::oldest(calls, publish::MAX_LISTED),
         }
     }
 

@@ -432,6 +432,7 @@ impl Host {
             set,
             state.cells,
             &self.exports,
+            Arc::clone(&self.calls),
         ));
         self.track(&generation);
         let record = ReleaseRecord {

@@ -12,17 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::atomic_file;
+use crate::calls::{self, Call};
 use crate::error::{DeployCause, DeployError, Step};
 use crate::gate::Closed;
 use crate::generation::Generation;
 use crate::hook::Hook;
 use crate::report::DeployReport;
 use crate::state::Migration;
-use crate::status::ReleaseRecord;
+use crate::status::{CallStatus, ReleaseRecord};
 use crate::unload::UnloadPolicy;
 
 use super::prepare::{From, Kind, Prepared, Shipped};
 use super::{outcome, Book, Host};
+
+/// How many calls in flight a refusal or a status lists at most (the oldest).
+pub(crate) const MAX_LISTED: usize = 16;
 
 impl Host {
     /// Makes a prepared release the current generation: one atomic store, after which every new
@@ -99,18 +103,20 @@ impl Host {
         Ok(report)
     }
 
-    /// Closes the request boundary, waits (until the drain deadline) for every counted pin to
-    /// drop, then runs the migrations on the quiescent state. Returns the closed gate and when
-    /// it closed; any failure opens it again and refuses the release, state untouched (the
-    /// migrations wrote only into new cells).
+    /// Closes the request boundary for the requests that can reach a migrating plugin, waits
+    /// (until the drain deadline) for those in flight to end, then runs the migrations on the
+    /// quiescent state. Returns the closed gate and when it closed; any failure opens it again
+    /// and refuses the release, state untouched (the migrations wrote only into new cells).
     fn quiesce_and_migrate(
         &self,
         migrations: &[Migration],
     ) -> Result<(Closed<'_>, Instant), DeployError> {
-        let Some((closed, paused)) = self.quiesce() else {
-            let cause = DeployCause::MigrationDrain(self.settings.migration_drain);
-            return Err(self.refused(DeployError::new(Step::Migrate, None, None, cause)));
-        };
+        let plugins: Vec<String> = migrations.iter().map(|m| m.plugin.clone()).collect();
+        let limit = self.settings.migration_drain;
+        let (closed, paused) = self.quiesce(plugins, limit).map_err(|in_flight| {
+            let cause = DeployCause::MigrationDrain { limit, in_flight };
+            self.refused(DeployError::new(Step::Migrate, None, None, cause))
+        })?;
         for migration in migrations {
             if let Err(e) = migration.run() {
                 drop(closed);
@@ -127,27 +133,49 @@ impl Host {
         Ok((closed, paused))
     }
 
-    /// Closes the request boundary and waits for every counted pin to drop, until the drain
-    /// deadline. Returns the closed gate and when it closed, or `None` (the gate open again)
-    /// if pins were still held at the deadline.
-    pub(super) fn quiesce(&self) -> Option<(Closed<'_>, Instant)> {
-        let closed = self.gate.close();
+    /// Closes the request boundary for the calls that can reach `plugins` and waits for those
+    /// in flight to end, until `limit`. Returns the closed gate and when it closed, or (the
+    /// gate open again) the calls still in flight at the deadline, oldest first.
+    pub(super) fn quiesce(
+        &self,
+        plugins: Vec<String>,
+        limit: Duration,
+    ) -> Result<(Closed<'_>, Instant), Vec<CallStatus>> {
+        let names = plugins.clone();
+        let closed = self.gate.close(plugins);
         let paused = Instant::now();
-        let deadline = paused + self.settings.migration_drain;
-        while self.in_flight() > 0 {
+        let deadline = paused + limit;
+        loop {
+            let reaching = self.calls_reaching(&names);
+            if reaching.is_empty() {
+                return Ok((closed, paused));
+            }
             if Instant::now() >= deadline {
-                return None;
+                return Err(calls::oldest(reaching, MAX_LISTED));
             }
             std::thread::sleep(Duration::from_micros(50));
         }
-        Some((closed, paused))
     }
 
-    /// Requests in flight: the counted pins (owned pins and pin caches) on every live
-    /// generation. Every generation a release made is tracked, the current one included; only
-    /// the empty generation 0 is not, and it holds no state.
+    /// The calls in flight, on any generation, that can reach a plugin named in `plugins`.
+    pub(super) fn calls_reaching(&self, plugins: &[String]) -> Vec<Call> {
+        let mut generations = self.live_generations();
+        generations.push(self.current.load_full());
+        let masks: HashMap<u64, u64> = generations
+            .iter()
+            .map(|g| (g.id(), g.mask_of(plugins.iter().map(String::as_str))))
+            .collect();
+        self.calls.matching(|call| {
+            // A generation not found cannot be: a call's pin keeps its generation alive, and
+            // every generation but the empty first one is tracked. Assume the worst.
+            let mask = masks.get(&call.generation).copied().unwrap_or(u64::MAX);
+            call.reach.touches(mask)
+        })
+    }
+
+    /// Requests in flight: the counted pins (owned pins and pin caches) on every generation.
     pub fn in_flight(&self) -> usize {
-        self.live_generations().iter().map(|g| g.in_flight()).sum()
+        self.calls.total()
     }
 
     /// Makes the last release recorded in the data directory current again: what a restarted

@@ -1,17 +1,25 @@
 //! Saving plugin state ([`graft_api::State::PERSIST`]) to the data directory, so that a restart
 //! comes back with it (the first release a host publishes reads it back; see `prepare.rs`).
 //!
-//! A save copies the values at a request boundary, the way a migration does: it closes the
-//! gate, waits for the counted pins to drop (until the drain deadline), copies the bytes of
-//! every saved value of the current generation, and opens the gate again; the files are
-//! written after that, with the boundary open.
+//! A save copies the values at a request boundary when it can: it closes the gate for the
+//! requests that can reach a plugin whose state is saved, waits at most [`SAVE_HOLD`] for
+//! those in flight to end, copies the values and opens the gate again. When a call that can
+//! write them is still running then (a slow request), it does not wait and does not fail: it
+//! opens the gate and copies the values live, each field with an atomic load (see
+//! `StateCell::snapshot_live`), and says so. The files are written after that, with the
+//! boundary open.
 
 use std::time::Duration;
 
 use crate::error::SaveStateError;
 use crate::snapshot;
+use crate::status::CallStatus;
 
 use super::Host;
+
+/// How long a save holds requests at the boundary, at most, waiting for the calls in flight
+/// that can write the state it copies.
+pub const SAVE_HOLD: Duration = Duration::from_millis(1);
 
 /// What a state save did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,55 +27,83 @@ use super::Host;
 pub struct SavedState {
     /// The plugins whose state was saved.
     pub plugins: Vec<String>,
-    /// How long new requests were held at the boundary while the values were copied.
+    /// How long requests that can reach those plugins were held at the boundary.
     pub pause: Duration,
+    /// The calls that could write the state and were still running when it was copied (the
+    /// copy was taken live, field by field); empty when it was copied at a request boundary.
+    pub live: Vec<CallStatus>,
 }
 
 impl Host {
     /// Saves the state of the current generation's plugins that ask for it to the data
     /// directory (`state/<plugin>.state`, each written whole: temp file, fsync, rename), and
     /// removes the saved state of plugins no longer live. A host starting on this data
-    /// directory comes back with it. Call it when a server stops (after its requests drained)
-    /// and, if wanted, periodically: each save holds new requests at the boundary for as long
-    /// as copying takes, like a migration, and only if some plugin's state is saved.
+    /// directory comes back with it. Call it when a server stops and, if wanted, periodically.
+    ///
+    /// Requests that can reach a saved plugin are held at the boundary for at most
+    /// [`SAVE_HOLD`] (about 1 ms) while the values are copied; if calls that can write them are
+    /// still running then, the values are copied live instead (see [`SavedState::live`]): a
+    /// slow request never makes a save fail or wait. Other requests are never held.
     ///
     /// Before the first release went live this does nothing, so that saved state is never
     /// replaced by the empty generation's.
     ///
     /// # Errors
     ///
-    /// [`SaveStateError`] if requests are still in flight at the drain deadline or a file
-    /// cannot be written; what was saved before stays as it was.
+    /// [`SaveStateError`] if a file cannot be written; what was saved before stays as it was.
     pub fn save_state(&self) -> Result<SavedState, SaveStateError> {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if self.current.load().id() == 0 {
             return Ok(SavedState::default());
         }
-        let has_saved = self.current.load().persisted_states().next().is_some();
-        let (snapshots, pause) = if has_saved {
-            let (closed, paused) = self
-                .quiesce()
-                .ok_or(SaveStateError::Drain(self.settings.migration_drain))?;
-            // Read after the gate closed: a migrating publish stores under the closed gate, so
-            // this is the generation whose cells no request is writing.
-            let current = self.current.load_full();
-            let snapshots: Vec<_> = current
-                .persisted_states()
-                .map(|cell| (cell.plugin.clone(), cell.snapshot()))
-                .collect();
-            drop(closed);
-            (snapshots, paused.elapsed())
+        let plugins: Vec<String> = self
+            .current
+            .load()
+            .persisted_states()
+            .map(|cell| cell.plugin.clone())
+            .collect();
+        let mut saved = SavedState::default();
+        let snapshots: Vec<_> = if plugins.is_empty() {
+            Vec::new()
         } else {
-            (Vec::new(), Duration::ZERO)
+            match self.quiesce(plugins, SAVE_HOLD) {
+                Ok((closed, paused)) => {
+                    // Read after the gate closed: a migrating publish stores under the closed
+                    // gate, so this is the generation whose cells no request is writing.
+                    let current = self.current.load_full();
+                    let snapshots = current
+                        .persisted_states()
+                        .map(|cell| (cell.plugin.clone(), cell.snapshot()))
+                        .collect();
+                    drop(closed);
+                    saved.pause = paused.elapsed();
+                    snapshots
+                }
+                Err(live) => {
+                    saved.pause = SAVE_HOLD;
+                    let current = self.current.load_full();
+                    let snapshots = current
+                        .persisted_states()
+                        .map(|cell| (cell.plugin.clone(), cell.snapshot_live()))
+                        .collect();
+                    tracing::info!(
+                        calls = %live.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        "state copied while calls that can write it run"
+                    );
+                    saved.live = live;
+                    snapshots
+                }
+            }
         };
         snapshot::write_all(&self.state_dir, &snapshots)
             .map_err(|e| SaveStateError::Io(self.state_dir.clone(), e))?;
-        let plugins: Vec<String> = snapshots.into_iter().map(|(plugin, _)| plugin).collect();
+        saved.plugins = snapshots.into_iter().map(|(plugin, _)| plugin).collect();
         tracing::info!(
-            ?plugins,
-            pause_us = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX),
+            plugins = ?saved.plugins,
+            pause_us = u64::try_from(saved.pause.as_micros()).unwrap_or(u64::MAX),
+            live = !saved.live.is_empty(),
             "state saved"
         );
-        Ok(SavedState { plugins, pause })
+        Ok(saved)
     }
 }
