@@ -106,7 +106,8 @@ enum Command {
     /// Serve HTTP routes from plugin exports, with the admin API beside them.
     ///
     /// Stops on SIGTERM or Ctrl-C: stops accepting, lets in-flight requests finish (at most the
-    /// drain timeout), exits 0.
+    /// drain timeout), saves the plugin state that asks for it, exits 0 (non-zero if requests
+    /// were abandoned or the save failed).
     Serve {
         /// The config file.
         #[arg(long, default_value = "graft.toml")]
@@ -115,6 +116,11 @@ enum Command {
         /// the config's `watch`.
         #[arg(long)]
         watch: Option<PathBuf>,
+        /// Move the saved state (DATA/state.redb) aside first, to DATA/state.redb.set-aside-TIME,
+        /// and start with fresh state: the way out when a start is refused because the saved
+        /// state cannot be used. Nothing is deleted.
+        #[arg(long)]
+        set_aside_state: bool,
     },
     /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
     ///
@@ -288,7 +294,11 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, watch } => serve(&config, watch),
+        Command::Serve {
+            config,
+            watch,
+            set_aside_state,
+        } => serve(&config, watch, set_aside_state),
         Command::Dev {
             crates,
             config,
@@ -444,8 +454,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
-fn serve(config: &Path, watch: Option<PathBuf>) -> anyhow::Result<()> {
+fn serve(config: &Path, watch: Option<PathBuf>, set_aside_state: bool) -> anyhow::Result<()> {
     let mut config = ServeConfig::load(config)?;
+    if set_aside_state {
+        let moved = graft_host::store::set_aside(&config.data_dir).with_context(|| {
+            format!(
+                "setting aside the saved state in {}",
+                config.data_dir.display()
+            )
+        })?;
+        match moved {
+            Some(aside) => tracing::warn!(
+                aside = %aside.display(),
+                "saved state set aside: starting with fresh state"
+            ),
+            None => tracing::info!("no saved state to set aside"),
+        }
+    }
     if let Some(watch) = watch {
         config.watch = Some(
             std::path::absolute(&watch)

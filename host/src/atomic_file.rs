@@ -55,8 +55,13 @@ impl Temp {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+        sync_dir(dir)
     }
+}
+
+/// Flushes a directory's entries to disk (after a rename in it).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 impl Drop for Temp {

@@ -64,9 +64,10 @@ fn scratch_host() -> Result<(tempfile::TempDir, Host), DeployError> {
         |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
     let scratch =
         tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
-    let host = Host::builder(scratch.path())
-        .build()
-        .map_err(|e| scratch_error("starting a scratch host", e))?;
+    let host = Host::builder(scratch.path()).build().map_err(|e| {
+        let e = std::io::Error::other(crate::DisplayChain(&e).to_string());
+        scratch_error("starting a scratch host", e)
+    })?;
     Ok((scratch, host))
 }
 

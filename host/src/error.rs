@@ -112,6 +112,12 @@ impl DeployError {
     pub fn cause(&self) -> &DeployCause {
         &self.cause
     }
+
+    /// Whether it was refused because of saved state it cannot use: a restart does not fall
+    /// back to another release then.
+    pub fn is_saved_state(&self) -> bool {
+        matches!(self.cause, DeployCause::SavedState { .. })
+    }
 }
 
 /// Why a deploy failed.
@@ -182,6 +188,17 @@ pub enum DeployCause {
     /// same schema, a migration that failed or panicked).
     #[error("state: {}", Bounded(.0))]
     State(String),
+    /// Saved state (in the store) that this release cannot use: damaged, of another size than
+    /// its type, a type changed under its schema, or a schema no loaded build migrates from.
+    /// A restarting host refuses to start on it rather than fall back to another release, and
+    /// leaves the store as it is.
+    #[error("the saved state in {} cannot be used: {}; graft leaves it as it is: deploy a release that can migrate it, or set it aside (graft serve --set-aside-state) to start with fresh state", BoundedPath(.path), Bounded(.reason))]
+    SavedState {
+        /// The store's file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The requests in flight that can reach a migrating plugin did not finish within the
     /// migration's drain deadline; new ones were held and then resumed on the old generation.
     /// Requests that cannot reach it were never held.
@@ -207,6 +224,19 @@ pub enum DeployCause {
     },
 }
 
+/// Why a host could not be built ([`HostBuilder::build`](crate::HostBuilder::build)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The data directory could not be prepared, or the unloader's thread could not start.
+    #[error("preparing the host in {}", BoundedPath(.0))]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The saved state in the data directory cannot be used (the host does not start without
+    /// it, and leaves it as it is).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// `POST /slow on generation 3 for 2400 ms, GET /x on generation 3 for 1200 ms`
 struct CallList<'a>(&'a [CallStatus]);
 
@@ -230,9 +260,9 @@ impl fmt::Display for CallList<'_> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SaveStateError {
-    /// Writing the state files failed.
-    #[error("writing saved state to {}", .0.display())]
-    Io(PathBuf, #[source] std::io::Error),
+    /// Writing to the store failed.
+    #[error("writing saved state to {}: {}", .0.display(), Bounded(.1))]
+    Store(PathBuf, String),
 }
 
 /// A call into the pinned generation that did not return a value.

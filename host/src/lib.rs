@@ -71,6 +71,7 @@ mod snapshot;
 mod stage;
 mod state;
 pub mod status;
+pub mod store;
 mod typed;
 mod types;
 mod unload;
@@ -79,7 +80,9 @@ pub use calls::CallSite;
 pub use decl::{
     is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
 };
-pub use error::{CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step};
+pub use error::{
+    BuildError, CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step,
+};
 pub use generation::{Export, Generation, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
 pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD, SAVE_HOLD};

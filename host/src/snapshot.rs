@@ -1,21 +1,16 @@
-//! Saved plugin state: the bytes of each persisted state value ([`graft_api::State::PERSIST`])
-//! in the data directory, so that a restart comes back with them.
+//! A saved state value ([`graft_api::State::PERSIST`]) as a record: a header (magic, schema,
+//! alignment, the type's layout fingerprint, the value's length), the value's bytes, and the
+//! SHA-256 of everything before it. The store keeps one per plugin (`store.rs`); a record that
+//! does not check out refuses the release that would read it, naming the store: state is never
+//! dropped silently.
 //!
-//! One file per plugin, `state/<plugin>.state`: a header (magic, schema, alignment, the type's
-//! layout fingerprint, the value's length), the value's bytes, and the SHA-256 of everything
-//! before it. Files are written whole (temp file, fsync, rename) by [`Host::save_state`], which
-//! copies the values at a request boundary, and read back by the first release a host publishes
-//! (see [`crate::state::carry`]). A file that does not check out refuses that release, naming
-//! the file: state is never dropped silently.
-//!
-//! [`Host::save_state`]: crate::Host::save_state
+//! Before the store, each record was a file of its own, `state/<plugin>.state`; the store
+//! imports such files once, when it is created.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-
-use crate::atomic_file;
 
 /// The directory, in the data directory, that holds saved state.
 pub(crate) const DIR: &str = "state";
@@ -36,7 +31,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let fingerprint = self.fingerprint.as_bytes();
         let mut out = Vec::with_capacity(64 + fingerprint.len() + self.bytes.len());
         out.extend_from_slice(MAGIC);
@@ -55,7 +50,7 @@ impl Snapshot {
         out
     }
 
-    fn decode(file: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(file: &[u8]) -> Result<Self, String> {
         let (body, digest) = file
             .split_at_checked(file.len().saturating_sub(32))
             .filter(|(body, _)| body.len() >= MAGIC.len())
@@ -110,9 +105,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where `plugin`'s saved state lives under `dir`.
+/// Where `plugin`'s saved state lived under `dir`, before the store.
 pub(crate) fn path(dir: &Path, plugin: &str) -> PathBuf {
     dir.join(format!("{plugin}{SUFFIX}"))
+}
+
+/// The plugin whose state file is named `file_name`, if it is one.
+pub(crate) fn plugin_of(file_name: &str) -> Option<&str> {
+    file_name.strip_suffix(SUFFIX)
 }
 
 /// Reads `plugin`'s saved state, if there is a file for it. The error names what is wrong with
@@ -133,22 +133,12 @@ pub(crate) fn read(dir: &Path, plugin: &str) -> Result<Option<Snapshot>, String>
     Snapshot::decode(&bytes).map(Some)
 }
 
-/// Writes these snapshots (each whole: temp file, fsync, rename) and removes the state files
-/// of plugins not among them, so that a restart does not bring back the state of a plugin
-/// that was no longer live.
+/// Writes these snapshots as state files, the way hosts did before the store.
+#[cfg(test)]
 pub(crate) fn write_all(dir: &Path, snapshots: &[(String, Snapshot)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (plugin, snapshot) in snapshots {
-        atomic_file::write(&path(dir, plugin), &snapshot.encode())?;
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(plugin) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-            continue;
-        };
-        if !snapshots.iter().any(|(p, _)| p == plugin) {
-            std::fs::remove_file(dir.join(&name))?;
-        }
+        crate::atomic_file::write(&path(dir, plugin), &snapshot.encode())?;
     }
     Ok(())
 }
@@ -187,16 +177,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn writing_replaces_the_set_of_files() {
-        let dir = tempfile::tempdir().unwrap();
-        write_all(
-            dir.path(),
-            &[("a".into(), snapshot()), ("b".into(), snapshot())],
-        )
-        .unwrap();
-        write_all(dir.path(), &[("b".into(), snapshot())]).unwrap();
-        assert_eq!(read(dir.path(), "a"), Ok(None));
-        assert_eq!(read(dir.path(), "b"), Ok(Some(snapshot())));
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Any byte of a record changed, anywhere: refused, with a short reason.
+        #[test]
+        fn a_mutated_record_is_refused(at in proptest::prelude::any::<proptest::sample::Index>(), by in 1u8..=255) {
+            let mut record = snapshot().encode();
+            let at = at.index(record.len());
+            record[at] ^= by;
+            let error = Snapshot::decode(&record).unwrap_err();
+            proptest::prop_assert!(error.len() < 200, "{}", error);
+        }
+
+        /// A record cut anywhere: refused.
+        #[test]
+        fn a_truncated_record_is_refused(keep in proptest::prelude::any::<proptest::sample::Index>()) {
+            let record = snapshot().encode();
+            let keep = keep.index(record.len());
+            proptest::prop_assert!(Snapshot::decode(&record[..keep]).is_err());
+        }
+
+        /// Arbitrary bytes: refused without a panic (or, by chance, a record).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = Snapshot::decode(&bytes);
+        }
     }
 }

@@ -29,7 +29,8 @@ use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::Generation;
 use crate::hook::ffi_result;
 use crate::loader::LoadedPlugin;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::store::Store;
 use crate::types;
 
 /// What a plugin's library declares about its state, copied into host memory at load.
@@ -394,135 +395,259 @@ pub(crate) struct Carried {
 pub(crate) fn carry(
     base: &Generation,
     set: &[Arc<LoadedPlugin>],
-    saved: Option<&Path>,
+    saved: Option<&Store>,
 ) -> Result<Carried, DeployError> {
     let mut carried = Carried {
         cells: Vec::with_capacity(set.len()),
         migrations: Vec::new(),
     };
     for plugin in set {
-        let name = &plugin.info().name;
-        let refuse = |message: String| {
-            DeployError::new(
-                Step::Migrate,
-                Some(name),
-                Some(plugin.path().to_owned()),
-                DeployCause::State(message),
-            )
-        };
         let Some(info) = plugin.state() else {
             carried.cells.push(None);
             continue;
         };
-        // The value to carry over, the build holding it (none for a saved one), and where it
-        // comes from, for errors.
-        let live = base
-            .state_of(name)
-            .map(|(old, holder)| (Arc::clone(old), Some(holder), "is live".to_owned()));
-        let found = match (live, saved) {
-            (Some(live), _) => Some(live),
-            (None, Some(dir)) if info.persist => {
-                restore(dir, name, info, &refuse)?.map(|(cell, origin)| (cell, None, origin))
-            }
-            (None, _) => None,
+        let refuse = Refuse { plugin };
+        let found = match base.state_of(&plugin.info().name) {
+            Some((old, holder)) => Some((Arc::clone(old), Source::Live(holder))),
+            None if info.persist => saved
+                .map(|store| restore(store, plugin, info, &refuse))
+                .transpose()?
+                .flatten(),
+            None => None,
         };
-        let Some((old, holder, origin)) = found else {
-            let cell = info
-                .fresh(name)
-                .map_err(|e| refuse(format!("initial value of schema {}: {e}", info.schema)))?;
-            carried.cells.push(Some(Arc::new(cell)));
-            continue;
-        };
-        let cell = if old.schema == info.schema {
-            if old.fingerprint != info.fingerprint {
-                return Err(refuse(format!(
-                    "schema {} {origin} with another type than {}: a changed state type needs a \
-                     new schema number and migrations",
-                    info.schema, info.type_name
-                )));
+        let cell = match found {
+            None => Arc::new(info.fresh(&plugin.info().name).map_err(|e| {
+                refuse.live(format!("initial value of schema {}: {e}", info.schema))
+            })?),
+            Some((old, source)) if old.schema == info.schema => {
+                pass_through(old, info, &source, &refuse)?
             }
-            old.has_layout(info.layout)
-                .map_err(|e| refuse(format!("schema {} {origin}, but {e}", info.schema)))?;
-            old
-        } else {
-            let up = info.schema > old.schema;
-            // Up: the newer build carries it; down: the build being replaced does (a saved
-            // value has no such build loaded).
-            let (carrier, found) = if up {
-                (Some(plugin), info.up_from(old.schema, &old.fingerprint))
-            } else {
-                let found = holder
-                    .and_then(|h| h.state())
-                    .and_then(|h| h.down_to(info.schema, &info.fingerprint));
-                (holder, found)
-            };
-            if let (true, Some(found)) = (up, found) {
-                old.has_layout(found.layout)
-                    .map_err(|e| refuse(format!("schema {} {origin}, but {e}", old.schema)))?;
+            Some((old, source)) => {
+                let migration = migrate(old, &source, plugin, info, &refuse)?;
+                let to = Arc::clone(&migration.to);
+                carried.migrations.push(migration);
+                to
             }
-            let (Some(carrier), Some(found)) = (carrier, found) else {
-                let carries = carrier.map_or_else(
-                    || {
-                        format!(
-                            "the value {origin}, and no build that could migrate it down is loaded"
-                        )
-                    },
-                    |c| {
-                        let paths = c.state().map_or_else(String::new, StateInfo::paths);
-                        format!("{} {} carries {paths}", c.info().name, c.info().version)
-                    },
-                );
-                return Err(refuse(format!(
-                    "no migration from schema {} to schema {}: {carries}",
-                    old.schema, info.schema,
-                )));
-            };
-            let migration = Migration {
-                plugin: name.clone(),
-                to: Arc::new(StateCell::zeroed(name, info).map_err(refuse)?),
-                from: old,
-                carrier: Arc::clone(carrier),
-                run: found.run,
-                up,
-            };
-            migration.run().map_err(|e| {
-                refuse(format!(
-                    "migration {} from schema {} to {} failed: {e}",
-                    if up { "up" } else { "down" },
-                    migration.from.schema,
-                    info.schema
-                ))
-            })?;
-            let to = Arc::clone(&migration.to);
-            carried.migrations.push(migration);
-            to
         };
         carried.cells.push(Some(cell));
     }
     Ok(carried)
 }
 
-/// `plugin`'s saved value under `dir`, if it has one, and where it was saved (for errors).
-fn restore(
-    dir: &Path,
-    plugin: &str,
+/// Where a value carried over comes from.
+enum Source<'a> {
+    /// The generation being replaced, where this build holds it.
+    Live(&'a Arc<LoadedPlugin>),
+    /// The store (its file).
+    Saved(&'a Path),
+}
+
+impl fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Live(_) => f.write_str("is live"),
+            Self::Saved(path) => write!(f, "was saved in {}", path.display()),
+        }
+    }
+}
+
+/// The refusals of one plugin's state: about a live value ([`DeployCause::State`]) or a saved
+/// one ([`DeployCause::SavedState`], which a restart does not fall back from).
+struct Refuse<'a> {
+    plugin: &'a LoadedPlugin,
+}
+
+impl Refuse<'_> {
+    fn error(&self, cause: DeployCause) -> DeployError {
+        DeployError::new(
+            Step::Migrate,
+            Some(&self.plugin.info().name),
+            Some(self.plugin.path().to_owned()),
+            cause,
+        )
+    }
+
+    fn live(&self, message: String) -> DeployError {
+        self.error(DeployCause::State(message))
+    }
+
+    fn from(&self, source: &Source<'_>, message: String) -> DeployError {
+        match source {
+            Source::Live(_) => self.live(message),
+            Source::Saved(path) => self.error(DeployCause::SavedState {
+                path: path.to_path_buf(),
+                reason: message,
+            }),
+        }
+    }
+}
+
+/// The value as it is, for a build of the same schema: the same type, at the type's size.
+fn pass_through(
+    old: Arc<StateCell>,
     info: &StateInfo,
-    refuse: &dyn Fn(String) -> DeployError,
-) -> Result<Option<(Arc<StateCell>, String)>, DeployError> {
-    let file = snapshot::path(dir, plugin);
-    let in_file = |e: String| {
-        refuse(format!(
-            "saved state {}: {e} (move the file away to start from a fresh value)",
-            file.display()
-        ))
+    source: &Source<'_>,
+    refuse: &Refuse<'_>,
+) -> Result<Arc<StateCell>, DeployError> {
+    if old.fingerprint != info.fingerprint {
+        return Err(refuse.from(
+            source,
+            format!(
+                "schema {} {source} with another type than {}: a changed state type needs a new \
+                 schema number and migrations",
+                info.schema, info.type_name
+            ),
+        ));
+    }
+    old.has_layout(info.layout)
+        .map_err(|e| refuse.from(source, format!("schema {} {source}, but {e}", info.schema)))?;
+    Ok(old)
+}
+
+/// The migration of `old` to `plugin`'s schema, run once as a trial into a new cell: up by the
+/// newer build, which carries it; down by the build being replaced (a saved value has no such
+/// build loaded).
+fn migrate(
+    old: Arc<StateCell>,
+    source: &Source<'_>,
+    plugin: &Arc<LoadedPlugin>,
+    info: &StateInfo,
+    refuse: &Refuse<'_>,
+) -> Result<Migration, DeployError> {
+    let up = info.schema > old.schema;
+    let holder = match source {
+        Source::Live(holder) => Some(*holder),
+        Source::Saved(_) => None,
     };
-    let Some(saved) = snapshot::read(dir, plugin).map_err(in_file)? else {
+    let (carrier, found) = if up {
+        (Some(plugin), info.up_from(old.schema, &old.fingerprint))
+    } else {
+        let found = holder
+            .and_then(|h| h.state())
+            .and_then(|h| h.down_to(info.schema, &info.fingerprint));
+        (holder, found)
+    };
+    if let (true, Some(found)) = (up, found) {
+        old.has_layout(found.layout)
+            .map_err(|e| refuse.from(source, format!("schema {} {source}, but {e}", old.schema)))?;
+    }
+    let (Some(carrier), Some(found)) = (carrier, found) else {
+        let carries = carrier.map_or_else(
+            || format!("the value {source}, and no build that could migrate it down is loaded"),
+            |c| {
+                let paths = c.state().map_or_else(String::new, StateInfo::paths);
+                format!("{} {} carries {paths}", c.info().name, c.info().version)
+            },
+        );
+        return Err(refuse.from(
+            source,
+            format!(
+                "no migration from schema {} to schema {}: {carries}",
+                old.schema, info.schema,
+            ),
+        ));
+    };
+    let name = &plugin.info().name;
+    let migration = Migration {
+        plugin: name.clone(),
+        to: Arc::new(StateCell::zeroed(name, info).map_err(|e| refuse.live(e))?),
+        from: old,
+        carrier: Arc::clone(carrier),
+        run: found.run,
+        up,
+    };
+    migration.run().map_err(|e| {
+        refuse.from(
+            source,
+            format!(
+                "migration {} from schema {} to {} failed: {e}",
+                if up { "up" } else { "down" },
+                migration.from.schema,
+                info.schema
+            ),
+        )
+    })?;
+    Ok(migration)
+}
+
+/// `plugin`'s saved value in the store, if it has one.
+fn restore<'s>(
+    store: &'s Store,
+    plugin: &LoadedPlugin,
+    info: &StateInfo,
+    refuse: &Refuse<'_>,
+) -> Result<Option<(Arc<StateCell>, Source<'s>)>, DeployError> {
+    let name = &plugin.info().name;
+    let source = Source::Saved(store.path());
+    let unusable = |e: String| refuse.from(&source, format!("the value of plugin {name}: {e}"));
+    let Some(saved) = store.read_cell(name).map_err(unusable)? else {
         return Ok(None);
     };
-    let cell = StateCell::restored(plugin, &saved, info).map_err(in_file)?;
-    tracing::info!(plugin, schema = saved.schema, file = %file.display(), "restoring saved state");
-    Ok(Some((
-        Arc::new(cell),
-        format!("was saved in {}", file.display()),
-    )))
+    let cell = StateCell::restored(name, &saved, info).map_err(unusable)?;
+    tracing::info!(plugin = %name, schema = saved.schema, store = %store.path().display(), "restoring saved state");
+    Ok(Some((Arc::new(cell), source)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use abi_stable::StableAbi;
+    use graft_api::State;
+
+    use super::*;
+
+    #[repr(C)]
+    #[derive(StableAbi)]
+    struct Counts {
+        total: AtomicU64,
+        by_key: [AtomicU64; 8],
+    }
+
+    impl State for Counts {
+        const SCHEMA: u32 = 2;
+        const PERSIST: bool = true;
+        fn init() -> Self {
+            Self {
+                total: AtomicU64::new(0),
+                by_key: Default::default(),
+            }
+        }
+    }
+
+    const DECL: StateDecl = graft_api::state::state_decl::<Counts>(&[]);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// A saved value whose record checks out (schema, type, checksum) but whose length or
+        /// alignment is not its type's is never used as the value.
+        #[test]
+        fn a_saved_value_of_another_layout_is_never_used(len in 0usize..256, align in proptest::sample::select(vec![1u32, 2, 4, 8, 16])) {
+            let info = StateInfo::read(&DECL).unwrap();
+            let saved = Snapshot {
+                schema: info.schema,
+                align,
+                fingerprint: info.fingerprint.clone(),
+                bytes: vec![7; len],
+            };
+            let cell = StateCell::restored("counts", &saved, &info).unwrap();
+            let fits = len == std::mem::size_of::<Counts>() && align as usize == std::mem::align_of::<Counts>();
+            proptest::prop_assert_eq!(cell.has_layout(info.layout).is_ok(), fits);
+        }
+    }
+
+    #[test]
+    fn a_live_copy_reads_every_field_of_the_value() {
+        let info = StateInfo::read(&DECL).unwrap();
+        let cell = info.fresh("counts").unwrap();
+        // SAFETY: the cell holds a `Counts` (its initialiser wrote one).
+        let value = unsafe { &*cell.ptr.as_ptr().cast::<Counts>() };
+        value.total.store(5, std::sync::atomic::Ordering::Relaxed);
+        value.by_key[7].store(9, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(cell.snapshot_live(), cell.snapshot());
+        assert_eq!(cell.snapshot().bytes[64..72], 9u64.to_ne_bytes());
+    }
 }

@@ -12,6 +12,7 @@ mod fleet;
 mod isolation;
 mod lifecycle;
 mod logging;
+mod never_lost;
 mod pinning;
 mod publish;
 mod releases;

@@ -218,19 +218,8 @@ fn saved_state_comes_back_after_a_restart_as_it_was_or_migrated_up() {
     assert_eq!(total(&host), 0, "no stale state comes back");
 }
 
-/// Starts a host on `env`'s data directory and deploys crate `krate` as release `label`, which
-/// must be refused at step migrate; returns the error's whole chain.
-fn refused_after_restart(env: &Env, label: &str, krate: &str) -> String {
-    let err = restarted(env)
-        .deploy(env.complete_release(label, &[krate]))
-        .unwrap_err();
-    let text = DisplayChain(&err).to_string();
-    assert_eq!(err.step(), Step::Migrate, "{text}");
-    text
-}
-
 #[test]
-fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
+fn saved_state_of_a_schema_no_loaded_build_migrates_refuses_the_release_naming_the_store() {
     let env = Env::new();
     let host = env.host();
     host.deploy(env.complete_release("v2", &["counter-v2"]))
@@ -240,24 +229,41 @@ fn saved_state_that_cannot_be_used_refuses_the_first_release_naming_the_file() {
     drop(host);
 
     // Schema 2 saved, schema 1 starting: only a loaded schema-2 build could migrate it down.
-    let text = refused_after_restart(&env, "v1", "counter-v1");
+    let err = restarted(&env)
+        .deploy(env.complete_release("v1", &["counter-v1"]))
+        .unwrap_err();
+    let text = DisplayChain(&err).to_string();
+    assert_eq!(err.step(), Step::Migrate, "{text}");
+    assert!(err.is_saved_state(), "{text}");
     assert!(
-        text.contains("no migration from schema 2 to schema 1") && text.contains("counter.state"),
+        text.contains("no migration from schema 2 to schema 1")
+            && text.contains("state.redb")
+            && text.contains("--set-aside-state"),
         "{text}"
     );
+}
 
-    // A damaged file: refused, the file named; it is kept for the operator.
-    let file = env.path("data/state/counter.state");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&file, &bytes).unwrap();
-    let text = refused_after_restart(&env, "v2-again", "counter-v2");
+#[test]
+fn a_saved_value_of_another_length_than_its_type_is_refused_though_its_checksum_is_valid() {
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v2", &["counter-v2"]))
+        .unwrap();
+    incr(&host, 3, 1);
+    host.save_state().unwrap();
+    drop(host);
+    // 72 bytes saved for CounterV2; rewritten as 8, with the record's length and checksum
+    // made to match: only the type's size can tell.
+    crate::util::rewrite_saved_cell(&env.path("data"), "counter", |value| value.truncate(8));
+    let err = restarted(&env)
+        .deploy(env.complete_release("v2-again", &["counter-v2"]))
+        .unwrap_err();
+    let text = DisplayChain(&err).to_string();
+    assert!(err.is_saved_state(), "{text}");
     assert!(
-        text.contains("checksum mismatch") && text.contains(file.to_str().unwrap()),
+        text.contains("the value is 8 bytes") && text.contains("its type is 72 bytes"),
         "{text}"
     );
-    assert!(file.exists());
 }
 
 /// `graft serve` of the counter example on `env`, in this process, with its admin client.
@@ -322,7 +328,7 @@ fn graft_serve_saves_state_when_it_stops_and_a_restart_comes_back_with_it_and_co
 
     assert!(runtime.block_on(server.shutdown()).is_clean());
     drop(runtime);
-    assert!(env.path("data/state/counter.state").exists());
+    assert!(env.path("data/state.redb").exists());
     // The restart restores the last live release (v2) and its saved state.
     let (runtime, server, _admin) = serve_counter(&env, "");
     assert_eq!(post_u64(&server, "/total", 0), 6);
@@ -334,23 +340,24 @@ fn graft_serve_saves_state_periodically_with_state_save_interval_ms() {
     let env = Env::new();
     env.complete_release("v1", &["counter-v1"]);
     let (_runtime, server, _admin) = serve_counter(&env, "state_save_interval_ms = 50");
-    post_u64(&server, "/incr", 0);
-    let file = env.path("data/state/counter.state");
-    wait_until("a periodic save", Duration::from_secs(30), || file.exists());
-    // Without a shutdown (as after a crash), a host started on a copy of the saved state comes
-    // back with what was last saved.
-    for _ in 0..2 {
+    // Without a shutdown (as after a crash), a host started on a copy of the store comes back
+    // with what was last saved.
+    for _ in 0..3 {
         post_u64(&server, "/incr", 0);
     }
+    let file = env.path("data/state.redb");
     let copy = env.path("copy");
     wait_until(
         "a save of all 3 increments",
         Duration::from_secs(30),
         || {
             let _ = std::fs::remove_dir_all(&copy);
-            std::fs::create_dir_all(copy.join("state")).unwrap();
-            std::fs::copy(&file, copy.join("state/counter.state")).unwrap();
-            let host = Host::builder(&copy).build().unwrap();
+            std::fs::create_dir_all(&copy).unwrap();
+            // Copied while the server may be writing it: a torn copy is refused; try again.
+            std::fs::copy(&file, copy.join("state.redb")).unwrap();
+            let Ok(host) = Host::builder(&copy).build() else {
+                return false;
+            };
             host.deploy(env.path("releases/v1")).unwrap();
             total(&host) == 3
         },

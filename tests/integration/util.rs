@@ -38,6 +38,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("counter-v2", "counter"),
     ("counter-faulty", "counter"),
     ("counter-veto", "counter"),
+    ("counter-held", "counter"),
 ];
 
 /// Test plugins outside the workspace, each built on its own: one with graft-api's `next-api`
@@ -500,4 +501,39 @@ impl std::ops::DerefMut for KillOnDrop {
     fn deref_mut(&mut self) -> &mut std::process::Child {
         &mut self.0
     }
+}
+
+/// Rewrites `plugin`'s saved state cell in the store of `data_dir` as a tool outside graft
+/// could: `change` edits the value's bytes, and the record's length and checksum are made to
+/// match (the record's layout is in `host/src/snapshot.rs`).
+pub(crate) fn rewrite_saved_cell(data_dir: &Path, plugin: &str, change: impl FnOnce(&mut Vec<u8>)) {
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+    use sha2::Digest;
+    const CELLS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("cells");
+    let db = redb::Database::create(data_dir.join("state.redb")).unwrap();
+    let record = {
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(CELLS).unwrap();
+        let record = table.get(plugin).unwrap().unwrap().value().to_vec();
+        record
+    };
+    // magic (8), schema (4), alignment (4), fingerprint length (4), fingerprint, value length
+    // (8), value, SHA-256 of everything before it (32).
+    let fingerprint_len = u32::from_le_bytes(record[16..20].try_into().unwrap()) as usize;
+    let header = 20 + fingerprint_len;
+    let len = u64::from_le_bytes(record[header..header + 8].try_into().unwrap()) as usize;
+    let mut value = record[header + 8..header + 8 + len].to_vec();
+    change(&mut value);
+    let mut rewritten = record[..header].to_vec();
+    rewritten.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    rewritten.extend_from_slice(&value);
+    let digest = sha2::Sha256::digest(&rewritten);
+    rewritten.extend_from_slice(&digest);
+    let write = db.begin_write().unwrap();
+    write
+        .open_table(CELLS)
+        .unwrap()
+        .insert(plugin, rewritten.as_slice())
+        .unwrap();
+    write.commit().unwrap();
 }

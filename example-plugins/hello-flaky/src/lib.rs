@@ -37,7 +37,7 @@ fn init() -> Result<(), Error> {
 fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {
     let every = FAIL_EVERY.load(Ordering::Relaxed);
     let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
-    if every > 0 && n % every == 0 {
+    if every > 0 && n.is_multiple_of(every) {
         return Err(Error::new(format!("call {n} fails (one in {every})")));
     }
     Ok(format!("hello, {name}"))

@@ -58,15 +58,19 @@ const ROLLOUT_RECORD: &str = "rollout.json";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    /// The host could not start.
+    /// The host could not start (its data directory, or saved state it cannot use).
     #[error("starting the host in {}", dir.display())]
     Host {
         /// The data directory.
         dir: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: graft_host::BuildError,
     },
+    /// The last live release cannot use the saved state: the server does not start on another
+    /// release instead (it would serve without that state), and leaves the state as it is.
+    #[error("restoring the last live release")]
+    SavedState(#[source] DeployError),
     /// The initial release was rejected.
     #[error("deploying the initial release")]
     Deploy(#[source] DeployError),
@@ -393,6 +397,7 @@ fn initial_release(host: &Host, release: Option<PathBuf>) -> Result<(), ServeErr
     let restore = match host.restore() {
         Ok(Some(_)) => return Ok(()),
         Ok(None) => None,
+        Err(error) if error.is_saved_state() => return Err(ServeError::SavedState(error)),
         Err(error) => Some(error),
     };
     let Some(release) = release else {

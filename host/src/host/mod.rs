@@ -31,7 +31,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::bounded::{truncate, MAX_MESSAGE};
 use crate::calls::{CallSite, Calls};
 use crate::decl::ContractError;
-use crate::error::{CallError, DeployError, DisplayChain};
+use crate::error::{BuildError, CallError, DeployError, DisplayChain};
 use crate::gate::Gate;
 use crate::generation::{Export, Exports, Generation};
 use crate::ids::Ids;
@@ -46,6 +46,7 @@ use crate::status::{
     DeployOutcome, GenerationRole, GenerationStatus, LibraryState, LibraryStatus, PluginStatus,
     ReleaseRecord, Status,
 };
+use crate::store::Store;
 use crate::typed::TypedExport;
 use crate::unload::{Released, UnloadPolicy, Unloader};
 
@@ -86,8 +87,8 @@ pub struct Host {
     gate: Gate,
     /// The calls in flight on every generation (see [`crate::calls`]).
     calls: Arc<Calls>,
-    /// `DATA/state`: saved plugin state.
-    state_dir: PathBuf,
+    /// `DATA/state.redb`: saved plugin state and persisted tables.
+    store: Store,
     /// Held by one state save at a time, so that an older copy never overwrites a newer one.
     saving: Mutex<()>,
     /// Generation ids, unique for the life of the data directory.
@@ -186,14 +187,20 @@ impl HostBuilder {
         self
     }
 
-    /// Creates the host, with the empty generation 0 current.
+    /// Creates the host, with the empty generation 0 current, and opens its store of saved
+    /// state (`DATA/state.redb`).
     ///
     /// # Errors
     ///
-    /// If the data directory cannot be created or the unloader thread cannot start.
-    pub fn build(self) -> std::io::Result<Host> {
+    /// [`BuildError::Io`] if the data directory cannot be created or the unloader thread cannot
+    /// start; [`BuildError::Store`] if the saved state is there but cannot be used (damaged,
+    /// not a store): the host does not start without it, and leaves it as it is.
+    pub fn build(self) -> Result<Host, BuildError> {
+        let io = |e| BuildError::Io(self.data_dir.clone(), e);
         let staging_dir = self.data_dir.join("staged");
-        std::fs::create_dir_all(&staging_dir)?;
+        std::fs::create_dir_all(&staging_dir).map_err(io)?;
+        let store = Store::open(&self.data_dir)?;
+        let unloader = Unloader::spawn(self.settings.hook_timeout).map_err(io)?;
         let calls = Arc::new(Calls::default());
         let empty = Generation::empty(Arc::clone(&calls));
         empty.mark_published();
@@ -201,7 +208,7 @@ impl HostBuilder {
             current: ArcSwap::from_pointee(empty),
             exports: Exports::default(),
             libraries: Libraries::default(),
-            unloader: Unloader::spawn(self.settings.hook_timeout)?,
+            unloader,
             checksums: ChecksumCache::default(),
             staging_dir,
             staging: RwLock::new(()),
@@ -211,7 +218,7 @@ impl HostBuilder {
             settings: self.settings,
             gate: Gate::default(),
             calls,
-            state_dir: self.data_dir.join(crate::snapshot::DIR),
+            store,
             saving: Mutex::new(()),
             ids: Ids::open(&self.data_dir),
             generations: Mutex::new(Vec::new()),

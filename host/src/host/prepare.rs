@@ -418,7 +418,7 @@ impl Host {
         })?;
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
-        let saved = (base.id() == 0).then_some(self.state_dir.as_path());
+        let saved = (base.id() == 0).then_some(&self.store);
         let state = state::carry(base, &set, saved)?;
         self.initialise(&shipped)?;
         pre_activate(&shipped, self.settings.hook_timeout)?;

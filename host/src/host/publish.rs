@@ -188,7 +188,9 @@ impl Host {
     /// Restoring falls back, loudly (a warning for each attempt that fails): the last live
     /// release from its staged copies, then from the files it was deployed from, then each
     /// earlier release of the history the same way, newest first. The history kept is the one
-    /// up to the release restored.
+    /// up to the release restored. A release refused because of saved state it cannot use
+    /// ([`DeployError::is_saved_state`]) stops the fallback: that error is returned, and no
+    /// other release serves without the state.
     ///
     /// # Errors
     ///
@@ -220,6 +222,9 @@ impl Host {
                         }
                         return Ok(Some(report));
                     }
+                    // Saved state this release cannot use: no other release is tried, since it
+                    // would serve without that state (or another app's).
+                    Err(error) if error.is_saved_state() => return Err(error),
                     Err(error) => {
                         tracing::warn!(
                             recorded = record.generation,
@@ -307,14 +312,29 @@ impl Host {
     }
 
     /// Deletes staged copies that no live library and no recorded release refers to. Skipped
-    /// while a prepare is staging (the next publish collects them).
+    /// while a prepare is staging (the next publish collects them). Until this host published
+    /// a release, the record on disk counts too (a refused start leaves every copy it names
+    /// for the next start), and if it cannot be read, nothing is deleted.
     pub(super) fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
+        let on_disk = if self.lock_book().version == 0 {
+            match std::fs::read(&self.record_path) {
+                Ok(bytes) => match serde_json::from_slice::<VecDeque<ReleaseRecord>>(&bytes) {
+                    Ok(recorded) => recorded,
+                    Err(_) => return,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
+                Err(_) => return,
+            }
+        } else {
+            VecDeque::new()
+        };
         let Ok(_exclusive) = self.staging.try_write() else {
             tracing::debug!("staged copies not collected: a prepare is staging");
             return;
         };
         let keep: HashSet<PathBuf> = history
             .iter()
+            .chain(&on_disk)
             .flat_map(|r| r.plugins.iter().map(|p| p.staged.clone()))
             .chain(self.libraries.live().iter().map(|p| p.path().to_owned()))
             .collect();

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use crate::error::SaveStateError;
-use crate::snapshot;
 use crate::status::CallStatus;
 
 use super::Host;
@@ -35,9 +34,9 @@ pub struct SavedState {
 }
 
 impl Host {
-    /// Saves the state of the current generation's plugins that ask for it to the data
-    /// directory (`state/<plugin>.state`, each written whole: temp file, fsync, rename), and
-    /// removes the saved state of plugins no longer live. A host starting on this data
+    /// Saves the state of the current generation's plugins that ask for it to the store
+    /// (`DATA/state.redb`, one durable transaction), and removes the saved state of plugins no
+    /// longer live. A host starting on this data
     /// directory comes back with it. Call it when a server stops and, if wanted, periodically.
     ///
     /// Requests that can reach a saved plugin are held at the boundary for at most
@@ -50,7 +49,7 @@ impl Host {
     ///
     /// # Errors
     ///
-    /// [`SaveStateError`] if a file cannot be written; what was saved before stays as it was.
+    /// [`SaveStateError`] if the store cannot be written; what was saved before stays as it was.
     pub fn save_state(&self) -> Result<SavedState, SaveStateError> {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if self.current.load().id() == 0 {
@@ -95,8 +94,9 @@ impl Host {
                 }
             }
         };
-        snapshot::write_all(&self.state_dir, &snapshots)
-            .map_err(|e| SaveStateError::Io(self.state_dir.clone(), e))?;
+        self.store
+            .write_cells(&snapshots)
+            .map_err(|e| SaveStateError::Store(self.store.path().to_owned(), e))?;
         saved.plugins = snapshots.into_iter().map(|(plugin, _)| plugin).collect();
         tracing::info!(
             plugins = ?saved.plugins,

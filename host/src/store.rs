@@ -1,0 +1,402 @@
+//! The embedded store: what plugins ask to keep across restarts, in one crash-safe database,
+//! `DATA/state.redb` ([redb](https://docs.rs/redb): copy-on-write B-trees, checksummed pages,
+//! two commit slots, one fsync per durable commit).
+//!
+//! It holds the saved state cells (table `cells`: plugin name → a checksummed record of the
+//! value's bytes, [`Snapshot`]) and, for each persisted table, its entries. It is opened when
+//! the host is built, after a check of a copy of it: redb opens the copy (recovering from a
+//! crash as it always does) and verifies every page's checksum. A file that fails, or that
+//! redb cannot open, refuses the host naming the file ([`StoreError`]), and is left exactly as
+//! it was (redb writes to a file it opens, even one it then finds damaged: hence the copy); it
+//! can only be set aside ([`set_aside`]) for a fresh start. redb panicking on a damaged file
+//! counts as damaged. Regular reads do not verify checksums: the check at start is what does.
+//!
+//! A data directory from before the store (saved state in `DATA/state/<plugin>.state` files)
+//! is imported once, when the store is created; the old files stay where they are.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::bounded::{Bounded, BoundedPath};
+use crate::snapshot::{self, Snapshot};
+
+/// The store's file, in the data directory.
+pub const STORE_FILE: &str = "state.redb";
+
+/// The lock file beside it, which the host holds locked while the store is open.
+const LOCK_FILE: &str = "state.redb.lock";
+
+const CELLS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("cells");
+
+/// The store could not be opened: the host refuses to start rather than start without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The saved state cannot be used (damaged, not a store, an old state file that does not
+    /// check out).
+    #[error("the saved state in {} cannot be used: {}; graft leaves it as it is: set it aside (graft serve --set-aside-state) to start with fresh state", BoundedPath(.path), Bounded(.reason))]
+    Unusable {
+        /// The store's file (or the old state file that could not be imported).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another host (in this process or another) has the store open: one host per data
+    /// directory.
+    #[error("the saved state in {} is open in another graft host: one host per data directory", BoundedPath(.path))]
+    InUse {
+        /// The store's file.
+        path: PathBuf,
+    },
+}
+
+impl StoreError {
+    /// The file concerned.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Unusable { path, .. } | Self::InUse { path } => path,
+        }
+    }
+}
+
+/// The open store.
+pub(crate) struct Store {
+    db: Database,
+    path: PathBuf,
+    /// `DATA/state.redb.lock`, locked (`flock`) while the store is open; after the database,
+    /// so that it is released last.
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store in `data_dir`, creating it (and importing old state files) if there is
+    /// none.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] if the file exists and cannot be opened or fails redb's integrity check,
+    /// or an old state file cannot be imported.
+    pub(crate) fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(STORE_FILE);
+        let existed = path.exists();
+        let error = |reason: String| StoreError::Unusable {
+            path: path.clone(),
+            reason,
+        };
+        // One host per data directory, across processes: a store another host has open is
+        // reported as such rather than checked while it is written.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join(LOCK_FILE))
+            .map_err(|e| error(format!("creating its lock file: {e}")))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse { path: path.clone() })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(error(format!("locking its lock file: {e}")))
+            }
+        }
+        if existed {
+            check_copy(&path, data_dir).map_err(error)?;
+        }
+        let db = guarded(|| match Database::builder().create(&path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+            opened => opened.map(Some).map_err(|e| e.to_string()),
+        })
+        .map_err(error)?
+        .ok_or_else(|| StoreError::InUse { path: path.clone() })?;
+        let store = Self {
+            db,
+            path,
+            _lock: lock,
+        };
+        if !existed {
+            store.import_state_files(&data_dir.join(snapshot::DIR))?;
+        }
+        Ok(store)
+    }
+
+    /// The store's file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `plugin`'s saved state cell, if there is one. The error says what is wrong with it (the
+    /// caller names the store).
+    pub(crate) fn read_cell(&self, plugin: &str) -> Result<Option<Snapshot>, String> {
+        guarded(|| {
+            let read = self.db.begin_read().map_err(|e| e.to_string())?;
+            let cells = match read.open_table(CELLS) {
+                Ok(cells) => cells,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let Some(record) = cells.get(plugin).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            Snapshot::decode(record.value()).map(Some)
+        })
+    }
+
+    /// Writes these cells, and removes the saved cells of plugins not among them (so that a
+    /// restart does not bring back the state of a plugin that was no longer live), in one
+    /// durable transaction.
+    ///
+    /// # Errors
+    ///
+    /// If the transaction fails; what was saved before stays as it was.
+    pub(crate) fn write_cells(&self, cells: &[(String, Snapshot)]) -> Result<(), String> {
+        guarded(|| {
+            let write = self.db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = write.open_table(CELLS).map_err(|e| e.to_string())?;
+                let stale: Vec<String> = table
+                    .iter()
+                    .map_err(|e| e.to_string())?
+                    .filter_map(Result::ok)
+                    .map(|(plugin, _)| plugin.value().to_owned())
+                    .filter(|plugin| !cells.iter().any(|(p, _)| p == plugin))
+                    .collect();
+                for plugin in stale {
+                    table.remove(plugin.as_str()).map_err(|e| e.to_string())?;
+                }
+                for (plugin, snapshot) in cells {
+                    table
+                        .insert(plugin.as_str(), snapshot.encode().as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            write.commit().map_err(|e| e.to_string())
+        })
+    }
+
+    /// Imports the state files of a data directory from before the store, once, when the store
+    /// is created.
+    fn import_state_files(&self, dir: &Path) -> Result<(), StoreError> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        let mut cells = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(plugin) = name.to_str().and_then(snapshot::plugin_of) else {
+                continue;
+            };
+            let refused = |reason: String| StoreError::Unusable {
+                path: entry.path(),
+                reason,
+            };
+            let saved = snapshot::read(dir, plugin).map_err(refused)?;
+            if let Some(saved) = saved {
+                cells.push((plugin.to_owned(), saved));
+            }
+        }
+        if cells.is_empty() {
+            return Ok(());
+        }
+        self.write_cells(&cells)
+            .map_err(|reason| StoreError::Unusable {
+                path: self.path.clone(),
+                reason,
+            })?;
+        tracing::info!(from = %dir.display(), cells = cells.len(), "imported saved state files into the store");
+        Ok(())
+    }
+}
+
+/// Moves the store of `data_dir` aside (to `state.redb.set-aside-SECONDS`), so that the host
+/// starts with fresh state; returns where it went, or `None` if there was no store. Nothing is
+/// deleted.
+///
+/// # Errors
+///
+/// If the file cannot be renamed.
+pub fn set_aside(data_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let path = data_dir.join(STORE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = data_dir.join(format!("{STORE_FILE}.set-aside-{seconds}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = data_dir.join(format!("{STORE_FILE}.set-aside-{seconds}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(&path, &aside)?;
+    crate::atomic_file::sync_dir(data_dir)?;
+    Ok(Some(aside))
+}
+
+/// Checks the store at `path` on a copy of it (in `dir`, removed after): redb opens it,
+/// recovering from a crash as it always does, then verifies every page's checksum.
+fn check_copy(path: &Path, dir: &Path) -> Result<(), String> {
+    let copy = dir.join(format!(".{STORE_FILE}.check-{}", std::process::id()));
+    std::fs::copy(path, &copy).map_err(|e| format!("reading it: {e}"))?;
+    let checked = guarded(|| {
+        let mut db = Database::builder()
+            .create(&copy)
+            .map_err(|e| e.to_string())?;
+        match db.check_integrity() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(
+                "a page's checksum does not match (redb could only repair it by \
+                              dropping what it held)"
+                    .into(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    let _ = std::fs::remove_file(&copy);
+    checked
+}
+
+/// Runs a store operation with redb's panics caught: a panic reading a damaged file is the
+/// file's fault, reported as such, not a crash of the host.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!(
+            "the store failed reading it ({})",
+            Bounded(&message)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(schema: u32) -> Snapshot {
+        Snapshot {
+            schema,
+            align: 8,
+            fingerprint: "abc123".into(),
+            bytes: (0..72).collect(),
+        }
+    }
+
+    #[test]
+    fn cells_read_back_and_a_write_replaces_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_cell("a"), Ok(None));
+        store
+            .write_cells(&[("a".into(), snapshot(1)), ("b".into(), snapshot(2))])
+            .unwrap();
+        store.write_cells(&[("b".into(), snapshot(3))]).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_cell("a"), Ok(None));
+        assert_eq!(store.read_cell("b"), Ok(Some(snapshot(3))));
+    }
+
+    #[test]
+    fn a_store_open_in_another_host_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        first.write_cells(&[("a".into(), snapshot(1))]).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::InUse { .. }), "{error}");
+        drop(first);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn old_state_files_are_imported_once_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        snapshot::write_all(
+            &dir.path().join(snapshot::DIR),
+            &[("c".into(), snapshot(4))],
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_cell("c"), Ok(Some(snapshot(4))));
+        assert!(dir.path().join("state/c.state").exists());
+    }
+
+    #[test]
+    fn a_damaged_store_is_refused_and_left_exactly_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_cells(&[("counter".into(), snapshot(2))])
+            .unwrap();
+        drop(store);
+        let path = dir.path().join(STORE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let record = bytes.windows(8).position(|w| w == b"GRAFTST1").unwrap();
+        bytes[record + 40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(&error, StoreError::Unusable { .. }), "{error}");
+        assert_eq!(error.path(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "not written to");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, [STORE_FILE, LOCK_FILE], "no copy left behind");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// A byte flipped anywhere in the file: the store refuses to open, or the cell is
+        /// refused, or it reads back as it was; never another value, never a panic.
+        #[test]
+        fn a_flipped_byte_is_refused_or_harmless(at in proptest::prelude::any::<proptest::sample::Index>(), bit in 0u8..8) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            store.write_cells(&[("counter".into(), snapshot(2))]).unwrap();
+            drop(store);
+            let path = dir.path().join(STORE_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = at.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(store) = Store::open(dir.path()) {
+                match store.read_cell("counter") {
+                    Ok(read) => proptest::prop_assert_eq!(read, Some(snapshot(2)), "byte {}", at),
+                    Err(error) => proptest::prop_assert!(error.len() < 600, "{}", error),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_refuses_and_can_be_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STORE_FILE), vec![7u8; 10_000]).unwrap();
+        let error = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("state.redb cannot be used") && error.contains("--set-aside-state"),
+            "{error}"
+        );
+        let aside = set_aside(dir.path()).unwrap().unwrap();
+        assert!(aside.exists() && !dir.path().join(STORE_FILE).exists());
+        Store::open(dir.path()).unwrap();
+        assert_eq!(set_aside(&dir.path().join("nothing")).unwrap(), None);
+    }
+}
