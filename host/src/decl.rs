@@ -24,6 +24,12 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
 }
 
+/// Whether `name` is a valid contract name: valid names joined by dots, a namespace before
+/// each (`kv.put`), at most [`MAX_NAME_LEN`] bytes in all.
+pub fn is_valid_contract_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && name.split('.').all(is_valid_name)
+}
+
 /// Checks a plugin name; the error says what a name may be.
 pub(crate) fn check_plugin_name(name: &str) -> Result<(), String> {
     if is_valid_name(name) {
@@ -66,7 +72,7 @@ impl FromStr for Contract {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ContractError(s.to_owned());
         let (name, version) = s.split_once('@').ok_or_else(err)?;
-        if !is_valid_name(name)
+        if !is_valid_contract_name(name)
             || version.is_empty()
             || !version.bytes().all(|b| b.is_ascii_digit())
         {
@@ -204,8 +210,19 @@ mod tests {
         assert_eq!((c.name(), c.version()), ("frob", 2));
         assert_eq!(c.to_string(), "frob@2");
         let too_long = format!("{}@1", "a".repeat(MAX_NAME_LEN + 1));
+        assert_eq!("kv.put@1".parse::<Contract>().unwrap().name(), "kv.put");
         for bad in [
-            "frob", "frob@", "@1", "Frob@1", "frob@x", "fr ob@1", "frob@1@2", &too_long,
+            "frob",
+            "frob@",
+            "@1",
+            "Frob@1",
+            "frob@x",
+            "fr ob@1",
+            "frob@1@2",
+            &too_long,
+            "kv.@1",
+            ".kv@1",
+            "kv..put@1",
         ] {
             assert!(bad.parse::<Contract>().is_err(), "{bad} should not parse");
         }

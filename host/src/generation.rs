@@ -20,6 +20,15 @@ use crate::error::CallError;
 use crate::link::{Entry, LinkReport, Linked};
 use crate::loader::LoadedPlugin;
 use crate::state::StateCell;
+use crate::table::{self, Table};
+
+/// What a generation holds for its plugins in host memory, by plugin position: their state
+/// cells and their tables.
+#[derive(Default)]
+pub(crate) struct Held {
+    pub(crate) states: Vec<Option<Arc<StateCell>>>,
+    pub(crate) tables: Vec<Vec<Arc<Table>>>,
+}
 
 /// An immutable set of loaded plugins and the link table that binds them.
 pub struct Generation {
@@ -34,6 +43,8 @@ pub struct Generation {
     report: LinkReport,
     /// Each plugin's state cell, by position (the link table's slots point into them).
     states: Vec<Option<Arc<StateCell>>>,
+    /// Each plugin's tables, by position (the link table's table slots point at them).
+    tables: Vec<Vec<Arc<Table>>>,
     /// What a call entering through each plugin can reach, by position.
     reach: Vec<Reach>,
     /// The host's calls in flight, where owned pins on this generation register.
@@ -61,7 +72,7 @@ impl Generation {
             None,
             Linked::default(),
             Vec::new(),
-            Vec::new(),
+            Held::default(),
             &Exports::default(),
             calls,
         )
@@ -72,11 +83,16 @@ impl Generation {
         release: Option<String>,
         linked: Linked,
         plugins: Vec<Arc<LoadedPlugin>>,
-        states: Vec<Option<Arc<StateCell>>>,
+        held: Held,
         names: &Exports,
         calls: Arc<Calls>,
     ) -> Self {
+        let Held { states, tables } = held;
         let mut linked = linked;
+        linked.table.tables = tables
+            .iter()
+            .map(|tables| tables.iter().map(table::slot).collect())
+            .collect();
         let reach = reach(&linked.table);
         linked.table.states = plugins
             .iter()
@@ -102,9 +118,29 @@ impl Generation {
             published: OnceLock::new(),
             plugins,
             states,
+            tables,
             reach,
             calls,
         }
+    }
+
+    /// Table `table` of the plugin named `plugin`, with the plugin.
+    pub(crate) fn table_of(
+        &self,
+        plugin: &str,
+        table: &str,
+    ) -> Option<(&Arc<Table>, &Arc<LoadedPlugin>)> {
+        let at = self.plugins.iter().position(|p| p.info().name == plugin)?;
+        let tables = self.tables.get(at)?;
+        tables
+            .iter()
+            .find(|t| t.name == table)
+            .map(|t| (t, &self.plugins[at]))
+    }
+
+    /// Every table of the generation's plugins.
+    pub(crate) fn tables(&self) -> impl Iterator<Item = &Arc<Table>> {
+        self.tables.iter().flatten()
     }
 
     /// What a call entering through `export` can reach: [`Reach::NONE`] if this generation

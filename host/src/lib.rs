@@ -58,6 +58,7 @@ mod hook;
 mod host;
 mod ids;
 mod init;
+mod keyset;
 pub mod link;
 mod loader;
 pub mod millis;
@@ -66,19 +67,22 @@ mod registry;
 pub mod release;
 mod report;
 mod services;
+mod shape;
 pub mod signature;
 mod snapshot;
 mod stage;
 mod state;
 pub mod status;
 pub mod store;
+mod table;
 mod typed;
 mod types;
 mod unload;
 
 pub use calls::CallSite;
 pub use decl::{
-    is_valid_name, Contract, ContractError, PluginInfo, Signature, TypeInfo, Wire, MAX_NAME_LEN,
+    is_valid_contract_name, is_valid_name, Contract, ContractError, PluginInfo, Signature,
+    TypeInfo, Wire, MAX_NAME_LEN,
 };
 pub use error::{
     BuildError, CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step,
@@ -91,5 +95,6 @@ pub use pin::{OwnedPin, Pin, PinCache};
 pub use report::{Change, DeployReport, PluginChange};
 pub use services::{set_async_services, AsyncServices, BoxFuture};
 pub use stage::sha256_hex;
+pub use table::{Durability, TableSettings};
 pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

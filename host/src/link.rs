@@ -236,6 +236,7 @@ impl Default for Linked {
             table: LinkTable {
                 plugins: RVec::new(),
                 states: RVec::new(),
+                tables: RVec::new(),
             },
             exports: HashMap::new(),
             report: LinkReport::default(),
@@ -306,6 +307,7 @@ where
             })
             .collect(),
         states: RVec::new(),
+        tables: RVec::new(),
     };
     Ok(Linked {
         table,

@@ -41,6 +41,7 @@ use crate::decl::{self, PluginInfo, Signature};
 use crate::hook::{ffi_result, Hook, HookFailure};
 use crate::init::InitCell;
 use crate::state::StateInfo;
+use crate::table::TableInfo;
 use crate::types;
 use crate::unload::{Unload, Unloader};
 
@@ -96,6 +97,8 @@ pub(crate) struct LoadedPlugin {
     module: PluginModRef,
     /// The plugin's state declaration, if it has state.
     state: Option<StateInfo>,
+    /// The plugin's tables, in the order it declares them.
+    tables: Vec<TableInfo>,
     hooks: Hooks,
     init: InitCell,
     unloader: Unloader,
@@ -175,8 +178,10 @@ impl LoadedPlugin {
             None => None,
         };
         let hooks = module.hooks().unwrap_or_default();
+        let tables = read_tables(module)?;
         Ok(Self {
             state,
+            tables,
             hooks,
             info,
             sha256: sha256.to_owned(),
@@ -194,6 +199,11 @@ impl LoadedPlugin {
     /// [`LoadedPlugin::init_cell`].
     pub(crate) fn run_init(&self, host: HostApiRef) -> Result<(), String> {
         ffi_result((self.module.init())(host))
+    }
+
+    /// The plugin's tables.
+    pub(crate) fn tables(&self) -> &[TableInfo] {
+        &self.tables
     }
 
     /// The plugin's state declaration.
@@ -299,6 +309,25 @@ fn check_api_version(plugin: &str) -> Result<ApiMinor, LoadError> {
             host,
         }),
     }
+}
+
+/// The tables a plugin declares (none for one built before tables existed): each name once.
+fn read_tables(module: PluginModRef) -> Result<Vec<TableInfo>, LoadError> {
+    let Some(decls) = module.tables() else {
+        return Ok(Vec::new());
+    };
+    let mut tables: Vec<TableInfo> = Vec::with_capacity(decls.len());
+    for decl in decls.iter() {
+        let info = TableInfo::read(decl).map_err(LoadError::Declaration)?;
+        if tables.iter().any(|t| t.name == info.name) {
+            return Err(LoadError::Declaration(format!(
+                "table {} is declared twice",
+                info.name
+            )));
+        }
+        tables.push(info);
+    }
+    Ok(tables)
 }
 
 /// The implementation of one export, taken out of its library.

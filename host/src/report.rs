@@ -32,11 +32,15 @@ pub struct DeployReport {
     /// run the new code", not counting time the prepared release waited to be published.
     #[serde(rename = "go_live_ms", with = "crate::millis")]
     pub go_live: Duration,
-    /// The state migrations the release ran: `counter 1 -> 2 (up)`.
+    /// The state and table migrations the release ran: `counter 1 -> 2 (up)`, `kv.entries 1
+    /// -> 2 (up)`.
     #[serde(default)]
     pub migrated: Vec<String>,
-    /// How long new requests were held at the boundary while the state migrated (zero when no
-    /// schema changed).
+    /// How many table entries the migrations carried over.
+    #[serde(default)]
+    pub entries_migrated: u64,
+    /// How long the requests that can reach a migrating plugin were held at the boundary (zero
+    /// when no schema changed; other requests are never held).
     #[serde(rename = "pause_ms", with = "crate::millis", default)]
     pub pause: Duration,
 }

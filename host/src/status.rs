@@ -28,6 +28,30 @@ pub struct Status {
     /// The oldest calls in flight, at most 16: a call that runs long (one that cannot be
     /// stopped, past its route's deadline) shows here with its age.
     pub calls: Vec<CallStatus>,
+    /// The tables of the current generation's plugins.
+    pub tables: Vec<TableStatus>,
+}
+
+/// One table held by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TableStatus {
+    /// The plugin that declares it.
+    pub plugin: String,
+    /// Its name.
+    pub name: String,
+    /// Its value type's schema.
+    pub schema: u32,
+    /// How many entries it holds.
+    pub entries: u64,
+    /// How many bytes of keys and encoded values.
+    pub bytes: u64,
+    /// How it is kept across restarts.
+    pub durability: crate::Durability,
+    /// Its limits, if any.
+    pub max_entries: Option<u64>,
+    /// Its limit in bytes, if any.
+    pub max_bytes: Option<u64>,
 }
 
 /// One call in flight.

@@ -30,6 +30,56 @@ const LOCK_FILE: &str = "state.redb.lock";
 
 const CELLS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("cells");
 
+/// Each persisted table's description: `plugin/table` → [`TableMeta`] as JSON.
+const TABLES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tables");
+
+/// The redb table holding the entries of table `label` (`plugin/table`): key bytes → the
+/// value's schema (4 bytes, little-endian) and its encoded bytes.
+fn entries_table(label: &str) -> String {
+    format!("t/{label}")
+}
+
+/// What the store records of a persisted table: its key kind, and the value type of each
+/// schema its entries were written in (an entry carries its schema).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TableMeta {
+    pub(crate) key: u8,
+    pub(crate) schemas: std::collections::BTreeMap<u32, String>,
+}
+
+/// A persisted table read back: its description and entries, each with its schema.
+#[derive(Debug, Default)]
+pub(crate) struct SavedTable {
+    pub(crate) meta: TableMeta,
+    pub(crate) entries: Vec<(Box<[u8]>, u32, Vec<u8>)>,
+}
+
+/// What one save writes of one table.
+#[derive(Debug)]
+pub(crate) struct TableWrite {
+    /// `plugin/table`.
+    pub(crate) label: String,
+    pub(crate) key: u8,
+    pub(crate) schema: u32,
+    pub(crate) fingerprint: String,
+    /// Drop what the store holds of the table first.
+    pub(crate) replace: bool,
+    /// Keys and their values now (`None`: removed).
+    pub(crate) entries: Vec<(Box<[u8]>, Option<crate::table::Value>)>,
+    /// Where, in `entries`, the keys written again after a migration start (the others were
+    /// dirty).
+    pub(crate) rewritten_from: usize,
+}
+
+/// One durable transaction: cells (the whole set, if given), table writes, and the persisted
+/// tables to keep (if given: the others are dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Save<'a> {
+    pub(crate) cells: Option<&'a [(String, Snapshot)]>,
+    pub(crate) tables: Vec<TableWrite>,
+    pub(crate) keep_tables: Option<Vec<String>>,
+}
+
 /// The store could not be opened: the host refuses to start rather than start without it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -157,28 +207,72 @@ impl Store {
     /// # Errors
     ///
     /// If the transaction fails; what was saved before stays as it was.
+    #[cfg(test)]
     pub(crate) fn write_cells(&self, cells: &[(String, Snapshot)]) -> Result<(), String> {
+        self.save(&Save {
+            cells: Some(cells),
+            ..Save::default()
+        })
+    }
+
+    /// Writes one save in one durable transaction (committed and fsynced when this returns).
+    ///
+    /// # Errors
+    ///
+    /// If the transaction fails; what was saved before stays as it was.
+    pub(crate) fn save(&self, save: &Save<'_>) -> Result<(), String> {
         guarded(|| {
             let write = self.db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut table = write.open_table(CELLS).map_err(|e| e.to_string())?;
-                let stale: Vec<String> = table
-                    .iter()
-                    .map_err(|e| e.to_string())?
-                    .filter_map(Result::ok)
-                    .map(|(plugin, _)| plugin.value().to_owned())
-                    .filter(|plugin| !cells.iter().any(|(p, _)| p == plugin))
-                    .collect();
-                for plugin in stale {
-                    table.remove(plugin.as_str()).map_err(|e| e.to_string())?;
-                }
-                for (plugin, snapshot) in cells {
-                    table
-                        .insert(plugin.as_str(), snapshot.encode().as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
+            if let Some(cells) = save.cells {
+                write_cells(&write, cells)?;
+            }
+            for table in &save.tables {
+                write_table(&write, table)?;
+            }
+            if let Some(keep) = &save.keep_tables {
+                drop_tables_but(&write, keep)?;
             }
             write.commit().map_err(|e| e.to_string())
+        })
+    }
+
+    /// Persisted table `label` (`plugin/table`) as saved, if it was.
+    pub(crate) fn read_table(&self, label: &str) -> Result<Option<SavedTable>, String> {
+        guarded(|| {
+            let read = self.db.begin_read().map_err(|e| e.to_string())?;
+            let meta = match read.open_table(TABLES) {
+                Ok(tables) => match tables.get(label).map_err(|e| e.to_string())? {
+                    Some(meta) => serde_json::from_slice::<TableMeta>(meta.value())
+                        .map_err(|e| format!("the description of table {label}: {e}"))?,
+                    None => return Ok(None),
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let name = entries_table(label);
+            let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
+            let mut saved = SavedTable {
+                meta,
+                entries: Vec::new(),
+            };
+            let entries = match read.open_table(definition) {
+                Ok(entries) => entries,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(saved)),
+                Err(e) => return Err(e.to_string()),
+            };
+            for entry in entries.iter().map_err(|e| e.to_string())? {
+                let (key, value) = entry.map_err(|e| e.to_string())?;
+                let value = value.value();
+                let (schema, bytes) = value
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| format!("an entry of table {label} without its schema"))?;
+                saved.entries.push((
+                    key.value().into(),
+                    u32::from_le_bytes(*schema),
+                    bytes.to_vec(),
+                ));
+            }
+            Ok(Some(saved))
         })
     }
 
@@ -206,14 +300,96 @@ impl Store {
         if cells.is_empty() {
             return Ok(());
         }
-        self.write_cells(&cells)
-            .map_err(|reason| StoreError::Unusable {
-                path: self.path.clone(),
-                reason,
-            })?;
+        self.save(&Save {
+            cells: Some(&cells),
+            ..Save::default()
+        })
+        .map_err(|reason| StoreError::Unusable {
+            path: self.path.clone(),
+            reason,
+        })?;
         tracing::info!(from = %dir.display(), cells = cells.len(), "imported saved state files into the store");
         Ok(())
     }
+}
+
+fn write_cells(write: &redb::WriteTransaction, cells: &[(String, Snapshot)]) -> Result<(), String> {
+    let mut table = write.open_table(CELLS).map_err(|e| e.to_string())?;
+    let stale: Vec<String> = table
+        .iter()
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|(plugin, _)| plugin.value().to_owned())
+        .filter(|plugin| !cells.iter().any(|(p, _)| p == plugin))
+        .collect();
+    for plugin in stale {
+        table.remove(plugin.as_str()).map_err(|e| e.to_string())?;
+    }
+    for (plugin, snapshot) in cells {
+        table
+            .insert(plugin.as_str(), snapshot.encode().as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn write_table(write: &redb::WriteTransaction, table: &TableWrite) -> Result<(), String> {
+    let name = entries_table(&table.label);
+    let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
+    let mut tables = write.open_table(TABLES).map_err(|e| e.to_string())?;
+    let mut meta = match tables
+        .get(table.label.as_str())
+        .map_err(|e| e.to_string())?
+    {
+        Some(meta) if !table.replace => serde_json::from_slice(meta.value()).unwrap_or_default(),
+        _ => TableMeta::default(),
+    };
+    if table.replace {
+        write.delete_table(definition).map_err(|e| e.to_string())?;
+    }
+    meta.key = table.key;
+    meta.schemas.insert(table.schema, table.fingerprint.clone());
+    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    tables
+        .insert(table.label.as_str(), meta.as_slice())
+        .map_err(|e| e.to_string())?;
+    let mut entries = write.open_table(definition).map_err(|e| e.to_string())?;
+    let mut tagged = Vec::new();
+    for (key, value) in &table.entries {
+        match value {
+            Some(value) => {
+                tagged.clear();
+                tagged.extend_from_slice(&table.schema.to_le_bytes());
+                tagged.extend_from_slice(value);
+                entries
+                    .insert(&**key, tagged.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                entries.remove(&**key).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops the persisted tables not in `keep` (labels `plugin/table`).
+fn drop_tables_but(write: &redb::WriteTransaction, keep: &[String]) -> Result<(), String> {
+    let mut tables = write.open_table(TABLES).map_err(|e| e.to_string())?;
+    let stale: Vec<String> = tables
+        .iter()
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|(label, _)| label.value().to_owned())
+        .filter(|label| !keep.contains(label))
+        .collect();
+    for label in stale {
+        tables.remove(label.as_str()).map_err(|e| e.to_string())?;
+        let name = entries_table(&label);
+        let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
+        write.delete_table(definition).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Moves the store of `data_dir` aside (to `state.redb.set-aside-SECONDS`), so that the host

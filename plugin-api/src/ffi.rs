@@ -19,6 +19,7 @@ use abi_stable::{
 pub use async_ffi::FfiFuture;
 
 use crate::state::{StateDecl, StateSlot};
+use crate::table::{TableDecl, TableSlot};
 
 /// The plugin ABI version, `MAJOR.MINOR.0`: independent of the crate's own version.
 ///
@@ -26,10 +27,10 @@ use crate::state::{StateDecl, StateSlot};
 /// when anything else in this module changes. The host loads plugins with the same MAJOR and a
 /// MINOR no greater than its own, and rejects the rest before abi_stable's layout check runs.
 #[cfg(not(feature = "next-api"))]
-pub const API_VERSION: &str = "2.1.0";
+pub const API_VERSION: &str = "2.2.0";
 /// The plugin ABI version (test build one minor version ahead; see the `next-api` feature).
 #[cfg(feature = "next-api")]
-pub const API_VERSION: &str = "2.2.0";
+pub const API_VERSION: &str = "2.3.0";
 
 /// A typed export function with its type erased: what export declarations and link tables hold.
 ///
@@ -102,6 +103,8 @@ pub struct PluginMod {
     pub state: Option<&'static StateDecl>,
     /// The plugin's lifecycle hooks (since 2.1).
     pub hooks: Hooks,
+    /// The plugin's tables, held by the host (since 2.2).
+    pub tables: RSlice<'static, TableDecl>,
     /// Test-only field: the one field a plugin built with `next-api` has and the host lacks.
     #[cfg(feature = "next-api")]
     pub next_api_field: u64,
@@ -198,6 +201,9 @@ pub struct LinkTable {
     /// Each plugin's state, by position (since 2.1: appended, which the host's building of the
     /// table and the plugins' reading it by reference allow).
     pub states: RVec<StateSlot>,
+    /// Each plugin's tables, by position, then in the order the plugin declared them (since
+    /// 2.2).
+    pub tables: RVec<RVec<TableSlot>>,
 }
 
 /// A lifecycle hook: runs without arguments, may refuse with an error.
@@ -360,6 +366,8 @@ impl ErrorKind {
     /// A bug between plugins: an import's JSON failed to encode or decode, or its callee
     /// refused the input the caller produced (500).
     pub const INTERNAL: Self = Self(11);
+    /// A table is at its limit of entries or bytes; nothing was written (507). Since 2.2.
+    pub const TABLE_FULL: Self = Self(12);
 }
 
 impl std::fmt::Display for ErrorKind {
@@ -376,6 +384,7 @@ impl std::fmt::Display for ErrorKind {
             Self::INVALID => "invalid",
             Self::UNAVAILABLE => "unavailable",
             Self::INTERNAL => "internal error",
+            Self::TABLE_FULL => "table full",
             Self(code) => return write!(f, "error code {code}"),
         };
         f.write_str(name)

@@ -131,6 +131,7 @@ mod log;
 #[doc(hidden)]
 pub mod runtime;
 pub mod state;
+pub mod table;
 
 pub use asynchronous::{blocking, sleep};
 pub use contract::{Contract, Import};
@@ -140,6 +141,7 @@ pub use ffi::{
     PluginModRef, Signature, Wire, API_VERSION,
 };
 pub use state::State;
+pub use table::{Record, Table};
 pub use tracing;
 
 #[doc(hidden)]
@@ -153,6 +155,10 @@ pub mod __private {
 
 /// Declares the plugin: its name, version, imports, exports and optional initialiser.
 ///
+/// - `state` names the plugin's state type, with its migrations (see [`state`]).
+/// - `tables` declares one [`Table`] constant per table (`NAME: Table<Key, Value> = "name"`,
+///   optionally followed by its migrations `{ up Older => fn, down Older => fn }`, each a
+///   `fn(From) -> Result<To, Error>` of one value; see [`table`]).
 /// - `imports` declares one [`Import`] constant per contract the plugin calls (`NAME:
 ///   ContractType`); its slot is its position in the list.
 /// - `exports` maps each contract type to a function
@@ -176,6 +182,10 @@ macro_rules! plugin {
         name: $name:literal,
         version: $version:expr,
         $(state: $state:ty $({ $($dir:ident $other:ty => $migrate:path),* $(,)? })?,)?
+        $(tables: { $(
+            $table:ident : Table<$table_key:ty, $table_value:ty> = $table_name:literal
+                $({ $($table_dir:ident $table_other:ty => $table_migrate:path),* $(,)? })?
+        ),* $(,)? },)?
         $(imports: { $($import:ident : $import_ty:ty),* $(,)? },)?
         exports: { $($export_ty:ty => $export_fn:path),* $(,)? }
         $(, async_exports: { $($async_ty:ty => $async_fn:path),* $(,)? })?
@@ -194,6 +204,16 @@ macro_rules! plugin {
             #[allow(dead_code)]
             const $import: $crate::Import<$import_ty> =
                 $crate::Import::__at(__GraftImportSlot::$import as u32);
+        )*)?
+
+        #[allow(non_camel_case_types, dead_code, clippy::upper_case_acronyms)]
+        #[repr(u32)]
+        enum __GraftTableSlot { $($($table,)*)? __End }
+
+        $($(
+            #[allow(dead_code)]
+            const $table: $crate::table::Table<$table_key, $table_value> =
+                $crate::table::Table::__at(__GraftTableSlot::$table as u32);
         )*)?
 
         const __GRAFT_MODULE: &$crate::__private::WithMetadata<$crate::PluginMod> =
@@ -264,6 +284,13 @@ macro_rules! plugin {
                     $crate::__graft_hook!($($post_activate)?),
                     $crate::__graft_hook!($($pre_unload)?),
                 ),
+                &[$($(
+                    $crate::table::table_decl::<$table_key, $table_value>($table_name, &[
+                        $($($crate::__graft_table_migration!(
+                            $table_dir, $table_value, $table_other, $table_migrate
+                        ),)*)?
+                    ]),
+                )*)?],
             ));
 
         $crate::__graft_allocator!($($allocator)?);
@@ -301,6 +328,29 @@ macro_rules! __graft_migration {
                 // memory for the one it writes, of the layouts it checked against this
                 // declaration.
                 unsafe { $crate::state::run_migration::<$from, $to>(from, to, $migrate) }
+            }
+            __graft_migrate
+        })
+    };
+}
+
+/// One migration of a `plugin!` table declaration.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __graft_table_migration {
+    (up, $value:ty, $other:ty, $migrate:path) => {
+        $crate::__graft_table_migration!(@ UP, $value, $other, $other => $value, $migrate)
+    };
+    (down, $value:ty, $other:ty, $migrate:path) => {
+        $crate::__graft_table_migration!(@ DOWN, $value, $other, $value => $other, $migrate)
+    };
+    (@ $dir:ident, $value:ty, $other:ty, $from:ty => $to:ty, $migrate:path) => {
+        $crate::table::table_migration::<$value, $other>($crate::state::Direction::$dir, {
+            extern "C" fn __graft_migrate(
+                from: $crate::__private::RSlice<'_, u8>,
+                to: &mut $crate::__private::RVec<u8>,
+            ) -> $crate::__private::RResult<(), $crate::FfiError> {
+                $crate::table::run_migration::<$from, $to>(from, to, $migrate)
             }
             __graft_migrate
         })

@@ -21,6 +21,7 @@ use crate::ffi::{
 };
 use crate::log;
 use crate::state::StateDecl;
+use crate::table::TableDecl;
 
 /// Builds the root module; a function so the test-only `next-api` field is set here, under this
 /// crate's feature, not the plugin's. One argument per field of [`PluginMod`].
@@ -34,6 +35,7 @@ pub const fn plugin_mod(
     init: InitFn,
     state: Option<&'static StateDecl>,
     hooks: Hooks,
+    tables: &'static [TableDecl],
 ) -> PluginMod {
     PluginMod {
         name: RStr::from_str(name),
@@ -44,6 +46,7 @@ pub const fn plugin_mod(
         init,
         state,
         hooks,
+        tables: RSlice::from_slice(tables),
         #[cfg(feature = "next-api")]
         next_api_field: 0,
     }
@@ -167,6 +170,24 @@ pub extern "C" fn describe<T: DeserializeOwned>() -> RString {
         let (format, _) = tracer.trace_simple_type::<T>().ok()?;
         let registry = tracer.registry().ok()?;
         serde_json::to_value((format, registry)).ok()
+    })
+    .ok()
+    .flatten();
+    let description = serde_json::json!({
+        "name": std::any::type_name::<T>(),
+        "shape": shape,
+    });
+    RString::from(description.to_string())
+}
+
+/// Describes a table's value type for the host: its name and its serde shape, as JSON, traced
+/// like [`describe`]'s but keeping what the tracer found of enums nested inside (it explores
+/// their first variant only: without sample values, a serde tracer cannot reach the others).
+pub extern "C" fn describe_record<T: DeserializeOwned>() -> RString {
+    let shape = catch_unwind(|| {
+        let mut tracer = serde_reflection::Tracer::new(serde_reflection::TracerConfig::default());
+        let (format, _) = tracer.trace_simple_type::<T>().ok()?;
+        serde_json::to_value((format, tracer.registry_unchecked())).ok()
     })
     .ok()
     .flatten();

@@ -21,6 +21,7 @@ mod serve;
 mod signing;
 mod state;
 mod switch;
+mod tables;
 mod unload;
 mod uploads;
 mod watch;

@@ -87,6 +87,41 @@ fn refused_over(live: &str, increments: u64, refused: &str) -> (Env, Host, Deplo
 }
 
 #[test]
+fn a_migration_naming_the_old_schema_by_a_renamed_type_still_applies() {
+    // State is compared by structure: `CartStateV1` is `CounterV1` under another name.
+    let env = Env::new();
+    let host = env.host();
+    host.deploy(env.complete_release("v1", &["counter-v1"]))
+        .unwrap();
+    incr(&host, 4, 0);
+    let report = host
+        .deploy(env.complete_release("renamed", &["counter-renamed"]))
+        .unwrap_or_else(|e| panic!("{}", DisplayChain(&e)));
+    assert_eq!(report.migrated, ["counter 1 -> 2 (up)"]);
+    assert_eq!(total(&host), 4);
+    host.rollback().unwrap();
+    assert_eq!(incr(&host, 1, 0), 5);
+}
+
+#[test]
+fn a_migration_from_another_type_than_the_live_one_is_refused_saying_which_field_differs() {
+    let (_env, host, err, text) = refused_over("counter-v1", 2, "counter-mistyped");
+    assert_eq!(err.step(), Step::Migrate, "{text}");
+    assert!(
+        text.contains(
+            "carries a migration up from schema 1, but of another type than the live one: \
+             field total is AtomicU64 in the live one, AtomicU32 in the migration's"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        total(&host),
+        2,
+        "the old release serves, its state untouched"
+    );
+}
+
+#[test]
 fn a_panicking_migration_refuses_the_release_with_the_state_intact() {
     let (_env, host, err, text) = refused_over("counter-v2", 5, "counter-faulty");
     assert_eq!(err.step(), Step::Migrate, "{err}");

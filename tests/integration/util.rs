@@ -39,6 +39,10 @@ const PLUGINS: &[(&str, &str)] = &[
     ("counter-faulty", "counter"),
     ("counter-veto", "counter"),
     ("counter-held", "counter"),
+    ("counter-renamed", "counter"),
+    ("counter-mistyped", "counter"),
+    ("kv-v1", "kv"),
+    ("kv-v2", "kv"),
 ];
 
 /// Test plugins outside the workspace, each built on its own: one with graft-api's `next-api`
@@ -270,6 +274,13 @@ pub(crate) struct BadCase {
 pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
     let hello_v2 = std::fs::read(library("hello-v2")).unwrap();
     let read = |krate: &str| std::fs::read(library(krate)).unwrap();
+    // The newer-api build is one minor version ahead of this host.
+    let newer_api = || {
+        let mut parts = graft_host::API_VERSION.split('.');
+        let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+        let minor: u32 = minor.parse().unwrap();
+        &*Box::leak(format!("built against graft API {major}.{}.0", minor + 1).into_boxed_str())
+    };
     let case = |label, dir, step, plugin, says| BadCase {
         label,
         dir,
@@ -335,7 +346,7 @@ pub(crate) fn bad_releases(env: &Env) -> Vec<BadCase> {
             ),
             Step::Check,
             Some("newer-api"),
-            "built against graft API 2.2.0",
+            newer_api(),
         ),
         case(
             "panic = abort build",

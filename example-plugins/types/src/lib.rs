@@ -218,3 +218,72 @@ pub mod counter {
         }
     }
 }
+
+/// The key-value store example's contracts and value types (`kv-v1`, `kv-v2`): a table of
+/// string keys whose value type gains a field in schema 2.
+pub mod kv {
+    use graft_api::table::Record;
+    use serde::{Deserialize, Serialize};
+
+    graft_api::contract! {
+        /// Sets `value` under `key`; answers whether it replaced a value.
+        pub struct PutV1 = "kv.put@1": json fn(Put) -> bool;
+        /// The value under a key (not found: a 404).
+        pub struct GetV1 = "kv.get@1": json fn(String) -> String;
+        /// The values under many keys (at most 10,000), each or `None`.
+        pub struct GetManyV1 = "kv.get-many@1": json fn(Vec<String>) -> Vec<Option<String>>;
+        /// How many keys the store holds (the input is ignored).
+        pub struct CountV1 = "kv.count@1": json fn(Option<u8>) -> u64;
+    }
+
+    /// The input of `kv.put@1`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Put {
+        /// The key.
+        pub key: String,
+        /// The value.
+        pub value: String,
+    }
+
+    /// Schema 1 of the store's entries: the value.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct EntryV1 {
+        /// The value.
+        pub value: String,
+    }
+
+    impl Record for EntryV1 {
+        const SCHEMA: u32 = 1;
+    }
+
+    /// Schema 2: the value, and how many times the key was put.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct EntryV2 {
+        /// The value.
+        pub value: String,
+        /// How many times the key was put (an entry migrated from schema 1 counts one).
+        pub puts: u64,
+    }
+
+    impl Record for EntryV2 {
+        const SCHEMA: u32 = 2;
+    }
+
+    impl From<EntryV1> for EntryV2 {
+        fn from(old: EntryV1) -> Self {
+            Self {
+                value: old.value,
+                puts: 1,
+            }
+        }
+    }
+
+    impl From<EntryV2> for EntryV1 {
+        fn from(new: EntryV2) -> Self {
+            Self { value: new.value }
+        }
+    }
+
+    /// The most keys one `kv.get-many@1` reads.
+    pub const MAX_MANY: usize = 10_000;
+}

@@ -44,9 +44,10 @@ use crate::report::DeployReport;
 use crate::stage::ChecksumCache;
 use crate::status::{
     DeployOutcome, GenerationRole, GenerationStatus, LibraryState, LibraryStatus, PluginStatus,
-    ReleaseRecord, Status,
+    ReleaseRecord, Status, TableStatus,
 };
 use crate::store::Store;
+use crate::table::{Committer, TableConfig, TableSettings};
 use crate::typed::TypedExport;
 use crate::unload::{Released, UnloadPolicy, Unloader};
 
@@ -88,7 +89,9 @@ pub struct Host {
     /// The calls in flight on every generation (see [`crate::calls`]).
     calls: Arc<Calls>,
     /// `DATA/state.redb`: saved plugin state and persisted tables.
-    store: Store,
+    store: Arc<Store>,
+    /// Makes the writes of every-write tables durable before they are acknowledged.
+    committer: Arc<Committer>,
     /// Held by one state save at a time, so that an older copy never overwrites a newer one.
     saving: Mutex<()>,
     /// Generation ids, unique for the life of the data directory.
@@ -109,6 +112,7 @@ struct Settings {
     migration_drain: Duration,
     limits: Limits,
     trusted_keys: Vec<crate::signature::TrustedKey>,
+    tables: TableConfig,
 }
 
 #[derive(Default)]
@@ -187,6 +191,22 @@ impl HostBuilder {
         self
     }
 
+    /// The settings of every table no [`HostBuilder::table`] names (default: saved when the
+    /// server stops, no limits).
+    pub fn table_defaults(mut self, settings: TableSettings) -> Self {
+        self.settings.tables.defaults = settings;
+        self
+    }
+
+    /// The settings of table `table` of plugin `plugin`: its durability and limits.
+    pub fn table(mut self, plugin: &str, table: &str, settings: TableSettings) -> Self {
+        self.settings
+            .tables
+            .each
+            .insert(format!("{plugin}.{table}"), settings);
+        self
+    }
+
     /// Creates the host, with the empty generation 0 current, and opens its store of saved
     /// state (`DATA/state.redb`).
     ///
@@ -199,7 +219,8 @@ impl HostBuilder {
         let io = |e| BuildError::Io(self.data_dir.clone(), e);
         let staging_dir = self.data_dir.join("staged");
         std::fs::create_dir_all(&staging_dir).map_err(io)?;
-        let store = Store::open(&self.data_dir)?;
+        let store = Arc::new(Store::open(&self.data_dir)?);
+        let committer = Committer::new(Arc::clone(&store));
         let unloader = Unloader::spawn(self.settings.hook_timeout).map_err(io)?;
         let calls = Arc::new(Calls::default());
         let empty = Generation::empty(Arc::clone(&calls));
@@ -219,6 +240,7 @@ impl HostBuilder {
             gate: Gate::default(),
             calls,
             store,
+            committer,
             saving: Mutex::new(()),
             ids: Ids::open(&self.data_dir),
             generations: Mutex::new(Vec::new()),
@@ -240,6 +262,7 @@ impl Host {
                 migration_drain: Duration::from_secs(1),
                 limits: Limits::default(),
                 trusted_keys: Vec::new(),
+                tables: TableConfig::default(),
             },
         }
     }
@@ -501,6 +524,19 @@ impl Host {
             last_deploy,
             in_flight: calls.len(),
             calls: crate::calls::oldest(calls, publish::MAX_LISTED),
+            tables: current
+                .tables()
+                .map(|t| TableStatus {
+                    plugin: t.plugin.clone(),
+                    name: t.name.clone(),
+                    schema: t.schema,
+                    entries: t.len(),
+                    bytes: t.bytes(),
+                    durability: t.settings.durability,
+                    max_entries: t.settings.max_entries,
+                    max_bytes: t.settings.max_bytes,
+                })
+                .collect(),
         }
     }
 

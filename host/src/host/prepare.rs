@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{DeployCause, DeployError, Step};
-use crate::generation::Generation;
+use crate::generation::{Generation, Held};
 use crate::hook::{Hook, HookFailure};
 use crate::init::InitFailure;
 use crate::link::{self, OpenImports};
@@ -23,6 +23,7 @@ use crate::services;
 use crate::stage::{self, StageError};
 use crate::state::{self, Migration};
 use crate::status::{PluginRecord, ReleaseRecord};
+use crate::table::{self, TableHome, TableMigration};
 
 use super::Host;
 
@@ -45,6 +46,8 @@ pub struct Prepared {
     pub(super) shipped: Vec<Shipped>,
     /// State migrations publish runs again, on the quiescent state.
     pub(super) migrations: Vec<Migration>,
+    /// Table migrations publish catches up and finishes.
+    pub(super) table_migrations: Vec<TableMigration>,
 }
 
 /// One plugin file a prepared release shipped.
@@ -418,8 +421,15 @@ impl Host {
         })?;
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
-        let saved = (base.id() == 0).then_some(&self.store);
+        let saved = (base.id() == 0).then_some(&*self.store);
         let state = state::carry(base, &set, saved)?;
+        let settings = |plugin: &str, name: &str| self.settings.tables.of(plugin, name);
+        let home = TableHome {
+            settings: &settings,
+            saved,
+            committer: &self.committer,
+        };
+        let tables = table::carry(base, &set, &home)?;
         self.initialise(&shipped)?;
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();
@@ -430,7 +440,10 @@ impl Host {
             plan.label.clone(),
             linked,
             set,
-            state.cells,
+            Held {
+                states: state.cells,
+                tables: tables.tables,
+            },
             &self.exports,
             Arc::clone(&self.calls),
         ));
@@ -449,7 +462,13 @@ impl Host {
             elapsed: started.elapsed(),
             staging: staged - started,
             go_live: linked_in,
-            migrated: state.migrations.iter().map(ToString::to_string).collect(),
+            migrated: state
+                .migrations
+                .iter()
+                .map(ToString::to_string)
+                .chain(tables.migrations.iter().map(ToString::to_string))
+                .collect(),
+            entries_migrated: tables.migrations.iter().map(TableMigration::entries).sum(),
             pause: Duration::ZERO,
         };
         Ok(Prepared {
@@ -462,6 +481,7 @@ impl Host {
             linked: linked_in,
             shipped,
             migrations: state.migrations,
+            table_migrations: tables.migrations,
         })
     }
 

@@ -20,6 +20,7 @@ use crate::hook::Hook;
 use crate::report::DeployReport;
 use crate::state::Migration;
 use crate::status::{CallStatus, ReleaseRecord};
+use crate::table::TableMigration;
 use crate::unload::UnloadPolicy;
 
 use super::prepare::{From, Kind, Prepared, Shipped};
@@ -27,6 +28,13 @@ use super::{outcome, Book, Host};
 
 /// How many calls in flight a refusal or a status lists at most (the oldest).
 pub(crate) const MAX_LISTED: usize = 16;
+
+/// How many times a migrating publish catches up on the table entries written since its copy,
+/// at most, before it holds the boundary.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// How few entries left to catch up are few enough to catch up while requests are held.
+const CATCH_UP_HELD: usize = 1024;
 
 impl Host {
     /// Makes a prepared release the current generation: one atomic store, after which every new
@@ -49,13 +57,15 @@ impl Host {
             linked,
             shipped,
             migrations,
+            table_migrations,
         } = prepared;
-        // A release that migrates state holds new requests at the boundary from here until
-        // the store (or the refusal) below: `closed` opens the gate when dropped.
-        let closed = if migrations.is_empty() {
+        // A release that migrates state or tables holds the requests that can reach the
+        // migrating plugins at the boundary from here until the store (or the refusal) below:
+        // `closed` opens the gate when dropped.
+        let closed = if migrations.is_empty() && table_migrations.is_empty() {
             None
         } else {
-            Some(self.quiesce_and_migrate(&migrations)?)
+            Some(self.quiesce_and_migrate(&migrations, &table_migrations)?)
         };
         let mut book = self.lock_book();
         let current = self.current.load().id();
@@ -110,13 +120,45 @@ impl Host {
     fn quiesce_and_migrate(
         &self,
         migrations: &[Migration],
+        tables: &[TableMigration],
     ) -> Result<(Closed<'_>, Instant), DeployError> {
-        let plugins: Vec<String> = migrations.iter().map(|m| m.plugin.clone()).collect();
+        let failed = |migration: &TableMigration, e: String| {
+            let cause = DeployCause::State(e);
+            let file = Some(migration.carrier.path().to_owned());
+            self.refused(DeployError::new(
+                Step::Migrate,
+                Some(&migration.plugin),
+                file,
+                cause,
+            ))
+        };
+        let catch_up = || {
+            let mut written = 0;
+            for migration in tables {
+                written += migration.catch_up().map_err(|e| failed(migration, e))?;
+            }
+            Ok::<_, DeployError>(written)
+        };
+        // Table entries written since the copy: caught up while the boundary is open, until
+        // few are left for the pause.
+        for _ in 0..CATCH_UP_ROUNDS {
+            if catch_up()? <= CATCH_UP_HELD {
+                break;
+            }
+        }
+        let mut plugins: Vec<String> = migrations.iter().map(|m| m.plugin.clone()).collect();
+        plugins.extend(tables.iter().map(|m| m.plugin.clone()));
+        plugins.sort();
+        plugins.dedup();
         let limit = self.settings.migration_drain;
         let (closed, paused) = self.quiesce(plugins, limit).map_err(|in_flight| {
             let cause = DeployCause::MigrationDrain { limit, in_flight };
             self.refused(DeployError::new(Step::Migrate, None, None, cause))
         })?;
+        catch_up()?;
+        for migration in tables {
+            migration.finish();
+        }
         for migration in migrations {
             if let Err(e) = migration.run() {
                 drop(closed);

@@ -8,11 +8,17 @@
 //! opens the gate and copies the values live, each field with an atomic load (see
 //! `StateCell::snapshot_live`), and says so. The files are written after that, with the
 //! boundary open.
+//!
+//! Tables need no boundary: a save writes, for each key written since the last one, the value
+//! there when it reads it (see `table/persist.rs`). Every-write tables are the committer's
+//! alone: their writes are durable before they are acknowledged.
 
 use std::time::Duration;
 
 use crate::error::SaveStateError;
 use crate::status::CallStatus;
+use crate::store::Save;
+use crate::table::{self, Durability};
 
 use super::Host;
 
@@ -26,6 +32,10 @@ pub const SAVE_HOLD: Duration = Duration::from_millis(1);
 pub struct SavedState {
     /// The plugins whose state was saved.
     pub plugins: Vec<String>,
+    /// The tables saved (`plugin.table`), and how many of their entries were written.
+    pub tables: Vec<String>,
+    /// Entries written (or removed) in the store.
+    pub entries: usize,
     /// How long requests that can reach those plugins were held at the boundary.
     pub pause: Duration,
     /// The calls that could write the state and were still running when it was copied (the
@@ -51,6 +61,23 @@ impl Host {
     ///
     /// [`SaveStateError`] if the store cannot be written; what was saved before stays as it was.
     pub fn save_state(&self) -> Result<SavedState, SaveStateError> {
+        self.save(Durability::OnStop)
+    }
+
+    /// [`Host::save_state`] for a periodic save: state, and the tables saved at intervals
+    /// ([`Durability::Interval`]); tables saved when the server stops are left for then.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::save_state`].
+    pub fn save_periodic(&self) -> Result<SavedState, SaveStateError> {
+        self.save(Durability::Interval)
+    }
+
+    /// Saves state and the tables of durability `upto`: `OnStop` saves every persisted table
+    /// but the every-write ones (which the committer keeps durable), `Interval` the interval
+    /// ones.
+    fn save(&self, upto: Durability) -> Result<SavedState, SaveStateError> {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if self.current.load().id() == 0 {
             return Ok(SavedState::default());
@@ -94,12 +121,42 @@ impl Host {
                 }
             }
         };
-        self.store
-            .write_cells(&snapshots)
-            .map_err(|e| SaveStateError::Store(self.store.path().to_owned(), e))?;
+        let current = self.current.load_full();
+        let tables: Vec<_> = current
+            .tables()
+            .filter(|t| match t.settings.durability {
+                Durability::Interval => true,
+                Durability::OnStop => upto == Durability::OnStop,
+                _ => false,
+            })
+            .collect();
+        let writes = tables
+            .iter()
+            .map(|table| table::table_write(table, Some(usize::MAX)))
+            .collect();
+        let keep = current
+            .tables()
+            .filter(|t| t.settings.durability.is_persisted())
+            .map(|t| table::store_label(t))
+            .collect();
+        let save = Save {
+            cells: Some(&snapshots),
+            tables: writes,
+            keep_tables: Some(keep),
+        };
+        if let Err(e) = self.store.save(&save) {
+            for (table, write) in tables.iter().zip(save.tables) {
+                table::put_back(table, write);
+            }
+            return Err(SaveStateError::Store(self.store.path().to_owned(), e));
+        }
+        saved.entries = save.tables.iter().map(|w| w.entries.len()).sum();
+        saved.tables = tables.iter().map(|t| t.label()).collect();
         saved.plugins = snapshots.into_iter().map(|(plugin, _)| plugin).collect();
         tracing::info!(
             plugins = ?saved.plugins,
+            tables = ?saved.tables,
+            entries = saved.entries,
             pause_us = u64::try_from(saved.pause.as_micros()).unwrap_or(u64::MAX),
             live = !saved.live.is_empty(),
             "state saved"

@@ -1,0 +1,171 @@
+//! Tables held by the host: entries outlive every build, migrate entry by entry up and down,
+//! hold to their limits, and come back after a restart as their durability says.
+
+use example_types::kv::{CountV1, GetManyV1, GetV1, Put, PutV1};
+use graft_host::{DisplayChain, Durability, Host, TableSettings, UnloadPolicy};
+
+use crate::util::Env;
+
+fn put(host: &Host, key: &str, value: &str) -> Result<bool, graft_host::CallError> {
+    let export = host.typed_export::<PutV1>().unwrap();
+    host.call_typed(
+        &export,
+        Put {
+            key: key.into(),
+            value: value.into(),
+        },
+    )
+}
+
+fn get(host: &Host, key: &str) -> Option<String> {
+    let export = host.typed_export::<GetV1>().unwrap();
+    host.call_typed(&export, key.to_owned()).ok()
+}
+
+fn count(host: &Host) -> u64 {
+    let export = host.typed_export::<CountV1>().unwrap();
+    host.call_typed(&export, None).unwrap()
+}
+
+fn host_with(env: &Env, policy: UnloadPolicy, settings: TableSettings) -> Host {
+    Host::builder(env.path("data"))
+        .unload_policy(policy)
+        .table("kv", "entries", settings)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn entries_survive_deploys_and_migrate_up_and_down_under_every_unload_policy() {
+    for policy in [
+        UnloadPolicy::WhenDrained,
+        UnloadPolicy::KeepHistory,
+        UnloadPolicy::Never,
+    ] {
+        let env = Env::new();
+        let host = host_with(&env, policy, TableSettings::new(Durability::Memory));
+        let (v1, v2) = (
+            env.complete_release("v1", &["kv-v1"]),
+            env.complete_release("v2", &["kv-v2"]),
+        );
+        host.deploy(&v1).unwrap();
+        for i in 0..100 {
+            assert!(!put(&host, &format!("k{i}"), &format!("v{i}")).unwrap());
+        }
+        let report = host
+            .deploy(&v2)
+            .unwrap_or_else(|e| panic!("{}", DisplayChain(&e)));
+        assert_eq!(report.migrated, ["kv.entries 1 -> 2 (up)"], "{policy:?}");
+        assert_eq!(report.entries_migrated, 100);
+        assert_eq!(count(&host), 100);
+        assert_eq!(get(&host, "k7").as_deref(), Some("v7"));
+        assert!(put(&host, "k7", "seven").unwrap(), "replaced");
+        put(&host, "new", "n").unwrap();
+
+        let report = host.rollback().unwrap();
+        assert_eq!(report.migrated, ["kv.entries 2 -> 1 (down)"], "{policy:?}");
+        assert_eq!(count(&host), 101, "nothing written under schema 2 is lost");
+        assert_eq!(get(&host, "k7").as_deref(), Some("seven"));
+        assert_eq!(get(&host, "new").as_deref(), Some("n"));
+
+        // Same schema: passed through, no migration.
+        let report = host
+            .deploy(env.complete_release("v1-again", &["kv-v1"]))
+            .unwrap();
+        assert!(report.migrated.is_empty());
+        host.flush_unloads();
+        assert_eq!(count(&host), 101, "{policy:?}");
+        let many = host.typed_export::<GetManyV1>().unwrap();
+        assert_eq!(
+            host.call_typed(&many, vec!["k1".into(), "none".into()])
+                .unwrap(),
+            [Some("v1".to_owned()), None]
+        );
+    }
+}
+
+#[test]
+fn past_its_limits_a_table_refuses_the_write_and_the_plugin_answers() {
+    let env = Env::new();
+    let host = host_with(
+        &env,
+        UnloadPolicy::WhenDrained,
+        TableSettings::new(Durability::Memory).max_entries(3),
+    );
+    host.deploy(env.complete_release("v1", &["kv-v1"])).unwrap();
+    for i in 0..3 {
+        put(&host, &format!("k{i}"), "x").unwrap();
+    }
+    let err = put(&host, "k3", "x").unwrap_err();
+    assert_eq!(
+        err.kind(),
+        Some(graft_host::ErrorKind::UNAVAILABLE),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("kv.entries is at its limit of 3 entries"),
+        "{err}"
+    );
+    assert!(
+        put(&host, "k0", "y").unwrap(),
+        "a key already there can still change"
+    );
+    assert_eq!(count(&host), 3);
+}
+
+#[test]
+fn tables_come_back_after_a_restart_as_their_durability_says() {
+    for durability in [Durability::OnStop, Durability::EveryWrite] {
+        let env = Env::new();
+        let v1 = env.complete_release("v1", &["kv-v1"]);
+        let v2 = env.complete_release("v2", &["kv-v2"]);
+        let host = host_with(
+            &env,
+            UnloadPolicy::WhenDrained,
+            TableSettings::new(durability),
+        );
+        host.deploy(&v1).unwrap();
+        for i in 0..50 {
+            put(&host, &format!("{durability:?}-{i}"), "one").unwrap();
+        }
+        if durability == Durability::OnStop {
+            host.save_state().unwrap();
+        }
+        drop(host);
+        // Restarted on a newer schema: the saved entries migrate up as they are read.
+        let host = host_with(
+            &env,
+            UnloadPolicy::WhenDrained,
+            TableSettings::new(durability),
+        );
+        host.deploy(&v2).unwrap();
+        assert_eq!(count(&host), 50, "{durability:?}");
+        assert_eq!(
+            get(&host, &format!("{durability:?}-7")).as_deref(),
+            Some("one")
+        );
+        put(&host, &format!("{durability:?}-7"), "two").unwrap();
+        host.save_state().unwrap();
+        drop(host);
+        let host = host_with(
+            &env,
+            UnloadPolicy::WhenDrained,
+            TableSettings::new(durability),
+        );
+        host.deploy(&v2).unwrap();
+        assert_eq!(
+            get(&host, &format!("{durability:?}-7")).as_deref(),
+            Some("two")
+        );
+        drop(host);
+        // A memory table starts empty.
+        let host = host_with(
+            &env,
+            UnloadPolicy::WhenDrained,
+            TableSettings::new(Durability::Memory),
+        );
+        host.deploy(&v2).unwrap();
+        assert_eq!(count(&host), 0, "{durability:?}");
+    }
+}
