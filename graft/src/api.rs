@@ -199,6 +199,9 @@ pub enum ErrorCode {
     Invalid,
     /// The plugin cannot serve now; retry later (503).
     Unavailable,
+    /// A table the plugin writes is at its limit of entries or bytes; nothing was written
+    /// (507).
+    TableFull,
     /// The plugin returned an error (500).
     Plugin,
     /// The plugin panicked; the panic was caught at the boundary (500).
@@ -231,6 +234,7 @@ impl ErrorCode {
             Self::Unavailable | Self::Overloaded | Self::DeadlineExceeded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::TableFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::Plugin
             | Self::Panic
             | Self::BadOutput
@@ -316,6 +320,7 @@ impl From<&CallError> for ApiError {
                 ErrorKind::CONFLICT => ErrorCode::Conflict,
                 ErrorKind::INVALID => ErrorCode::Invalid,
                 ErrorKind::UNAVAILABLE => ErrorCode::Unavailable,
+                ErrorKind::TABLE_FULL => ErrorCode::TableFull,
                 ErrorKind::PANIC => ErrorCode::Panic,
                 ErrorKind::BAD_OUTPUT => ErrorCode::BadOutput,
                 ErrorKind::UNBOUND_IMPORT => ErrorCode::UnboundImport,

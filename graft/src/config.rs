@@ -19,6 +19,15 @@
 //! [admin]
 //! listen = "127.0.0.1:9090"
 //!
+//! [table_defaults]             # every table no [[table]] names
+//! durability = "on-stop"       # memory | on-stop | interval | every-write
+//!
+//! [[table]]
+//! name = "kv.entries"          # plugin.table
+//! durability = "every-write"
+//! max_entries = 1000000
+//! max_bytes = 268435456
+//!
 //! [[route]]
 //! method = "POST"
 //! path = "/foo"
@@ -34,7 +43,7 @@ use axum::routing::MethodFilter;
 use graft_host::bounded::BoundedPath;
 use graft_host::release::Limits;
 use graft_host::signature::TrustedKey;
-use graft_host::{Contract, UnloadPolicy};
+use graft_host::{is_valid_name, Contract, Durability, TableSettings, UnloadPolicy};
 
 use crate::serve::mode::CallMode;
 use serde::Deserialize;
@@ -122,6 +131,44 @@ pub struct ServeConfig {
     /// HTTP routes to exports.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+    /// The settings of every table no `[[table]]` names.
+    #[serde(default)]
+    pub table_defaults: TableSettings,
+    /// Per-table durability and limits.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableConfig>,
+}
+
+/// `[[table]]`: one table's durability and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TableConfig {
+    /// `plugin.table`.
+    pub name: String,
+    /// How its entries are kept (default: `table_defaults`' durability).
+    #[serde(default)]
+    pub durability: Option<Durability>,
+    /// At most this many entries.
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    /// At most this many bytes of keys and encoded values.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+impl TableConfig {
+    /// Its settings, with `defaults` for what it leaves out.
+    pub fn settings(&self, defaults: TableSettings) -> TableSettings {
+        let mut settings = TableSettings::new(self.durability.unwrap_or(defaults.durability));
+        if let Some(max) = self.max_entries.or(defaults.max_entries) {
+            settings = settings.max_entries(max);
+        }
+        if let Some(max) = self.max_bytes.or(defaults.max_bytes) {
+            settings = settings.max_bytes(max);
+        }
+        settings
+    }
 }
 
 /// The fewest characters an admin token may have: a short one is guessed.
@@ -304,6 +351,35 @@ impl ServeConfig {
                 "the admin API listens on {}, which is not loopback: set admin.token",
                 self.admin.listen
             ));
+        }
+        let interval = |settings: &TableSettings| settings.durability == Durability::Interval;
+        let mut named = std::collections::HashSet::new();
+        for table in &self.tables {
+            let valid = table
+                .name
+                .split_once('.')
+                .is_some_and(|(plugin, name)| is_valid_name(plugin) && is_valid_name(name));
+            if !valid {
+                return Err(format!(
+                    "table name {:?} is not plugin.table",
+                    graft_host::bounded::Bounded(&table.name).to_string()
+                ));
+            }
+            if !named.insert(table.name.as_str()) {
+                return Err(format!("table {} is configured twice", table.name));
+            }
+        }
+        let interval_tables = interval(&self.table_defaults)
+            || self
+                .tables
+                .iter()
+                .any(|t| interval(&t.settings(self.table_defaults)));
+        if interval_tables && self.state_save_interval_ms == 0 {
+            return Err(
+                "a table is saved at intervals (durability = \"interval\") but \
+                        state_save_interval_ms is 0"
+                    .into(),
+            );
         }
         for route in &self.routes {
             method_filter(&route.method)?;

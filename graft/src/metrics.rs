@@ -31,6 +31,12 @@ struct GenerationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    plugin: String,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
     generation: u64,
     role: &'static str,
@@ -79,6 +85,9 @@ pub(crate) struct Metrics {
     role: Family<RoleLabel, Gauge>,
     canary_weight: Gauge,
     rollout_step: Gauge,
+    table_entries: Family<TableLabel, Gauge>,
+    table_bytes: Family<TableLabel, Gauge>,
+    entries_migrated: Counter,
 }
 
 /// How many finite buckets a request latency histogram has: 50 µs, doubling, to about 1.6 s.
@@ -164,6 +173,24 @@ impl Metrics {
         let role = Family::<RoleLabel, Gauge>::default();
         let canary_weight = Gauge::default();
         let rollout_step = Gauge::default();
+        let table_entries = Family::<TableLabel, Gauge>::default();
+        let table_bytes = Family::<TableLabel, Gauge>::default();
+        let entries_migrated = Counter::default();
+        registry.register(
+            "table_entries",
+            "Entries of each table of the current generation",
+            table_entries.clone(),
+        );
+        registry.register(
+            "table_bytes",
+            "Bytes of keys and encoded values of each table of the current generation",
+            table_bytes.clone(),
+        );
+        registry.register(
+            "table_entries_migrated",
+            "Table entries migrated by releases that went live",
+            entries_migrated.clone(),
+        );
         registry.register(
             "generation_role",
             "1 for the stable generation and for a rollout's canary",
@@ -216,7 +243,8 @@ impl Metrics {
         );
         registry.register(
             "migration_pause_seconds",
-            "How long a release that migrated state held new requests at the boundary",
+            "How long a release that migrated state or tables held the requests that can reach \
+             the migrating plugins at the boundary",
             migration_pause.clone(),
         );
         registry.register(
@@ -240,6 +268,9 @@ impl Metrics {
             role,
             canary_weight,
             rollout_step,
+            table_entries,
+            table_bytes,
+            entries_migrated,
         })
     }
 
@@ -304,6 +335,7 @@ impl Metrics {
             if !report.migrated.is_empty() {
                 self.migrations.inc_by(report.migrated.len() as u64);
                 self.migration_pause.observe(report.pause.as_secs_f64());
+                self.entries_migrated.inc_by(report.entries_migrated);
             }
         }
     }
@@ -340,6 +372,21 @@ impl Metrics {
         }
         self.libraries
             .set(i64::try_from(status.libraries.len()).unwrap_or(i64::MAX));
+        self.table_entries.clear();
+        self.table_bytes.clear();
+        for table in &status.tables {
+            let label = TableLabel {
+                plugin: table.plugin.clone(),
+                table: table.name.clone(),
+            };
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.table_entries
+                .get_or_create(&label)
+                .set(gauge(table.entries));
+            self.table_bytes
+                .get_or_create(&label)
+                .set(gauge(table.bytes));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String");

@@ -79,6 +79,21 @@ impl fmt::Display for StatusResponse {
                 library.path.display()
             )?;
         }
+        for table in &status.tables {
+            let limit = |max: Option<u64>| max.map_or_else(String::new, |max| format!(" of {max}"));
+            writeln!(
+                f,
+                "table {}.{} (schema {}, {:?}): {} entries{}, {} bytes{}",
+                table.plugin,
+                table.name,
+                table.schema,
+                table.durability,
+                table.entries,
+                limit(table.max_entries),
+                table.bytes,
+                limit(table.max_bytes)
+            )?;
+        }
         // Calls running for a second or more: most are past their route's deadline and cannot
         // be stopped (a synchronous call), or simply slow.
         let long: Vec<_> = status.calls.iter().filter(|c| c.age_ms >= 1000).collect();

@@ -169,3 +169,122 @@ fn tables_come_back_after_a_restart_as_their_durability_says() {
         assert_eq!(count(&host), 0, "{durability:?}");
     }
 }
+
+/// `graft serve` of the kv example in this process, its table configured by `table`.
+fn serve_kv(env: &Env, table: &str) -> (tokio::runtime::Runtime, graft::serve::Server) {
+    env.complete_release("v1", &["kv-v1"]);
+    let path = env.path("graft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[table]]
+name = "kv.entries"
+{table}
+
+[[route]]
+method = "POST"
+path = "/put"
+export = "kv.put@1"
+
+[[route]]
+method = "POST"
+path = "/get"
+export = "kv.get@1"
+"#
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(graft::serve::Server::start(
+            graft::config::ServeConfig::load(&path).unwrap(),
+        ))
+        .unwrap();
+    (runtime, server)
+}
+
+#[test]
+fn graft_serve_keeps_tables_as_configured_and_answers_507_past_a_limit() {
+    let env = Env::new();
+    let (runtime, server) = serve_kv(&env, "durability = \"on-stop\"\nmax_entries = 2");
+    let base = format!("http://{}", server.addr());
+    for key in ["a", "b"] {
+        let (status, _, body) = crate::serve::post(
+            &format!("{base}/put"),
+            &format!(r#"{{"key":"{key}","value":"x"}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let full = |base: &str| {
+        crate::serve::agent()
+            .post(&format!("{base}/put"))
+            .content_type("application/json")
+            .send(r#"{"key":"c","value":"x"}"#)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // kv-v1 answers a full table with a 503 of its own; kv-v2 lets `?` carry it: 507.
+    assert_eq!(full(&base), 503);
+    let admin = graft::client::AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    admin
+        .deploy(&graft::api::DeployRequest::new(
+            env.complete_release("v2", &["kv-v2"]),
+        ))
+        .unwrap();
+    assert_eq!(full(&base), 507);
+    let status = admin.status().unwrap().host;
+    let table = &status.tables[0];
+    assert_eq!(
+        (
+            table.name.as_str(),
+            table.entries,
+            table.max_entries,
+            table.durability
+        ),
+        ("entries", 2, Some(2), Durability::OnStop)
+    );
+    crate::serve::assert_metrics(
+        &server,
+        &["graft_table_entries{plugin=\"kv\",table=\"entries\"} 2"],
+    );
+    assert!(runtime.block_on(server.shutdown()).is_clean());
+    drop(runtime);
+
+    let (runtime, server) = serve_kv(&env, "durability = \"on-stop\"");
+    let (status, _, body) = crate::serve::post(&format!("http://{}/get", server.addr()), r#""b""#);
+    assert_eq!((status, body.as_str()), (200, r#""x""#));
+    assert!(runtime.block_on(server.shutdown()).is_clean());
+}
+
+#[test]
+fn a_table_saved_at_intervals_needs_an_interval() {
+    let env = Env::new();
+    env.complete_release("v1", &["kv-v1"]);
+    let path = env.path("graft.toml");
+    std::fs::write(
+        &path,
+        "data_dir = \"data\"\n[[table]]\nname = \"kv.entries\"\ndurability = \"interval\"\n",
+    )
+    .unwrap();
+    let error = graft::config::ServeConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("state_save_interval_ms is 0"), "{error}");
+    std::fs::write(
+        &path,
+        "data_dir = \"data\"\n[[table]]\nname = \"entries\"\n",
+    )
+    .unwrap();
+    let error = graft::config::ServeConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is not plugin.table"), "{error}");
+}

@@ -204,7 +204,12 @@ impl Server {
         if config.data_dir.as_os_str().is_empty() {
             return Err(ServeError::NoDataDir);
         }
-        let host = Host::builder(&config.data_dir)
+        let mut builder = Host::builder(&config.data_dir).table_defaults(config.table_defaults);
+        for table in &config.tables {
+            let (plugin, name) = table.name.split_once('.').unwrap_or_default();
+            builder = builder.table(plugin, name, table.settings(config.table_defaults));
+        }
+        let host = builder
             .unload_policy(config.unload_policy)
             .history(config.history)
             .init_timeout(Duration::from_millis(config.init_timeout_ms))
@@ -448,7 +453,15 @@ fn remove_uploads(uploads: &Path) {
 /// Saves the plugin state that asks for it; a failure is logged and returned (the previous
 /// save stays).
 async fn save_state(host: Arc<Host>) -> Result<(), String> {
-    let failed = match tokio::task::spawn_blocking(move || host.save_state()).await {
+    save(host, Host::save_state).await
+}
+
+/// Runs a save on the blocking pool; a failure is logged and returned.
+async fn save(
+    host: Arc<Host>,
+    how: fn(&Host) -> Result<graft_host::SavedState, graft_host::SaveStateError>,
+) -> Result<(), String> {
+    let failed = match tokio::task::spawn_blocking(move || how(&host)).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(error)) => graft_host::DisplayChain(&error).to_string(),
         Err(error) => format!("saving plugin state panicked: {error}"),
@@ -469,8 +482,9 @@ async fn save_state_every(
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                // A failure is logged; the previous save stays and the next tick tries again.
-                let _ = save_state(Arc::clone(&host)).await;
+                // State and the interval tables (the others are saved when the server stops). A
+                // failure is logged; the previous save stays and the next tick tries again.
+                let _ = save(Arc::clone(&host), Host::save_periodic).await;
             }
             // The sender only ever sends `true` (stop), or is dropped.
             _ = stop.changed() => return,
