@@ -11,8 +11,9 @@
 #   - foo_config DATA_DIR RELEASE [TOP_LINES [ROUTE_LINES]]: prints a graft.toml serving the
 #     foo service (POST /foo on foo@1) on $port_app, admin on $port_admin, with those lines
 #     added at the top level and to the route;
-#   - serve_work ADMIN_PORT: runs `graft serve --config graft.toml` in $work (log in
-#     $work/serve.log), its pid in $server and $pids, and waits for its admin API;
+#   - serve_work ADMIN_PORT [SECONDS]: runs `graft serve --config graft.toml` in $work (log in
+#     $work/serve.log), its pid in $server and $pids, and waits (5 s unless told) for its admin
+#     API, showing the end of the log if it never answers;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
 #   - need TOOL: installs a missing tool (wrk, valgrind) from Debian's packages;
 #   - wait_for URL [SECONDS]: waits (5 s unless told) until URL answers.
@@ -74,7 +75,7 @@ serve_work() {
   (cd "$work" && RUST_LOG=warn exec "$graft" serve --config graft.toml >>"$work/serve.log" 2>&1) &
   server=$!
   pids+=("$server")
-  wait_for "http://127.0.0.1:$1/status"
+  wait_for "http://127.0.0.1:$1/status" "${2:-5}" || { tail -n 20 "$work/serve.log" >&2; return 1; }
 }
 
 port=$((20000 + RANDOM % 20000))

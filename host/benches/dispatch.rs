@@ -20,11 +20,12 @@
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, Barrier, RwLock};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::{build_plugins, on_threads};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use graft_host::{Export, Host, Returned};
 
@@ -42,59 +43,6 @@ fn ping_direct(n: u64) -> u64 {
     n.wrapping_add(1)
 }
 
-/// Builds the hello plugin (release) and returns its library.
-fn build_plugin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "hello-v1",
-            "--message-format=json",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("cargo runs");
-    assert!(out.status.success(), "building hello-v1 failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "hello_v1")
-        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .find(|f| f.extension().is_some_and(|e| e == "so"))
-        .expect("hello-v1 library")
-}
-
-/// Runs a call made by `make` (once per thread: a thread's own state lives in it) `iters` times
-/// on each of `threads` threads at once; returns the slowest thread's time, so the figure is
-/// per call, per thread.
-fn on_threads<F: FnMut()>(threads: usize, iters: u64, make: impl Fn() -> F + Sync) -> Duration {
-    let start = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut call = make();
-                    start.wait();
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        call();
-                    }
-                    t.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
-    })
-}
-
 fn dispatch(c: &mut Criterion) {
     let data = tempfile::tempdir().unwrap();
     let release = data.path().join("release");
@@ -102,7 +50,7 @@ fn dispatch(c: &mut Criterion) {
         &release,
         Some("bench"),
         true,
-        &[("hello", &build_plugin())],
+        &[("hello", &build_plugins(&["hello-v1"])[0])],
         &[],
     )
     .unwrap();

@@ -13,8 +13,12 @@ use std::sync::{Mutex, MutexGuard};
 /// How many shards.
 const SHARDS: usize = 64;
 
+/// A table's key: its bytes, inline up to 24 (integers, short strings: no allocation, and no
+/// pointer to follow when the map compares keys), on the heap past that.
+pub(crate) type Key = smallvec::SmallVec<[u8; 24]>;
+
 /// One shard: the keys whose hash lands there.
-type Shard = Mutex<HashSet<Box<[u8]>>>;
+type Shard = Mutex<HashSet<Key>>;
 
 #[derive(Debug)]
 pub(crate) struct KeySet {
@@ -41,7 +45,7 @@ impl KeySet {
     }
 
     /// Takes every key out.
-    pub(crate) fn take(&self) -> Vec<Box<[u8]>> {
+    pub(crate) fn take(&self) -> Vec<Key> {
         let mut keys = Vec::new();
         for shard in 0..self.shards.len() {
             keys.extend(std::mem::take(&mut *lock(&self.shards[shard])));
@@ -50,7 +54,7 @@ impl KeySet {
     }
 
     /// Takes at most `limit` keys out.
-    pub(crate) fn take_some(&self, limit: usize) -> Vec<Box<[u8]>> {
+    pub(crate) fn take_some(&self, limit: usize) -> Vec<Key> {
         let mut keys = Vec::new();
         for shard in 0..self.shards.len() {
             let mut shard = lock(&self.shards[shard]);
@@ -69,7 +73,7 @@ impl KeySet {
     }
 
     /// Puts keys back (after a save that failed).
-    pub(crate) fn extend(&self, keys: impl IntoIterator<Item = Box<[u8]>>) {
+    pub(crate) fn extend(&self, keys: impl IntoIterator<Item = Key>) {
         for key in keys {
             let mut shard = self.shard(&key);
             shard.insert(key);
@@ -81,14 +85,14 @@ impl KeySet {
         self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, HashSet<Box<[u8]>>> {
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, HashSet<Key>> {
         let at = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) % self.shards.len();
         lock(&self.shards[at])
     }
 }
 
 /// A set is never left half-changed by a panic (nothing inside calls out).
-fn lock(shard: &Shard) -> MutexGuard<'_, HashSet<Box<[u8]>>> {
+fn lock(shard: &Shard) -> MutexGuard<'_, HashSet<Key>> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 

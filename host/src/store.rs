@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use crate::bounded::{Bounded, BoundedPath};
+use crate::keyset::Key;
 use crate::snapshot::{self, Snapshot};
 
 /// The store's file, in the data directory.
@@ -51,7 +52,7 @@ pub(crate) struct TableMeta {
 #[derive(Debug, Default)]
 pub(crate) struct SavedTable {
     pub(crate) meta: TableMeta,
-    pub(crate) entries: Vec<(Box<[u8]>, u32, Vec<u8>)>,
+    pub(crate) entries: Vec<(Key, u32, Vec<u8>)>,
 }
 
 /// What one save writes of one table.
@@ -65,7 +66,7 @@ pub(crate) struct TableWrite {
     /// Drop what the store holds of the table first.
     pub(crate) replace: bool,
     /// Keys and their values now (`None`: removed).
-    pub(crate) entries: Vec<(Box<[u8]>, Option<crate::table::Value>)>,
+    pub(crate) entries: Vec<(Key, Option<crate::table::Value>)>,
     /// Where, in `entries`, the keys written again after a migration start (the others were
     /// dirty).
     pub(crate) rewritten_from: usize,

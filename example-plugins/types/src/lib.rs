@@ -287,3 +287,15 @@ pub mod kv {
     /// The most keys one `kv.get-many@1` reads.
     pub const MAX_MANY: usize = 10_000;
 }
+
+/// The hits example's contracts (`hits`): a table of integer keys, called by value.
+pub mod hits {
+    graft_api::contract! {
+        /// The count under a key (0 when absent).
+        pub struct GetV1 = "hits.get@1": fn(u64) -> u64;
+        /// Sets the count under a key to the key itself; answers it.
+        pub struct SetV1 = "hits.set@1": fn(u64) -> u64;
+        /// Adds one under a key; answers the new count.
+        pub struct IncrV1 = "hits.incr@1": fn(u64) -> u64;
+    }
+}

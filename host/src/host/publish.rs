@@ -101,7 +101,21 @@ impl Host {
             go_live_us = u64::try_from(report.go_live.as_micros()).unwrap_or(u64::MAX),
             "release live"
         );
+        // The store stays readable by the build the record names: a table migrated down is
+        // written in its new schema before the record names the older build; one migrated up
+        // keeps its writes out of the store until the record names the newer build, then is
+        // written in its schema. The deploy answers once both are done.
+        let persisted = table_migrations.iter().filter(|m| m.persisted());
+        let (ups, downs): (Vec<_>, Vec<_>) = persisted.partition(|m| m.up);
+        for migration in &downs {
+            self.rewrite_now(migration.target());
+        }
         self.write_record(version, &history);
+        for migration in &ups {
+            migration.target().release_store();
+            self.committer.wake();
+            self.rewrite_now(migration.target());
+        }
         self.collect_staged(&history);
         self.collect_signed(&history);
         for Shipped { plugin, .. } in &shipped {

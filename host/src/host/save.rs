@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::error::SaveStateError;
 use crate::status::CallStatus;
 use crate::store::Save;
-use crate::table::{self, Durability};
+use crate::table::{self, Durability, Table};
 
 use super::Host;
 
@@ -74,6 +74,30 @@ impl Host {
         self.save(Durability::Interval)
     }
 
+    /// Writes every entry of `table` to the store in its schema (after a migration), and waits
+    /// until it is done: through the committer for an every-write table (the one writer of its
+    /// entries), in one transaction otherwise.
+    pub(super) fn rewrite_now(&self, table: &Table) {
+        match table.settings.durability {
+            Durability::Memory => {}
+            Durability::EveryWrite => self.committer.wait_rewritten(table),
+            _ => {
+                let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+                let write = table::table_write(table, Some(usize::MAX));
+                let save = Save {
+                    tables: vec![write],
+                    ..Save::default()
+                };
+                if let Err(error) = self.store.save(&save) {
+                    tracing::error!(table = %table.label(), %error, "rewriting a migrated table failed");
+                    for write in save.tables {
+                        table::put_back(table, write);
+                    }
+                }
+            }
+        }
+    }
+
     /// Saves state and the tables of durability `upto`: `OnStop` saves every persisted table
     /// but the every-write ones (which the committer keeps durable), `Interval` the interval
     /// ones.
@@ -124,6 +148,7 @@ impl Host {
         let current = self.current.load_full();
         let tables: Vec<_> = current
             .tables()
+            .filter(|t| !t.is_store_held())
             .filter(|t| match t.settings.durability {
                 Durability::Interval => true,
                 Durability::OnStop => upto == Durability::OnStop,

@@ -318,13 +318,28 @@ impl TableMigration {
     }
 
     /// After the last catch-up, with the requests that could write the old table drained: the
-    /// new table takes over what the old one had still to save, and writes every entry again
-    /// in its own schema.
+    /// new table takes over what the old one had still to save, and will write every entry
+    /// again in its own schema; a table migrated up keeps its writes out of the store until the
+    /// record names its build (see `host/publish.rs`). Flags and pointers: nothing here grows
+    /// with the table.
     pub(crate) fn finish(&self) {
-        self.to.put_back_dirty(self.from.take_dirty());
-        if self.to.settings.durability.is_persisted() {
+        self.to.inherit_dirty(&self.from);
+        if self.persisted() {
             self.to.rewrite_all();
+            if self.up {
+                self.to.hold_store();
+            }
         }
+    }
+
+    /// Whether the migrated table is kept in the store.
+    pub(crate) fn persisted(&self) -> bool {
+        self.to.settings.durability.is_persisted()
+    }
+
+    /// The new table.
+    pub(crate) fn target(&self) -> &Arc<Table> {
+        &self.to
     }
 
     /// How many entries the new table holds.

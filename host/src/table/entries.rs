@@ -8,7 +8,7 @@
 //! applies the decision only if the entry is still what the plugin saw (else it starts over).
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
@@ -16,7 +16,7 @@ use dashmap::DashMap;
 
 use graft_api::table::KeyKind;
 
-use crate::keyset::KeySet;
+use crate::keyset::{Key, KeySet};
 
 use super::persist::Committer;
 use super::settings::{Durability, TableSettings};
@@ -25,7 +25,7 @@ use super::settings::{Durability, TableSettings};
 pub(crate) type Value = Arc<[u8]>;
 
 /// Entries handed out of the map: each key with its value.
-pub(crate) type Entries = Vec<(Box<[u8]>, Value)>;
+pub(crate) type Entries = Vec<(Key, Value)>;
 
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,17 +58,26 @@ pub(crate) struct Table {
     pub(crate) schema: u32,
     pub(crate) fingerprint: String,
     pub(crate) settings: TableSettings,
-    map: DashMap<Box<[u8]>, Value>,
+    map: DashMap<Key, Value>,
     entries: AtomicU64,
     bytes: AtomicU64,
     /// Keys written since the last save (persisted tables).
-    dirty: Option<KeySet>,
+    dirty: Option<Arc<KeySet>>,
+    /// The keys the table this one migrated from had still to save, taken over with it.
+    inherited: Mutex<Vec<Arc<KeySet>>>,
     /// Keys to write again to the store in this table's schema (after a migration), a batch
     /// at a time.
     rewrite: KeySet,
+    /// Whether every key is to be written again: turned into `rewrite` by the next save, off
+    /// the request path (after a migration, with requests held, it is only this flag).
+    rewrite_everything: AtomicBool,
     /// Whether the store holds entries of this table that must be dropped first (it starts
     /// empty where an older table of the same name was saved).
     pub(crate) replace_saved: AtomicBool,
+    /// Whether nothing of this table may reach the store yet: a table a migration up made,
+    /// from its publish until the record of live releases names the build that reads its
+    /// schema (see `host/publish.rs`).
+    store_held: AtomicBool,
     /// The change logs of migrations being prepared from this table.
     logs: ArcSwap<Vec<Arc<KeySet>>>,
     /// Makes writes durable before they are acknowledged (every-write tables).
@@ -105,9 +114,15 @@ impl Table {
             map: DashMap::new(),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            dirty: settings.durability.is_persisted().then(KeySet::default),
+            dirty: settings
+                .durability
+                .is_persisted()
+                .then(|| Arc::new(KeySet::default())),
+            inherited: Mutex::default(),
             rewrite: KeySet::default(),
+            rewrite_everything: AtomicBool::new(false),
             replace_saved: AtomicBool::new(false),
+            store_held: AtomicBool::new(false),
             logs: ArcSwap::from_pointee(Vec::new()),
             committer: committer.filter(|_| settings.durability == Durability::EveryWrite),
         }
@@ -135,6 +150,14 @@ impl Table {
 
     /// Sets `key` to `value`; returns whether it replaced a value.
     pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> Result<bool, Refusal> {
+        // A key already there is replaced in place, its key not copied.
+        if let Some(mut entry) = self.map.get_mut(key) {
+            self.account(key, Some(entry.value()), Some(value))?;
+            *entry = value.into();
+            drop(entry);
+            self.written(key)?;
+            return Ok(true);
+        }
         let replaced = match self.map.entry(key.into()) {
             Entry::Occupied(mut entry) => {
                 self.account(key, Some(entry.get()), Some(value))?;
@@ -209,7 +232,7 @@ impl Table {
     /// Applies a decision to an entry, locked; returns whether a value is there after.
     fn apply(
         &self,
-        entry: Entry<'_, Box<[u8]>, Value>,
+        entry: Entry<'_, Key, Value>,
         key: &[u8],
         decision: Decision,
     ) -> Result<bool, Refusal> {
@@ -250,7 +273,7 @@ impl Table {
     }
 
     /// Every key, for a migration or a rewrite.
-    pub(crate) fn keys(&self) -> Vec<Box<[u8]>> {
+    pub(crate) fn keys(&self) -> Vec<Key> {
         self.map.iter().map(|entry| entry.key().clone()).collect()
     }
 
@@ -285,7 +308,9 @@ impl Table {
     fn account(&self, key: &[u8], old: Option<&Value>, new: Option<&[u8]>) -> Result<(), Refusal> {
         let old_weight = old.map_or(0, |old| weight(key, old));
         let new_weight = new.map_or(0, |new| weight(key, new));
-        if new_weight > old_weight {
+        if new_weight == old_weight {
+            // Nothing to count: no counter every writer shares is touched.
+        } else if new_weight > old_weight {
             let grown = self
                 .bytes
                 .fetch_add(new_weight - old_weight, Ordering::Relaxed)
@@ -366,39 +391,79 @@ impl Table {
         });
     }
 
-    /// The keys written since the last save, taken (persisted tables).
-    pub(crate) fn take_dirty(&self) -> Vec<Box<[u8]>> {
-        self.dirty.as_ref().map(KeySet::take).unwrap_or_default()
+    /// The keys written since the last save, taken (persisted tables), with those the table it
+    /// migrated from had still to save.
+    pub(crate) fn take_dirty(&self) -> Vec<Key> {
+        let mut keys = self.dirty.as_deref().map(KeySet::take).unwrap_or_default();
+        let inherited =
+            std::mem::take(&mut *self.inherited.lock().unwrap_or_else(|e| e.into_inner()));
+        for set in inherited {
+            keys.extend(set.take());
+        }
+        keys
+    }
+
+    /// Takes over the keys `old` (the table this one migrated from) had still to save: a
+    /// pointer, not a copy, so it costs nothing while requests are held.
+    pub(crate) fn inherit_dirty(&self, old: &Table) {
+        if let (Some(_), Some(dirty)) = (&self.dirty, &old.dirty) {
+            let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+            inherited.push(Arc::clone(dirty));
+            inherited.extend(
+                old.inherited
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..),
+            );
+        }
     }
 
     /// Puts keys back for the next save (one that failed).
-    pub(crate) fn put_back_dirty(&self, keys: Vec<Box<[u8]>>) {
+    pub(crate) fn put_back_dirty(&self, keys: Vec<Key>) {
         if let Some(dirty) = &self.dirty {
             dirty.extend(keys);
         }
     }
 
     /// Marks every entry to be written again to the store (after a migration changed their
-    /// schema).
+    /// schema): a flag, which the next save turns into keys.
     pub(crate) fn rewrite_all(&self) {
-        for key in self.keys() {
-            self.rewrite.insert(&key);
-        }
+        self.rewrite_everything.store(true, Ordering::Release);
     }
 
     /// At most `limit` keys still to be written again.
-    pub(crate) fn take_rewrite(&self, limit: usize) -> Vec<Box<[u8]>> {
+    pub(crate) fn take_rewrite(&self, limit: usize) -> Vec<Key> {
+        if self.rewrite_everything.swap(false, Ordering::AcqRel) {
+            for key in self.keys() {
+                self.rewrite.insert(&key);
+            }
+        }
         self.rewrite.take_some(limit)
     }
 
     /// Puts keys back into what is still to be written again.
-    pub(crate) fn put_back_rewrite(&self, keys: Vec<Box<[u8]>>) {
+    pub(crate) fn put_back_rewrite(&self, keys: Vec<Key>) {
         self.rewrite.extend(keys);
     }
 
-    /// How many keys are still to be written again.
-    pub(crate) fn rewrite_pending(&self) -> usize {
-        self.rewrite.len()
+    /// Keeps this table's writes out of the store until [`Table::release_store`].
+    pub(crate) fn hold_store(&self) {
+        self.store_held.store(true, Ordering::Release);
+    }
+
+    /// Lets this table's writes reach the store again.
+    pub(crate) fn release_store(&self) {
+        self.store_held.store(false, Ordering::Release);
+    }
+
+    /// Whether this table's writes are kept out of the store for now.
+    pub(crate) fn is_store_held(&self) -> bool {
+        self.store_held.load(Ordering::Acquire)
+    }
+
+    /// Whether keys are still to be written again.
+    pub(crate) fn rewrite_pending(&self) -> bool {
+        self.rewrite_everything.load(Ordering::Acquire) || self.rewrite.len() > 0
     }
 }
 
@@ -475,7 +540,7 @@ mod tests {
         logged.sort();
         assert_eq!(
             logged,
-            [b"before".as_slice().into(), b"during".as_slice().into()]
+            [Key::from_slice(b"before"), Key::from_slice(b"during")]
         );
         assert_eq!(t.take_dirty().len(), 3);
         let (some, more) = t.scan(1);

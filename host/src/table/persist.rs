@@ -16,13 +16,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
+use crate::keyset::Key;
 use crate::store::{Save, Store, TableWrite};
 
 use super::entries::Table;
 
 /// How many keys one commit (or one save) writes again after a migration, at most, beside the
 /// dirty ones: rewrites go on in the background, batch by batch.
-const REWRITE_BATCH: usize = 10_000;
+const REWRITE_BATCH: usize = 2_000;
 
 /// What one save writes of `table`: its dirty keys (taken) and, if `rewrite`, up to
 /// [`REWRITE_BATCH`] keys still to be written again. [`put_back`] returns them to the table if
@@ -61,7 +62,7 @@ pub(crate) fn put_back(table: &Table, write: TableWrite) {
             .replace_saved
             .store(true, std::sync::atomic::Ordering::Release);
     }
-    let mut keys: Vec<Box<[u8]>> = write.entries.into_iter().map(|(key, _)| key).collect();
+    let mut keys: Vec<Key> = write.entries.into_iter().map(|(key, _)| key).collect();
     let rewritten = keys.split_off(write.rewritten_from.min(keys.len()));
     table.put_back_dirty(keys);
     table.put_back_rewrite(rewritten);
@@ -170,6 +171,26 @@ impl Committer {
         }
     }
 
+    /// Wakes the committer's thread (a held table was released, rewrites are wanted).
+    pub(crate) fn wake(&self) {
+        let _state = self.shared.lock();
+        self.shared.work.notify_all();
+    }
+
+    /// Waits until `table` has nothing left to write again.
+    pub(crate) fn wait_rewritten(&self, table: &Table) {
+        self.wake();
+        let mut state = self.shared.lock();
+        while table.rewrite_pending() {
+            let (next, _) = self
+                .shared
+                .committed
+                .wait_timeout(state, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+        }
+    }
+
     /// One commit: the dirty keys of every every-write table, and a batch of rewrites.
     /// Returns the tickets it covers and whether rewrites remain.
     fn commit_once(&self) -> (u64, Result<bool, String>) {
@@ -191,7 +212,7 @@ impl Committer {
         };
         match self.store.save(&save) {
             Ok(()) => {
-                let pending = tables.iter().any(|t| t.rewrite_pending() > 0);
+                let pending = tables.iter().any(|t| t.rewrite_pending());
                 (covered, Ok(pending))
             }
             Err(error) => {
@@ -216,12 +237,20 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an every-write table keeps its writes out of the store for now.
+    fn held(state: &CommitState) -> bool {
+        state
+            .tables
+            .iter()
+            .any(|t| t.upgrade().is_some_and(|t| t.is_store_held()))
+    }
+
     /// Whether an every-write table has entries to write again.
     fn rewrites_pending(state: &CommitState) -> bool {
         state
             .tables
             .iter()
-            .any(|t| t.upgrade().is_some_and(|t| t.rewrite_pending() > 0))
+            .any(|t| t.upgrade().is_some_and(|t| t.rewrite_pending()))
     }
 }
 
@@ -231,9 +260,11 @@ fn run(committer: &Weak<Committer>, shared: &Shared) {
     loop {
         {
             let mut state = shared.lock();
+            // A held table (see `Table::hold_store`) stops every commit: a commit covers the
+            // writes of every table, so none is acknowledged until it is released.
             while !state.stopping
-                && state.wanted <= state.durable
-                && !Shared::rewrites_pending(&state)
+                && (Shared::held(&state)
+                    || (state.wanted <= state.durable && !Shared::rewrites_pending(&state)))
             {
                 state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
             }
