@@ -69,6 +69,13 @@
 //! 404, [`Error::conflict`] 409, [`Error::invalid`] 422, [`Error::unavailable`] 503, anything
 //! else 500. Only a route's own input failing to decode is a 400.
 //!
+//! # State and tables
+//!
+//! A plugin's data lives in the host, not in its statics: one plain-data [`state`] cell, and any
+//! number of [`table`]s (maps from integer, string or byte keys to serde values), declared in
+//! [`plugin!`] and reached through the [`Context`]. Both outlive every build, carry their schema
+//! number, and migrate up and down when it changes (see the modules).
+//!
 //! # Logging
 //!
 //! Use [`tracing`] (re-exported here). The plugin's initialiser routes the plugin's copy of
@@ -110,9 +117,10 @@
 //!    its own first fields, same names and layouts. A field is never removed, reordered or
 //!    retyped. Both directions are tested (`tests/integration/evolution.rs`).
 //! 3. [`LinkTable`] is built by the host and read by plugins through a reference: fields are
-//!    appended at its end (MINOR; `states` came in 2.1) and never changed, so a plugin built
-//!    against an older minor reads the fields it knows at the offsets it knows. Every other
-//!    type here ([`Context`], [`ExportDecl`], [`Signature`], [`FfiError`], the state
+//!    appended at its end (MINOR; `states` came in 2.1, `tables` in 2.2) and never changed, so
+//!    a plugin built against an older minor reads the fields it knows at the offsets it knows.
+//!    The host's [`table::TableOps`] is read the same way and grows the same way. Every other
+//!    type here ([`Context`], [`ExportDecl`], [`Signature`], [`FfiError`], the state and table
 //!    declarations, ...) is frozen: changing it bumps MAJOR, and every plugin must be rebuilt.
 //! 4. Error kinds are codes ([`ErrorKind`]), not an enum, so new kinds need no layout change;
 //!    the same holds for [`Wire`].
@@ -120,7 +128,9 @@
 //!    in abi_stable that outlives an unloaded plugin.
 //!
 //! Version 2.0 made types part of contracts and calls by value; plugins built against 1.x are
-//! refused by the gate and must be rebuilt.
+//! refused by the gate and must be rebuilt. Version 2.2 added tables (`PluginMod::tables`,
+//! `LinkTable::tables`) and [`ErrorKind::TABLE_FULL`]; plugins built against 2.0 and 2.1 run
+//! unchanged.
 
 pub mod allocator;
 pub mod asynchronous;
