@@ -148,31 +148,10 @@ function done(summary, latency, requests)
 end
 EOF
 
-# Deploys v2, v1, v2, ... until the deadline; prints the table migrations and the longest pause.
-cat >"$work/deployer.py" <<'PY'
-import json, sys, time, urllib.request
-port, work, duration, interval_ms = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-migrations, max_pause, i = 0, 0.0, 0
-deadline = time.monotonic() + duration
-while time.monotonic() < deadline:
-    body = json.dumps({"dir": f"{work}/{'v2' if i % 2 == 0 else 'v1'}"}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/deploy", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        report = json.load(urllib.request.urlopen(req, timeout=30))
-        migrations += sum(1 for m in report.get("migrated", []) if m.startswith("kv.entries"))
-        max_pause = max(max_pause, float(report.get("pause_ms", 0)))
-        i += 1
-    except Exception as e:
-        print(f"deploy not made: {e}", file=sys.stderr)
-        time.sleep(0.2)
-    time.sleep(interval_ms / 1000)
-print(f"{migrations} {max_pause:.3f}")
-PY
 
 deploy_for=$duration
 $kill && deploy_for=$((duration / 2))
-python3 "$work/deployer.py" "$port_admin" "$work" "$deploy_for" "$interval_ms" >"$work/deploys" &
+deploy_alternately "$port_admin" "$deploy_for" "$interval_ms" kv.entries >"$work/deploys" &
 deployer=$!
 wrk -t1 -c2 -d"${duration}s" -s "$work/hello.lua" "http://127.0.0.1:$port_app/hello" \
   >"$work/hello.out" 2>&1 &

@@ -15,6 +15,9 @@
 #     $work/serve.log), its pid in $server and $pids, and waits (5 s unless told) for its admin
 #     API, showing the end of the log if it never answers;
 #   - $port, a random loopback port (scripts use $port and $((port + 1)));
+#   - deploy_alternately ADMIN_PORT SECONDS INTERVAL_MS [PREFIX]: deploys $work/v2, $work/v1,
+#     $work/v2, ... for SECONDS, INTERVAL_MS apart; prints the migrations of the deploys that
+#     went live (those starting with PREFIX) and the longest pause, `N MS`;
 #   - need TOOL: installs a missing tool (wrk, valgrind) from Debian's packages;
 #   - wait_for URL [SECONDS]: waits (5 s unless told) until URL answers.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -86,6 +89,31 @@ need() {
     echo "installing $1" >&2
     (apt-get update -qq && apt-get install -y -qq "$1") >/dev/null
   fi
+}
+
+deploy_alternately() {
+  cat >"$work/deployer.py" <<'PY'
+import json, sys, time, urllib.request
+port, work, duration, interval_ms = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+prefix = sys.argv[5] if len(sys.argv) > 5 else ""
+migrations, max_pause, i = 0, 0.0, 0
+deadline = time.monotonic() + duration
+while time.monotonic() < deadline:
+    body = json.dumps({"dir": f"{work}/{'v2' if i % 2 == 0 else 'v1'}"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/deploy", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        report = json.load(urllib.request.urlopen(req, timeout=30))
+        migrations += sum(1 for m in report.get("migrated", []) if m.startswith(prefix))
+        max_pause = max(max_pause, float(report.get("pause_ms", 0)))
+        i += 1
+    except Exception as e:
+        print(f"deploy not made: {e}", file=sys.stderr)
+        time.sleep(0.2)
+    time.sleep(interval_ms / 1000)
+print(f"{migrations} {max_pause:.3f}")
+PY
+  python3 "$work/deployer.py" "$1" "$work" "$2" "$3" "${4:-}"
 }
 
 wait_for() {

@@ -79,28 +79,8 @@ function done(summary, latency, requests)
 end
 EOF
 
-# Deploys v2, v1, v2, ... until the deadline; prints the count and the longest pause.
-cat >"$work/deployer.py" <<'PY'
-import json, sys, time, urllib.request
-port, work, duration, interval_ms = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-migrations, max_pause, i = 0, 0.0, 0
-deadline = time.monotonic() + duration
-while time.monotonic() < deadline:
-    body = json.dumps({"dir": f"{work}/{'v2' if i % 2 == 0 else 'v1'}"}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/deploy", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        report = json.load(urllib.request.urlopen(req, timeout=30))
-        migrations += len(report.get("migrated", []))
-        max_pause = max(max_pause, float(report.get("pause_ms", 0)))
-        i += 1
-    except Exception as e:
-        print(f"deploy refused: {e}", file=sys.stderr)
-    time.sleep(interval_ms / 1000)
-print(f"{migrations} {max_pause:.3f}")
-PY
 
-python3 "$work/deployer.py" "$port_admin" "$work" "$duration" "$interval_ms" >"$work/deploys" &
+deploy_alternately "$port_admin" "$duration" "$interval_ms" >"$work/deploys" &
 deployer=$!
 # The tail (3 s) outlasts the longest a response can wait: one migration's drain (1 s).
 result=$(wrk -t"$threads" -c"$connections" -d"$((duration + 3))s" -s "$work/incr.lua" \

@@ -224,6 +224,46 @@ pub enum DeployCause {
     },
 }
 
+/// The refusals of step `migrate` for one plugin's state or table: about what is live
+/// ([`DeployCause::State`]) or what was saved ([`DeployCause::SavedState`], which a restart
+/// does not fall back from). `subject` (`table entries`) prefixes every message.
+pub(crate) struct Refusal<'a> {
+    pub(crate) plugin: &'a str,
+    pub(crate) file: &'a std::path::Path,
+    pub(crate) subject: Option<String>,
+}
+
+impl Refusal<'_> {
+    fn error(&self, cause: DeployCause) -> DeployError {
+        DeployError::new(
+            Step::Migrate,
+            Some(self.plugin),
+            Some(self.file.to_owned()),
+            cause,
+        )
+    }
+
+    fn said(&self, message: String) -> String {
+        match &self.subject {
+            Some(subject) => format!("{subject}: {message}"),
+            None => message,
+        }
+    }
+
+    /// About what is live.
+    pub(crate) fn live(&self, message: String) -> DeployError {
+        self.error(DeployCause::State(self.said(message)))
+    }
+
+    /// About what was saved in the store at `path`.
+    pub(crate) fn saved(&self, path: &std::path::Path, message: String) -> DeployError {
+        self.error(DeployCause::SavedState {
+            path: path.to_owned(),
+            reason: self.said(message),
+        })
+    }
+}
+
 /// Why a host could not be built ([`HostBuilder::build`](crate::HostBuilder::build)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -16,14 +16,12 @@ use abi_stable::type_layout::{TLData, TLFields, TypeLayout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::bounded::Bounded;
+use crate::types::Description;
 
 /// Layouts deeper than this are cut there.
 const MAX_DEPTH: usize = 24;
 /// The most nodes one shape may have.
 const MAX_NODES: usize = 4096;
-/// The longest serde description accepted from a plugin.
-const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// A type's structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,24 +70,10 @@ impl Shape {
     /// .., "shape": [format, registry]}`). A type serde-reflection could not trace is known by
     /// its name alone.
     pub(crate) fn of_serde(description: &str) -> Result<Self, String> {
-        if description.len() > MAX_DESCRIPTION {
-            return Err(format!(
-                "a type description of {} bytes (at most {MAX_DESCRIPTION})",
-                description.len()
-            ));
-        }
-        #[derive(serde::Deserialize)]
-        struct Description {
-            name: String,
-            shape: Option<(Value, serde_json::Map<String, Value>)>,
-        }
-        let parsed: Description = serde_json::from_str(description).map_err(|e| {
-            format!(
-                "a malformed type description ({e}): {}",
-                Bounded(description)
-            )
-        })?;
-        let Some((format, registry)) = parsed.shape else {
+        let parsed = Description::parse(description)?;
+        let traced: Option<(Value, serde_json::Map<String, Value>)> =
+            serde_json::from_value(parsed.shape).map_err(|e| format!("a malformed shape: {e}"))?;
+        let Some((format, registry)) = traced else {
             let text = format!("{} (untraced)", parsed.name);
             return Ok(Self {
                 fingerprint: digest(&format!("name:{}", parsed.name)),
@@ -161,6 +145,19 @@ impl Shape {
             }
         }
         said.join("; ")
+    }
+}
+
+/// The schemas a build migrates its state or a table from and to, for an error: `up from 1,
+/// down to 1` (`(up, other schema)` pairs).
+pub(crate) fn migration_paths(migrations: impl Iterator<Item = (bool, u32)>) -> String {
+    let list: Vec<String> = migrations
+        .map(|(up, schema)| format!("{} {schema}", if up { "up from" } else { "down to" }))
+        .collect();
+    if list.is_empty() {
+        "no migrations".into()
+    } else {
+        list.join(", ")
     }
 }
 

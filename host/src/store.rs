@@ -3,7 +3,7 @@
 //! two commit slots, one fsync per durable commit).
 //!
 //! It holds the saved state cells (table `cells`: plugin name → a checksummed record of the
-//! value's bytes, [`Snapshot`]) and, for each persisted table, its entries. It is opened when
+//! value's bytes, `snapshot.rs`) and, for each persisted table, its entries. It is opened when
 //! the host is built, after a check of a copy of it: redb opens the copy (recovering from a
 //! crash as it always does) and verifies every page's checksum. A file that fails, or that
 //! redb cannot open, refuses the host naming the file ([`StoreError`]), and is left exactly as

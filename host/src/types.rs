@@ -325,24 +325,34 @@ impl Walk {
     }
 }
 
+/// A serde type as its plugin describes it (`runtime::describe`): its name, and its shape
+/// (`null` when it could not be traced).
+#[derive(serde::Deserialize)]
+pub(crate) struct Description {
+    pub(crate) name: String,
+    pub(crate) shape: serde_json::Value,
+}
+
+impl Description {
+    /// Reads a description a plugin wrote (bounded in size).
+    pub(crate) fn parse(description: &str) -> Result<Self, String> {
+        if description.len() > MAX_DESCRIPTION {
+            return Err(format!(
+                "a type description of {} bytes (at most {MAX_DESCRIPTION})",
+                description.len()
+            ));
+        }
+        serde_json::from_str(description).map_err(|e| {
+            format!(
+                "a malformed type description ({e}): {}",
+                Bounded(description)
+            )
+        })
+    }
+}
+
 fn json_info(description: &str) -> Result<TypeInfo, String> {
-    if description.len() > MAX_DESCRIPTION {
-        return Err(format!(
-            "a type description of {} bytes (at most {MAX_DESCRIPTION})",
-            description.len()
-        ));
-    }
-    #[derive(serde::Deserialize)]
-    struct Description {
-        name: String,
-        shape: serde_json::Value,
-    }
-    let parsed: Description = serde_json::from_str(description).map_err(|e| {
-        format!(
-            "a malformed type description ({e}): {}",
-            Bounded(description)
-        )
-    })?;
+    let parsed = Description::parse(description)?;
     let canonical = match &parsed.shape {
         serde_json::Value::Null => format!("name:{}", parsed.name),
         shape => shape.to_string(),

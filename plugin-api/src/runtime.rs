@@ -165,29 +165,25 @@ impl<T> NoJsonAdapter for T {}
 /// The shape is traced with serde-reflection; a type it cannot trace (one whose `Deserialize`
 /// needs real samples) is described by its name alone.
 pub extern "C" fn describe<T: DeserializeOwned>() -> RString {
-    let shape = catch_unwind(|| {
-        let mut tracer = serde_reflection::Tracer::new(serde_reflection::TracerConfig::default());
-        let (format, _) = tracer.trace_simple_type::<T>().ok()?;
-        let registry = tracer.registry().ok()?;
-        serde_json::to_value((format, registry)).ok()
-    })
-    .ok()
-    .flatten();
-    let description = serde_json::json!({
-        "name": std::any::type_name::<T>(),
-        "shape": shape,
-    });
-    RString::from(description.to_string())
+    description::<T>(|tracer| tracer.registry().ok())
 }
 
 /// Describes a table's value type for the host: its name and its serde shape, as JSON, traced
 /// like [`describe`]'s but keeping what the tracer found of enums nested inside (it explores
 /// their first variant only: without sample values, a serde tracer cannot reach the others).
 pub extern "C" fn describe_record<T: DeserializeOwned>() -> RString {
+    description::<T>(|tracer| Some(tracer.registry_unchecked()))
+}
+
+/// `{"name": .., "shape": [format, registry]}` of `T`, the registry as `registry` takes it
+/// from the tracer; the shape `null` when `T` cannot be traced.
+fn description<T: DeserializeOwned>(
+    registry: fn(serde_reflection::Tracer) -> Option<serde_reflection::Registry>,
+) -> RString {
     let shape = catch_unwind(|| {
         let mut tracer = serde_reflection::Tracer::new(serde_reflection::TracerConfig::default());
         let (format, _) = tracer.trace_simple_type::<T>().ok()?;
-        serde_json::to_value((format, tracer.registry_unchecked())).ok()
+        serde_json::to_value((format, registry(tracer)?)).ok()
     })
     .ok()
     .flatten();

@@ -120,51 +120,37 @@ fn tables_come_back_after_a_restart_as_their_durability_says() {
         let env = Env::new();
         let v1 = env.complete_release("v1", &["kv-v1"]);
         let v2 = env.complete_release("v2", &["kv-v2"]);
-        let host = host_with(
-            &env,
-            UnloadPolicy::WhenDrained,
-            TableSettings::new(durability),
-        );
+        let start = |durability| {
+            host_with(
+                &env,
+                UnloadPolicy::WhenDrained,
+                TableSettings::new(durability),
+            )
+        };
+        let key = |i: u32| format!("{durability:?}-{i}");
+        let host = start(durability);
         host.deploy(&v1).unwrap();
         for i in 0..50 {
-            put(&host, &format!("{durability:?}-{i}"), "one").unwrap();
+            put(&host, &key(i), "one").unwrap();
         }
         if durability == Durability::OnStop {
             host.save_state().unwrap();
         }
         drop(host);
         // Restarted on a newer schema: the saved entries migrate up as they are read.
-        let host = host_with(
-            &env,
-            UnloadPolicy::WhenDrained,
-            TableSettings::new(durability),
-        );
+        let host = start(durability);
         host.deploy(&v2).unwrap();
         assert_eq!(count(&host), 50, "{durability:?}");
-        assert_eq!(
-            get(&host, &format!("{durability:?}-7")).as_deref(),
-            Some("one")
-        );
-        put(&host, &format!("{durability:?}-7"), "two").unwrap();
+        assert_eq!(get(&host, &key(7)).as_deref(), Some("one"));
+        put(&host, &key(7), "two").unwrap();
         host.save_state().unwrap();
         drop(host);
-        let host = host_with(
-            &env,
-            UnloadPolicy::WhenDrained,
-            TableSettings::new(durability),
-        );
+        let host = start(durability);
         host.deploy(&v2).unwrap();
-        assert_eq!(
-            get(&host, &format!("{durability:?}-7")).as_deref(),
-            Some("two")
-        );
+        assert_eq!(get(&host, &key(7)).as_deref(), Some("two"));
         drop(host);
         // A memory table starts empty.
-        let host = host_with(
-            &env,
-            UnloadPolicy::WhenDrained,
-            TableSettings::new(Durability::Memory),
-        );
+        let host = start(Durability::Memory);
         host.deploy(&v2).unwrap();
         assert_eq!(count(&host), 0, "{durability:?}");
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use abi_stable::std_types::RResult;
 use graft_api::ffi::FfiError;
 
-use crate::error::{DeployCause, DeployError, Step};
+use crate::error::{DeployError, Refusal};
 use crate::generation::Generation;
 use crate::hook::ffi_result;
 use crate::loader::LoadedPlugin;
@@ -78,7 +78,11 @@ pub(crate) fn carry(
             carried.cells.push(None);
             continue;
         };
-        let refuse = Refuse { plugin };
+        let refuse = Refuse(Refusal {
+            plugin: &plugin.info().name,
+            file: plugin.path(),
+            subject: None,
+        });
         let found = match base.state_of(&plugin.info().name) {
             Some((old, holder)) => Some((Arc::clone(old), Source::Live(holder))),
             None if info.persist => saved
@@ -134,33 +138,18 @@ impl fmt::Display for Source<'_> {
     }
 }
 
-/// The refusals of one plugin's state: about a live value ([`DeployCause::State`]) or a saved
-/// one ([`DeployCause::SavedState`], which a restart does not fall back from).
-struct Refuse<'a> {
-    plugin: &'a LoadedPlugin,
-}
+/// The refusals of one plugin's state, by where the value comes from.
+struct Refuse<'a>(Refusal<'a>);
 
 impl Refuse<'_> {
-    fn error(&self, cause: DeployCause) -> DeployError {
-        DeployError::new(
-            Step::Migrate,
-            Some(&self.plugin.info().name),
-            Some(self.plugin.path().to_owned()),
-            cause,
-        )
-    }
-
     fn live(&self, message: String) -> DeployError {
-        self.error(DeployCause::State(message))
+        self.0.live(message)
     }
 
     fn from(&self, source: &Source<'_>, message: String) -> DeployError {
         match source {
-            Source::Live(_) => self.live(message),
-            Source::Saved(path) => self.error(DeployCause::SavedState {
-                path: path.to_path_buf(),
-                reason: message,
-            }),
+            Source::Live(_) => self.0.live(message),
+            Source::Saved(path) => self.0.saved(path, message),
         }
     }
 }

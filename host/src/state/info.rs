@@ -140,17 +140,8 @@ impl StateInfo {
             .map_or(fingerprint, |m| &m.shape.fingerprint)
     }
 
-    /// The schemas this plugin migrates from and to, for an error: `up from 1, down to 1`.
+    /// The schemas this build migrates from and to, for an error: `up from 1, down to 1`.
     pub(crate) fn paths(&self) -> String {
-        let list: Vec<String> = self
-            .migrations
-            .iter()
-            .map(|m| format!("{} {}", if m.up { "up from" } else { "down to" }, m.schema))
-            .collect();
-        if list.is_empty() {
-            "no migrations".into()
-        } else {
-            list.join(", ")
-        }
+        crate::shape::migration_paths(self.migrations.iter().map(|m| (m.up, m.schema)))
     }
 }

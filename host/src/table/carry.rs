@@ -10,12 +10,11 @@
 //! can reach the plugin, drains those in flight, migrates the last few and stores the new
 //! generation. The pause grows with the writes during the last round, not with the table.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use abi_stable::std_types::{RSlice, RVec};
 
-use crate::error::{DeployCause, DeployError, Step};
+use crate::error::{DeployCause, DeployError, Refusal, Step};
 use crate::generation::Generation;
 use crate::hook::ffi_result;
 use crate::keyset::KeySet;
@@ -57,7 +56,11 @@ pub(crate) fn carry(
     for plugin in set {
         let mut tables = Vec::with_capacity(plugin.tables().len());
         for info in plugin.tables() {
-            let refuse = Refuse { plugin, info };
+            let refuse = Refusal {
+                plugin: &plugin.info().name,
+                file: plugin.path(),
+                subject: Some(format!("table {}.{}", plugin.info().name, info.name)),
+            };
             let settings = (home.settings)(&plugin.info().name, &info.name);
             let table = match base.table_of(&plugin.info().name, &info.name) {
                 Some((old, holder)) if old.schema == info.schema => {
@@ -145,41 +148,6 @@ fn holder_shape<'h>(holder: &'h LoadedPlugin, info: &TableInfo) -> Option<&'h cr
         .map(|t| &t.shape)
 }
 
-/// The refusals of one plugin's table.
-struct Refuse<'a> {
-    plugin: &'a LoadedPlugin,
-    info: &'a TableInfo,
-}
-
-impl Refuse<'_> {
-    fn error(&self, cause: DeployCause) -> DeployError {
-        DeployError::new(
-            Step::Migrate,
-            Some(&self.plugin.info().name),
-            Some(self.plugin.path().to_owned()),
-            cause,
-        )
-    }
-
-    fn live(&self, message: String) -> DeployError {
-        self.error(DeployCause::State(format!(
-            "table {}: {message}",
-            self.info.name
-        )))
-    }
-
-    fn saved(&self, path: &Path, message: String) -> DeployError {
-        self.error(DeployCause::SavedState {
-            path: path.to_owned(),
-            reason: format!(
-                "table {}.{}: {message}",
-                self.plugin.info().name,
-                self.info.name
-            ),
-        })
-    }
-}
-
 /// A table's entries migrated to a new schema: copied at prepare, caught up at publish (see
 /// the module docs). Dropping it stops the log; the new table is let go with it unless a
 /// published generation holds it.
@@ -226,7 +194,7 @@ impl TableMigration {
         plugin: &Arc<LoadedPlugin>,
         holder: &Arc<LoadedPlugin>,
         info: &TableInfo,
-        refuse: &Refuse<'_>,
+        refuse: &Refusal<'_>,
     ) -> Result<Self, DeployError> {
         let up = info.schema > from.schema;
         let (carrier, found) = if up {
@@ -360,7 +328,7 @@ fn restore(
     store: &Store,
     table: &Arc<Table>,
     info: &TableInfo,
-    refuse: &Refuse<'_>,
+    refuse: &Refusal<'_>,
 ) -> Result<bool, DeployError> {
     let label = super::persist::store_label(table);
     let saved = store

@@ -86,17 +86,8 @@ impl TableInfo {
             .find(|m| m.up == up && m.schema == other)
     }
 
-    /// The schemas this table migrates from and to, for an error: `up from 1, down to 1`.
+    /// The schemas this build migrates from and to, for an error: `up from 1, down to 1`.
     pub(crate) fn paths(&self) -> String {
-        let list: Vec<String> = self
-            .migrations
-            .iter()
-            .map(|m| format!("{} {}", if m.up { "up from" } else { "down to" }, m.schema))
-            .collect();
-        if list.is_empty() {
-            "no migrations".into()
-        } else {
-            list.join(", ")
-        }
+        crate::shape::migration_paths(self.migrations.iter().map(|m| (m.up, m.schema)))
     }
 }
