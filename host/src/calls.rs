@@ -48,15 +48,19 @@ impl Reach {
 #[derive(Debug, Clone)]
 pub struct CallSite {
     pub(crate) export: Export,
-    pub(crate) label: Arc<str>,
+    label: Arc<str>,
+    /// The label's number in [`LABELS`]: what a call registers.
+    pub(crate) label_id: LabelId,
 }
 
 impl CallSite {
     /// A call site for `export`, named `label` in status and errors.
     pub fn new(export: Export, label: impl Into<Arc<str>>) -> Self {
+        let label = label.into();
         Self {
             export,
-            label: label.into(),
+            label_id: intern(&label),
+            label,
         }
     }
 
@@ -71,20 +75,48 @@ impl CallSite {
     }
 }
 
+/// A call site's label, by number (0: none). Labels are interned once per call site, so a
+/// call registers a number and touches no counter other calls share (an `Arc`'s would be).
+pub(crate) type LabelId = u32;
+
+/// Every call site label seen in this process, numbered from 1.
+static LABELS: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
+
+fn labels() -> MutexGuard<'static, Vec<Arc<str>>> {
+    LABELS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The number of `label`, numbering it if it is new.
+fn intern(label: &Arc<str>) -> LabelId {
+    let mut labels = labels();
+    let at = match labels.iter().position(|l| l == label) {
+        Some(at) => at,
+        None => {
+            labels.push(Arc::clone(label));
+            labels.len() - 1
+        }
+    };
+    LabelId::try_from(at + 1).unwrap_or(0)
+}
+
 /// One call in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct Call {
     pub(crate) generation: u64,
     pub(crate) reach: Reach,
     pub(crate) started: Instant,
-    pub(crate) label: Option<Arc<str>>,
+    pub(crate) label: LabelId,
 }
 
 impl Call {
     pub(crate) fn status(&self, now: Instant) -> CallStatus {
+        let label = match self.label {
+            0 => None,
+            id => labels().get(id as usize - 1).map(|l| l.to_string()),
+        };
         CallStatus {
             generation: self.generation,
-            label: self.label.as_deref().map(str::to_owned),
+            label,
             age_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis())
                 .unwrap_or(u64::MAX),
         }
@@ -201,7 +233,7 @@ mod tests {
             generation,
             reach: Reach(reach),
             started: Instant::now(),
-            label: Some("POST /x".into()),
+            label: intern(&Arc::from("POST /x")),
         }
     }
 
@@ -227,7 +259,7 @@ mod tests {
         let old = call(1, 1);
         std::thread::sleep(std::time::Duration::from_millis(2));
         let young = Call {
-            label: Some("GET /y".into()),
+            label: intern(&Arc::from("GET /y")),
             ..call(1, 1)
         };
         calls.register(young);

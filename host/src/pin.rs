@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, Cache};
 
-use crate::calls::{Call, CallSite, Reach, Ticket};
+use crate::calls::{Call, CallSite, LabelId, Reach, Ticket};
 use crate::gate::Gate;
 use crate::generation::Generation;
 
@@ -76,17 +76,17 @@ pub struct OwnedPin {
 impl OwnedPin {
     /// Pins `generation` as a call that may reach any of its plugins, and counts it in flight.
     pub fn new(generation: Arc<Generation>) -> Self {
-        Self::register(generation, Reach::ALL, None)
+        Self::register(generation, Reach::ALL, 0)
     }
 
     /// Pins `generation` for a call entering through `site`'s export: it reaches what that
     /// export reaches, and is listed under `site`'s label.
     pub fn for_site(generation: Arc<Generation>, site: &CallSite) -> Self {
         let reach = generation.reach_of(&site.export);
-        Self::register(generation, reach, Some(Arc::clone(&site.label)))
+        Self::register(generation, reach, site.label_id)
     }
 
-    fn register(generation: Arc<Generation>, reach: Reach, label: Option<Arc<str>>) -> Self {
+    fn register(generation: Arc<Generation>, reach: Reach, label: LabelId) -> Self {
         let ticket = generation.calls.register(Call {
             generation: generation.id(),
             reach,
@@ -114,7 +114,7 @@ impl Clone for OwnedPin {
             .generation
             .calls
             .get(&self.ticket)
-            .and_then(|call| call.label);
+            .map_or(0, |call| call.label);
         Self::register(Arc::clone(&self.generation), self.reach, label)
     }
 }
