@@ -116,6 +116,10 @@ impl StoreError {
 pub(crate) struct Store {
     db: Database,
     path: PathBuf,
+    /// The file's device and inode when it was opened: a save refuses to write into a file
+    /// that is no longer at `path` (moved aside or replaced while the host ran), where a restart
+    /// would never find what it wrote.
+    identity: (u64, u64),
     /// `DATA/state.redb.lock`, locked (`flock`) while the store is open; after the database,
     /// so that it is released last.
     _lock: std::fs::File,
@@ -168,9 +172,11 @@ impl Store {
         })
         .map_err(error)?
         .ok_or_else(|| StoreError::InUse { path: path.clone() })?;
+        let identity = identity(&path).map_err(|e| error(format!("reading it: {e}")))?;
         let store = Self {
             db,
             path,
+            identity,
             _lock: lock,
         };
         if !existed {
@@ -222,6 +228,16 @@ impl Store {
     ///
     /// If the transaction fails; what was saved before stays as it was.
     pub(crate) fn save(&self, save: &Save<'_>) -> Result<(), String> {
+        match identity(&self.path) {
+            Ok(now) if now == self.identity => {}
+            _ => {
+                return Err(format!(
+                    "{} is no longer the file this host opened (it was moved or replaced while \
+                     the host ran): nothing is written where a restart would not find it",
+                    self.path.display()
+                ))
+            }
+        }
         guarded(|| {
             let write = self.db.begin_write().map_err(|e| e.to_string())?;
             if let Some(cells) = save.cells {
@@ -419,6 +435,13 @@ pub fn set_aside(data_dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(Some(aside))
 }
 
+/// The device and inode of the file at `path`.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
 /// Checks the store at `path` on a copy of it (in `dir`, removed after): redb opens it,
 /// recovering from a crash as it always does, then verifies every page's checksum.
 fn check_copy(path: &Path, dir: &Path) -> Result<(), String> {
@@ -484,6 +507,19 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.read_cell("a"), Ok(None));
         assert_eq!(store.read_cell("b"), Ok(Some(snapshot(3))));
+    }
+
+    #[test]
+    fn a_store_moved_away_while_open_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.write_cells(&[("a".into(), snapshot(1))]).unwrap();
+        std::fs::rename(dir.path().join(STORE_FILE), dir.path().join("elsewhere")).unwrap();
+        let error = store.write_cells(&[("a".into(), snapshot(2))]).unwrap_err();
+        assert!(
+            error.contains("no longer the file this host opened"),
+            "{error}"
+        );
     }
 
     #[test]

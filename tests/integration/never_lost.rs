@@ -113,6 +113,24 @@ fn sigterm_saves_state_with_a_call_in_flight_and_exits_non_zero_for_the_abandone
 }
 
 #[test]
+fn sigterm_exits_non_zero_when_the_state_cannot_be_saved() {
+    let env = Env::new();
+    let config = counter_config(&env);
+    let (mut server, base, _, log) = spawn_graft_serve_logged(&config, &[], &[]);
+    post(&format!("{base}/incr"), "0");
+    // The store moved away under the running host: a save there would be lost to a restart.
+    let store = env.path("data/state.redb");
+    std::fs::rename(&store, env.path("data/moved.redb")).unwrap();
+    sigterm(&server);
+    let status = server.wait().unwrap();
+    assert!(!status.success(), "a failed save makes the exit non-zero");
+    log.wait_for(&[
+        "saving plugin state failed",
+        "no longer the file this host opened",
+    ]);
+}
+
+#[test]
 fn a_damaged_store_refuses_the_start_naming_it_and_the_way_out_and_leaves_everything_in_place() {
     let env = Env::new();
     let config = counter_config(&env);
@@ -194,4 +212,38 @@ fn saved_state_the_last_release_cannot_use_refuses_the_start_rather_than_serve_a
         "no other release was tried: {stderr}"
     );
     assert_eq!(staged(&env), copies, "no staged copy deleted");
+}
+
+#[test]
+fn a_start_refused_for_want_of_any_deployable_release_deletes_no_staged_copy() {
+    let env = Env::new();
+    let config = crate::serve::config(&env, "");
+    {
+        let (server, _, admin, _) = spawn_graft_serve_logged(&config, &[], &[]);
+        let v2 = env.path("releases/v2");
+        assert!(crate::serve::graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
+        sigterm(&server);
+        let mut server = server;
+        assert!(server.wait().unwrap().success());
+    }
+    // Every recorded release is unusable: its staged copies damaged, its sources gone, and the
+    // configured release gone too.
+    let copies = staged(&env);
+    for copy in &copies {
+        let mut bytes = std::fs::read(copy).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(copy, bytes).unwrap();
+    }
+    std::fs::rename(env.path("releases"), env.path("gone")).unwrap();
+    let stderr = refused_start(&config, &[]);
+    assert!(
+        stderr.contains("restoring the last live release failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        staged(&env),
+        copies,
+        "the record's staged copies are all kept"
+    );
 }
