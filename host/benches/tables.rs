@@ -7,8 +7,9 @@
 //! - `migration_pause`: a deploy that migrates every entry of the kv example's table (kv-v1 and
 //!   kv-v2 alternate, 1,000,000 entries) while a writer thread puts new keys (about 10,000 a
 //!   second): the time requests that can reach kv were held (the report's `pause`), per deploy;
-//! - `every_write`: puts to an every-write table (acknowledged after their commit's fsync) from
-//!   1, 4 and 16 threads, as puts per second.
+//! - `durability`: puts (new keys) from 1, 4 and 16 threads, as puts per second, to a table of
+//!   each durability: `memory`, `on-stop` (each put marks its key for the next save; `interval`
+//!   is the same), `every-write` (each put acknowledged after its commit's fsync).
 //!
 //! Run: `cargo bench -p graft-host --bench tables` (builds the example plugins in release mode).
 //! `TABLE_BENCH_ENTRIES` sets the migrated table's size (default 1,000,000).
@@ -231,33 +232,40 @@ fn migration_pause(c: &mut Criterion) {
     });
 }
 
-fn every_write(c: &mut Criterion) {
-    let data = tempfile::tempdir().unwrap();
-    let host = Host::builder(data.path().join("data"))
-        .table("hits", "hits", TableSettings::new(Durability::EveryWrite))
-        .build()
-        .unwrap();
-    serve(data.path(), "bench", &[("hits", "hits")], &host);
-    let set = host.typed_export::<SetV1>().unwrap();
-    let next = AtomicU64::new(0);
-    let mut group = c.benchmark_group("tables/every_write");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(5));
-    for threads in [1, 4, 16] {
-        group.throughput(Throughput::Elements(threads as u64));
-        group.bench_function(format!("{threads}-thread"), |b| {
-            b.iter_custom(|n| {
-                on_threads(threads, n, || {
-                    || {
-                        let key = next.fetch_add(1, Ordering::Relaxed);
-                        drop(black_box(host.pin_owned().call_typed(&set, key)));
-                    }
+fn durability(c: &mut Criterion) {
+    for durability in [
+        Durability::Memory,
+        Durability::OnStop,
+        Durability::EveryWrite,
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let host = Host::builder(data.path().join("data"))
+            .table("hits", "hits", TableSettings::new(durability))
+            .build()
+            .unwrap();
+        serve(data.path(), "bench", &[("hits", "hits")], &host);
+        let set = host.typed_export::<SetV1>().unwrap();
+        let next = AtomicU64::new(0);
+        let name = format!("{durability:?}").to_lowercase();
+        let mut group = c.benchmark_group(format!("tables/durability/{name}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(5));
+        for threads in [1, 4, 16] {
+            group.throughput(Throughput::Elements(threads as u64));
+            group.bench_function(format!("{threads}-thread"), |b| {
+                b.iter_custom(|n| {
+                    on_threads(threads, n, || {
+                        || {
+                            let key = next.fetch_add(1, Ordering::Relaxed);
+                            drop(black_box(host.pin_owned().call_typed(&set, key)));
+                        }
+                    })
                 })
-            })
-        });
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-criterion_group!(benches, get_and_insert, migration_pause, every_write);
+criterion_group!(benches, get_and_insert, migration_pause, durability);
 criterion_main!(benches);
