@@ -83,9 +83,9 @@ pub enum RolloutError {
     /// There is no rollout under way.
     #[error("no rollout is under way")]
     NoRollout,
-    /// The release migrates plugin state: a canary and stable would each write their own copy,
-    /// and the canary's writes would be lost at promotion.
-    #[error("the release migrates state ({}): a canary cannot share state with stable across a schema change; deploy it directly", .0.join(", "))]
+    /// The release migrates plugin state or tables: a canary and stable would each write their
+    /// own copy, and the canary's writes would be lost at promotion.
+    #[error("the release migrates state or tables ({}): a canary cannot share them with stable across a schema change; deploy it directly", .0.join(", "))]
     MigratesState(Vec<String>),
 }
 

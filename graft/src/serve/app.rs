@@ -204,8 +204,8 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     } else {
         (None, None)
     };
-    // Held at the boundary (never failed) while a release migrates state: the pause is a few
-    // milliseconds, bounded by the migration's drain deadline.
+    // Held at the boundary (never failed) while a migration or a save concerns a plugin this
+    // route can reach: the pause is a few milliseconds, bounded by the drain deadline.
     let (pin, side) = loop {
         match route.rollouts.route(&route.site, key, force) {
             Some(routed) => break routed,
