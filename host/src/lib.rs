@@ -10,12 +10,19 @@
 //!   checks; `types`: contract types as fingerprints; `registry`: one library per build;
 //!   `init`: initialisers on threads of their own, under a deadline.
 //! - [`link`]: binding every import to exactly one export of the same contract and types.
-//! - [`Generation`]: an immutable snapshot of plugins and links; [`Pin`] / [`OwnedPin`] hold one;
-//!   `typed`: [`Generation::call_typed`] through a [`TypedExport`], no encoding.
+//! - `state`, `table`: the plugins' state cells and tables, held by the host; carried from one
+//!   generation to the next, migrated up or down when a schema changes (`shape`: types
+//!   compared by structure); [`store`]: saved on an embedded database, per table
+//!   [`Durability`].
+//! - [`Generation`]: an immutable snapshot of plugins, links, cells and tables; [`Pin`] /
+//!   [`OwnedPin`] hold one, the latter registered as a call in flight (`calls`: what it can
+//!   reach, since when) through the request boundary (`gate`) a migration or a save holds for
+//!   the calls that can reach its plugins; `typed`: [`Generation::call_typed`] through a
+//!   [`TypedExport`], no encoding.
 //! - [`Host`]: [`Host::prepare`] runs every step above outside any lock and returns a
 //!   [`Prepared`] release; [`Host::publish`] makes it current with one atomic store, unless
 //!   another release went live meanwhile. [`Host::deploy`] is both; [`Host::rollback`],
-//!   [`Host::restore`] and [`Host::status`] go with them.
+//!   [`Host::restore`], [`Host::save_state`] and [`Host::status`] go with them.
 //! - `unload`: closing libraries once drained, per [`UnloadPolicy`].
 //! - [`check`]: `graft check`, a prepare on a scratch host.
 //!
@@ -28,7 +35,12 @@
 //! 3. A generation's libraries stay mapped while any pin holds it; then [`UnloadPolicy`] decides.
 //! 4. Bad input (not a library, truncated, another API, panics, bad manifest or checksum) is an
 //!    error value, never a crash of the host, and errors quote only a bounded slice of it.
-//! 5. Files graft writes for itself are written to a temp file, fsynced and renamed.
+//! 5. Files graft writes for itself are written to a temp file, fsynced and renamed; saved state
+//!    and tables are written in durable transactions of the store, which a host that cannot use
+//!    it never overwrites.
+//! 6. No write a call acknowledged is lost across a deploy, a migration or a rollback (the
+//!    calls that can reach a migrating plugin are drained first); across a restart, as each
+//!    table's durability says.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
