@@ -54,6 +54,11 @@ impl<C: Contract> TypedExport<C> {
     pub fn signature(&self) -> &Signature {
         &self.signature
     }
+
+    /// The export handle (for a [`CallSite`](crate::CallSite), or an untyped call).
+    pub fn export(&self) -> &Export {
+        &self.export
+    }
 }
 
 impl<C> Clone for TypedExport<C> {
