@@ -381,17 +381,66 @@ impl ServeConfig {
                     .into(),
             );
         }
-        for route in &self.routes {
-            method_filter(&route.method)?;
-            route
-                .export
-                .parse::<Contract>()
-                .map_err(|e| e.to_string())?;
-            if !route.path.starts_with('/') {
-                return Err(format!("route path {:?} must start with /", route.path));
-            }
+        check_routes(&self.routes)
+    }
+}
+
+/// Checks the routes as the router will take them (axum's rules, matchit's syntax), so that a
+/// bad one is a configuration error, never a panic when the server builds its router: each
+/// method known, each export `name@N`, each path valid, and no two routes for one method and
+/// path, nor two paths the router cannot tell apart.
+fn check_routes(routes: &[Route]) -> Result<(), String> {
+    let mut paths = matchit::Router::new();
+    let mut seen = std::collections::HashSet::new();
+    for route in routes {
+        let quoted = || graft_host::bounded::Bounded(&route.path).to_string();
+        method_filter(&route.method)?;
+        route
+            .export
+            .parse::<Contract>()
+            .map_err(|e| e.to_string())?;
+        if !route.path.starts_with('/') {
+            return Err(format!("route path {:?} must start with /", quoted()));
         }
-        Ok(())
+        if let Some(segment) = route
+            .path
+            .split('/')
+            .find(|s| s.starts_with(':') || s.starts_with('*'))
+        {
+            return Err(format!(
+                "route path {:?}: a segment may not start with {:?}; a capture is written \
+                 {{name}} (and a wildcard {{*name}})",
+                quoted(),
+                &segment[..1]
+            ));
+        }
+        let method = route.method.to_ascii_uppercase();
+        if !seen.insert((method.clone(), route.path.clone())) {
+            return Err(format!("two routes for {method} {:?}", quoted()));
+        }
+        // A path seen before (with another method) is one entry in the router.
+        let new_path = !seen.iter().any(|(m, p)| *p == route.path && *m != method);
+        if new_path {
+            paths
+                .insert(route.path.clone(), ())
+                .map_err(|error| format!("route path {:?}: {error}", quoted()))?;
+        }
+    }
+    Ok(())
+}
+
+impl ServeConfig {
+    /// The exports the routes call, each with the route that calls it (`route POST /foo`):
+    /// what every release must provide.
+    pub fn routed_exports(&self) -> Vec<(Contract, String)> {
+        self.routes
+            .iter()
+            .filter_map(|route| {
+                let contract = route.export.parse().ok()?;
+                let by = format!("route {} {}", route.method.to_ascii_uppercase(), route.path);
+                Some((contract, by))
+            })
+            .collect()
     }
 }
 

@@ -48,6 +48,16 @@ pub enum LinkProblem {
         /// Every plugin that exports it.
         providers: Vec<String>,
     },
+    /// An export the host's embedder requires (a route of `graft serve` calls it) that no plugin
+    /// of the new generation exports, or not so that the embedder can call it with JSON.
+    Required {
+        /// Who requires it (`route POST /foo`).
+        by: String,
+        /// The contract.
+        contract: Contract,
+        /// Why it cannot serve: not exported, or not callable with JSON.
+        why: String,
+    },
     /// An import whose types differ from those of the export it would bind to.
     Mismatch {
         /// The importing plugin.
@@ -82,6 +92,9 @@ impl fmt::Display for LinkProblem {
                     providers.join(", ")
                 )
             }
+            Self::Required { by, contract, why } => {
+                write!(f, "{by} calls {contract}, which {why}")
+            }
             Self::Mismatch {
                 importer,
                 provider,
@@ -115,7 +128,7 @@ impl LinkError {
             LinkProblem::Missing { importer, .. } | LinkProblem::Mismatch { importer, .. } => {
                 Some(importer.as_str())
             }
-            LinkProblem::Ambiguous { .. } => None,
+            LinkProblem::Ambiguous { .. } | LinkProblem::Required { .. } => None,
         })
     }
 }
@@ -128,6 +141,37 @@ pub struct LinkReport {
     /// What keeps the set from linking (for `graft check` of a partial release, the imports left
     /// open).
     pub problems: Vec<LinkProblem>,
+}
+
+/// Checks that every export in `required` (a contract and who requires it) is exported by the
+/// linked set so that it can be called with JSON (through a JSON adapter, or async); returns
+/// every problem at once.
+pub(crate) fn check_required(
+    linked: &Linked,
+    required: &[(Contract, String)],
+) -> Result<(), LinkError> {
+    let problems: Vec<LinkProblem> = required
+        .iter()
+        .filter_map(|(contract, by)| {
+            let why = match linked.exports.get(contract) {
+                None => "no plugin of the new generation exports",
+                Some(entry) if entry.json.is_none() && !entry.is_async => {
+                    "the new generation exports with types that cannot be called with JSON"
+                }
+                Some(_) => return None,
+            };
+            Some(LinkProblem::Required {
+                by: by.clone(),
+                contract: contract.clone(),
+                why: why.into(),
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LinkError { problems })
+    }
 }
 
 /// What linking does with an import no plugin of the set exports.

@@ -9,11 +9,12 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use graft::api::DeployRequest;
 use graft::client::AdminClient;
 use graft::serve::Server;
 
-use crate::serve::{agent, config, in_process_with, post, spawn_graft_serve_with, write_post};
+use crate::serve::{
+    agent, config, config_with_plugins, in_process_with, post, spawn_graft_serve_with, write_post,
+};
 use crate::util::{wait_until, Env};
 
 /// Requests in flight on every generation, as status reports them.
@@ -81,7 +82,17 @@ pub(crate) fn serve_with(
     extra: &str,
     routes: &str,
 ) -> (tokio::runtime::Runtime, Server) {
-    let path = config(env, extra);
+    serve_with_plugins(env, extra, routes, &[])
+}
+
+/// [`serve_with`], with these crates in release v1 too.
+pub(crate) fn serve_with_plugins(
+    env: &Env,
+    extra: &str,
+    routes: &str,
+    more: &[&str],
+) -> (tokio::runtime::Runtime, Server) {
+    let path = config_with_plugins(env, extra, more);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(routes);
     std::fs::write(&path, text).unwrap();
@@ -254,15 +265,11 @@ fn threads_of(pid: u32) -> usize {
 #[test]
 fn four_hundred_concurrent_async_sleeps_all_succeed_on_a_few_threads() {
     let env = Env::new();
-    let path = config(&env, "");
+    let path = config_with_plugins(&env, "", &["sleepy"]);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("\n[[route]]\nmethod = \"POST\"\npath = \"/sleep\"\nexport = \"sleep@1\"\n");
     std::fs::write(&path, text).unwrap();
-    let (server, base, admin_url) = spawn_graft_serve_with(&path, &[], &[]);
-    let admin = AdminClient::new(&admin_url, None);
-    admin
-        .deploy(&DeployRequest::new(env.release("sleepy", &["sleepy"])))
-        .unwrap();
+    let (server, base, _) = spawn_graft_serve_with(&path, &[], &[]);
     let pid = server.0.id();
     assert_eq!(
         post_any(&format!("{base}/sleep"), "1"),

@@ -155,7 +155,9 @@ fn a_restart_without_staged_copies_falls_back_loudly_and_refuses_only_when_nothi
     for gone in ["data/staged", "releases/v1", "releases/v2"] {
         std::fs::remove_dir_all(env.path(gone)).unwrap();
     }
-    env.complete_release("v3", V2);
+    let mut v3 = V2.to_vec();
+    v3.push("misbehaving"); // every release serves every route
+    env.complete_release("v3", &v3);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("releases/v1", "releases/v3")).unwrap();
     let leftover = env.path("data/uploads/upload-999-0");

@@ -18,6 +18,7 @@ mod pinning;
 mod publish;
 mod releases;
 mod rollout;
+mod routes;
 mod serve;
 mod signing;
 mod state;

@@ -12,6 +12,23 @@ use crate::util::{graft_bin, rewrite_saved_cell, wait_until, Env};
 
 /// `graft.toml` serving `counter-held` (release v1, configured) with a short drain deadline.
 fn counter_config(env: &Env) -> PathBuf {
+    let path = counter_config_without_held(env);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        r#"
+[[route]]
+method = "POST"
+path = "/held"
+export = "incr-held@1"
+mode = "blocking"
+"#,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// [`counter_config`] without the route to `incr-held@1`, which only `counter-held` exports.
+fn counter_config_without_held(env: &Env) -> PathBuf {
     env.complete_release("v1", &["counter-held"]);
     let path = env.path("graft.toml");
     std::fs::write(
@@ -35,12 +52,6 @@ method = "POST"
 path = "/total"
 export = "total@1"
 mode = "inline"
-
-[[route]]
-method = "POST"
-path = "/held"
-export = "incr-held@1"
-mode = "blocking"
 "#,
     )
     .unwrap();
@@ -185,7 +196,7 @@ fn a_damaged_store_refuses_the_start_naming_it_and_the_way_out_and_leaves_everyt
 #[test]
 fn saved_state_the_last_release_cannot_use_refuses_the_start_rather_than_serve_another_release() {
     let env = Env::new();
-    let config = counter_config(&env);
+    let config = counter_config_without_held(&env);
     // Live: v2 (counter-v2, schema 2); configured: v1. Saved: the counter at schema 2.
     let v2 = env.complete_release("v2", &["counter-v2"]);
     {

@@ -16,8 +16,15 @@ use crate::util::{graft_bin, run_graft, wait_until, Env, KillOnDrop, V1, V2};
 
 /// Writes `graft.toml` serving foo and the misbehaving plugin on ephemeral loopback ports.
 pub(crate) fn config(env: &Env, extra: &str) -> PathBuf {
+    config_with_plugins(env, extra, &[])
+}
+
+/// [`config`], with these crates in release v1 too (every release must serve every route, so a
+/// route to their exports needs them from the start).
+pub(crate) fn config_with_plugins(env: &Env, extra: &str, more: &[&str]) -> PathBuf {
     let mut v1: Vec<&str> = V1.to_vec();
     v1.push("misbehaving");
+    v1.extend(more);
     env.complete_release("v1", &v1);
     env.release("v2", V2);
     let path = env.path("graft.toml");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use example_types::counter::{IncrV1, TotalV1};
 use graft_host::{CallSite, DeployCause, DisplayChain, Host, Step};
 
-use crate::isolation::{in_flight, serve_with};
+use crate::isolation::{in_flight, serve_with, serve_with_plugins};
 use crate::serve::agent;
 use crate::util::{wait_until, Env};
 
@@ -117,13 +117,8 @@ fn an_async_call_past_its_deadline_or_whose_client_left_is_cancelled_and_its_pin
     let routes = "\n[[route]]\nmethod = \"POST\"\npath = \"/sleep\"\nexport = \"sleep@1\"\n\
                   timeout_ms = 200\n\n\
                   [[route]]\nmethod = \"POST\"\npath = \"/nap\"\nexport = \"sleep@1\"\n";
-    let (_runtime, server) = serve_with(&env, "", routes);
+    let (_runtime, server) = serve_with_plugins(&env, "", routes, &["sleepy"]);
     let admin = graft::client::AdminClient::new(&format!("http://{}", server.admin_addr()), None);
-    admin
-        .deploy(&graft::api::DeployRequest::new(
-            env.release("sleepy", &["sleepy"]),
-        ))
-        .unwrap();
     let base = format!("http://{}", server.addr());
 
     // Past the deadline: answered 503, and the 50 s sleep is dropped, not left running.

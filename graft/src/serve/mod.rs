@@ -205,6 +205,9 @@ impl Server {
             return Err(ServeError::NoDataDir);
         }
         let mut builder = Host::builder(&config.data_dir).table_defaults(config.table_defaults);
+        for (contract, route) in config.routed_exports() {
+            builder = builder.require_export(contract, route);
+        }
         for table in &config.tables {
             let (plugin, name) = table.name.split_once('.').unwrap_or_default();
             builder = builder.table(plugin, name, table.settings(config.table_defaults));

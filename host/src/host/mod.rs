@@ -113,6 +113,8 @@ struct Settings {
     limits: Limits,
     trusted_keys: Vec<crate::signature::TrustedKey>,
     tables: TableConfig,
+    /// Exports every release must provide, callable with JSON, and who requires each.
+    required: Vec<(crate::decl::Contract, String)>,
 }
 
 #[derive(Default)]
@@ -191,6 +193,18 @@ impl HostBuilder {
         self
     }
 
+    /// An export every release must provide so that it can be called with JSON: `by` (`route
+    /// POST /foo`) calls it. A release without it is refused at [`Step::Link`](crate::Step::Link),
+    /// naming `by`; the first release too, so a mistyped export stops a start.
+    pub fn require_export(
+        mut self,
+        contract: crate::decl::Contract,
+        by: impl Into<String>,
+    ) -> Self {
+        self.settings.required.push((contract, by.into()));
+        self
+    }
+
     /// The settings of every table no [`HostBuilder::table`] names (default: saved when the
     /// server stops, no limits).
     pub fn table_defaults(mut self, settings: TableSettings) -> Self {
@@ -263,6 +277,7 @@ impl Host {
                 limits: Limits::default(),
                 trusted_keys: Vec::new(),
                 tables: TableConfig::default(),
+                required: Vec::new(),
             },
         }
     }

@@ -405,6 +405,14 @@ impl Host {
             set.iter().map(|p| (p.info(), p.exports().map(|(_, f)| f))),
             open,
         )
+        .and_then(|linked| {
+            // `graft check` of a partial release (imports left open) cannot know what the
+            // generation it lands on will export: required exports are a deploy's question.
+            if open == OpenImports::Refuse {
+                link::check_required(&linked, &self.settings.required)?;
+            }
+            Ok(linked)
+        })
         .map_err(|e| {
             // Named: the first importer that cannot link, and its file (the one the release
             // ships, or for a plugin carried over, its staged copy).
