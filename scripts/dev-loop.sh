@@ -5,6 +5,9 @@
 # the median build time and time-to-live after the build.
 #
 # Run: scripts/dev-loop.sh [--edits N] [--release]   (loopback only; everything under a temp dir)
+#
+# It ends with exactly one line:
+#   edits=N median_build_s=S median_live_after_build_ms=MS
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -44,10 +47,15 @@ greet() {
   cat >"$work/hello/src/lib.rs" <<EOF
 use graft_api::{Context, Error};
 
+graft_api::contract! {
+    /// A greeting: the contract the route calls.
+    pub struct HelloV1 = "hello@1": json fn(String) -> String;
+}
+
 graft_api::plugin! {
     name: "hello",
     version: env!("CARGO_PKG_VERSION"),
-    exports: { "hello@1" => hello },
+    exports: { HelloV1 => hello },
 }
 
 fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {
