@@ -390,7 +390,8 @@ impl ServeConfig {
 /// method known, each export `name@N`, each path valid, and no two routes for one method and
 /// path, nor two paths the router cannot tell apart.
 fn check_routes(routes: &[Route]) -> Result<(), String> {
-    let mut paths = matchit::Router::new();
+    let mut router = matchit::Router::new();
+    let mut paths = std::collections::HashSet::new();
     let mut seen = std::collections::HashSet::new();
     for route in routes {
         let quoted = || graft_host::bounded::Bounded(&route.path).to_string();
@@ -419,9 +420,8 @@ fn check_routes(routes: &[Route]) -> Result<(), String> {
             return Err(format!("two routes for {method} {:?}", quoted()));
         }
         // A path seen before (with another method) is one entry in the router.
-        let new_path = !seen.iter().any(|(m, p)| *p == route.path && *m != method);
-        if new_path {
-            paths
+        if paths.insert(route.path.as_str()) {
+            router
                 .insert(route.path.clone(), ())
                 .map_err(|error| format!("route path {:?}: {error}", quoted()))?;
         }

@@ -53,17 +53,7 @@ impl OwnedPin {
     ///
     /// As [`Generation::call_raw`](crate::Generation::call_raw).
     pub async fn call_async(&self, export: &Export, input: Vec<u8>) -> Result<Vec<u8>, CallError> {
-        match start(self, export, input) {
-            Started::Done(result) => result,
-            Started::Running(future) => {
-                PluginCall {
-                    future: Some(future),
-                    pin: self,
-                    export: export.clone(),
-                }
-                .await
-            }
-        }
+        start(self, export, input).await
     }
 
     /// [`OwnedPin::call_async`], owning the pin: a `'static` future for a task of its own.
@@ -75,46 +65,36 @@ impl OwnedPin {
         export: &Export,
         input: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
-        let started = start(&self, export, input);
-        let export = export.clone();
-        async move {
-            match started {
-                Started::Done(result) => result,
-                Started::Running(future) => {
-                    PluginCall {
-                        future: Some(future),
-                        pin: self,
-                        export,
-                    }
-                    .await
-                }
-            }
-        }
+        start(self, export, input)
     }
 }
 
 type PluginFuture = FfiFuture<RResult<RVec<u8>, FfiError>>;
 
-/// A call started: done already (a synchronous export, or none), or the plugin's future.
-enum Started {
-    Done(Result<Vec<u8>, CallError>),
-    Running(PluginFuture),
-}
-
-/// Starts the call of `export` in `pin`'s generation.
-fn start(pin: &OwnedPin, export: &Export, input: Vec<u8>) -> Started {
-    let Some((entry, table)) = pin.entry(export.id) else {
-        return Started::Done(Err(CallError::NotExported {
+/// Starts the call of `export` in `pin`'s generation: a synchronous export (or a missing one)
+/// is done at once, an async one's future is made, to be polled under `pin`.
+fn start<P: Borrow<OwnedPin>>(pin: P, export: &Export, input: Vec<u8>) -> PluginCall<P> {
+    let mut call = PluginCall {
+        done: None,
+        future: None,
+        pin,
+        export: export.clone(),
+    };
+    let generation = call.pin.borrow();
+    let Some((entry, table)) = generation.entry(export.id) else {
+        call.done = Some(Err(CallError::NotExported {
             contract: export.to_string(),
-            generation: pin.id(),
+            generation: generation.id(),
         }));
+        return call;
     };
     if !entry.is_async {
-        return Started::Done(pin.call_raw(export, &input));
+        call.done = Some(generation.call_raw(export, &input));
+        return call;
     }
-    // SAFETY: the future is polled and dropped only inside a `PluginCall`, which holds an owned
-    // pin of the generation that owns `table` and drops the future before the pin: the table
-    // outlives the future and everything it holds of it, so the context may say `'static`.
+    // SAFETY: the future is polled and dropped only inside this `PluginCall`, which holds an
+    // owned pin of the generation that owns `table` and drops the future before the pin: the
+    // table outlives the future and everything it holds of it, so the context may say `'static`.
     let table = unsafe { &*std::ptr::from_ref(table) };
     let ctx = Context {
         table,
@@ -123,12 +103,14 @@ fn start(pin: &OwnedPin, export: &Export, input: Vec<u8>) -> Started {
     // SAFETY: `is_async` is set only for an export whose signature's wire is `ASYNC_JSON`,
     // which the plugin side declares with an `AsyncJsonFn` (`graft_api::asynchronous`).
     let func = unsafe { std::mem::transmute::<ErasedFn, AsyncJsonFn>(entry.func) };
-    Started::Running(func(ctx, RVec::from(input)))
+    call.future = Some(func(ctx, RVec::from(input)));
+    call
 }
 
-/// A plugin's future with the pin it runs under: polls it with [`POLLING`] set, and drops it
-/// before the pin.
+/// A call with the pin it runs under: its result already (a synchronous export, or none), or
+/// the plugin's future, which it polls with [`POLLING`] set and drops before the pin.
 struct PluginCall<P: Borrow<OwnedPin>> {
+    done: Option<Result<Vec<u8>, CallError>>,
     future: Option<PluginFuture>,
     pin: P,
     export: Export,
@@ -139,6 +121,9 @@ impl<P: Borrow<OwnedPin> + Unpin> Future for PluginCall<P> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if let Some(done) = this.done.take() {
+            return Poll::Ready(done);
+        }
         let Some(future) = this.future.as_mut() else {
             return Poll::Pending;
         };

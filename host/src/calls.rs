@@ -160,11 +160,6 @@ impl Calls {
         self.lock(ticket.shard).try_remove(ticket.key);
     }
 
-    /// The registered call of `ticket`.
-    pub(crate) fn get(&self, ticket: &Ticket) -> Option<Call> {
-        self.lock(ticket.shard).get(ticket.key).cloned()
-    }
-
     /// Every call in flight for which `keep` holds.
     pub(crate) fn matching(&self, mut keep: impl FnMut(&Call) -> bool) -> Vec<Call> {
         let mut found = Vec::new();

@@ -206,6 +206,11 @@ impl LoadedPlugin {
         &self.tables
     }
 
+    /// The plugin's table `name`, if it declares one.
+    pub(crate) fn table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
     /// The plugin's state declaration.
     pub(crate) fn state(&self) -> Option<&StateInfo> {
         self.state.as_ref()

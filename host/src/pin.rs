@@ -70,6 +70,7 @@ impl fmt::Debug for Pin {
 pub struct OwnedPin {
     generation: Arc<Generation>,
     reach: Reach,
+    label: LabelId,
     ticket: Ticket,
 }
 
@@ -96,6 +97,7 @@ impl OwnedPin {
         Self {
             generation,
             reach,
+            label,
             ticket,
         }
     }
@@ -110,12 +112,7 @@ impl OwnedPin {
 /// label, from now.
 impl Clone for OwnedPin {
     fn clone(&self) -> Self {
-        let label = self
-            .generation
-            .calls
-            .get(&self.ticket)
-            .map_or(0, |call| call.label);
-        Self::register(Arc::clone(&self.generation), self.reach, label)
+        Self::register(Arc::clone(&self.generation), self.reach, self.label)
     }
 }
 

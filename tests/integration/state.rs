@@ -7,11 +7,10 @@ use std::time::Duration;
 use example_types::counter::{IncrV1, KeyCountV1, TotalV1};
 use graft::api::DeployRequest;
 use graft::client::AdminClient;
-use graft::config::ServeConfig;
 use graft::serve::Server;
 use graft_host::{DeployCause, DeployError, DisplayChain, Host, Step, UnloadPolicy};
 
-use crate::serve::{assert_metrics, post};
+use crate::serve::{assert_metrics, in_process_with, post};
 use crate::util::{wait_until, Env};
 
 const POLICIES: [UnloadPolicy; 3] = [
@@ -194,6 +193,15 @@ fn a_migration_whose_drain_deadline_passes_is_refused_and_no_request_fails() {
     assert_eq!(total(&host), 3);
 }
 
+/// Saves, on `env`'s data directory, counter-v2's state (schema 2) after three increments.
+fn saved_counter_v2(env: &Env) {
+    let host = env.host();
+    host.deploy(env.complete_release("v2", &["counter-v2"]))
+        .unwrap();
+    incr(&host, 3, 1);
+    host.save_state().unwrap();
+}
+
 /// A host on `env`'s data directory (a restart is a new one on the same directory).
 fn restarted(env: &Env) -> Host {
     env.host()
@@ -256,12 +264,7 @@ fn saved_state_comes_back_after_a_restart_as_it_was_or_migrated_up() {
 #[test]
 fn saved_state_of_a_schema_no_loaded_build_migrates_refuses_the_release_naming_the_store() {
     let env = Env::new();
-    let host = env.host();
-    host.deploy(env.complete_release("v2", &["counter-v2"]))
-        .unwrap();
-    incr(&host, 3, 1);
-    host.save_state().unwrap();
-    drop(host);
+    saved_counter_v2(&env);
 
     // Schema 2 saved, schema 1 starting: only a loaded schema-2 build could migrate it down.
     let err = restarted(&env)
@@ -281,12 +284,7 @@ fn saved_state_of_a_schema_no_loaded_build_migrates_refuses_the_release_naming_t
 #[test]
 fn a_saved_value_of_another_length_than_its_type_is_refused_though_its_checksum_is_valid() {
     let env = Env::new();
-    let host = env.host();
-    host.deploy(env.complete_release("v2", &["counter-v2"]))
-        .unwrap();
-    incr(&host, 3, 1);
-    host.save_state().unwrap();
-    drop(host);
+    saved_counter_v2(&env);
     // 72 bytes saved for CounterV2; rewritten as 8, with the record's length and checksum
     // made to match: only the type's size can tell.
     crate::util::rewrite_saved_cell(&env.path("data"), "counter", |value| value.truncate(8));
@@ -327,10 +325,7 @@ export = "total@1"
         ),
     )
     .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(Server::start(ServeConfig::load(&path).unwrap()))
-        .unwrap();
+    let (runtime, server) = in_process_with(&path, "[admin]");
     let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
     (runtime, server, admin)
 }

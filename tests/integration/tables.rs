@@ -187,13 +187,7 @@ export = "kv.get@1"
         ),
     )
     .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(graft::serve::Server::start(
-            graft::config::ServeConfig::load(&path).unwrap(),
-        ))
-        .unwrap();
-    (runtime, server)
+    crate::serve::in_process_with(&path, "[admin]")
 }
 
 #[test]

@@ -284,18 +284,9 @@ impl Host {
     /// The history of live releases recorded in the data directory, oldest first: empty for a
     /// fresh data directory. Generation ids go on past every id it holds.
     pub(super) fn read_record(&self) -> Result<VecDeque<ReleaseRecord>, DeployError> {
-        let file = || Some(self.record_path.clone());
-        let text = match std::fs::read_to_string(&self.record_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VecDeque::new()),
-            Err(e) => {
-                let cause = DeployCause::Io("reading the release record".into(), e);
-                return Err(self.refused(DeployError::new(Step::Manifest, None, file(), cause)));
-            }
-        };
-        let history: VecDeque<ReleaseRecord> = serde_json::from_str(&text).map_err(|e| {
-            let cause = DeployCause::Record(e.to_string());
-            self.refused(DeployError::new(Step::Manifest, None, file(), cause))
+        let history = recorded_history(&self.record_path).map_err(|cause| {
+            let file = Some(self.record_path.clone());
+            self.refused(DeployError::new(Step::Manifest, None, file, cause))
         })?;
         // A record written before ids were reserved in `DATA/generations`: go on past it too.
         let next = history.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
@@ -724,4 +715,14 @@ fn changes(base: &Generation, new: &Generation) -> Vec<PluginChange> {
             },
         })
         .collect()
+}
+
+/// The history of live releases in the record at `path`, oldest first: empty if there is none.
+pub(super) fn recorded_history(path: &Path) -> Result<VecDeque<ReleaseRecord>, DeployCause> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VecDeque::new()),
+        Err(e) => return Err(DeployCause::Io("reading the release record".into(), e)),
+    };
+    serde_json::from_str(&text).map_err(|e| DeployCause::Record(e.to_string()))
 }

@@ -23,7 +23,7 @@ use crate::status::{CallStatus, ReleaseRecord};
 use crate::table::TableMigration;
 use crate::unload::UnloadPolicy;
 
-use super::prepare::{From, Kind, Prepared, Shipped};
+use super::prepare::{recorded_history, From, Kind, Prepared, Shipped};
 use super::{outcome, Book, Host};
 
 /// How many calls in flight a refusal or a status lists at most (the oldest).
@@ -373,12 +373,8 @@ impl Host {
     /// for the next start), and if it cannot be read, nothing is deleted.
     pub(super) fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
         let on_disk = if self.lock_book().version == 0 {
-            match std::fs::read(&self.record_path) {
-                Ok(bytes) => match serde_json::from_slice::<VecDeque<ReleaseRecord>>(&bytes) {
-                    Ok(recorded) => recorded,
-                    Err(_) => return,
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
+            match recorded_history(&self.record_path) {
+                Ok(recorded) => recorded,
                 Err(_) => return,
             }
         } else {

@@ -83,7 +83,7 @@ impl Host {
             Durability::EveryWrite => self.committer.wait_rewritten(table),
             _ => {
                 let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-                let write = table::table_write(table, Some(usize::MAX));
+                let write = table::table_write(table, usize::MAX);
                 let save = Save {
                     tables: vec![write],
                     ..Save::default()
@@ -116,34 +116,36 @@ impl Host {
         let snapshots: Vec<_> = if plugins.is_empty() {
             Vec::new()
         } else {
-            match self.quiesce(plugins, SAVE_HOLD) {
+            let held = self.quiesce(plugins, SAVE_HOLD);
+            // Read after the gate closed: a migrating publish stores under the closed gate, so
+            // this is the generation whose cells no request is writing (if the hold came).
+            let current = self.current.load_full();
+            let snapshots = current
+                .persisted_states()
+                .map(|cell| {
+                    let copy = if held.is_ok() {
+                        cell.snapshot()
+                    } else {
+                        cell.snapshot_live()
+                    };
+                    (cell.plugin.clone(), copy)
+                })
+                .collect();
+            match held {
                 Ok((closed, paused)) => {
-                    // Read after the gate closed: a migrating publish stores under the closed
-                    // gate, so this is the generation whose cells no request is writing.
-                    let current = self.current.load_full();
-                    let snapshots = current
-                        .persisted_states()
-                        .map(|cell| (cell.plugin.clone(), cell.snapshot()))
-                        .collect();
                     drop(closed);
                     saved.pause = paused.elapsed();
-                    snapshots
                 }
                 Err(live) => {
                     saved.pause = SAVE_HOLD;
-                    let current = self.current.load_full();
-                    let snapshots = current
-                        .persisted_states()
-                        .map(|cell| (cell.plugin.clone(), cell.snapshot_live()))
-                        .collect();
                     tracing::info!(
                         calls = %live.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                         "state copied while calls that can write it run"
                     );
                     saved.live = live;
-                    snapshots
                 }
             }
+            snapshots
         };
         let current = self.current.load_full();
         let tables: Vec<_> = current
@@ -157,7 +159,7 @@ impl Host {
             .collect();
         let writes = tables
             .iter()
-            .map(|table| table::table_write(table, Some(usize::MAX)))
+            .map(|table| table::table_write(table, usize::MAX))
             .collect();
         let keep = current
             .tables()

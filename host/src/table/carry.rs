@@ -96,9 +96,7 @@ pub(crate) fn carry(
                     };
                     if !restored && settings.durability.is_persisted() {
                         // Whatever the store holds under this name is not this table's.
-                        table
-                            .replace_saved
-                            .store(true, std::sync::atomic::Ordering::Release);
+                        table.replace_saved();
                     }
                     table
                 }
@@ -141,11 +139,7 @@ fn new_table(
 
 /// The shape of the live table's value type, as the build holding it declares it.
 fn holder_shape<'h>(holder: &'h LoadedPlugin, info: &TableInfo) -> Option<&'h crate::shape::Shape> {
-    holder
-        .tables()
-        .iter()
-        .find(|t| t.name == info.name)
-        .map(|t| &t.shape)
+    holder.table(&info.name).map(|t| &t.shape)
 }
 
 /// A table's entries migrated to a new schema: copied at prepare, caught up at publish (see
@@ -200,14 +194,12 @@ impl TableMigration {
         let (carrier, found) = if up {
             (plugin, info.migration(true, from.schema))
         } else {
-            let held = holder.tables().iter().find(|t| t.name == info.name);
+            let held = holder.table(&info.name);
             (holder, held.and_then(|t| t.migration(false, info.schema)))
         };
         let Some(found) = found else {
             let carries = carrier
-                .tables()
-                .iter()
-                .find(|t| t.name == info.name)
+                .table(&info.name)
                 .map_or_else(|| "no migrations".to_owned(), TableInfo::paths);
             return Err(refuse.live(format!(
                 "no migration from schema {} to schema {}: {} {} carries {carries}",

@@ -73,7 +73,7 @@ pub(crate) struct Table {
     rewrite_everything: AtomicBool,
     /// Whether the store holds entries of this table that must be dropped first (it starts
     /// empty where an older table of the same name was saved).
-    pub(crate) replace_saved: AtomicBool,
+    replace_saved: AtomicBool,
     /// Whether nothing of this table may reach the store yet: a table a migration up made,
     /// from its publish until the record of live releases names the build that reads its
     /// schema (see `host/publish.rs`).
@@ -369,7 +369,7 @@ impl Table {
     }
 
     /// Starts logging the keys written, for a migration; the log ends when its last holder
-    /// drops it (see [`Table::end_logs`]).
+    /// drops it (see [`Table::end_log`]).
     pub(crate) fn start_log(&self) -> Arc<KeySet> {
         let log = Arc::new(KeySet::default());
         self.logs.rcu(|logs| {
@@ -444,6 +444,17 @@ impl Table {
     /// Puts keys back into what is still to be written again.
     pub(crate) fn put_back_rewrite(&self, keys: Vec<Key>) {
         self.rewrite.extend(keys);
+    }
+
+    /// Marks what the store holds under this table's name as to be dropped by the next save:
+    /// it is not this table's (or a failed save is to drop it again).
+    pub(crate) fn replace_saved(&self) {
+        self.replace_saved.store(true, Ordering::Release);
+    }
+
+    /// Whether the next save is to drop what the store holds first; the mark is taken.
+    pub(crate) fn take_replace_saved(&self) -> bool {
+        self.replace_saved.swap(false, Ordering::AcqRel)
     }
 
     /// Keeps this table's writes out of the store until [`Table::release_store`].

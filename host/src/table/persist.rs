@@ -4,9 +4,9 @@
 //! A table remembers the keys written since its last save (its dirty keys). A save writes, for
 //! each of them, the value there now (or its removal), tagged with the table's schema, in one
 //! durable transaction: a key written while a save runs is either in it or dirty for the next
-//! one. After a migration the new table also has every key to write again in its schema; a
-//! restart reads an entry of an older schema through the starting build's `up`, so entries not
-//! rewritten yet are never lost.
+//! one. After a migration the new table also has every key to write again in its schema, and the
+//! deploy answers once they are written (see `host/publish.rs`); until then a restart reads an
+//! entry of an older schema through the starting build's `up`, so no entry is lost.
 //!
 //! Every-write tables: a writer marks its key dirty, takes a ticket (a sequence number) and
 //! waits for a commit that started after it took it. One committer thread writes the dirty keys
@@ -21,18 +21,15 @@ use crate::store::{Save, Store, TableWrite};
 
 use super::entries::Table;
 
-/// How many keys one commit (or one save) writes again after a migration, at most, beside the
-/// dirty ones: rewrites go on in the background, batch by batch.
+/// How many keys one commit of the committer writes again after a migration, at most, beside
+/// the dirty ones: the writers waiting on a commit are never held up by a whole table's rewrite.
 const REWRITE_BATCH: usize = 2_000;
 
-/// What one save writes of `table`: its dirty keys (taken) and, if `rewrite`, up to
-/// [`REWRITE_BATCH`] keys still to be written again. [`put_back`] returns them to the table if
-/// the save fails.
-pub(crate) fn table_write(table: &Table, rewrite: Option<usize>) -> TableWrite {
+/// What one save writes of `table`: its dirty keys (taken) and up to `rewrite_limit` keys still
+/// to be written again. [`put_back`] returns them to the table if the save fails.
+pub(crate) fn table_write(table: &Table, rewrite_limit: usize) -> TableWrite {
     let mut keys = table.take_dirty();
-    let rewritten = rewrite
-        .map(|limit| table.take_rewrite(limit))
-        .unwrap_or_default();
+    let rewritten = table.take_rewrite(rewrite_limit);
     let rewritten_from = keys.len();
     keys.extend(rewritten);
     let entries = keys
@@ -47,9 +44,7 @@ pub(crate) fn table_write(table: &Table, rewrite: Option<usize>) -> TableWrite {
         key: table.key_kind.0,
         schema: table.schema,
         fingerprint: table.fingerprint.clone(),
-        replace: table
-            .replace_saved
-            .swap(false, std::sync::atomic::Ordering::AcqRel),
+        replace: table.take_replace_saved(),
         entries,
         rewritten_from,
     }
@@ -58,9 +53,7 @@ pub(crate) fn table_write(table: &Table, rewrite: Option<usize>) -> TableWrite {
 /// Gives a failed save's keys back to their table, for the next save.
 pub(crate) fn put_back(table: &Table, write: TableWrite) {
     if write.replace {
-        table
-            .replace_saved
-            .store(true, std::sync::atomic::Ordering::Release);
+        table.replace_saved();
     }
     let mut keys: Vec<Key> = write.entries.into_iter().map(|(key, _)| key).collect();
     let rewritten = keys.split_off(write.rewritten_from.min(keys.len()));
@@ -204,7 +197,7 @@ impl Committer {
         let covered = self.shared.tickets.load(Ordering::SeqCst);
         let writes: Vec<TableWrite> = tables
             .iter()
-            .map(|table| table_write(table, Some(REWRITE_BATCH)))
+            .map(|table| table_write(table, REWRITE_BATCH))
             .collect();
         let save = Save {
             tables: writes,
