@@ -20,10 +20,18 @@
 # request fast (`/foo`), and it ends with
 #   requests=N non2xx=N socket_errors=N mixed=N rps_graft=N rps_static=N ratio=R
 # (requests and errors summed over both servers; ratio = rps_graft / rps_static).
+#
+# With --service notes the service is the notes example instead (routes that ship with the
+# release, notes in a host table): every request is `GET /notes/1` (a path parameter, headers,
+# JSON out), or every tenth `GET /stats`, a route only notes-v2 declares. Deploys alternate
+# notes-v2 (adds /stats, changes GET /notes/{id}) and notes-v1 (removes /stats); `mixed` counts
+# answers whose route and code disagree (a /stats or a v2-shaped note from a build that lacks
+# it, or the other way round), and only /stats may answer 404. With --baseline static it is
+# compared with the same routes in plain axum (tests/static-baseline/notes.rs).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=keep-history
+duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=keep-history service=foo
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -32,24 +40,47 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --baseline) baseline=$2; shift 2 ;;
     --unload-policy) unload_policy=$2; shift 2 ;;
+    --service) service=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 case "$baseline" in graft|restart|static) ;; *) echo "--baseline takes: restart, static" >&2; exit 2 ;; esac
+case "$service" in foo|notes) ;; *) echo "--service takes: foo, notes" >&2; exit 2 ;; esac
+if [ "$service" = notes ] && [ "$baseline" = restart ]; then
+  echo "--service notes has no restart baseline" >&2; exit 2
+fi
 
 need wrk
-pack_foo_releases
+if [ "$service" = foo ]; then
+  pack_foo_releases
+else
+  build release notes-v1 notes-v2
+  for v in v1 v2; do
+    "$graft" pack "$work/$v" --name "notes-$v" --complete "$(lib "notes-$v")" >/dev/null
+  done
+fi
 
 port_app=$port
 port_admin=$((port + 1))
 # config NAME RELEASE: a graft.toml with its own data dir, on the fixed loopback ports.
 config() {
-  {
-    foo_config "data-$1" "$2" "drain_timeout_ms = 10000
+  if [ "$service" = notes ]; then
+    printf 'data_dir = "data-%s"\nrelease = "%s"\nlisten = "127.0.0.1:%s"\ndrain_timeout_ms = 10000\nunload_policy = "%s"\n\n[admin]\nlisten = "127.0.0.1:%s"\n' \
+      "$1" "$2" "$port_app" "$unload_policy" "$port_admin" >"$work/$1.toml"
+  else
+    {
+      foo_config "data-$1" "$2" "drain_timeout_ms = 10000
 unload_policy = \"$unload_policy\""
-    printf '\n[[route]]\nmethod = "POST"\npath = "/slow"\nexport = "foo@1"\n'
-  } >"$work/$1.toml"
+      printf '\n[[route]]\nmethod = "POST"\npath = "/slow"\nexport = "foo@1"\n'
+    } >"$work/$1.toml"
+  fi
   echo "$work/$1.toml"
+}
+
+# seed PORT: the note the notes load reads.
+seed() {
+  curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+    -d '{"title": "seed", "body": "three short words"}' "http://127.0.0.1:$1/notes"
 }
 
 # start CONFIG: starts graft serve in the background; waits until it serves.
@@ -58,7 +89,7 @@ start() {
   pids+=($!)
   server=$!
   for _ in $(seq 1 500); do
-    curl -s -o /dev/null -X POST -d '{"a":1}' "http://127.0.0.1:$port_app/foo" && return 0
+    curl -s -o /dev/null "http://127.0.0.1:$port_admin/status" && return 0
     sleep 0.01
   done
   echo "graft serve did not start; log:" >&2; cat "$work/serve.log" >&2; exit 1
@@ -87,6 +118,44 @@ function response(status, headers, body)
   local b = body:match('"bar":"(%d+)%.')
   local r = body:match('"frob":"(%d+)%.')
   if f == nil or f ~= b or b ~= r then mixed = mixed + 1 end
+end
+function done(summary, latency, requests)
+  local m, b = 0, 0
+  for _, t in ipairs(threads) do m = m + t:get("mixed"); b = b + t:get("bad") end
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d duration_us=%d\n",
+    summary.requests, b, e.connect + e.read + e.write + e.timeout, m, summary.duration))
+end
+EOF
+
+cat >"$work/notes.lua" <<'EOF'
+-- GET /notes/1, or every STATS_EVERY-th request (the argument; 0 for none) GET /stats. A
+-- note from notes-v2 (x-notes-build: 2) has a word count, one from v1 has none; /stats is
+-- served only by v2 (200, its build header) and answers 404 (no such route) elsewhere.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  n, mixed, bad = 0, 0, 0
+  stats_every = tonumber(args[1]) or 10
+end
+function request()
+  n = n + 1
+  if stats_every > 0 and n % stats_every == 0 then return wrk.format("GET", "/stats") end
+  return wrk.format("GET", "/notes/1")
+end
+function response(status, headers, body)
+  local v2 = headers["x-notes-build"] == "2"
+  if body:find('"notes":', 1, true) then
+    if status ~= 200 or not v2 then mixed = mixed + 1 end
+    return
+  end
+  if status == 404 then
+    if not body:find("no such route", 1, true) then bad = bad + 1 end
+    return
+  end
+  if status < 200 or status > 299 then bad = bad + 1; return end
+  local counted = body:find('"words":', 1, true) ~= nil
+  if counted ~= v2 then mixed = mixed + 1 end
 end
 function done(summary, latency, requests)
   local m, b = 0, 0
@@ -136,7 +205,9 @@ PY
 
 # load SECONDS [PORT [SLOW_EVERY]]: one wrk run; prints its RESULT line.
 load() {
-  wrk -t"$threads" -c"$connections" -d"${1}s" -s "$work/check.lua" \
+  local script=$work/check.lua
+  [ "$service" = foo ] || script=$work/notes.lua
+  wrk -t"$threads" -c"$connections" -d"${1}s" -s "$script" \
     "http://127.0.0.1:${2:-$port_app}" -- "${3:-10}" | grep '^RESULT'
 }
 field() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
@@ -165,6 +236,7 @@ if [ "$baseline" = static ]; then
   "$target/static-baseline" "127.0.0.1:$port_static" >>"$work/static.log" 2>&1 &
   pids+=($!)
   wait_for "http://127.0.0.1:$port_static/"
+  if [ "$service" = notes ]; then seed "$port_app"; seed "$port_static"; fi
   # One uncounted second each first (fresh processes fault in pages and grow buffers), then
   # the pairs of windows in ABBA order, so that a machine steadily speeding up or slowing down
   # favours neither server.
@@ -193,6 +265,7 @@ fi
 echo "$windows steady and $windows swapping windows of ${window}s, a $([ "$baseline" = graft ] && echo deploy || echo restart) every ${interval_ms} ms" >&2
 if [ "$baseline" = graft ]; then
   start "$(config swap "$work/v1")"
+  if [ "$service" = notes ]; then seed "$port_app"; fi
   for _ in $(seq 1 "$windows"); do
     steady=$(add "$steady" "$(load "$window")")
     python3 "$work/deployer.py" "$port_admin" "$work" "$window" "$interval_ms" "$deploys_file" &

@@ -15,6 +15,13 @@
 //! max_connections = 1024
 //! header_read_timeout_ms = 10000
 //! body_timeout_ms = 30000
+//! route_timeout_ms = 30000     # routes plugins declare: answered 503 past it
+//!
+//! [http_client]                # graft.http.fetch@1, for plugins that import it
+//! allow = ["api.example.com", "127.0.0.1:8081"]   # host, or host:port
+//! connect_timeout_ms = 2000
+//! timeout_ms = 10000
+//! max_response_bytes = 1048576
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -104,6 +111,13 @@ pub struct ServeConfig {
     /// How long a request body may take to arrive (408 past it).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// How long a request to a route a plugin declares may run before it is answered 503 (an
+    /// async handler is cancelled then).
+    #[serde(default = "default_route_timeout_ms")]
+    pub route_timeout_ms: u64,
+    /// The outbound HTTP client plugins import (`graft.http.fetch@1`).
+    #[serde(default)]
+    pub http_client: crate::outbound::HttpClientConfig,
     /// How long a plugin call may take and still run on a worker thread, for routes in mode
     /// `auto`.
     #[serde(default = "default_inline_budget_us")]
@@ -274,6 +288,9 @@ fn default_header_read_timeout_ms() -> u64 {
 fn default_body_timeout_ms() -> u64 {
     30_000
 }
+fn default_route_timeout_ms() -> u64 {
+    30_000
+}
 fn default_inline_budget_us() -> u64 {
     100
 }
@@ -381,6 +398,10 @@ impl ServeConfig {
                     .into(),
             );
         }
+        if self.route_timeout_ms == 0 {
+            return Err("route_timeout_ms must be at least 1".into());
+        }
+        self.http_client.validate()?;
         check_routes(&self.routes)
     }
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod dev;
 pub mod fleet;
 mod metrics;
+pub mod outbound;
 pub mod rollout;
 pub mod serve;
 pub mod signing;

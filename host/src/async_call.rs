@@ -146,7 +146,7 @@ impl<P: Borrow<OwnedPin> + Unpin> Future for PluginCall<P> {
 }
 
 /// Runs `f` (a poll or the drop of a plugin's future) with [`POLLING`] set to `pin`.
-fn polling<T>(pin: &OwnedPin, f: impl FnOnce() -> T) -> T {
+pub(crate) fn polling<T>(pin: &OwnedPin, f: impl FnOnce() -> T) -> T {
     let outer = POLLING.with(|polling| polling.replace(pin));
     let out = f();
     POLLING.with(|polling| polling.set(outer));

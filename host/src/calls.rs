@@ -87,7 +87,7 @@ fn labels() -> MutexGuard<'static, Vec<Arc<str>>> {
 }
 
 /// The number of `label`, numbering it if it is new.
-fn intern(label: &Arc<str>) -> LabelId {
+pub(crate) fn intern(label: &Arc<str>) -> LabelId {
     let mut labels = labels();
     let at = match labels.iter().position(|l| l == label) {
         Some(at) => at,

@@ -198,6 +198,27 @@ pub struct PluginInfo {
     pub exports: Vec<Signature>,
     /// What it calls, in slot order.
     pub imports: Vec<Signature>,
+    /// The HTTP routes it serves (graft API 2.3 and later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One HTTP route a plugin serves: a method and a pattern (`GET /notes/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// The method, uppercase.
+    pub method: String,
+    /// The pattern, matchit's syntax (`/notes/{id}`).
+    pub path: String,
+    /// Whether its handler is async.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_async: bool,
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
 }
 
 #[cfg(test)]

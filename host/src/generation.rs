@@ -19,15 +19,18 @@ use crate::decl::{Contract, ContractError, PluginInfo};
 use crate::error::CallError;
 use crate::link::{Entry, LinkReport, Linked};
 use crate::loader::LoadedPlugin;
+use crate::provided::Provided;
+use crate::route::Routes;
 use crate::state::StateCell;
 use crate::table::{self, Table};
 
 /// What a generation holds for its plugins in host memory, by plugin position: their state
-/// cells and their tables.
+/// cells and their tables; and the routes they serve.
 #[derive(Default)]
 pub(crate) struct Held {
     pub(crate) states: Vec<Option<Arc<StateCell>>>,
     pub(crate) tables: Vec<Vec<Arc<Table>>>,
+    pub(crate) routes: Routes,
 }
 
 /// An immutable set of loaded plugins and the link table that binds them.
@@ -47,6 +50,10 @@ pub struct Generation {
     tables: Vec<Vec<Arc<Table>>>,
     /// What a call entering through each plugin can reach, by position.
     reach: Vec<Reach>,
+    /// The HTTP routes its plugins serve.
+    routes: Routes,
+    /// What the host provides that the link table binds to (kept for as long as it).
+    _provided: Option<Arc<Provided>>,
     /// The host's calls in flight, where owned pins on this generation register.
     pub(crate) calls: Arc<Calls>,
     /// When it went live, if it did.
@@ -87,7 +94,11 @@ impl Generation {
         names: &Exports,
         calls: Arc<Calls>,
     ) -> Self {
-        let Held { states, tables } = held;
+        let Held {
+            states,
+            tables,
+            routes,
+        } = held;
         let mut linked = linked;
         linked.table.tables = tables
             .iter()
@@ -120,6 +131,8 @@ impl Generation {
             states,
             tables,
             reach,
+            routes,
+            _provided: linked.provided,
             calls,
         }
     }
@@ -141,6 +154,25 @@ impl Generation {
     /// Every table of the generation's plugins.
     pub(crate) fn tables(&self) -> impl Iterator<Item = &Arc<Table>> {
         self.tables.iter().flatten()
+    }
+
+    /// The HTTP routes its plugins serve: a request finds its route here, in the generation
+    /// it pinned.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The link table calls into this generation run in.
+    pub(crate) fn link_table(&self) -> &LinkTable {
+        &self.table
+    }
+
+    /// What a call entering through the plugin at `position` can reach.
+    pub(crate) fn reach_of_plugin(&self, position: u32) -> Reach {
+        self.reach
+            .get(position as usize)
+            .copied()
+            .unwrap_or(Reach::NONE)
     }
 
     /// What a call entering through `export` can reach: [`Reach::NONE`] if this generation

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
 use graft_api::ffi::{Binding, ErasedFn, JsonFn, LinkTable, PluginLinks};
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decl::{Contract, PluginInfo, Signature, Wire};
 use crate::loader::ExportImpl;
+use crate::provided::Provided;
 
 /// One resolved import: who imports what from whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,16 @@ pub enum LinkProblem {
         /// Why it cannot serve: not exported, or not callable with JSON.
         why: String,
     },
+    /// A route that cannot be served beside another: one method and pattern claimed twice, or
+    /// two patterns the router cannot tell apart.
+    RouteConflict {
+        /// The plugin whose route it is.
+        plugin: String,
+        /// The route (`GET /notes/{id}`).
+        route: String,
+        /// Why it cannot be served.
+        why: String,
+    },
     /// An import whose types differ from those of the export it would bind to.
     Mismatch {
         /// The importing plugin.
@@ -95,6 +107,9 @@ impl fmt::Display for LinkProblem {
             Self::Required { by, contract, why } => {
                 write!(f, "{by} calls {contract}, which {why}")
             }
+            Self::RouteConflict { plugin, route, why } => {
+                write!(f, "plugin {plugin} routes {route}, but {why}")
+            }
             Self::Mismatch {
                 importer,
                 provider,
@@ -128,6 +143,7 @@ impl LinkError {
             LinkProblem::Missing { importer, .. } | LinkProblem::Mismatch { importer, .. } => {
                 Some(importer.as_str())
             }
+            LinkProblem::RouteConflict { plugin, .. } => Some(plugin.as_str()),
             LinkProblem::Ambiguous { .. } | LinkProblem::Required { .. } => None,
         })
     }
@@ -272,6 +288,8 @@ pub(crate) struct Linked {
     pub(crate) table: LinkTable,
     pub(crate) exports: HashMap<Contract, Entry>,
     pub(crate) report: LinkReport,
+    /// What the host provides, when an import is bound to it.
+    pub(crate) provided: Option<Arc<Provided>>,
 }
 
 impl Default for Linked {
@@ -284,12 +302,18 @@ impl Default for Linked {
             },
             exports: HashMap::new(),
             report: LinkReport::default(),
+            provided: None,
         }
     }
 }
 
-/// Links `plugins`, given as (declaration, its export implementations in declaration order).
-pub(crate) fn link<'a, I, E>(plugins: I, open: OpenImports) -> Result<Linked, LinkError>
+/// Links `plugins`, given as (declaration, its export implementations in declaration order),
+/// and what the host provides.
+pub(crate) fn link<'a, I, E>(
+    plugins: I,
+    provided: &Arc<Provided>,
+    open: OpenImports,
+) -> Result<Linked, LinkError>
 where
     I: IntoIterator<Item = (&'a PluginInfo, E)> + Clone,
     E: IntoIterator<Item = ExportImpl>,
@@ -299,6 +323,7 @@ where
             .clone()
             .into_iter()
             .map(|(info, _)| info)
+            .chain(provided.info.as_ref())
             .collect::<Vec<_>>(),
     );
     let fatal = report
@@ -311,6 +336,18 @@ where
         });
     }
     let mut exports = HashMap::new();
+    for export in &provided.exports {
+        exports.insert(
+            export.signature.contract.clone(),
+            Entry {
+                plugin: export.id,
+                func: export.export.func,
+                json: export.export.json,
+                is_async: export.signature.wire == Wire::AsyncJson,
+                types: types_key(&export.signature),
+            },
+        );
+    }
     let mut infos = Vec::new();
     for (index, (info, impls)) in plugins.into_iter().enumerate() {
         let plugin = u32::try_from(index).expect("fewer than 2^32 plugins");
@@ -357,6 +394,7 @@ where
         table,
         exports,
         report,
+        provided: Some(Arc::clone(provided)),
     })
 }
 
@@ -387,6 +425,7 @@ mod tests {
             api_version: graft_api::API_VERSION.into(),
             exports: exports.iter().map(|c| sig(c, "u64")).collect(),
             imports: imports.iter().map(|c| sig(c, "u64")).collect(),
+            routes: Vec::new(),
         }
     }
 
@@ -467,14 +506,14 @@ mod tests {
     fn open_imports_are_refused_unless_stubbed_and_ambiguity_never_is() {
         let open = [info("foo", &["foo@1"], &["bar@1"])];
         let set = || open.iter().map(|i| (i, Vec::<ExportImpl>::new()));
-        assert!(link(set(), OpenImports::Refuse).is_err());
-        let linked = link(set(), OpenImports::Stub).unwrap();
+        assert!(link(set(), &Arc::default(), OpenImports::Refuse).is_err());
+        let linked = link(set(), &Arc::default(), OpenImports::Stub).unwrap();
         assert_eq!(linked.report.problems.len(), 1);
         // An open import is bound to nothing; calling it fails on the plugin's side.
         assert!(linked.table.plugins[0].imports[0].func.is_none());
 
         let twice = [info("a", &["x@1"], &[]), info("b", &["x@1"], &[])];
         let set = twice.iter().map(|i| (i, Vec::<ExportImpl>::new()));
-        assert!(link(set, OpenImports::Stub).is_err());
+        assert!(link(set, &Arc::default(), OpenImports::Stub).is_err());
     }
 }

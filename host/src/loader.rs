@@ -37,9 +37,10 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::bounded::Bounded;
 use crate::deadline::{self, Outcome};
-use crate::decl::{self, PluginInfo, Signature};
+use crate::decl::{self, PluginInfo, RouteSpec, Signature};
 use crate::hook::{ffi_result, Hook, HookFailure};
 use crate::init::InitCell;
+use crate::route::RouteHandler;
 use crate::state::StateInfo;
 use crate::table::TableInfo;
 use crate::types;
@@ -99,6 +100,8 @@ pub(crate) struct LoadedPlugin {
     state: Option<StateInfo>,
     /// The plugin's tables, in the order it declares them.
     tables: Vec<TableInfo>,
+    /// Handlers of `info.routes`, in the same order.
+    routes: Vec<RouteHandler>,
     hooks: Hooks,
     init: InitCell,
     unloader: Unloader,
@@ -172,7 +175,9 @@ impl LoadedPlugin {
         if !module.panic_unwind() {
             return Err(LoadError::PanicStrategy);
         }
-        let (info, exports) = read_declaration(module, api_version)?;
+        let (mut info, exports) = read_declaration(module, api_version)?;
+        let (specs, routes) = crate::route::read_routes(module).map_err(LoadError::Declaration)?;
+        info.routes = specs;
         let state = match module.state().flatten() {
             Some(decl) => Some(StateInfo::read(decl).map_err(LoadError::Declaration)?),
             None => None,
@@ -182,6 +187,7 @@ impl LoadedPlugin {
         Ok(Self {
             state,
             tables,
+            routes,
             hooks,
             info,
             sha256: sha256.to_owned(),
@@ -267,6 +273,11 @@ impl LoadedPlugin {
         &self.path
     }
 
+    /// The plugin's routes with their handlers.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (&RouteSpec, RouteHandler)> {
+        self.info.routes.iter().zip(self.routes.iter().copied())
+    }
+
     pub(crate) fn exports(&self) -> impl Iterator<Item = (&Signature, ExportImpl)> {
         self.info.exports.iter().zip(self.exports.iter().copied())
     }
@@ -336,7 +347,7 @@ fn read_tables(module: PluginModRef) -> Result<Vec<TableInfo>, LoadError> {
 }
 
 /// The implementation of one export, taken out of its library.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct ExportImpl {
     /// The typed function, of the type the export's signature describes.
     pub(crate) func: ErasedFn,
@@ -381,6 +392,7 @@ fn read_declaration(
             api_version,
             exports,
             imports,
+            routes: Vec::new(),
         },
         funcs,
     ))

@@ -87,7 +87,7 @@ impl OwnedPin {
         Self::register(generation, reach, site.label_id)
     }
 
-    fn register(generation: Arc<Generation>, reach: Reach, label: LabelId) -> Self {
+    pub(crate) fn register(generation: Arc<Generation>, reach: Reach, label: LabelId) -> Self {
         let ticket = generation.calls.register(Call {
             generation: generation.id(),
             reach,

@@ -17,10 +17,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use abi_stable::prefix_type::WithMetadata;
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{ROption, RResult, RStr};
 use async_ffi::FutureExt as _;
 use graft_api::ffi::{
     level_from_u8, BlockingJob, ErrorKind, FfiError, HostApi, HostApiRef, HostFuture, LogRecord,
+    RequestInfo,
 };
 use tracing::Level;
 
@@ -29,6 +30,7 @@ const HOST_API: &WithMetadata<HostApi> = &WithMetadata::new(HostApi {
     log_enabled,
     sleep,
     run_blocking,
+    request_context,
 });
 
 /// A boxed future of the embedder's runtime.
@@ -95,10 +97,12 @@ extern "C" fn run_blocking(job: BlockingJob) -> HostFuture {
     // The job runs plugin code, maybe after the call that started it was dropped: it holds a
     // pin of that call's generation of its own until it returns.
     let pin = crate::async_call::polling_pin();
+    // It serves the same request: it sees the same context.
+    let request = crate::request::current_request();
     let work = Box::new(move || {
         // The whole job moves in (it is `Send`), not its raw pointer alone.
         let job = job;
-        (job.run)(job.data);
+        crate::request::with_request(request.as_ref(), || (job.run)(job.data));
         drop(pin);
     });
     let Ok(running) = catch_unwind(AssertUnwindSafe(|| services.run_blocking(work))) else {
@@ -109,6 +113,21 @@ extern "C" fn run_blocking(job: BlockingJob) -> HostFuture {
         RResult::ROk(())
     }
     .into_ffi()
+}
+
+extern "C" fn request_context() -> ROption<RequestInfo> {
+    catch_unwind(|| {
+        crate::request::current_request().map(|request| RequestInfo {
+            id: request.id.as_str().into(),
+            traceparent: request.traceparent.as_str().into(),
+            deadline_ms: request.remaining().map_or(u64::MAX, |left| {
+                u64::try_from(left.as_millis()).unwrap_or(u64::MAX - 1)
+            }),
+        })
+    })
+    .ok()
+    .flatten()
+    .into()
 }
 
 /// The services handed to plugins.

@@ -40,7 +40,7 @@ pub(crate) fn install(host: HostApiRef) {
     let _ = HOST.set(host);
 }
 
-fn host() -> Result<HostApiRef, Error> {
+pub(crate) fn host() -> Result<HostApiRef, Error> {
     HOST.get().copied().ok_or_else(|| {
         Error::with_kind(ErrorKind::INTERNAL, "the host's services are not installed")
     })
@@ -153,7 +153,7 @@ where
 }
 
 /// A future whose polls' panics are caught.
-struct CatchUnwind<F>(F);
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;

@@ -34,6 +34,12 @@ impl Error {
         Self::with_kind(ErrorKind::CONFLICT, message)
     }
 
+    /// The request itself is malformed: a body, a query or a path parameter that does not
+    /// decode (400).
+    pub fn bad_request(message: impl fmt::Display) -> Self {
+        Self::with_kind(ErrorKind::BAD_INPUT, message)
+    }
+
     /// The input is well-formed but its content is invalid (422).
     pub fn invalid(message: impl fmt::Display) -> Self {
         Self::with_kind(ErrorKind::INVALID, message)

@@ -12,12 +12,13 @@
 use abi_stable::{
     library::RootModule,
     sabi_types::VersionStrings,
-    std_types::{RResult, RSlice, RStr, RString, RVec},
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
     type_layout::TypeLayout,
     StableAbi,
 };
 pub use async_ffi::FfiFuture;
 
+use crate::http::RouteDecl;
 use crate::state::{StateDecl, StateSlot};
 use crate::table::{TableDecl, TableSlot};
 
@@ -27,10 +28,10 @@ use crate::table::{TableDecl, TableSlot};
 /// when anything else in this module changes. The host loads plugins with the same MAJOR and a
 /// MINOR no greater than its own, and rejects the rest before abi_stable's layout check runs.
 #[cfg(not(feature = "next-api"))]
-pub const API_VERSION: &str = "2.2.0";
+pub const API_VERSION: &str = "2.3.0";
 /// The plugin ABI version (test build one minor version ahead; see the `next-api` feature).
 #[cfg(feature = "next-api")]
-pub const API_VERSION: &str = "2.3.0";
+pub const API_VERSION: &str = "2.4.0";
 
 /// A typed export function with its type erased: what export declarations and link tables hold.
 ///
@@ -105,6 +106,8 @@ pub struct PluginMod {
     pub hooks: Hooks,
     /// The plugin's tables, held by the host (since 2.2).
     pub tables: RSlice<'static, TableDecl>,
+    /// The plugin's HTTP routes, which go live and leave with its generation (since 2.3).
+    pub routes: RSlice<'static, RouteDecl>,
     /// Test-only field: the one field a plugin built with `next-api` has and the host lacks.
     #[cfg(feature = "next-api")]
     pub next_api_field: u64,
@@ -285,6 +288,20 @@ pub struct HostApi {
     /// A future that runs `job` on the host's blocking pool and completes when it returned
     /// (since 2.1).
     pub run_blocking: extern "C" fn(job: BlockingJob) -> HostFuture,
+    /// The context of the request the calling thread serves now, if any (since 2.3).
+    pub request_context: extern "C" fn() -> ROption<RequestInfo>,
+}
+
+/// The context of one request, as the host hands it to a plugin: copies the plugin owns.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RequestInfo {
+    /// The request's id (its `x-request-id`, or one the host made).
+    pub id: RString,
+    /// The W3C `traceparent` of the host's request span: what calls to the outside send on.
+    pub traceparent: RString,
+    /// Milliseconds left before the request's deadline; `u64::MAX` when it has none.
+    pub deadline_ms: u64,
 }
 
 /// A log event from a plugin, already formatted.

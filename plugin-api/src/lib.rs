@@ -137,9 +137,12 @@ pub mod asynchronous;
 pub mod contract;
 mod error;
 pub mod ffi;
+pub mod http;
 mod log;
+pub mod request;
 #[doc(hidden)]
 pub mod runtime;
+pub mod services;
 pub mod state;
 pub mod table;
 
@@ -150,6 +153,7 @@ pub use ffi::{
     Context, ErrorKind, ExportDecl, FfiError, HostApi, HostApiRef, LinkTable, PluginMod,
     PluginModRef, Signature, Wire, API_VERSION,
 };
+pub use http::{Request, Response};
 pub use state::State;
 pub use table::{Record, Table};
 pub use tracing;
@@ -175,6 +179,9 @@ pub mod __private {
 ///   `fn(&Context<'_>, C::In) -> Result<C::Out, Error>`.
 /// - `async_exports` maps each contract declared `json async fn` to an
 ///   `async fn(Context<'static>, C::In) -> Result<C::Out, Error>` (see [`asynchronous`]).
+/// - `routes` maps each HTTP route the plugin serves (`GET "/notes/{id}"`) to a
+///   `fn(&Context<'_>, &Request<'_>) -> Result<Response, Error>`, and `async_routes` to an
+///   `async fn(Context<'static>, Request<'static>) -> Result<Response, Error>` (see [`http`]).
 /// - `init` names a `fn() -> Result<(), Error>` run once per load, before the plugin goes live;
 ///   `pre_activate`, `post_activate` and `pre_unload` name lifecycle hooks, each a
 ///   `fn() -> Result<(), Error>` (when each runs: the README, "Hooks").
@@ -199,6 +206,10 @@ macro_rules! plugin {
         $(imports: { $($import:ident : $import_ty:ty),* $(,)? },)?
         exports: { $($export_ty:ty => $export_fn:path),* $(,)? }
         $(, async_exports: { $($async_ty:ty => $async_fn:path),* $(,)? })?
+        $(, routes: { $($route_method:ident $route_path:literal => $route_fn:path),* $(,)? })?
+        $(, async_routes: {
+            $($async_route_method:ident $async_route_path:literal => $async_route_fn:path),* $(,)?
+        })?
         $(, init: $init:path)?
         $(, pre_activate: $pre_activate:path)?
         $(, post_activate: $post_activate:path)?
@@ -301,6 +312,29 @@ macro_rules! plugin {
                         ),)*)?
                     ]),
                 )*)?],
+                &[$($({
+                    extern "C" fn __graft_route(
+                        ctx: &$crate::Context<'_>,
+                        request: &$crate::http::HttpRequest<'_>,
+                    ) -> $crate::__private::RResult<$crate::http::HttpResponse, $crate::FfiError> {
+                        $crate::http::run_route(ctx, request, |ctx, request| $route_fn(ctx, request))
+                    }
+                    $crate::http::route(stringify!($route_method), $route_path, __graft_route)
+                },)*)? $($({
+                    extern "C" fn __graft_async_route(
+                        ctx: $crate::Context<'static>,
+                        request: &'static $crate::http::HttpRequest<'static>,
+                    ) -> $crate::ffi::FfiFuture<
+                        $crate::__private::RResult<$crate::http::HttpResponse, $crate::FfiError>,
+                    > {
+                        $crate::http::run_async_route(ctx, request, $async_route_fn)
+                    }
+                    $crate::http::async_route(
+                        stringify!($async_route_method),
+                        $async_route_path,
+                        __graft_async_route,
+                    )
+                },)*)?],
             ));
 
         $crate::__graft_allocator!($($allocator)?);

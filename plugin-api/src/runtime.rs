@@ -19,6 +19,7 @@ use crate::ffi::{
     Context, ErasedFn, ErrorKind, ExportDecl, FfiError, HookFn, Hooks, HostApiRef, InitFn, JsonFn,
     PluginMod, Signature,
 };
+use crate::http::RouteDecl;
 use crate::log;
 use crate::state::StateDecl;
 use crate::table::TableDecl;
@@ -36,6 +37,7 @@ pub const fn plugin_mod(
     state: Option<&'static StateDecl>,
     hooks: Hooks,
     tables: &'static [TableDecl],
+    routes: &'static [RouteDecl],
 ) -> PluginMod {
     PluginMod {
         name: RStr::from_str(name),
@@ -47,6 +49,7 @@ pub const fn plugin_mod(
         state,
         hooks,
         tables: RSlice::from_slice(tables),
+        routes: RSlice::from_slice(routes),
         #[cfg(feature = "next-api")]
         next_api_field: 0,
     }

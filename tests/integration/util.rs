@@ -43,6 +43,9 @@ const PLUGINS: &[(&str, &str)] = &[
     ("counter-mistyped", "counter"),
     ("kv-v1", "kv"),
     ("kv-v2", "kv"),
+    ("notes-v1", "notes"),
+    ("notes-v2", "notes"),
+    ("ping", "ping"),
 ];
 
 /// Test plugins outside the workspace, each built on its own: one with graft-api's `next-api`

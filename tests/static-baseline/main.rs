@@ -3,7 +3,10 @@
 //! multi-threaded tokio runtime), with the same JSON in and out.
 //!
 //! Run: `static-baseline 127.0.0.1:PORT`; `POST /foo` takes a `FooInput` and answers a
-//! `FooOutput`, as `graft serve` does for `foo@1`.
+//! `FooOutput`, as `graft serve` does for `foo@1`; `POST /notes` and `GET /notes/{id}` serve
+//! notes as `notes-v1` does (`notes.rs`).
+
+mod notes;
 
 use std::net::SocketAddr;
 
@@ -58,7 +61,9 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let app = Router::new().route("/foo", post(foo_route));
+    let app = Router::new()
+        .route("/foo", post(foo_route))
+        .merge(notes::router());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "static-baseline: serving on http://{}",

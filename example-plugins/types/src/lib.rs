@@ -288,6 +288,8 @@ pub mod kv {
     pub const MAX_MANY: usize = 10_000;
 }
 
+pub mod notes;
+
 /// The hits example's contracts (`hits`): a table of integer keys, called by value.
 pub mod hits {
     graft_api::contract! {

@@ -299,19 +299,34 @@ impl Rollouts {
         key: Option<&[u8]>,
         force: Option<Route>,
     ) -> Option<(OwnedPin, Route)> {
-        let weight = self.weight.load(Ordering::Relaxed);
-        let to_canary = match force {
-            Some(route) => route == Route::Canary,
-            None if weight == 0 => false,
-            None => bucket::bucket(self.salt.load(Ordering::Relaxed), key) < weight,
-        };
-        if to_canary {
+        if self.to_canary(key, force) {
             if let Some(canary) = self.canary.load_full() {
                 let pin = self.host.try_pin_at(canary, site)?;
                 return Some((pin, Route::Canary));
             }
         }
         Some((self.host.try_pin_for(site)?, Route::Stable))
+    }
+
+    /// The generation a request routed by its own routes goes to (the canary's or stable's, as
+    /// [`Rollouts::route`] decides), not pinned yet.
+    pub fn pick(&self, key: Option<&[u8]>, force: Option<Route>) -> (Arc<Generation>, Route) {
+        if self.to_canary(key, force) {
+            if let Some(canary) = self.canary.load_full() {
+                return (canary, Route::Canary);
+            }
+        }
+        (self.host.current(), Route::Stable)
+    }
+
+    /// Whether a request with sticky key `key` (or forced to a side) goes to the canary.
+    fn to_canary(&self, key: Option<&[u8]>, force: Option<Route>) -> bool {
+        let weight = self.weight.load(Ordering::Relaxed);
+        match force {
+            Some(route) => route == Route::Canary,
+            None if weight == 0 => false,
+            None => bucket::bucket(self.salt.load(Ordering::Relaxed), key) < weight,
+        }
     }
 
     /// Counts a finished request for the analysis.

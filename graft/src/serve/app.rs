@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
 use axum::Router;
-use graft_host::{CallError, CallSite, Host, OwnedPin};
+use graft_host::{CallError, CallSite, Host, OwnedPin, RequestContext};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -114,13 +114,15 @@ impl RouteState {
     }
 }
 
-/// The app's router: one route per `[[route]]`, JSON errors for everything else.
+/// The app's router: one route per `[[route]]`; every other request goes to `fallback` (the
+/// routes the pinned generation's plugins declare).
 pub(super) fn router(
     host: &Host,
     metrics: &Arc<Metrics>,
     rollouts: &Arc<Rollouts>,
     routes: &[Route],
     inline_budget: Duration,
+    fallback: MethodRouter,
 ) -> Result<Router, String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     for route in routes {
@@ -152,11 +154,11 @@ pub(super) fn router(
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods.fallback(method_not_allowed))
         })
-        .fallback(not_found))
+        .fallback_service(fallback))
 }
 
 /// How often a request held at the boundary by a migrating publish tries again.
-const HELD_RETRY: Duration = Duration::from_micros(200);
+pub(super) const HELD_RETRY: Duration = Duration::from_micros(200);
 
 /// One HTTP request: route (stable or canary) and pin, call (inline or on the blocking pool),
 /// answer with the generation that served it.
@@ -166,8 +168,10 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
     let body = Bytes::from_request(request, &()).await;
+    let context = super::trace::context(&headers, route.deadline);
     let span = tracing::info_span!(
         "request",
+        request_id = %context.id,
         method = %route.method,
         route = %route.path,
         generation = tracing::field::Empty
@@ -188,22 +192,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         },
         None => None,
     };
-    // Without a rollout under way every request goes to stable: no header is looked at.
-    let (key, force) = if route.rollouts.under_way() {
-        let config = route.rollouts.config();
-        let force = headers
-            .get(ROUTE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Side>().ok());
-        let key = sticky_key(
-            &headers,
-            config.sticky_header.as_deref(),
-            config.sticky_cookie.as_deref(),
-        );
-        (key, force)
-    } else {
-        (None, None)
-    };
+    let (key, force) = side_of(&route.rollouts, &headers);
     // Held at the boundary (never failed) while a migration or a save concerns a plugin this
     // route can reach: the pause is a few milliseconds, bounded by the drain deadline.
     let (pin, side) = loop {
@@ -213,39 +202,99 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         }
     };
     let generation = pin.id();
+    let release = pin.release().map(str::to_owned);
     span.record("generation", generation);
     let input = if body.is_empty() {
         Bytes::from_static(b"null")
     } else {
         body
     };
-    let result = run(&route, pin, input, span, slot).await;
+    let result = run(&route, pin, input, span, slot, &context).await;
     let elapsed = started.elapsed();
     route
         .metrics
         .request(generation, matches!(result, Ok(Ok(_))), elapsed);
     let mut response = match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
-        Ok(Err(error)) => {
-            let answer = ApiError::from(&error);
-            if answer.status().is_server_error() {
-                tracing::warn!(contract = %route.site.export(), generation, error = %error, "request failed");
-            } else {
-                tracing::debug!(contract = %route.site.export(), generation, error = %error, "request refused");
-            }
-            answer.into_response()
-        }
+        Ok(Err(error)) => answer_failure(&error, &context).into_response(),
         Err(answer) => answer.into_response(),
     };
+    let status = response.status();
+    route.metrics.route(
+        &route.path,
+        &route.method,
+        side,
+        release.as_deref(),
+        status,
+        elapsed,
+    );
     route
         .rollouts
-        .record(generation, response.status().is_server_error(), elapsed);
-    let headers = response.headers_mut();
+        .record(generation, status.is_server_error(), elapsed);
+    stamp(response.headers_mut(), generation, side);
+    if let Ok(id) = HeaderValue::from_str(&context.id) {
+        response
+            .headers_mut()
+            .insert(super::trace::REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+/// The answer to a failed call: its kind chooses the status; a server error says only what a
+/// client should see (the details are logged under the request id).
+pub(super) fn answer_failure(error: &CallError, context: &RequestContext) -> ApiError {
+    let mut answer = ApiError::from(error);
+    if answer.status().is_server_error() {
+        tracing::warn!(request_id = %context.id, error = %graft_host::DisplayChain(error), "request failed");
+        answer.message = format!(
+            "the request failed ({}); the server log has the details under request id {}",
+            answer
+                .status()
+                .canonical_reason()
+                .unwrap_or("server error")
+                .to_ascii_lowercase(),
+            context.id
+        );
+    } else {
+        tracing::debug!(request_id = %context.id, error = %error, "request refused");
+        // The client's own mistake: the plugin's words, without the server's wrapping.
+        if let CallError::Plugin { message, .. } = error {
+            answer.message =
+                graft_host::bounded::truncate(message, graft_host::bounded::MAX_MESSAGE)
+                    .into_owned();
+        }
+    }
+    answer
+}
+
+/// Which side of a rollout a request goes to: its sticky key and the side it forces. Without
+/// a rollout under way every request goes to stable, and no header is looked at.
+pub(super) fn side_of<'h>(
+    rollouts: &Rollouts,
+    headers: &'h HeaderMap,
+) -> (Option<&'h [u8]>, Option<Side>) {
+    if !rollouts.under_way() {
+        return (None, None);
+    }
+    let config = rollouts.config();
+    let force = headers
+        .get(ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Side>().ok());
+    let key = sticky_key(
+        headers,
+        config.sticky_header.as_deref(),
+        config.sticky_cookie.as_deref(),
+    );
+    (key, force)
+}
+
+/// Names the generation that answered, and the canary side, on a response.
+pub(super) fn stamp(headers: &mut HeaderMap, generation: u64, side: Side) {
     headers.insert(GENERATION_HEADER, HeaderValue::from(generation));
     if side == Side::Canary {
         headers.insert(ROUTE_HEADER, HeaderValue::from_static("canary"));
     }
-    response
 }
 
 /// Runs the route's call where its mode says, within its deadline. `Err` is the server's own
@@ -260,14 +309,17 @@ async fn run(
     input: Bytes,
     span: tracing::Span,
     slot: Option<OwnedSemaphorePermit>,
+    context: &Arc<RequestContext>,
 ) -> Result<Result<Vec<u8>, CallError>, ApiError> {
     let call = Arc::clone(route);
     if pin.is_async(route.site.export()) {
         // Dropping the call drops the plugin's future before its pin; blocking work it started
         // holds a pin of its own until it returns.
-        let call = pin
-            .into_call_async(route.site.export(), input.to_vec())
-            .instrument(span);
+        let call = graft_host::in_request(
+            Arc::clone(context),
+            pin.into_call_async(route.site.export(), input.to_vec()),
+        )
+        .instrument(span);
         let result = match route.deadline {
             Some(deadline) => tokio::time::timeout(deadline, call)
                 .await
@@ -278,16 +330,17 @@ async fn run(
         return Ok(result);
     }
     if route.blocking() {
+        let context = Arc::clone(context);
         let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let _entered = span.enter();
-            call.call(&pin, &input).0
+            graft_host::with_request(Some(&context), || call.call(&pin, &input).0)
         });
         return route.join(task).await;
     }
     let (result, took) = {
         let _entered = span.enter();
-        route.call(&pin, &input)
+        graft_host::with_request(Some(context), || route.call(&pin, &input))
     };
     drop(slot);
     match (route.deadline, took) {

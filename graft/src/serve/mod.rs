@@ -21,6 +21,8 @@ mod app;
 mod deployer;
 mod listen;
 pub mod mode;
+mod routes;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use graft_host::{DeployError, DisplayChain, Host};
 use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER};
+pub use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 use deployer::Deployer;
 use listen::ConnLimits;
@@ -42,6 +45,7 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 use crate::api::RolloutOptions;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::rollout::Rollouts;
 
 /// How long file events must stop before the watcher reads a release.
@@ -106,6 +110,9 @@ pub enum ServeError {
     /// The config sets no `data_dir`.
     #[error("graft.toml sets no data_dir: graft serve keeps its staged copies, release record and saved state there")]
     NoDataDir,
+    /// The host services (the outbound HTTP client) could not start.
+    #[error("starting the host services: {0}")]
+    Services(String),
     /// The admin plane's runtime could not start.
     #[error("starting the admin runtime")]
     AdminRuntime(#[source] std::io::Error),
@@ -208,6 +215,17 @@ impl Server {
         for (contract, route) in config.routed_exports() {
             builder = builder.require_export(contract, route);
         }
+        for route in &config.routes {
+            let by = format!(
+                "graft.toml [[route]] {} {}",
+                route.method.to_ascii_uppercase(),
+                route.path
+            );
+            builder = builder.reserve_route("*", &route.path, by);
+        }
+        let outbound =
+            Arc::new(Outbound::new(config.http_client.clone()).map_err(ServeError::Services)?);
+        builder = outbound.provide(builder).map_err(ServeError::Services)?;
         for table in &config.tables {
             let (plugin, name) = table.name.split_once('.').unwrap_or_default();
             builder = builder.table(plugin, name, table.settings(config.table_defaults));
@@ -248,8 +266,22 @@ impl Server {
             rollouts: Arc::clone(&rollouts),
             metrics: Arc::clone(&metrics),
         });
-        let app = app::router(&host, &metrics, &rollouts, &config.routes, inline_budget)
-            .map_err(ServeError::Route)?;
+        let plugin_routes =
+            axum::routing::any(routes::serve).with_state(Arc::new(routes::PluginRoutes {
+                host: Arc::clone(&host),
+                rollouts: Arc::clone(&rollouts),
+                metrics: Arc::clone(&metrics),
+                deadline: Duration::from_millis(config.route_timeout_ms),
+            }));
+        let app = app::router(
+            &host,
+            &metrics,
+            &rollouts,
+            &config.routes,
+            inline_budget,
+            plugin_routes,
+        )
+        .map_err(ServeError::Route)?;
         let admin = admin::router(
             admin::Admin {
                 host: Arc::clone(&host),

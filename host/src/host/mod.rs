@@ -38,6 +38,7 @@ use crate::ids::Ids;
 use crate::init::InitState;
 use crate::loader::LoadedPlugin;
 use crate::pin::{OwnedPin, Pin, PinCache};
+use crate::provided::Provided;
 use crate::registry::Libraries;
 use crate::release::Limits;
 use crate::report::DeployReport;
@@ -115,6 +116,10 @@ struct Settings {
     tables: TableConfig,
     /// Exports every release must provide, callable with JSON, and who requires each.
     required: Vec<(crate::decl::Contract, String)>,
+    /// What the host provides plugins (host services as contracts).
+    provided: Arc<Provided>,
+    /// Routes the embedder serves itself (method, pattern, who), which no plugin may claim.
+    reserved_routes: Vec<(String, String, String)>,
 }
 
 #[derive(Default)]
@@ -205,6 +210,68 @@ impl HostBuilder {
         self
     }
 
+    /// Provides contract `C` (by value or JSON) to plugins, implemented by the host: plugins
+    /// import it like any contract, and linking checks their types against `C`'s. What
+    /// `implementation` holds (a database pool) lives in the host and outlives every patch.
+    ///
+    /// # Errors
+    ///
+    /// When the host provides `C` already.
+    pub fn provide<C, F>(mut self, implementation: F) -> Result<Self, String>
+    where
+        C: graft_api::Contract,
+        C::Wire: crate::provided::ProvideWire<C>,
+        F: Fn(C::In) -> Result<C::Out, graft_api::Error> + Send + Sync + 'static,
+    {
+        let provided = self.provided_mut::<C>()?;
+        crate::provided::provide::<C, F>(provided, implementation)?;
+        Ok(self)
+    }
+
+    /// Provides the async contract `C` (`json async fn`) to plugins, implemented by the host:
+    /// `implementation` returns a future, polled by the calling plugin's future on the
+    /// embedder's runtime (`graft serve`'s HTTP client is one).
+    ///
+    /// # Errors
+    ///
+    /// When the host provides `C` already.
+    pub fn provide_async<C, F>(mut self, implementation: F) -> Result<Self, String>
+    where
+        C: graft_api::Contract<Wire = graft_api::contract::AsyncJson>,
+        C::In: serde::Serialize + DeserializeOwned,
+        C::Out: serde::Serialize + DeserializeOwned,
+        F: Fn(C::In) -> crate::provided::ServiceFuture<C::Out> + Send + Sync + 'static,
+    {
+        let provided = self.provided_mut::<C>()?;
+        crate::provided::provide_async::<C, F>(provided, implementation)?;
+        Ok(self)
+    }
+
+    fn provided_mut<C: graft_api::Contract>(&mut self) -> Result<&mut Provided, String> {
+        let contract: crate::decl::Contract = C::NAME.parse().map_err(|e| format!("{e}"))?;
+        let provided = Arc::get_mut(&mut self.settings.provided)
+            .ok_or("a built host's provided exports cannot change")?;
+        if provided.has(&contract) {
+            return Err(format!("the host provides {contract} already"));
+        }
+        Ok(provided)
+    }
+
+    /// A route the embedder serves itself (`by`: `graft.toml [[route]] POST /foo`; `method`
+    /// `*` for every method): a release whose plugin declares the same method and pattern is
+    /// refused at [`Step::Link`](crate::Step::Link), naming both.
+    pub fn reserve_route(
+        mut self,
+        method: impl Into<String>,
+        path: impl Into<String>,
+        by: impl Into<String>,
+    ) -> Self {
+        self.settings
+            .reserved_routes
+            .push((method.into(), path.into(), by.into()));
+        self
+    }
+
     /// The settings of every table no [`HostBuilder::table`] names (default: saved when the
     /// server stops, no limits).
     pub fn table_defaults(mut self, settings: TableSettings) -> Self {
@@ -278,6 +345,8 @@ impl Host {
                 trusted_keys: Vec::new(),
                 tables: TableConfig::default(),
                 required: Vec::new(),
+                provided: Arc::default(),
+                reserved_routes: Vec::new(),
             },
         }
     }
@@ -330,6 +399,12 @@ impl Host {
             }
             self.gate.wait_open();
         }
+    }
+
+    /// The current generation, not counted in flight: to look at (its routes, its release)
+    /// before pinning it for a call with [`Host::try_admit`].
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
     /// [`Host::pin_for`] without waiting: `None` while the request boundary holds the site's

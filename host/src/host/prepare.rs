@@ -15,10 +15,11 @@ use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::{Generation, Held};
 use crate::hook::{Hook, HookFailure};
 use crate::init::InitFailure;
-use crate::link::{self, OpenImports};
+use crate::link::{self, LinkError, OpenImports};
 use crate::loader::LoadedPlugin;
 use crate::release::Manifest;
 use crate::report::{Change, DeployReport, PluginChange};
+use crate::route::Routes;
 use crate::services;
 use crate::stage::{self, StageError};
 use crate::state::{self, Migration};
@@ -394,6 +395,7 @@ impl Host {
 
         let linked = link::link(
             set.iter().map(|p| (p.info(), p.exports().map(|(_, f)| f))),
+            &self.settings.provided,
             open,
         )
         .and_then(|linked| {
@@ -403,6 +405,12 @@ impl Host {
                 link::check_required(&linked, &self.settings.required)?;
             }
             Ok(linked)
+        })
+        .and_then(|linked| {
+            let declared = set.iter().map(|p| (p.info().name.as_str(), p.routes()));
+            let routes = Routes::build(declared, &self.settings.reserved_routes)
+                .map_err(|problems| LinkError { problems })?;
+            Ok((linked, routes))
         })
         .map_err(|e| {
             // Named: the first importer that cannot link, and its file (the one the release
@@ -418,6 +426,7 @@ impl Host {
             });
             DeployError::new(Step::Link, plugin.as_deref(), file, e.into())
         })?;
+        let (linked, routes) = linked;
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
         let saved = (base.id() == 0).then_some(&*self.store);
@@ -442,6 +451,7 @@ impl Host {
             Held {
                 states: state.cells,
                 tables: tables.tables,
+                routes,
             },
             &self.exports,
             Arc::clone(&self.calls),

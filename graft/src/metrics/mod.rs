@@ -1,12 +1,15 @@
 //! Prometheus metrics of a serving host, exposed by the admin API at `GET /metrics`.
 //!
-//! Per generation: requests, errors (plugin errors, panics, bad input), a latency histogram and
-//! in-flight requests; per result: deploys; go-live latency (link, init, store); state
-//! migrations and how long each held requests at the boundary; libraries mapped.
+//! Per route (`routes.rs`): requests by status class and latency, by method, generation role
+//! and release. Per generation: requests, errors (plugin errors, panics, bad input), a latency
+//! histogram and in-flight requests; per result: deploys; go-live latency (link, init, store);
+//! state migrations and how long each held requests at the boundary; libraries mapped.
 //! In-flight and libraries are read from [`Host::status`] at scrape time, so they cost nothing
-//! per request. The request series of the [`KEPT_GENERATIONS`] most recently served generations
-//! are kept; older ones are dropped, so a server deployed to every minute for months does not
-//! grow without bound.
+//! per request. Request series of generations (and releases) that are gone are removed at each
+//! scrape, and at most the [`KEPT_GENERATIONS`] most recently served generations keep theirs,
+//! so a server deployed to every minute for months does not grow without bound.
+
+mod routes;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +26,7 @@ use prometheus_client::registry::Registry;
 
 use graft_host::{DeployReport, Host};
 
-use crate::rollout::RolloutStatus;
+use crate::rollout::{RolloutStatus, Route as Side};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GenerationLabel {
@@ -88,6 +91,7 @@ pub(crate) struct Metrics {
     table_entries: Family<TableLabel, Gauge>,
     table_bytes: Family<TableLabel, Gauge>,
     entries_migrated: Counter,
+    routes: routes::RouteMetrics,
 }
 
 /// How many finite buckets a request latency histogram has: 50 µs, doubling, to about 1.6 s.
@@ -252,7 +256,9 @@ impl Metrics {
             "Plugin libraries mapped by the host",
             libraries.clone(),
         );
+        let routes = routes::RouteMetrics::register(&mut registry);
         Arc::new(Self {
+            routes,
             recent: arc_swap::ArcSwap::default(),
             served: Mutex::default(),
             registry,
@@ -303,6 +309,52 @@ impl Metrics {
         handles.latency.observe(elapsed);
     }
 
+    /// Counts one request by its route (the pattern), method, side and release.
+    pub(crate) fn route(
+        &self,
+        route: &str,
+        method: &str,
+        side: Side,
+        release: Option<&str>,
+        status: axum::http::StatusCode,
+        elapsed: Duration,
+    ) {
+        self.routes
+            .record(route, method, side, release, status, elapsed);
+    }
+
+    /// Removes the request series of generations (and releases) no longer alive.
+    fn prune(&self, status: &graft_host::status::Status) {
+        let alive: Vec<u64> = status.generations.iter().map(|g| g.id).collect();
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        served.retain(|generation| {
+            let keep = alive.contains(generation);
+            if !keep {
+                let label = GenerationLabel {
+                    generation: *generation,
+                };
+                self.requests.remove(&label);
+                self.errors.remove(&label);
+                self.latency.remove(&label);
+            }
+            keep
+        });
+        drop(served);
+        self.recent.rcu(|recent| {
+            recent
+                .iter()
+                .filter(|h| alive.contains(&h.generation))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        let releases: Vec<Option<&str>> = status
+            .generations
+            .iter()
+            .map(|g| g.release.as_deref())
+            .collect();
+        self.routes.keep_releases(&releases);
+    }
+
     /// Records that `generation` has request series, and drops the series of the oldest
     /// generations beyond [`KEPT_GENERATIONS`].
     fn note_served(&self, generation: u64) {
@@ -343,6 +395,7 @@ impl Metrics {
     /// The exposition text, with the gauges read from the host (and the rollout) now.
     pub(crate) fn render(&self, host: &Host, rollout: Option<&RolloutStatus>) -> String {
         let status = host.status();
+        self.prune(&status);
         let running = rollout.filter(|r| r.state.is_under_way());
         self.role.clear();
         self.role

@@ -1,0 +1,236 @@
+//! Routes that ship with the release: every request no `[[route]]` takes is routed by the
+//! routes of the generation it pins (the canary's or stable's), so its route and its code come
+//! from one release, and a release adds, changes or removes endpoints by going live, with no
+//! restart and no connection dropped.
+//!
+//! The request crosses to the handler borrowed, nothing encoded: method, path, query, matched
+//! parameters (percent-decoded), headers and the body (read under the body limit). Its context
+//! (request id, trace context, deadline) is set for every call the handler makes. A
+//! synchronous handler runs on the worker thread; an async one is polled in the request's
+//! future and dropped (cancelled) at the deadline or when the client goes away.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use graft_api::http::{HttpHeader, HttpRequest, PathParam};
+use graft_host::route::{Lookup, Reply};
+use graft_host::{CallError, Host, OwnedPin, RequestContext};
+use tracing::Instrument;
+
+use crate::api::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::rollout::{Rollouts, Route as Side};
+
+use super::app::{
+    answer_failure, method_not_allowed, not_found, rejected_body, side_of, stamp, HELD_RETRY,
+};
+use super::trace;
+
+/// What every request to a plugin route shares.
+pub(super) struct PluginRoutes {
+    pub(super) host: Arc<Host>,
+    pub(super) rollouts: Arc<Rollouts>,
+    pub(super) metrics: Arc<Metrics>,
+    /// How long a request may run (`route_timeout_ms`).
+    pub(super) deadline: Duration,
+}
+
+/// One request to a route some plugin of the pinned generation declares.
+pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
+    let started = Instant::now();
+    let mut request = request;
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let headers = std::mem::take(request.headers_mut());
+    let context = trace::context(&headers, Some(routes.deadline));
+    // The body first: a slow client must not hold a generation (and a migration) while it
+    // sends.
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return rejected_body(&rejection),
+    };
+    let (key, force) = side_of(&routes.rollouts, &headers);
+    let (method, path) = (method.as_str(), uri.path());
+    // Held at the boundary (never failed) while a migration or a save concerns a plugin the
+    // route can reach.
+    let (pin, side) = loop {
+        let (generation, side) = routes.rollouts.pick(key, force);
+        let entry = match generation.routes().find(method, path) {
+            Lookup::Found(route) => route.entry(),
+            Lookup::MethodNotAllowed => {
+                let answer = method_not_allowed().await.into_response();
+                return stamped(answer, &generation, side, &context);
+            }
+            Lookup::NotFound => {
+                return stamped(
+                    not_found().await.into_response(),
+                    &generation,
+                    side,
+                    &context,
+                )
+            }
+        };
+        let pin = OwnedPin::for_route(Arc::clone(&generation), entry);
+        match routes.host.try_admit(pin) {
+            Some(pin) => break (pin, side),
+            None => tokio::time::sleep(HELD_RETRY).await,
+        }
+    };
+    let Lookup::Found(route) = pin.routes().find(method, path) else {
+        unreachable!("the pinned generation routed this request a moment ago");
+    };
+    let entry = route.entry();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %context.id,
+        method,
+        route = entry.pattern(),
+        generation = pin.id()
+    );
+    let params: Vec<(&str, Cow<'_, str>)> = match route
+        .params()
+        .map(|(name, raw)| {
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map(|value| (name, value))
+        })
+        .collect::<Result<_, _>>()
+    {
+        Ok(params) => params,
+        Err(_) => {
+            let error = ApiError::new(
+                ErrorCode::BadRequest,
+                "a path parameter is not UTF-8 once decoded",
+            );
+            return stamped(error.into_response(), &pin, side, &context);
+        }
+    };
+    let params: Vec<PathParam<'_>> = params
+        .iter()
+        .map(|(name, value)| PathParam {
+            name: (*name).into(),
+            value: value.as_ref().into(),
+        })
+        .collect();
+    let header_list: Vec<HttpHeader<'_>> = headers
+        .iter()
+        .map(|(name, value)| HttpHeader {
+            name: name.as_str().into(),
+            value: value.as_bytes().into(),
+        })
+        .collect();
+    let raw = HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        query: uri.query().unwrap_or_default().into(),
+        route: entry.pattern().into(),
+        params: params.as_slice().into(),
+        headers: header_list.as_slice().into(),
+        body: body.as_ref().into(),
+    };
+    let call =
+        span.in_scope(|| graft_host::with_request(Some(&context), || pin.call_route(&route, &raw)));
+    let result = if call.is_done() {
+        call.await
+    } else {
+        let call = graft_host::in_request(Arc::clone(&context), call).instrument(span.clone());
+        match tokio::time::timeout(routes.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(late(&routes, &context)),
+        }
+    };
+    let elapsed = started.elapsed();
+    let response = match result {
+        Ok(reply) => into_response(reply, entry.label(), &context),
+        Err(error) => span.in_scope(|| answer_failure(&error, &context).into_response()),
+    };
+    let status = response.status();
+    routes.metrics.route(
+        entry.pattern(),
+        method,
+        side,
+        pin.release(),
+        status,
+        elapsed,
+    );
+    routes
+        .metrics
+        .request(pin.id(), !status.is_server_error(), elapsed);
+    routes
+        .rollouts
+        .record(pin.id(), status.is_server_error(), elapsed);
+    stamped(response, &pin, side, &context)
+}
+
+/// The error a call past the request's deadline is answered with (the async call was dropped,
+/// which cancels it).
+fn late(routes: &PluginRoutes, context: &RequestContext) -> CallError {
+    let deadline_ms = u64::try_from(routes.deadline.as_millis()).unwrap_or(u64::MAX);
+    tracing::warn!(request_id = %context.id, deadline_ms, "route handler past its deadline; cancelled");
+    CallError::Plugin {
+        contract: "the route".into(),
+        generation: 0,
+        kind: graft_host::ErrorKind::UNAVAILABLE,
+        message: format!("past the request's deadline ({deadline_ms} ms, route_timeout_ms)"),
+    }
+}
+
+/// A handler's reply as an HTTP response; one that is not valid HTTP is the plugin's bug (500).
+fn into_response(reply: Reply, route: &str, context: &RequestContext) -> Response {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let Ok(status) = StatusCode::from_u16(status) else {
+        tracing::error!(request_id = %context.id, route, status, "a route handler answered an invalid status");
+        return invalid_reply(context);
+    };
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    map.reserve(headers.len());
+    for (name, value) in headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => {
+                let name = graft_host::bounded::truncate(&name, 64).into_owned();
+                tracing::error!(request_id = %context.id, route, header = %name, "a route handler set an invalid header");
+                return invalid_reply(context);
+            }
+        }
+    }
+    response
+}
+
+fn invalid_reply(context: &RequestContext) -> Response {
+    let message = format!(
+        "the request failed; the server log has the details under request id {}",
+        context.id
+    );
+    ApiError::new(ErrorCode::BadOutput, message).into_response()
+}
+
+/// Adds the generation, the side and the request id to a response.
+fn stamped(
+    mut response: Response,
+    generation: &graft_host::Generation,
+    side: Side,
+    context: &RequestContext,
+) -> Response {
+    stamp(response.headers_mut(), generation.id(), side);
+    if let Ok(id) = HeaderValue::from_str(&context.id) {
+        response.headers_mut().insert(trace::REQUEST_ID_HEADER, id);
+    }
+    response
+}

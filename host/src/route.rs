@@ -1,0 +1,495 @@
+//! HTTP routes that ship with a release (one of the host's modules with `unsafe` code).
+//!
+//! A plugin declares its routes (`GET /notes/{id}` and a handler) in its root module; the host
+//! reads them when it loads the plugin (a bad method or pattern refuses the plugin, naming it),
+//! and gathers them per generation when a release links: two plugins claiming one method and
+//! path, or patterns the router cannot tell apart, refuse the release at
+//! [`Step::Link`](crate::Step::Link), naming both. A generation's [`Routes`] never change; a
+//! request finds its route in the generation it pinned, so its route and its code come from one
+//! release, and a release adds, changes or removes endpoints by going live.
+//!
+//! Patterns are matchit's (the router axum uses): `/notes/{id}`, `/files/{*rest}`.
+//!
+//! Calling a handler: a synchronous one runs at once; an async one returns a future, polled
+//! under the request's pin like an async export's (see `async_call`), and dropped
+//! before the pin. The response is copied into host memory before the call returns, so nothing
+//! the plugin allocated outlives the pin.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use abi_stable::std_types::RResult;
+use graft_api::ffi::{Context, FfiError, FfiFuture, PluginModRef};
+use graft_api::http::{AsyncHttpFn, HttpFn, HttpRequest, HttpResponse};
+use graft_api::ErrorKind;
+
+use crate::bounded::Bounded;
+use crate::calls::{intern, LabelId};
+use crate::decl::RouteSpec;
+use crate::error::CallError;
+use crate::generation::Generation;
+use crate::link::LinkProblem;
+use crate::pin::OwnedPin;
+
+/// The methods a route may take.
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The most routes one plugin may declare.
+const MAX_ROUTES: usize = 1024;
+
+/// The longest route pattern, in bytes.
+const MAX_PATTERN: usize = 1024;
+
+/// A route's handler, as the plugin exported it.
+#[derive(Clone, Copy)]
+pub(crate) enum RouteHandler {
+    Sync(HttpFn),
+    Async(AsyncHttpFn),
+}
+
+/// Checks a route pattern as the router will take it: starts with `/`, at most
+/// 1,024 bytes, matchit's syntax.
+pub fn check_pattern(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() > MAX_PATTERN {
+        return Err(format!(
+            "route path {} must start with / and be at most {MAX_PATTERN} bytes",
+            Bounded(path)
+        ));
+    }
+    matchit::Router::new()
+        .insert(path, ())
+        .map_err(|e| format!("route path {}: {e}", Bounded(path)))
+}
+
+/// The routes a plugin declares, checked (none for one built before routes existed).
+pub(crate) fn read_routes(
+    module: PluginModRef,
+) -> Result<(Vec<RouteSpec>, Vec<RouteHandler>), String> {
+    let Some(decls) = module.routes() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    if decls.len() > MAX_ROUTES {
+        return Err(format!(
+            "declares {} routes, at most {MAX_ROUTES}",
+            decls.len()
+        ));
+    }
+    let mut specs: Vec<RouteSpec> = Vec::with_capacity(decls.len());
+    let mut handlers = Vec::with_capacity(decls.len());
+    for decl in decls.iter() {
+        let (method, path) = (decl.method.as_str(), decl.path.as_str());
+        if !METHODS.contains(&method) {
+            return Err(format!(
+                "route {} {}: unknown method (one of {})",
+                Bounded(method),
+                Bounded(path),
+                METHODS.join(", ")
+            ));
+        }
+        check_pattern(path)?;
+        let handler = match (decl.handler, decl.async_handler) {
+            (Some(handler), None) => RouteHandler::Sync(handler),
+            (None, Some(handler)) => RouteHandler::Async(handler),
+            _ => return Err(format!("route {method} {path}: needs exactly one handler")),
+        };
+        let spec = RouteSpec {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            is_async: matches!(handler, RouteHandler::Async(_)),
+        };
+        if specs.contains(&spec) {
+            return Err(format!("route {spec} is declared twice"));
+        }
+        specs.push(spec);
+        handlers.push(handler);
+    }
+    Ok((specs, handlers))
+}
+
+/// One route of a generation.
+pub struct RouteEntry {
+    spec: RouteSpec,
+    /// The plugin's position in the generation, and its name.
+    pub(crate) plugin: u32,
+    plugin_name: Arc<str>,
+    handler: RouteHandler,
+    /// `GET /notes/{id}`, numbered for the calls in flight.
+    label: Arc<str>,
+    pub(crate) label_id: LabelId,
+}
+
+impl RouteEntry {
+    /// The method (`GET`).
+    pub fn method(&self) -> &str {
+        &self.spec.method
+    }
+
+    /// The pattern (`/notes/{id}`).
+    pub fn pattern(&self) -> &str {
+        &self.spec.path
+    }
+
+    /// The plugin that serves it.
+    pub fn plugin(&self) -> &str {
+        &self.plugin_name
+    }
+
+    /// `GET /notes/{id}`: how status and metrics name it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl fmt::Debug for RouteEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteEntry")
+            .field("route", &self.label)
+            .field("plugin", &self.plugin_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes of one generation.
+pub struct Routes {
+    /// Pattern to its slot.
+    router: matchit::Router<usize>,
+    /// Each pattern's slot: the entries of its methods.
+    slots: Vec<Vec<usize>>,
+    patterns: HashMap<String, usize>,
+    entries: Vec<RouteEntry>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            router: matchit::Router::new(),
+            slots: Vec::new(),
+            patterns: HashMap::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.entries).finish()
+    }
+}
+
+/// What a generation's routes say about a request.
+#[derive(Debug)]
+pub enum Lookup<'r, 'p> {
+    /// A route serves it.
+    Found(Route<'r, 'p>),
+    /// A route has the path, not the method.
+    MethodNotAllowed,
+    /// No route has the path.
+    NotFound,
+}
+
+/// A route that matched a request, with its path parameters (as the client sent them,
+/// percent-encoded).
+pub struct Route<'r, 'p> {
+    pub(crate) entry: &'r RouteEntry,
+    params: matchit::Params<'r, 'p>,
+}
+
+impl<'r, 'p> Route<'r, 'p> {
+    /// The route.
+    pub fn entry(&self) -> &'r RouteEntry {
+        self.entry
+    }
+
+    /// The matched parameters, name and raw value.
+    pub fn params(&self) -> impl Iterator<Item = (&'r str, &'p str)> + '_ {
+        self.params.iter()
+    }
+}
+
+impl fmt::Debug for Route<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Route").field(&self.entry.label).finish()
+    }
+}
+
+impl Routes {
+    /// Gathers the routes of `plugins` (name and routes, in position order). `reserved` are
+    /// routes the embedder serves itself (method or `*` for every method, pattern, who:
+    /// `graft.toml [[route]]`), which no plugin may claim. Returns every conflict at once.
+    pub(crate) fn build<'a, P, R>(
+        plugins: P,
+        reserved: &[(String, String, String)],
+    ) -> Result<Self, Vec<LinkProblem>>
+    where
+        P: IntoIterator<Item = (&'a str, R)>,
+        R: IntoIterator<Item = (&'a RouteSpec, RouteHandler)>,
+    {
+        let mut routes = Self::default();
+        let mut problems = Vec::new();
+        // Method and pattern to who claimed them first.
+        let mut claimed: HashMap<(String, String), String> = reserved
+            .iter()
+            .map(|(method, path, by)| ((method.clone(), path.clone()), by.clone()))
+            .collect();
+        for (position, (name, declared)) in plugins.into_iter().enumerate() {
+            let name: Arc<str> = Arc::from(name);
+            for (spec, handler) in declared {
+                let key = (spec.method.clone(), spec.path.clone());
+                let any = ("*".to_owned(), spec.path.clone());
+                if let Some(other) = claimed.get(&key).or_else(|| claimed.get(&any)) {
+                    problems.push(LinkProblem::RouteConflict {
+                        plugin: name.to_string(),
+                        route: spec.to_string(),
+                        why: format!("{other} routes it too"),
+                    });
+                    continue;
+                }
+                let slot = match routes.patterns.get(&spec.path) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = routes.slots.len();
+                        if let Err(error) = routes.router.insert(spec.path.clone(), slot) {
+                            let other = match &error {
+                                matchit::InsertError::Conflict { with } => routes
+                                    .entries
+                                    .iter()
+                                    .find(|e| e.spec.path == *with)
+                                    .map_or_else(
+                                        || format!("route {with}"),
+                                        |e| format!("{} of plugin {}", e.label, e.plugin_name),
+                                    ),
+                                _ => "the router's rules".into(),
+                            };
+                            problems.push(LinkProblem::RouteConflict {
+                                plugin: name.to_string(),
+                                route: spec.to_string(),
+                                why: format!("the router cannot tell it from {other} ({error})"),
+                            });
+                            continue;
+                        }
+                        routes.patterns.insert(spec.path.clone(), slot);
+                        routes.slots.push(Vec::new());
+                        slot
+                    }
+                };
+                claimed.insert(key, format!("plugin {name}"));
+                routes.slots[slot].push(routes.entries.len());
+                let label: Arc<str> = Arc::from(spec.to_string());
+                routes.entries.push(RouteEntry {
+                    spec: spec.clone(),
+                    plugin: u32::try_from(position).expect("fewer than 2^32 plugins"),
+                    plugin_name: Arc::clone(&name),
+                    handler,
+                    label_id: intern(&label),
+                    label,
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(routes)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The route that serves `method` and `path`, if any.
+    pub fn find<'r, 'p>(&'r self, method: &str, path: &'p str) -> Lookup<'r, 'p> {
+        let Ok(found) = self.router.at(path) else {
+            return Lookup::NotFound;
+        };
+        match self.slots[*found.value]
+            .iter()
+            .map(|&i| &self.entries[i])
+            .find(|e| e.spec.method == method)
+        {
+            Some(entry) => Lookup::Found(Route {
+                entry,
+                params: found.params,
+            }),
+            None => Lookup::MethodNotAllowed,
+        }
+    }
+
+    /// Every route, in plugin order.
+    pub fn iter(&self) -> impl Iterator<Item = &RouteEntry> {
+        self.entries.iter()
+    }
+
+    /// Whether the generation serves no route.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A response, copied into host memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code, as the plugin set it (the embedder checks it is a valid one).
+    pub status: u16,
+    /// The headers, as the plugin set them.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+fn reply(response: HttpResponse) -> Reply {
+    Reply {
+        status: response.status,
+        headers: response
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str().to_owned(), h.value.as_slice().to_vec()))
+            .collect(),
+        body: response.body.as_slice().to_vec(),
+    }
+}
+
+impl OwnedPin {
+    /// Pins `generation` for a request routed to `route` (one of its routes): it reaches what
+    /// the route's plugin reaches, and is listed under the route's label.
+    pub fn for_route(generation: Arc<Generation>, route: &RouteEntry) -> Self {
+        let reach = generation.reach_of_plugin(route.plugin);
+        Self::register(generation, reach, route.label_id)
+    }
+
+    /// Calls the handler of `route` (found in this pin's generation) with `request`: a
+    /// synchronous handler runs at once, on this thread; an async one is polled by the
+    /// caller's runtime, and dropped (before the pin) if the returned future is.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Plugin`] (named after the route) when the handler failed or panicked;
+    /// [`CallError::NotExported`] if `route` is not one of this generation's.
+    pub fn call_route<'a>(
+        &'a self,
+        route: &Route<'_, '_>,
+        request: &'a HttpRequest<'a>,
+    ) -> RouteCall<'a> {
+        let entry = route.entry;
+        let mut call = RouteCall {
+            done: None,
+            future: None,
+            pin: self,
+            label: Arc::clone(&entry.label),
+            _request: PhantomData,
+        };
+        let ours = self
+            .routes()
+            .entries
+            .as_ptr_range()
+            .contains(&std::ptr::from_ref(entry));
+        if !ours {
+            call.done = Some(Err(CallError::NotExported {
+                contract: format!("route {}", entry.label),
+                generation: self.id(),
+            }));
+            return call;
+        }
+        let ctx = Context {
+            table: self.link_table(),
+            plugin: entry.plugin,
+        };
+        match entry.handler {
+            RouteHandler::Sync(handler) => {
+                call.done = Some(call.finish(handler(&ctx, request)));
+            }
+            RouteHandler::Async(handler) => {
+                // SAFETY: the future is polled and dropped only inside this `RouteCall`, which
+                // borrows both the pin (whose generation owns the link table) and `request` for
+                // `'a`, and drops the future first: both outlive it, so the context and the
+                // request may say `'static` to the plugin.
+                let (ctx, request) = unsafe {
+                    (
+                        std::mem::transmute::<Context<'_>, Context<'static>>(ctx),
+                        &*std::ptr::from_ref(request).cast::<HttpRequest<'static>>(),
+                    )
+                };
+                call.future = Some(crate::async_call::polling(self, || handler(ctx, request)));
+            }
+        }
+        call
+    }
+}
+
+type RouteFuture = FfiFuture<RResult<HttpResponse, FfiError>>;
+
+/// A route handler's call (see [`OwnedPin::call_route`]): done already, or the plugin's future.
+pub struct RouteCall<'a> {
+    done: Option<Result<Reply, CallError>>,
+    future: Option<RouteFuture>,
+    pin: &'a OwnedPin,
+    label: Arc<str>,
+    _request: PhantomData<&'a HttpRequest<'a>>,
+}
+
+impl RouteCall<'_> {
+    fn finish(&self, result: RResult<HttpResponse, FfiError>) -> Result<Reply, CallError> {
+        match result {
+            RResult::ROk(response) => Ok(reply(response)),
+            RResult::RErr(err) => Err(CallError::Plugin {
+                contract: format!("route {}", self.label),
+                generation: self.pin.id(),
+                kind: err.kind,
+                message: err.message.into_string(),
+            }),
+        }
+    }
+
+    /// Whether the handler already returned (a synchronous one).
+    pub fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+}
+
+impl Future for RouteCall<'_> {
+    type Output = Result<Reply, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(done) = this.done.take() {
+            return Poll::Ready(done);
+        }
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready(Err(CallError::Plugin {
+                contract: format!("route {}", this.label),
+                generation: this.pin.id(),
+                kind: ErrorKind::INTERNAL,
+                message: "polled after it returned".into(),
+            }));
+        };
+        let pin = this.pin;
+        let result = match crate::async_call::polling(pin, || Pin::new(future).poll(cx)) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        let done = crate::async_call::polling(pin, || this.finish(result));
+        let future = this.future.take();
+        crate::async_call::polling(pin, || drop(future));
+        Poll::Ready(done)
+    }
+}
+
+impl Drop for RouteCall<'_> {
+    fn drop(&mut self) {
+        // The plugin's future first (its drop runs plugin code), while the pin holds the
+        // generation and the request is still borrowed.
+        let future = self.future.take();
+        crate::async_call::polling(self.pin, || drop(future));
+    }
+}
+
+impl fmt::Debug for RouteCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteCall")
+            .field("route", &self.label)
+            .field("generation", &self.pin.id())
+            .finish_non_exhaustive()
+    }
+}
