@@ -421,21 +421,7 @@ fn check_routes(routes: &[Route]) -> Result<(), String> {
             .export
             .parse::<Contract>()
             .map_err(|e| e.to_string())?;
-        if !route.path.starts_with('/') {
-            return Err(format!("route path {:?} must start with /", quoted()));
-        }
-        if let Some(segment) = route
-            .path
-            .split('/')
-            .find(|s| s.starts_with(':') || s.starts_with('*'))
-        {
-            return Err(format!(
-                "route path {:?}: a segment may not start with {:?}; a capture is written \
-                 {{name}} (and a wildcard {{*name}})",
-                quoted(),
-                &segment[..1]
-            ));
-        }
+        graft_host::route::check_pattern(&route.path)?;
         let method = route.method.to_ascii_uppercase();
         if !seen.insert((method.clone(), route.path.clone())) {
             return Err(format!("two routes for {method} {:?}", quoted()));

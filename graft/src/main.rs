@@ -400,8 +400,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json, admin } => print_json_or(json, &admin.client()?.status()?),
         Command::Check { path, json } => {
-            let report = graft_host::check::check(&path)
-                .with_context(|| format!("checking {}", path.display()))?;
+            let report = graft_host::check::check_with(&path, |builder| {
+                graft::serve::provide_services(builder, &Default::default())
+            })
+            .with_context(|| format!("checking {}", path.display()))?;
             print_json_or(json, &report)
         }
         Command::Pack {

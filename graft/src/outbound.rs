@@ -171,7 +171,10 @@ impl Outbound {
         }
         if let Some(context) = context {
             builder = builder
-                .header(crate::serve::TRACEPARENT_HEADER, &context.traceparent)
+                .header(
+                    crate::serve::TRACEPARENT_HEADER,
+                    context.trace.traceparent(),
+                )
                 .header(crate::serve::REQUEST_ID_HEADER, &context.id);
         }
         let timed_out = || FetchError::Timeout {

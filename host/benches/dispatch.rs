@@ -12,6 +12,11 @@
 //! - `graft_json`: pin + a call through the export's JSON adapter, as an HTTP route does;
 //! - `rwlock_arc`: the usual alternative, a read lock and an `Arc` clone per call, then a typed
 //!   call;
+//! - `graft_http`: what `graft serve` does per request to a route a plugin declares, short of
+//!   HTTP itself: find `GET /ping` in the current generation, pin it for the route (registered
+//!   in flight), call the `ping` example's handler with a request of two headers and no body,
+//!   read its response; `direct_http`: the same handler's work (a `Response` with a text body)
+//!   compiled in;
 //!
 //! on one thread and on two threads at once.
 //!
@@ -27,7 +32,11 @@ use std::time::Duration;
 
 use common::{build_plugins, on_threads};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use graft_host::{Export, Host, Returned};
+use std::future::Future;
+
+use graft_api::http::{HttpHeader, HttpRequest};
+use graft_host::route::Lookup;
+use graft_host::{Export, Host, OwnedPin, Returned};
 
 // The host's declarations of the contracts it calls; the host checks them against the plugin's.
 graft_api::contract! {
@@ -50,7 +59,13 @@ fn dispatch(c: &mut Criterion) {
         &release,
         Some("bench"),
         true,
-        &[("hello", &build_plugins(&["hello-v1"])[0])],
+        &{
+            let built = build_plugins(&["hello-v1", "ping"]);
+            [("hello", built[0].clone()), ("ping", built[1].clone())]
+        }
+        .iter()
+        .map(|(name, path)| (*name, path.as_path()))
+        .collect::<Vec<_>>(),
         &[],
     )
     .unwrap();
@@ -67,6 +82,7 @@ fn dispatch(c: &mut Criterion) {
     let direct: fn(u64) -> u64 = ping_direct;
 
     let (ping, pong) = (&ping, &pong);
+    assert_eq!(http_call(&host), 200);
     for threads in [1, 2] {
         let mut group = c.benchmark_group(format!("dispatch/{threads}-thread"));
         group.measurement_time(Duration::from_secs(3));
@@ -147,7 +163,57 @@ fn dispatch(c: &mut Criterion) {
                 })
             })
         });
+        group.bench_function("graft_http", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    || {
+                        black_box(http_call(&host));
+                    }
+                })
+            })
+        });
+        group.bench_function("direct_http", |b| {
+            b.iter_custom(|n| {
+                on_threads(threads, n, || {
+                    || drop(black_box(graft_api::Response::text(black_box("pong"))))
+                })
+            })
+        });
         group.finish();
+    }
+}
+
+/// One request to `GET /ping` through the current generation's routes; its status.
+fn http_call(host: &Host) -> u16 {
+    let generation = host.current();
+    let Lookup::Found(route) = generation.routes().find("GET", "/ping") else {
+        panic!("the ping route");
+    };
+    let pin = OwnedPin::for_route(Arc::clone(&generation), route.entry().site());
+    let headers = [
+        HttpHeader {
+            name: "host".into(),
+            value: b"127.0.0.1".as_slice().into(),
+        },
+        HttpHeader {
+            name: "accept".into(),
+            value: b"*/*".as_slice().into(),
+        },
+    ];
+    let request = HttpRequest {
+        method: "GET".into(),
+        path: "/ping".into(),
+        query: "".into(),
+        route: route.entry().pattern().into(),
+        params: [].as_slice().into(),
+        headers: headers.as_slice().into(),
+        body: [].as_slice().into(),
+    };
+    let mut call = std::pin::pin!(pin.call_route(&route, &request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match call.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(reply)) => black_box(reply.status()),
+        other => panic!("a synchronous handler answers at once: {other:?}"),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::decl::PluginInfo;
 use crate::error::{DeployCause, DeployError, Step};
 use crate::host::Shipped;
 use crate::link::{LinkProblem, LinkReport};
-use crate::Host;
+use crate::{Host, HostBuilder};
 
 /// What `graft check` found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,11 +60,20 @@ impl CheckedPlugin {
 
 /// A host of its own in a temporary directory (removed when the returned guard drops).
 fn scratch_host() -> Result<(tempfile::TempDir, Host), DeployError> {
+    scratch_host_with(Ok)
+}
+
+/// [`scratch_host`], configured by `configure` (the embedder's host services).
+fn scratch_host_with(
+    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, String>,
+) -> Result<(tempfile::TempDir, Host), DeployError> {
     let scratch_error =
         |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
     let scratch =
         tempfile::tempdir().map_err(|e| scratch_error("creating a scratch directory", e))?;
-    let host = Host::builder(scratch.path()).build().map_err(|e| {
+    let builder = configure(Host::builder(scratch.path()))
+        .map_err(|e| scratch_error("configuring a scratch host", std::io::Error::other(e)))?;
+    let host = builder.build().map_err(|e| {
         let e = std::io::Error::other(crate::DisplayChain(&e).to_string());
         scratch_error("starting a scratch host", e)
     })?;
@@ -97,7 +106,20 @@ pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployE
 /// The [`DeployError`] the same release would get from [`Host::deploy`], except that a partial
 /// release may leave imports open.
 pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
-    let (_scratch, host) = scratch_host()?;
+    check_with(path, Ok)
+}
+
+/// [`check`] on a host that `configure` sets up as the embedder's would be: what it provides
+/// plugins (its host services), so imports of them link as they will when deployed.
+///
+/// # Errors
+///
+/// As [`check`].
+pub fn check_with(
+    path: &Path,
+    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, String>,
+) -> Result<CheckReport, DeployError> {
+    let (_scratch, host) = scratch_host_with(configure)?;
     let (prepared, manifest) = host.prepare_check(path)?;
     let plugins = prepared.shipped().iter().map(CheckedPlugin::of).collect();
     let report = CheckReport {
@@ -150,6 +172,11 @@ impl fmt::Display for CheckReport {
                     let label = if i == 0 { label } else { "" };
                     writeln!(f, "  {label:7}  {signature}")?;
                 }
+            }
+            for (i, route) in info.routes.iter().enumerate() {
+                let label = if i == 0 { "routes" } else { "" };
+                let kind = if route.is_async { " (async)" } else { "" };
+                writeln!(f, "  {label:7}  {route}{kind}")?;
             }
         }
         if !self.link.edges.is_empty() {

@@ -109,7 +109,9 @@ pub use loader::LoadError;
 pub use pin::{OwnedPin, Pin, PinCache};
 pub use provided::{ProvideWire, ServiceFuture, PROVIDER};
 pub use report::{Change, DeployReport, PluginChange};
-pub use request::{current_request, in_request, with_request, InRequest, RequestContext};
+pub use request::{
+    current_request, in_request, with_request, InRequest, RequestContext, TraceContext,
+};
 pub use services::{set_async_services, AsyncServices, BoxFuture};
 pub use stage::sha256_hex;
 pub use table::{Durability, TableSettings};

@@ -18,11 +18,32 @@ use std::time::{Duration, Instant};
 pub struct RequestContext {
     /// The request's id (its `x-request-id`, or one the embedder made).
     pub id: String,
-    /// The W3C `traceparent` of the embedder's span for this request: what calls to the
-    /// outside send on.
-    pub traceparent: String,
+    /// The W3C trace context of the embedder's span for this request: what calls to the
+    /// outside send on (as [`TraceContext::traceparent`]).
+    pub trace: TraceContext,
     /// When the request must be answered by, if ever.
     pub deadline: Option<Instant>,
+}
+
+/// A W3C trace context (version 00): the trace, the span, the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace's id (never 0 in a valid one).
+    pub trace_id: u128,
+    /// The span's id (never 0 in a valid one).
+    pub span_id: u64,
+    /// The trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// The `traceparent` header's value: `00-<trace id>-<span id>-<flags>`, in lowercase hex.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
 }
 
 impl RequestContext {

@@ -54,18 +54,31 @@ pub(crate) enum RouteHandler {
     Async(AsyncHttpFn),
 }
 
-/// Checks a route pattern as the router will take it: starts with `/`, at most
-/// 1,024 bytes, matchit's syntax.
+/// Checks a route pattern as the router will take it: starts with `/`, at most 1,024 bytes,
+/// no segment in the old `:id` / `*rest` syntax (which axum refuses and matchit would take as
+/// text), matchit's syntax.
 pub fn check_pattern(path: &str) -> Result<(), String> {
+    let quoted = || format!("{:?}", Bounded(path).to_string());
     if !path.starts_with('/') || path.len() > MAX_PATTERN {
         return Err(format!(
             "route path {} must start with / and be at most {MAX_PATTERN} bytes",
-            Bounded(path)
+            quoted()
+        ));
+    }
+    if let Some(segment) = path
+        .split('/')
+        .find(|s| s.starts_with(':') || s.starts_with('*'))
+    {
+        return Err(format!(
+            "route path {}: a segment may not start with {:?}; a capture is written {{name}} \
+             (and a wildcard {{*name}})",
+            quoted(),
+            &segment[..1]
         ));
     }
     matchit::Router::new()
         .insert(path, ())
-        .map_err(|e| format!("route path {}: {e}", Bounded(path)))
+        .map_err(|e| format!("route path {}: {e}", quoted()))
 }
 
 /// The routes a plugin declares, checked (none for one built before routes existed).
@@ -144,6 +157,14 @@ impl RouteEntry {
     /// `GET /notes/{id}`: how status and metrics name it.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// What a pin for a request to it needs ([`OwnedPin::for_route`]).
+    pub fn site(&self) -> RouteSite {
+        RouteSite {
+            plugin: self.plugin,
+            label_id: self.label_id,
+        }
     }
 }
 
@@ -328,35 +349,54 @@ impl Routes {
     }
 }
 
-/// A response, copied into host memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The status code, as the plugin set it (the embedder checks it is a valid one).
-    pub status: u16,
-    /// The headers, as the plugin set them.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body.
-    pub body: Vec<u8>,
+/// A handler's response, still in the plugin's memory: read it (and copy what you keep)
+/// while the pin it was called under lives, which the borrow ensures; dropping it frees it
+/// through the plugin's allocator.
+pub struct Replied<'a> {
+    response: HttpResponse,
+    _pin: PhantomData<&'a OwnedPin>,
 }
 
-fn reply(response: HttpResponse) -> Reply {
-    Reply {
-        status: response.status,
-        headers: response
-            .headers
-            .iter()
-            .map(|h| (h.name.as_str().to_owned(), h.value.as_slice().to_vec()))
-            .collect(),
-        body: response.body.as_slice().to_vec(),
+impl Replied<'_> {
+    /// The status code, as the plugin set it (the embedder checks it is a valid one).
+    pub fn status(&self) -> u16 {
+        self.response.status
+    }
+
+    /// The headers, as the plugin set them, name and value; `None` where the plugin's buffer
+    /// stops making sense (a bug of the plugin's, which the embedder answers as one).
+    pub fn headers(&self) -> impl Iterator<Item = Option<(&[u8], &[u8])>> {
+        graft_api::http::headers_in(self.response.headers.as_slice())
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        self.response.body.as_slice()
     }
 }
 
+impl fmt::Debug for Replied<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replied")
+            .field("status", &self.response.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request to a route enters through, for its pin: the route's plugin and label.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSite {
+    plugin: u32,
+    label_id: LabelId,
+}
+
 impl OwnedPin {
-    /// Pins `generation` for a request routed to `route` (one of its routes): it reaches what
-    /// the route's plugin reaches, and is listed under the route's label.
-    pub fn for_route(generation: Arc<Generation>, route: &RouteEntry) -> Self {
-        let reach = generation.reach_of_plugin(route.plugin);
-        Self::register(generation, reach, route.label_id)
+    /// Pins `generation` for a request routed to one of its routes (`site`, from
+    /// [`RouteEntry::site`]): it reaches what the route's plugin reaches, and is listed under
+    /// the route's label.
+    pub fn for_route(generation: Arc<Generation>, site: RouteSite) -> Self {
+        let reach = generation.reach_of_plugin(site.plugin);
+        Self::register(generation, reach, site.label_id)
     }
 
     /// Calls the handler of `route` (found in this pin's generation) with `request`: a
@@ -422,17 +462,20 @@ type RouteFuture = FfiFuture<RResult<HttpResponse, FfiError>>;
 
 /// A route handler's call (see [`OwnedPin::call_route`]): done already, or the plugin's future.
 pub struct RouteCall<'a> {
-    done: Option<Result<Reply, CallError>>,
+    done: Option<Result<Replied<'a>, CallError>>,
     future: Option<RouteFuture>,
     pin: &'a OwnedPin,
     label: Arc<str>,
     _request: PhantomData<&'a HttpRequest<'a>>,
 }
 
-impl RouteCall<'_> {
-    fn finish(&self, result: RResult<HttpResponse, FfiError>) -> Result<Reply, CallError> {
+impl<'a> RouteCall<'a> {
+    fn finish(&self, result: RResult<HttpResponse, FfiError>) -> Result<Replied<'a>, CallError> {
         match result {
-            RResult::ROk(response) => Ok(reply(response)),
+            RResult::ROk(response) => Ok(Replied {
+                response,
+                _pin: PhantomData,
+            }),
             RResult::RErr(err) => Err(CallError::Plugin {
                 contract: format!("route {}", self.label),
                 generation: self.pin.id(),
@@ -448,8 +491,8 @@ impl RouteCall<'_> {
     }
 }
 
-impl Future for RouteCall<'_> {
-    type Output = Result<Reply, CallError>;
+impl<'a> Future for RouteCall<'a> {
+    type Output = Result<Replied<'a>, CallError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -491,5 +534,131 @@ impl fmt::Debug for RouteCall<'_> {
             .field("route", &self.label)
             .field("generation", &self.pin.id())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use graft_api::http::HttpResponse;
+
+    extern "C" fn handler(_: &Context<'_>, _: &HttpRequest<'_>) -> RResult<HttpResponse, FfiError> {
+        RResult::ROk(HttpResponse {
+            status: 204,
+            headers: abi_stable::std_types::RVec::new(),
+            body: abi_stable::std_types::RVec::new(),
+        })
+    }
+
+    fn spec(route: &str) -> RouteSpec {
+        let (method, path) = route.split_once(' ').unwrap();
+        RouteSpec {
+            method: method.into(),
+            path: path.into(),
+            is_async: false,
+        }
+    }
+
+    /// Builds the routes of plugins given as (name, routes).
+    fn build(
+        plugins: &[(&str, &[&str])],
+        reserved: &[(&str, &str, &str)],
+    ) -> Result<Routes, Vec<String>> {
+        let specs: Vec<(&str, Vec<RouteSpec>)> = plugins
+            .iter()
+            .map(|(name, routes)| (*name, routes.iter().map(|r| spec(r)).collect()))
+            .collect();
+        let reserved: Vec<(String, String, String)> = reserved
+            .iter()
+            .map(|(m, p, b)| ((*m).into(), (*p).into(), (*b).into()))
+            .collect();
+        let declared = specs.iter().map(|(name, specs)| {
+            (
+                *name,
+                specs.iter().map(|s| (s, RouteHandler::Sync(handler))),
+            )
+        });
+        Routes::build(declared, &reserved)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_request_finds_its_route_its_parameters_or_why_not() {
+        let routes = build(
+            &[
+                (
+                    "notes",
+                    &["GET /notes/{id}", "PUT /notes/{id}", "GET /notes"],
+                ),
+                ("files", &["GET /files/{*rest}"]),
+            ],
+            &[],
+        )
+        .unwrap();
+        let Lookup::Found(route) = routes.find("PUT", "/notes/7") else {
+            panic!("PUT /notes/7 is routed");
+        };
+        assert_eq!(
+            (route.entry().plugin(), route.entry().label()),
+            ("notes", "PUT /notes/{id}")
+        );
+        assert_eq!(route.params().collect::<Vec<_>>(), [("id", "7")]);
+        let Lookup::Found(route) = routes.find("GET", "/files/a/b%20c") else {
+            panic!("a wildcard takes the rest");
+        };
+        assert_eq!(route.params().collect::<Vec<_>>(), [("rest", "a/b%20c")]);
+        assert!(matches!(
+            routes.find("DELETE", "/notes/7"),
+            Lookup::MethodNotAllowed
+        ));
+        assert!(matches!(routes.find("GET", "/nowhere"), Lookup::NotFound));
+        assert_eq!(routes.iter().count(), 4);
+    }
+
+    #[test]
+    fn a_route_claimed_twice_or_that_the_router_cannot_tell_apart_names_both() {
+        let problems =
+            build(&[("a", &["GET /x"]), ("b", &["GET /x", "POST /x"])], &[]).unwrap_err();
+        assert_eq!(
+            problems,
+            ["plugin b routes GET /x, but plugin a routes it too"]
+        );
+
+        let problems =
+            build(&[("a", &["GET /n/{id}"]), ("b", &["POST /n/{key}"])], &[]).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(
+                "plugin b routes POST /n/{key}, but the router cannot tell it from GET /n/{id} of plugin a"
+            ),
+            "{problems:?}"
+        );
+
+        let reserved = [("*", "/foo", "graft.toml [[route]] POST /foo")];
+        let problems = build(&[("a", &["GET /foo"])], &reserved).unwrap_err();
+        assert_eq!(
+            problems,
+            ["plugin a routes GET /foo, but graft.toml [[route]] POST /foo routes it too"]
+        );
+    }
+
+    #[test]
+    fn patterns_are_checked_as_the_router_takes_them() {
+        for good in ["/", "/notes/{id}", "/files/{*rest}", "/a/{x}/b"] {
+            assert!(check_pattern(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("notes", "must start with /"),
+            ("/:id", "a capture is written {name}"),
+            ("/*rest", "a capture is written {name}"),
+            ("/{a}{b}", "route path"),
+            ("/{", "route path"),
+        ] {
+            let error = check_pattern(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let long = format!("/{}", "x".repeat(1 << 20));
+        assert!(check_pattern(&long).unwrap_err().len() < 512);
     }
 }

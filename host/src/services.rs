@@ -119,7 +119,7 @@ extern "C" fn request_context() -> ROption<RequestInfo> {
     catch_unwind(|| {
         crate::request::current_request().map(|request| RequestInfo {
             id: request.id.as_str().into(),
-            traceparent: request.traceparent.as_str().into(),
+            traceparent: request.trace.traceparent().into(),
             deadline_ms: request.remaining().map_or(u64::MAX, |left| {
                 u64::try_from(left.as_millis()).unwrap_or(u64::MAX - 1)
             }),

@@ -37,7 +37,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 
-use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RResult, RSlice, RStr, RVec};
 use abi_stable::StableAbi;
 use async_ffi::FutureExt as _;
 use serde::{de::DeserializeOwned, Serialize};
@@ -87,26 +87,47 @@ pub struct HttpRequest<'a> {
     pub body: RSlice<'a, u8>,
 }
 
-/// One header of a response: owned by the plugin that made it.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct OwnedHeader {
-    /// The name.
-    pub name: RString,
-    /// The value's bytes.
-    pub value: RVec<u8>,
-}
-
 /// A response as it crosses back to the host.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct HttpResponse {
     /// The status code.
     pub status: u16,
-    /// The headers to send.
-    pub headers: RVec<OwnedHeader>,
+    /// The headers to send, packed in one buffer (one allocation however many): for each,
+    /// the name's length (`u16`, little-endian), the name, the value's length (`u32`), the
+    /// value. Read with [`headers_in`].
+    pub headers: RVec<u8>,
     /// The body.
     pub body: RVec<u8>,
+}
+
+/// The headers packed in `buffer` (see [`HttpResponse::headers`]), name and value; `None` for
+/// a buffer that does not parse (a plugin's bug), from where it stops.
+pub fn headers_in(buffer: &[u8]) -> impl Iterator<Item = Option<(&[u8], &[u8])>> + '_ {
+    let mut rest = buffer;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let (len, tail) = rest.split_first_chunk::<2>()?;
+            let (name, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+            let (len, tail) = tail.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+            let (value, tail) = tail.split_at_checked(len)?;
+            Some((name, value, tail))
+        })();
+        match entry {
+            Some((name, value, tail)) => {
+                rest = tail;
+                Some(Some((name, value)))
+            }
+            None => {
+                rest = &[];
+                Some(None)
+            }
+        }
+    })
 }
 
 /// A synchronous route handler, as it crosses.
@@ -296,7 +317,8 @@ impl<'a> Request<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     status: u16,
-    headers: Vec<(String, Vec<u8>)>,
+    /// Packed as they cross (see [`HttpResponse::headers`]).
+    headers: Vec<u8>,
     body: Vec<u8>,
 }
 
@@ -337,10 +359,22 @@ impl Response {
         self
     }
 
-    /// The same response with one more header.
+    /// The same response with one more header. A name longer than 64 KiB or a value longer
+    /// than 4 GiB is cut there (the host refuses such a header: the answer is a 500).
     #[must_use]
-    pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((name.into(), value.as_ref().to_vec()));
+    pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
+        let (name, value) = (name.as_ref().as_bytes(), value.as_ref());
+        let name = &name[..name.len().min(usize::from(u16::MAX))];
+        let value = &value[..value.len().min(u32::MAX as usize)];
+        if self.headers.is_empty() {
+            self.headers.reserve(128);
+        }
+        self.headers
+            .extend_from_slice(&(name.len() as u16).to_le_bytes());
+        self.headers.extend_from_slice(name);
+        self.headers
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.headers.extend_from_slice(value);
         self
     }
 
@@ -358,10 +392,10 @@ impl Response {
 
     /// The value of header `name` (any case), if set.
     pub fn header_value(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        headers_in(&self.headers)
+            .map_while(|h| h)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// The body.
@@ -372,14 +406,7 @@ impl Response {
     fn into_ffi(self) -> HttpResponse {
         HttpResponse {
             status: self.status,
-            headers: self
-                .headers
-                .into_iter()
-                .map(|(name, value)| OwnedHeader {
-                    name: name.into(),
-                    value: value.into(),
-                })
-                .collect(),
+            headers: self.headers.into(),
             body: self.body.into(),
         }
     }

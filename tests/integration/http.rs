@@ -12,7 +12,7 @@ use graft::serve::{Server, GENERATION_HEADER, REQUEST_ID_HEADER};
 use graft_host::{DisplayChain, Host, Step};
 
 use crate::serve::{agent, in_process_with};
-use crate::util::Env;
+use crate::util::{run_graft, Env};
 
 /// A graft.toml serving `release` (a directory under `releases/`), with these lines at the
 /// top level.
@@ -134,6 +134,61 @@ fn a_release_adds_and_removes_endpoints_under_load_each_answer_from_the_generati
             answers.iter().any(|a| a.2 == generation),
             "some answers came from generation {generation}"
         );
+    }
+}
+
+#[test]
+fn every_call_sees_its_request_id_trace_context_and_deadline() {
+    let env = Env::new();
+    env.complete_release("r", &["ping"]);
+    let (_runtime, server) =
+        in_process_with(&config(&env, "r", "route_timeout_ms = 5000"), "[admin]");
+    let url = format!("http://{}/ping/context", server.addr());
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut response = agent()
+        .get(&url)
+        .header(REQUEST_ID_HEADER, "req-42")
+        .header("traceparent", parent)
+        .call()
+        .unwrap();
+    assert_eq!(response.headers()[REQUEST_ID_HEADER], "req-42");
+    let seen: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(seen["id"], "req-42");
+    let traceparent = seen["traceparent"].as_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "graft's own span: {traceparent}"
+    );
+    let left = seen["deadline_ms"].as_u64().unwrap();
+    assert!(left > 4000 && left <= 5000, "{left}");
+    // Without headers: ids of graft's own, on the answer and in the call.
+    let mut response = agent().get(&url).call().unwrap();
+    let id = response.headers()[REQUEST_ID_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let seen: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(seen["id"], id.as_str());
+}
+
+#[test]
+fn graft_check_lists_routes_and_links_imports_of_host_services() {
+    let env = Env::new();
+    let release = env.complete_release("v1", &["notes-v1"]);
+    let (ok, stdout, stderr) = run_graft(&["check".as_ref(), release.as_os_str()]);
+    assert!(ok, "{stdout}{stderr}");
+    for line in [
+        "routes   GET /notes",
+        "GET /notes/{id}/preview (async)",
+        "notes -> (host) (graft.http.fetch@1)",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
 }
 

@@ -57,12 +57,13 @@ fn get(ctx: &Context<'_>, request: &Request<'_>) -> Result<Response, Error> {
         .table(NOTES)
         .get(&id)?
         .ok_or_else(|| Error::not_found(format!("no note {id}")))?;
-    if request.header("if-none-match") == Some(note.etag().as_str()) {
-        return Ok(Response::new(304).header("etag", note.etag()));
+    let etag = note.etag();
+    if request.header("if-none-match") == Some(etag.as_str()) {
+        return Ok(Response::new(304).header("etag", etag));
     }
     let words = note.body.split_whitespace().count();
     Ok(Response::json(&Counted { note: &note, words })?
-        .header("etag", note.etag())
+        .header("etag", etag)
         .header("x-notes-build", "2"))
 }
 

@@ -149,10 +149,11 @@ pub fn create(ctx: &Context<'_>, request: &Request<'_>, tables: Tables) -> Resul
 /// `GET /notes/{id}`: the note and its `ETag`; 304 when `If-None-Match` has it.
 pub fn get(ctx: &Context<'_>, request: &Request<'_>, tables: Tables) -> Result<Response, Error> {
     let note = found(ctx, tables, request.param_as("id")?)?;
-    if request.header("if-none-match") == Some(note.etag().as_str()) {
-        return Ok(Response::new(304).header("etag", note.etag()));
+    let etag = note.etag();
+    if request.header("if-none-match") == Some(etag.as_str()) {
+        return Ok(Response::new(304).header("etag", etag));
     }
-    with_note(&note)
+    Ok(Response::json(&note)?.header("etag", etag))
 }
 
 /// `PUT /notes/{id}`: replaces the note if `If-Match` (when sent) names its version; 412 if

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodRouter};
 use axum::Router;
@@ -36,6 +36,10 @@ pub const GENERATION_HEADER: &str = "x-graft-generation";
 /// The request header that forces a side of a rollout (`stable` or `canary`); canary answers
 /// carry it too.
 pub const ROUTE_HEADER: &str = "x-graft-route";
+
+/// The two headers above, parsed once (a lookup or insert by `&str` parses the name every time).
+const GENERATION: HeaderName = HeaderName::from_static(GENERATION_HEADER);
+const ROUTE: HeaderName = HeaderName::from_static(ROUTE_HEADER);
 
 /// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
 struct RouteState {
@@ -232,11 +236,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         .rollouts
         .record(generation, status.is_server_error(), elapsed);
     stamp(response.headers_mut(), generation, side);
-    if let Ok(id) = HeaderValue::from_str(&context.id) {
-        response
-            .headers_mut()
-            .insert(super::trace::REQUEST_ID_HEADER, id);
-    }
+    super::trace::stamp_id(response.headers_mut(), &context);
     response
 }
 
@@ -278,7 +278,7 @@ pub(super) fn side_of<'h>(
     }
     let config = rollouts.config();
     let force = headers
-        .get(ROUTE_HEADER)
+        .get(&ROUTE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Side>().ok());
     let key = sticky_key(
@@ -291,9 +291,9 @@ pub(super) fn side_of<'h>(
 
 /// Names the generation that answered, and the canary side, on a response.
 pub(super) fn stamp(headers: &mut HeaderMap, generation: u64, side: Side) {
-    headers.insert(GENERATION_HEADER, HeaderValue::from(generation));
+    headers.insert(GENERATION, HeaderValue::from(generation));
     if side == Side::Canary {
-        headers.insert(ROUTE_HEADER, HeaderValue::from_static("canary"));
+        headers.insert(ROUTE, HeaderValue::from_static("canary"));
     }
 }
 

@@ -182,6 +182,20 @@ impl Drop for AdminRuntime {
     }
 }
 
+/// Provides what `graft serve` offers plugins as contracts: the outbound HTTP client
+/// (`graft.http.fetch@1`). `graft check` provides the same, so a release that imports it checks
+/// as it will deploy.
+///
+/// # Errors
+///
+/// When the client cannot start.
+pub fn provide_services(
+    builder: graft_host::HostBuilder,
+    http_client: &crate::outbound::HttpClientConfig,
+) -> Result<graft_host::HostBuilder, String> {
+    Arc::new(Outbound::new(http_client.clone())?).provide(builder)
+}
+
 /// Binds a listener on the runtime entered now (as `TcpListener::bind` does: address reuse, a
 /// backlog of 1024 connections).
 fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
@@ -223,9 +237,7 @@ impl Server {
             );
             builder = builder.reserve_route("*", &route.path, by);
         }
-        let outbound =
-            Arc::new(Outbound::new(config.http_client.clone()).map_err(ServeError::Services)?);
-        builder = outbound.provide(builder).map_err(ServeError::Services)?;
+        builder = provide_services(builder, &config.http_client).map_err(ServeError::Services)?;
         for table in &config.tables {
             let (plugin, name) = table.name.split_once('.').unwrap_or_default();
             builder = builder.table(plugin, name, table.settings(config.table_defaults));

@@ -18,8 +18,10 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use graft_api::http::{HttpHeader, HttpRequest, PathParam};
-use graft_host::route::{Lookup, Reply};
+use graft_host::route::{Lookup, Replied};
 use graft_host::{CallError, Host, OwnedPin, RequestContext};
+use http_body::Body as _;
+use smallvec::SmallVec;
 use tracing::Instrument;
 
 use crate::api::{ApiError, ErrorCode};
@@ -45,14 +47,18 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     let started = Instant::now();
     let mut request = request;
     let method = request.method().clone();
-    let uri = request.uri().clone();
+    let uri = std::mem::take(request.uri_mut());
     let headers = std::mem::take(request.headers_mut());
     let context = trace::context(&headers, Some(routes.deadline));
     // The body first: a slow client must not hold a generation (and a migration) while it
     // sends.
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(body) => body,
-        Err(rejection) => return rejected_body(&rejection),
+    let body = if request.body().is_end_stream() {
+        Bytes::new() // a GET, most often: nothing to read
+    } else {
+        match Bytes::from_request(request, &()).await {
+            Ok(body) => body,
+            Err(rejection) => return rejected_body(&rejection),
+        }
     };
     let (key, force) = side_of(&routes.rollouts, &headers);
     let (method, path) = (method.as_str(), uri.path());
@@ -60,8 +66,8 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     // route can reach.
     let (pin, side) = loop {
         let (generation, side) = routes.rollouts.pick(key, force);
-        let entry = match generation.routes().find(method, path) {
-            Lookup::Found(route) => route.entry(),
+        let site = match generation.routes().find(method, path) {
+            Lookup::Found(route) => route.entry().site(),
             Lookup::MethodNotAllowed => {
                 let answer = method_not_allowed().await.into_response();
                 return stamped(answer, &generation, side, &context);
@@ -75,8 +81,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
                 )
             }
         };
-        let pin = OwnedPin::for_route(Arc::clone(&generation), entry);
-        match routes.host.try_admit(pin) {
+        match routes.host.try_admit(OwnedPin::for_route(generation, site)) {
             Some(pin) => break (pin, side),
             None => tokio::time::sleep(HELD_RETRY).await,
         }
@@ -92,7 +97,8 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         route = entry.pattern(),
         generation = pin.id()
     );
-    let params: Vec<(&str, Cow<'_, str>)> = match route
+    // On the stack for the usual few parameters and headers: no allocation per request.
+    let params: SmallVec<[(&str, Cow<'_, str>); 4]> = match route
         .params()
         .map(|(name, raw)| {
             percent_encoding::percent_decode_str(raw)
@@ -110,14 +116,14 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
             return stamped(error.into_response(), &pin, side, &context);
         }
     };
-    let params: Vec<PathParam<'_>> = params
+    let params: SmallVec<[PathParam<'_>; 4]> = params
         .iter()
         .map(|(name, value)| PathParam {
             name: (*name).into(),
             value: value.as_ref().into(),
         })
         .collect();
-    let header_list: Vec<HttpHeader<'_>> = headers
+    let header_list: SmallVec<[HttpHeader<'_>; 16]> = headers
         .iter()
         .map(|(name, value)| HttpHeader {
             name: name.as_str().into(),
@@ -146,7 +152,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     };
     let elapsed = started.elapsed();
     let response = match result {
-        Ok(reply) => into_response(reply, entry.label(), &context),
+        Ok(reply) => into_response(&reply, entry.label(), &context),
         Err(error) => span.in_scope(|| answer_failure(&error, &context).into_response()),
     };
     let status = response.status();
@@ -180,31 +186,33 @@ fn late(routes: &PluginRoutes, context: &RequestContext) -> CallError {
     }
 }
 
-/// A handler's reply as an HTTP response; one that is not valid HTTP is the plugin's bug (500).
-fn into_response(reply: Reply, route: &str, context: &RequestContext) -> Response {
-    let Reply {
-        status,
-        headers,
-        body,
-    } = reply;
-    let Ok(status) = StatusCode::from_u16(status) else {
+/// A handler's reply as an HTTP response (copied out of the plugin's memory); one that is not
+/// valid HTTP is the plugin's bug (500).
+fn into_response(reply: &Replied<'_>, route: &str, context: &RequestContext) -> Response {
+    let Ok(status) = StatusCode::from_u16(reply.status()) else {
+        let status = reply.status();
         tracing::error!(request_id = %context.id, route, status, "a route handler answered an invalid status");
         return invalid_reply(context);
     };
-    let mut response = Response::new(axum::body::Body::from(body));
+    let mut response = Response::new(axum::body::Body::from(Bytes::copy_from_slice(reply.body())));
     *response.status_mut() = status;
     let map = response.headers_mut();
-    map.reserve(headers.len());
-    for (name, value) in headers {
-        match (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_bytes(&value),
-        ) {
-            (Ok(name), Ok(value)) => {
+    // Room for a few of the handler's headers and the three graft adds.
+    map.reserve(8);
+    for header in reply.headers() {
+        let parsed = header.and_then(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name).ok()?,
+                HeaderValue::from_bytes(value).ok()?,
+            ))
+        });
+        match parsed {
+            Some((name, value)) => {
                 map.append(name, value);
             }
-            _ => {
-                let name = graft_host::bounded::truncate(&name, 64).into_owned();
+            None => {
+                let name = header.map(|(name, _)| String::from_utf8_lossy(name).into_owned());
+                let name = graft_host::bounded::Bounded(name.as_deref().unwrap_or("?")).to_string();
                 tracing::error!(request_id = %context.id, route, header = %name, "a route handler set an invalid header");
                 return invalid_reply(context);
             }
@@ -229,8 +237,6 @@ fn stamped(
     context: &RequestContext,
 ) -> Response {
     stamp(response.headers_mut(), generation.id(), side);
-    if let Ok(id) = HeaderValue::from_str(&context.id) {
-        response.headers_mut().insert(trace::REQUEST_ID_HEADER, id);
-    }
+    trace::stamp_id(response.headers_mut(), context);
     response
 }

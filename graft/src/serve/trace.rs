@@ -6,12 +6,11 @@
 //! the id and the log lines of a failed request carry it.
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use graft_host::RequestContext;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use graft_host::{RequestContext, TraceContext};
 
 /// The request and response header with the request's id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -19,35 +18,48 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The W3C trace context header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// The two headers above, parsed once (a lookup by `&str` parses the name every time).
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+
 /// The longest request id taken from a client.
 const MAX_REQUEST_ID: usize = 128;
 
 /// The context of a request with these headers, due by `deadline` from now.
 pub(crate) fn context(headers: &HeaderMap, deadline: Option<Duration>) -> Arc<RequestContext> {
     let id = headers
-        .get(REQUEST_ID_HEADER)
-        .map(|v| v.as_bytes())
+        .get(&REQUEST_ID)
+        .map(HeaderValue::as_bytes)
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
         .filter(|v| v.iter().all(|b| (0x21..=0x7e).contains(b)))
         .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(|| hex(&random_u128().to_be_bytes()[..8]), str::to_owned);
+        .map_or_else(|| hex(&random_u64().to_be_bytes()), str::to_owned);
     let parent = headers
-        .get(TRACEPARENT_HEADER)
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
-    let (trace_id, flags) =
-        parent.unwrap_or_else(|| (hex(&random_u128().to_be_bytes()), "00".into()));
-    let span_id = hex(&random_u128().to_be_bytes()[..8]);
+    let trace = TraceContext {
+        trace_id: parent.map_or_else(random_u128, |p| p.trace_id),
+        span_id: random_u64(),
+        flags: parent.map_or(0, |p| p.flags),
+    };
     Arc::new(RequestContext {
         id,
-        traceparent: format!("00-{trace_id}-{span_id}-{flags}"),
+        trace,
         deadline: deadline.map(|d| Instant::now() + d),
     })
 }
 
-/// The trace id and flags of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`,
-/// ids not all zeros).
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
+/// Names the request's id on its answer.
+pub(crate) fn stamp_id(headers: &mut HeaderMap, context: &RequestContext) {
+    if let Ok(id) = HeaderValue::from_str(&context.id) {
+        headers.insert(REQUEST_ID, id);
+    }
+}
+
+/// A valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not
+/// zero), as the caller sent it.
+fn parse_traceparent(value: &str) -> Option<TraceContext> {
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -60,19 +72,27 @@ fn parse_traceparent(value: &str) -> Option<(String, String)> {
         && version == "00"
         && lower_hex(trace, 32)
         && lower_hex(parent, 16)
-        && lower_hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then(|| (trace.to_owned(), flags.to_owned()))
+        && lower_hex(flags, 2);
+    let context = TraceContext {
+        trace_id: u128::from_str_radix(trace, 16).ok()?,
+        span_id: u64::from_str_radix(parent, 16).ok()?,
+        flags: u8::from_str_radix(flags, 16).ok()?,
+    };
+    (valid && context.trace_id != 0 && context.span_id != 0).then_some(context)
 }
 
+/// Lowercase hex of `bytes` (at most 16).
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buffer = [0u8; 32];
+    for (pair, b) in buffer.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+    let digits = &buffer[..2 * bytes.len().min(16)];
+    std::str::from_utf8(digits)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 thread_local! {
@@ -112,7 +132,8 @@ mod tests {
         headers.insert(REQUEST_ID_HEADER, "abc-123".parse().unwrap());
         let ctx = context(&headers, None);
         assert_eq!(ctx.id, "abc-123");
-        let parts: Vec<&str> = ctx.traceparent.split('-').collect();
+        let traceparent = ctx.trace.traceparent();
+        let parts: Vec<&str> = traceparent.split('-').collect();
         assert_eq!(parts[0], "00");
         assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(parts[2], "00f067aa0ba902b7");
@@ -132,12 +153,9 @@ mod tests {
             headers.insert(REQUEST_ID_HEADER, "has space".parse().unwrap());
             let ctx = context(&headers, Some(Duration::from_secs(1)));
             assert_eq!(ctx.id.len(), 16, "{bad}");
-            assert!(
-                parse_traceparent(&ctx.traceparent).is_some(),
-                "{}",
-                ctx.traceparent
-            );
-            assert!(!ctx.traceparent.contains("4bf92f"), "{bad}");
+            let traceparent = ctx.trace.traceparent();
+            assert!(parse_traceparent(&traceparent).is_some(), "{traceparent}");
+            assert!(!traceparent.contains("4bf92f"), "{bad}");
             assert!(ctx.deadline.is_some());
         }
         let (a, b) = (
