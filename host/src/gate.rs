@@ -54,10 +54,17 @@ impl Gate {
 
     /// Whether a pin just taken on `generation`, reaching `reach`, may be used: call after
     /// taking it.
+    ///
+    /// A pin on a generation a migrating release replaced is refused too: the request loaded
+    /// it before the switch and registered after the closer stopped waiting, so the gate it
+    /// sees open is the one the switch reopened. The closer retires the old generation before
+    /// it opens the gate, so a request that sees the gate open again sees the retirement.
     #[inline]
     pub(crate) fn admits(&self, generation: &Generation, reach: Reach) -> bool {
         fence(Ordering::SeqCst);
-        !self.closed.load(Ordering::SeqCst) || self.admits_while_closed(generation, reach)
+        let passes =
+            !self.closed.load(Ordering::SeqCst) || self.admits_while_closed(generation, reach);
+        passes && !generation.is_retired()
     }
 
     /// Whether the gate, closed now, lets a call reaching `reach` on `generation` through: it
@@ -94,5 +101,31 @@ impl Drop for Closed<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.gate.opened.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_generation_a_migrating_release_replaced_is_never_admitted_again() {
+        let gate = Gate::default();
+        let (old, new) = (
+            Generation::empty(Arc::default()),
+            Generation::empty(Arc::default()),
+        );
+        assert!(gate.admits(&old, Reach::ALL));
+        // The switch: closed, the old generation retired, opened again. A request that loaded
+        // the old generation before the switch and registers only now sees the gate open, and
+        // must still be turned away (to take the new one).
+        let closed = gate.close(vec!["counter".into()]);
+        old.retire();
+        drop(closed);
+        assert!(!gate.admits(&old, Reach::ALL));
+        assert!(!gate.admits(&old, Reach::NONE), "whatever it reaches");
+        assert!(gate.admits(&new, Reach::ALL));
     }
 }

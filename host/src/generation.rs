@@ -6,6 +6,7 @@
 //! request, and every import call those make, runs in that generation.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -58,6 +59,9 @@ pub struct Generation {
     pub(crate) calls: Arc<Calls>,
     /// When it went live, if it did.
     published: OnceLock<Instant>,
+    /// Replaced by a release that migrated state or tables: a pin taken on it from then on
+    /// would run on state the migration already read, so the gate admits none.
+    retired: AtomicBool,
     /// Dropped last: everything above may point into these libraries.
     plugins: Vec<Arc<LoadedPlugin>>,
 }
@@ -127,6 +131,7 @@ impl Generation {
             entries,
             report: linked.report,
             published: OnceLock::new(),
+            retired: AtomicBool::new(false),
             plugins,
             states,
             tables,
@@ -253,6 +258,16 @@ impl Generation {
 
     pub(crate) fn mark_published(&self) {
         let _ = self.published.set(Instant::now());
+    }
+
+    /// Marks it replaced by a migrating release (before the gate opens again).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a migrating release replaced it (see [`Gate::admits`](crate::gate)).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// How many owned pins hold it now: requests in flight on it.

@@ -79,11 +79,15 @@ impl Host {
             return Err(self.refused(DeployError::new(Step::Publish, None, None, cause)));
         }
         generation.mark_published();
-        self.current.store(Arc::clone(&generation));
+        let replaced = self.current.swap(Arc::clone(&generation));
         if let Some((closed, paused)) = closed {
+            // Before the gate opens: a request that loaded the old generation and passes the
+            // reopened gate must find it retired, and take the new one.
+            replaced.retire();
             drop(closed);
             report.pause = paused.elapsed();
         }
+        drop(replaced);
 
         report.elapsed = started.elapsed();
         report.go_live = linked + publishing.elapsed();
