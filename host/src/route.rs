@@ -412,26 +412,33 @@ impl OwnedPin {
         route: &Route<'_, '_>,
         request: &'a HttpRequest<'a>,
     ) -> RouteCall<'a> {
-        let entry = route.entry;
+        // The same entry, borrowed from this pin's generation (for `'a`): found by its
+        // address, and only there, since a route of another generation must not be called
+        // in this one.
+        let entries = &self.routes().entries;
+        let at = std::ptr::from_ref(route.entry)
+            .addr()
+            .wrapping_sub(entries.as_ptr().addr())
+            / std::mem::size_of::<RouteEntry>().max(1);
+        let Some(entry) = entries.get(at).filter(|e| std::ptr::eq(*e, route.entry)) else {
+            return RouteCall {
+                done: Some(Err(CallError::NotExported {
+                    contract: format!("route {}", route.entry.label),
+                    generation: self.id(),
+                })),
+                future: None,
+                pin: self,
+                label: "",
+                _request: PhantomData,
+            };
+        };
         let mut call = RouteCall {
             done: None,
             future: None,
             pin: self,
-            label: Arc::clone(&entry.label),
+            label: &entry.label,
             _request: PhantomData,
         };
-        let ours = self
-            .routes()
-            .entries
-            .as_ptr_range()
-            .contains(&std::ptr::from_ref(entry));
-        if !ours {
-            call.done = Some(Err(CallError::NotExported {
-                contract: format!("route {}", entry.label),
-                generation: self.id(),
-            }));
-            return call;
-        }
         let ctx = Context {
             table: self.link_table(),
             plugin: entry.plugin,
@@ -465,7 +472,8 @@ pub struct RouteCall<'a> {
     done: Option<Result<Replied<'a>, CallError>>,
     future: Option<RouteFuture>,
     pin: &'a OwnedPin,
-    label: Arc<str>,
+    /// The route's label, for errors.
+    label: &'a str,
     _request: PhantomData<&'a HttpRequest<'a>>,
 }
 

@@ -338,8 +338,10 @@ impl Response {
     ///
     /// When `value` cannot be encoded (a map with non-string keys).
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
-        let body =
-            serde_json::to_vec(value).map_err(|e| Error::with_kind(ErrorKind::BAD_OUTPUT, e))?;
+        // Room for a small document up front: growing from nothing reallocates several times.
+        let mut body = Vec::with_capacity(256);
+        serde_json::to_writer(&mut body, value)
+            .map_err(|e| Error::with_kind(ErrorKind::BAD_OUTPUT, e))?;
         Ok(Self::new(200)
             .header("content-type", "application/json")
             .body(body))

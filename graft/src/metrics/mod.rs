@@ -10,18 +10,19 @@
 //! so a server deployed to every minute for months does not grow without bound.
 
 mod routes;
+mod sharded;
+
+use sharded::{LatencyHistogram, ShardedCounter};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use graft_host::{DeployReport, Host};
@@ -61,8 +62,8 @@ const KEPT_GENERATIONS: usize = 32;
 #[derive(Debug)]
 struct GenerationMetrics {
     generation: u64,
-    requests: Counter,
-    errors: Counter,
+    requests: ShardedCounter,
+    errors: ShardedCounter,
     latency: LatencyHistogram,
 }
 
@@ -76,8 +77,8 @@ pub(crate) struct Metrics {
     /// The generations with request series, oldest first.
     served: Mutex<VecDeque<u64>>,
     registry: Registry,
-    requests: Family<GenerationLabel, Counter>,
-    errors: Family<GenerationLabel, Counter>,
+    requests: Family<GenerationLabel, ShardedCounter>,
+    errors: Family<GenerationLabel, ShardedCounter>,
     latency: Family<GenerationLabel, LatencyHistogram>,
     in_flight: Family<GenerationLabel, Gauge>,
     deploys: Family<ResultLabel, Counter>,
@@ -94,78 +95,11 @@ pub(crate) struct Metrics {
     routes: routes::RouteMetrics,
 }
 
-/// How many finite buckets a request latency histogram has: 50 µs, doubling, to about 1.6 s.
-const LATENCY_BUCKETS: usize = 16;
-const FIRST_BUCKET_SECONDS: f64 = 0.000_05;
-
-/// A request latency histogram that takes no lock: every request of every worker records into
-/// it, and prometheus-client's `Histogram` holds a mutex for each observation, which the
-/// workers then contend for (futex waits and wake-ups in a profile of `graft serve` under
-/// load). Buckets are fixed: 50 µs, doubling, then +Inf.
-#[derive(Debug, Clone, Default)]
-struct LatencyHistogram(Arc<LatencyCounts>);
-
-#[derive(Debug, Default)]
-struct LatencyCounts {
-    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let mut bound = FIRST_BUCKET_SECONDS;
-        let mut bucket = 0;
-        while bucket < LATENCY_BUCKETS && seconds > bound {
-            bound *= 2.0;
-            bucket += 1;
-        }
-        let counts = &self.0;
-        counts.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        counts.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        counts.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let counts = &self.0;
-        let mut bound = FIRST_BUCKET_SECONDS;
-        let buckets: Vec<(f64, u64)> = counts
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let upper = if i == LATENCY_BUCKETS {
-                    f64::INFINITY
-                } else {
-                    bound
-                };
-                bound *= 2.0;
-                (upper, n.load(Ordering::Relaxed))
-            })
-            .collect();
-        let sum = counts.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let count = counts.count.load(Ordering::Relaxed);
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
 impl Metrics {
     pub(crate) fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("graft");
-        let requests = Family::<GenerationLabel, Counter>::default();
-        let errors = Family::<GenerationLabel, Counter>::default();
+        let requests = Family::<GenerationLabel, ShardedCounter>::default();
+        let errors = Family::<GenerationLabel, ShardedCounter>::default();
         let latency = Family::<GenerationLabel, LatencyHistogram>::default();
         let in_flight = Family::<GenerationLabel, Gauge>::default();
         let deploys = Family::<ResultLabel, Counter>::default();

@@ -14,11 +14,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::LatencyHistogram;
+use super::sharded::{LatencyHistogram, ShardedCounter};
 use crate::rollout::Route as Side;
 
 /// The most series sets the cache keeps; past it, the oldest are dropped from the cache (not
@@ -64,14 +63,14 @@ impl RouteLabel {
 struct Series {
     label: RouteLabel,
     /// By status class, 1xx to 5xx, each made when first counted.
-    requests: [OnceLock<Counter>; 5],
+    requests: [OnceLock<ShardedCounter>; 5],
     latency: LatencyHistogram,
 }
 
 /// The per-route families and their cache.
 #[derive(Debug)]
 pub(super) struct RouteMetrics {
-    requests: Family<RouteStatusLabel, Counter>,
+    requests: Family<RouteStatusLabel, ShardedCounter>,
     latency: Family<RouteLabel, LatencyHistogram>,
     cache: ArcSwap<Vec<Arc<Series>>>,
     /// Every label set with series, to remove those of gone releases.
@@ -80,7 +79,7 @@ pub(super) struct RouteMetrics {
 
 impl RouteMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
-        let requests = Family::<RouteStatusLabel, Counter>::default();
+        let requests = Family::<RouteStatusLabel, ShardedCounter>::default();
         let latency = Family::<RouteLabel, LatencyHistogram>::default();
         registry.register(
             "http_requests",

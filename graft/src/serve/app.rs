@@ -172,7 +172,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
     let body = Bytes::from_request(request, &()).await;
-    let context = super::trace::context(&headers, route.deadline);
+    let context = super::trace::context(&headers, route.deadline.map(|d| started + d));
     let span = tracing::info_span!(
         "request",
         request_id = %context.id,
@@ -291,7 +291,20 @@ pub(super) fn side_of<'h>(
 
 /// Names the generation that answered, and the canary side, on a response.
 pub(super) fn stamp(headers: &mut HeaderMap, generation: u64, side: Side) {
-    headers.insert(GENERATION, HeaderValue::from(generation));
+    thread_local! {
+        /// The header value of the generation this thread answered from last: made once per
+        /// generation and thread, cloned per answer (no formatting, no allocation).
+        static LAST: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static("0"))) };
+    }
+    let value = LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != generation {
+            *last = (generation, HeaderValue::from(generation));
+        }
+        last.1.clone()
+    });
+    headers.insert(GENERATION, value);
     if side == Side::Canary {
         headers.insert(ROUTE, HeaderValue::from_static("canary"));
     }

@@ -278,22 +278,22 @@ impl Server {
             rollouts: Arc::clone(&rollouts),
             metrics: Arc::clone(&metrics),
         });
-        let plugin_routes =
-            axum::routing::any(routes::serve).with_state(Arc::new(routes::PluginRoutes {
-                host: Arc::clone(&host),
-                rollouts: Arc::clone(&rollouts),
-                metrics: Arc::clone(&metrics),
-                deadline: Duration::from_millis(config.route_timeout_ms),
-            }));
+        let plugin_routes = Arc::new(routes::PluginRoutes {
+            host: Arc::clone(&host),
+            rollouts: Arc::clone(&rollouts),
+            metrics: Arc::clone(&metrics),
+            deadline: Duration::from_millis(config.route_timeout_ms),
+        });
         let app = app::router(
             &host,
             &metrics,
             &rollouts,
             &config.routes,
             inline_budget,
-            plugin_routes,
+            axum::routing::any(routes::serve).with_state(Arc::clone(&plugin_routes)),
         )
         .map_err(ServeError::Route)?;
+        let direct = routes::direct(plugin_routes, &config.routes).map_err(ServeError::Route)?;
         let admin = admin::router(
             admin::Admin {
                 host: Arc::clone(&host),
@@ -328,12 +328,14 @@ impl Server {
         let app = tokio::spawn(listen::serve(
             app_listener,
             app,
+            Some(direct),
             app_limits,
             stopped.clone(),
         ));
         let admin = admin_runtime.handle().spawn(listen::serve(
             admin_listener,
             admin,
+            None,
             admin_limits,
             stopped,
         ));

@@ -31,6 +31,7 @@ use crate::rollout::{Rollouts, Route as Side};
 use super::app::{
     answer_failure, method_not_allowed, not_found, rejected_body, side_of, stamp, HELD_RETRY,
 };
+use super::listen::Direct;
 use super::trace;
 
 /// What every request to a plugin route shares.
@@ -42,6 +43,27 @@ pub(super) struct PluginRoutes {
     pub(super) deadline: Duration,
 }
 
+/// The plugins' routes as the listener calls them for every request no `[[route]]` path takes
+/// (skipping the router's layers; the router keeps them as its fallback too).
+pub(super) fn direct(
+    routes: Arc<PluginRoutes>,
+    configured: &[crate::config::Route],
+) -> Result<Arc<Direct>, String> {
+    let mut paths = matchit::Router::new();
+    let mut seen = std::collections::HashSet::new();
+    for route in configured {
+        if seen.insert(route.path.as_str()) {
+            paths
+                .insert(route.path.clone(), ())
+                .map_err(|e| format!("route path {}: {e}", route.path))?;
+        }
+    }
+    Ok(Arc::new(Direct {
+        configured: paths,
+        serve: Box::new(move |request| Box::pin(serve(State(Arc::clone(&routes)), request))),
+    }))
+}
+
 /// One request to a route some plugin of the pinned generation declares.
 pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let started = Instant::now();
@@ -49,7 +71,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     let method = request.method().clone();
     let uri = std::mem::take(request.uri_mut());
     let headers = std::mem::take(request.headers_mut());
-    let context = trace::context(&headers, Some(routes.deadline));
+    let context = trace::context(&headers, Some(started + routes.deadline));
     // The body first: a slow client must not hold a generation (and a migration) while it
     // sends.
     let body = if request.body().is_end_stream() {

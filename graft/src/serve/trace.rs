@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use graft_host::{RequestContext, TraceContext};
@@ -25,8 +25,8 @@ const TRACEPARENT: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 /// The longest request id taken from a client.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The context of a request with these headers, due by `deadline` from now.
-pub(crate) fn context(headers: &HeaderMap, deadline: Option<Duration>) -> Arc<RequestContext> {
+/// The context of a request with these headers, due by `deadline`.
+pub(crate) fn context(headers: &HeaderMap, deadline: Option<Instant>) -> Arc<RequestContext> {
     let id = headers
         .get(&REQUEST_ID)
         .map(HeaderValue::as_bytes)
@@ -46,7 +46,7 @@ pub(crate) fn context(headers: &HeaderMap, deadline: Option<Duration>) -> Arc<Re
     Arc::new(RequestContext {
         id,
         trace,
-        deadline: deadline.map(|d| Instant::now() + d),
+        deadline,
     })
 }
 
@@ -122,6 +122,8 @@ fn random_u128() -> u128 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -151,7 +153,7 @@ mod tests {
         ] {
             headers.insert(TRACEPARENT_HEADER, bad.parse().unwrap());
             headers.insert(REQUEST_ID_HEADER, "has space".parse().unwrap());
-            let ctx = context(&headers, Some(Duration::from_secs(1)));
+            let ctx = context(&headers, Some(Instant::now() + Duration::from_secs(1)));
             assert_eq!(ctx.id.len(), 16, "{bad}");
             let traceparent = ctx.trace.traceparent();
             assert!(parse_traceparent(&traceparent).is_some(), "{traceparent}");
