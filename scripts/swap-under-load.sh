@@ -95,6 +95,18 @@ start() {
   echo "graft serve did not start; log:" >&2; cat "$work/serve.log" >&2; exit 1
 }
 
+# What both scripts end with: one RESULT line, summed over wrk's threads (each counts
+# `mixed` and `bad`: answers other than the script expects).
+cat >"$work/done.lua" <<'EOF'
+function done(summary, latency, requests)
+  local m, b = 0, 0
+  for _, t in ipairs(threads) do m = m + t:get("mixed"); b = b + t:get("bad") end
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d duration_us=%d\n",
+    summary.requests, b, e.connect + e.read + e.write + e.timeout, m, summary.duration))
+end
+EOF
+
 cat >"$work/check.lua" <<'EOF'
 -- One request in SLOW_EVERY (the script's argument; 0 for none) is slow, the others fast;
 -- every response must be 2xx and unmixed.
@@ -118,13 +130,6 @@ function response(status, headers, body)
   local b = body:match('"bar":"(%d+)%.')
   local r = body:match('"frob":"(%d+)%.')
   if f == nil or f ~= b or b ~= r then mixed = mixed + 1 end
-end
-function done(summary, latency, requests)
-  local m, b = 0, 0
-  for _, t in ipairs(threads) do m = m + t:get("mixed"); b = b + t:get("bad") end
-  local e = summary.errors
-  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d duration_us=%d\n",
-    summary.requests, b, e.connect + e.read + e.write + e.timeout, m, summary.duration))
 end
 EOF
 
@@ -157,14 +162,10 @@ function response(status, headers, body)
   local counted = body:find('"words":', 1, true) ~= nil
   if counted ~= v2 then mixed = mixed + 1 end
 end
-function done(summary, latency, requests)
-  local m, b = 0, 0
-  for _, t in ipairs(threads) do m = m + t:get("mixed"); b = b + t:get("bad") end
-  local e = summary.errors
-  io.write(string.format("RESULT requests=%d non2xx=%d socket_errors=%d mixed=%d duration_us=%d\n",
-    summary.requests, b, e.connect + e.read + e.write + e.timeout, m, summary.duration))
-end
 EOF
+
+cat "$work/done.lua" >>"$work/check.lua"
+cat "$work/done.lua" >>"$work/notes.lua"
 
 cat >"$work/deployer.py" <<'PY'
 # deployer.py PORT WORK SECONDS INTERVAL_MS COUNT_FILE: deploys v2 and v1 alternately through

@@ -11,7 +11,7 @@ use std::time::Duration;
 use graft::serve::{Server, GENERATION_HEADER, REQUEST_ID_HEADER};
 use graft_host::{DisplayChain, Host, Step};
 
-use crate::serve::{agent, in_process_with};
+use crate::serve::{agent, in_process_with, metrics_text};
 use crate::util::{run_graft, Env};
 
 /// A graft.toml serving `release` (a directory under `releases/`), with these lines at the
@@ -193,7 +193,7 @@ fn graft_check_lists_routes_and_links_imports_of_host_services() {
 }
 
 #[test]
-fn a_route_two_parties_claim_or_a_bad_pattern_is_refused_at_link_naming_both() {
+fn a_route_a_graft_toml_route_claims_too_is_refused_at_link_naming_both() {
     let env = Env::new();
     let host = Host::builder(env.path("data"))
         .reserve_route("*", "/ping", "graft.toml [[route]] POST /ping")
@@ -369,13 +369,7 @@ fn metrics_after_five_deploys_have_per_route_series_and_none_for_generations_tha
         assert_eq!(get(&format!("{base}/notes/1/nothing")).0, 404);
     }
     server.host().flush_unloads();
-    let text = agent()
-        .get(&format!("http://{}/metrics", server.admin_addr()))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = metrics_text(&server);
     let live = server.host().current();
     let release = live.release().unwrap();
     assert_eq!(release, "v2");

@@ -76,13 +76,18 @@ pub(crate) fn agent() -> ureq::Agent {
     )
 }
 
-/// Checks that the server's `/metrics` has each of these lines.
-pub(crate) fn assert_metrics(server: &Server, expected: &[&str]) {
+/// The server's `/metrics` text.
+pub(crate) fn metrics_text(server: &Server) -> String {
     let mut response = agent()
         .get(&format!("http://{}/metrics", server.admin_addr()))
         .call()
         .unwrap();
-    let metrics = response.body_mut().read_to_string().unwrap();
+    response.body_mut().read_to_string().unwrap()
+}
+
+/// Checks that the server's `/metrics` has each of these lines.
+pub(crate) fn assert_metrics(server: &Server, expected: &[&str]) {
+    let metrics = metrics_text(server);
     for expected in expected {
         assert!(
             metrics.contains(expected),
@@ -269,13 +274,7 @@ fn deploy_and_rollback_through_the_admin_api() {
         ],
     );
     // Generation 2 is gone (rolled back from, drained): its series went with it.
-    let metrics = agent()
-        .get(&format!("http://{}/metrics", server.admin_addr()))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics_text(&server);
     assert!(!metrics.contains("generation=\"2\""), "{metrics}");
     assert!(runtime.block_on(server.shutdown()).is_clean());
 }

@@ -246,15 +246,7 @@ pub(super) fn answer_failure(error: &CallError, context: &RequestContext) -> Api
     let mut answer = ApiError::from(error);
     if answer.status().is_server_error() {
         tracing::warn!(request_id = %context.id, error = %graft_host::DisplayChain(error), "request failed");
-        answer.message = format!(
-            "the request failed ({}); the server log has the details under request id {}",
-            answer
-                .status()
-                .canonical_reason()
-                .unwrap_or("server error")
-                .to_ascii_lowercase(),
-            context.id
-        );
+        answer = server_error(answer.error, context);
     } else {
         tracing::debug!(request_id = %context.id, error = %error, "request refused");
         // The client's own mistake: the plugin's words, without the server's wrapping.
@@ -265,6 +257,18 @@ pub(super) fn answer_failure(error: &CallError, context: &RequestContext) -> Api
         }
     }
     answer
+}
+
+/// A server error as a client sees it: its code, and the request id the log has the details
+/// under.
+pub(super) fn server_error(code: ErrorCode, context: &RequestContext) -> ApiError {
+    let reason = code.status().canonical_reason().unwrap_or("server error");
+    let message = format!(
+        "the request failed ({}); the server log has the details under request id {}",
+        reason.to_ascii_lowercase(),
+        context.id
+    );
+    ApiError::new(code, message)
 }
 
 /// Which side of a rollout a request goes to: its sticky key and the side it forces. Without

@@ -29,7 +29,8 @@ use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
 
 use super::app::{
-    answer_failure, method_not_allowed, not_found, rejected_body, side_of, stamp, HELD_RETRY,
+    answer_failure, method_not_allowed, not_found, rejected_body, server_error, side_of, stamp,
+    HELD_RETRY,
 };
 use super::listen::Direct;
 use super::trace;
@@ -169,7 +170,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         let call = graft_host::in_request(Arc::clone(&context), call).instrument(span.clone());
         match tokio::time::timeout(routes.deadline, call).await {
             Ok(result) => result,
-            Err(_) => Err(late(&routes, &context)),
+            Err(_) => Err(late(&routes, &context, pin.id(), entry.label())),
         }
     };
     let elapsed = started.elapsed();
@@ -197,12 +198,17 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
 
 /// The error a call past the request's deadline is answered with (the async call was dropped,
 /// which cancels it).
-fn late(routes: &PluginRoutes, context: &RequestContext) -> CallError {
+fn late(
+    routes: &PluginRoutes,
+    context: &RequestContext,
+    generation: u64,
+    route: &str,
+) -> CallError {
     let deadline_ms = u64::try_from(routes.deadline.as_millis()).unwrap_or(u64::MAX);
-    tracing::warn!(request_id = %context.id, deadline_ms, "route handler past its deadline; cancelled");
+    tracing::warn!(request_id = %context.id, route, deadline_ms, "route handler past its deadline; cancelled");
     CallError::Plugin {
-        contract: "the route".into(),
-        generation: 0,
+        contract: format!("route {route}"),
+        generation,
         kind: graft_host::ErrorKind::UNAVAILABLE,
         message: format!("past the request's deadline ({deadline_ms} ms, route_timeout_ms)"),
     }
@@ -244,11 +250,7 @@ fn into_response(reply: &Replied<'_>, route: &str, context: &RequestContext) -> 
 }
 
 fn invalid_reply(context: &RequestContext) -> Response {
-    let message = format!(
-        "the request failed; the server log has the details under request id {}",
-        context.id
-    );
-    ApiError::new(ErrorCode::BadOutput, message).into_response()
+    server_error(ErrorCode::BadOutput, context).into_response()
 }
 
 /// Adds the generation, the side and the request id to a response.
