@@ -187,6 +187,8 @@ pub enum ErrorCode {
     Conflict,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge,
+    /// The request body is of a content type the endpoint does not take (415).
+    UnsupportedMediaType,
     /// The request body did not arrive within `body_timeout_ms` (408).
     RequestTimeout,
     /// The route is at its concurrency limit (`max_in_flight`); retry later (503).
@@ -229,6 +231,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::DeployRejected | Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable | Self::Overloaded | Self::DeadlineExceeded => {

@@ -25,18 +25,28 @@ use graft_host::DisplayChain;
 pub fn pack(dir: &Path) -> Result<Vec<u8>, ManifestError> {
     let manifest = Manifest::load(dir)?;
     let mut builder = tar::Builder::new(Vec::new());
+    let mut total = 0_u64;
     let mut add = |name: &Path| {
         let path = dir.join(name);
-        let bytes = fs::read(&path).map_err(|source| ManifestError::Read {
+        let read = |source| ManifestError::Read {
             path: path.clone(),
             source,
-        })?;
+        };
+        let file = graft_host::input::open_regular(&path).map_err(read)?;
+        let len = file.metadata().map_err(read)?.len();
+        total = total.saturating_add(len);
+        let limit = BundleLimits::default().max_bytes;
+        if total > limit {
+            let message =
+                format!("the bundle would be larger than {limit} bytes, the most a host unpacks");
+            return Err(read(io::Error::new(io::ErrorKind::FileTooLarge, message)));
+        }
         let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
+        header.set_size(len);
         header.set_mode(0o644);
         builder
-            .append_data(&mut header, name, bytes.as_slice())
-            .map_err(|source| ManifestError::Read { path, source })
+            .append_data(&mut header, name, io::Read::take(file, len))
+            .map_err(read)
     };
     add(Path::new(MANIFEST))?;
     if dir.join(SIGNATURE).is_file() {

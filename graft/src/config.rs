@@ -188,6 +188,43 @@ impl TableConfig {
 /// The fewest characters an admin token may have: a short one is guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
+/// Checks a secret token (`what` names where it came from), the same wherever it is given (in
+/// `graft.toml`, the environment, a CLI flag): never empty (leave it out for none), no
+/// surrounding whitespace (a trailing newline read from a file would make it never match), only
+/// visible ASCII (what an HTTP header carries: no control or invisible characters such as a
+/// zero-width space), at least [`MIN_TOKEN_CHARS`] long.
+///
+/// # Errors
+///
+/// A message saying which rule it breaks (never quoting the token).
+pub fn check_token(token: &str, what: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(format!(
+            "{what} is empty: leave it out (unset the variable) for no token, or give one of at \
+             least {MIN_TOKEN_CHARS} characters"
+        ));
+    }
+    if token.trim() != token {
+        return Err(format!(
+            "{what} has surrounding whitespace (a trailing newline from a file?): a token is \
+             compared byte for byte, so it would never match; strip it"
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} may hold only visible ASCII characters (letters, digits, punctuation): it has \
+             a space, a control character or a non-ASCII one (such as a zero-width space)"
+        ));
+    }
+    let chars = token.len();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "{what} must be at least {MIN_TOKEN_CHARS} characters; it has {chars}"
+        ));
+    }
+    Ok(())
+}
+
 /// `[admin]`: the admin API's address and token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,6 +358,9 @@ pub enum ConfigError {
     },
 }
 
+/// The largest `graft.toml` read (1 MiB): a config is a page of text, not a stream.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl ServeConfig {
     /// Reads `graft.toml`, resolving relative paths against its directory.
     ///
@@ -328,10 +368,13 @@ impl ServeConfig {
     ///
     /// [`ConfigError`] if it is unreadable, malformed or invalid.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            graft_host::input::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         let invalid = |reason: String| ConfigError::Invalid {
             path: path.to_owned(),
             reason,
@@ -345,22 +388,29 @@ impl ServeConfig {
         config.release = config.release.map(|r| base.join(r));
         config.watch = config.watch.map(|w| base.join(w));
         if config.admin.token.is_none() {
-            config.admin.token = std::env::var(ADMIN_TOKEN_ENV)
-                .ok()
-                .filter(|t| !t.is_empty());
+            config.admin.token = match std::env::var(ADMIN_TOKEN_ENV) {
+                Ok(token) => Some(token),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(invalid(format!("{ADMIN_TOKEN_ENV} is not UTF-8")))
+                }
+            };
         }
         config.validate().map_err(invalid)?;
+        if config.rollout.force_token.is_none() {
+            config.rollout.force_token = config.admin.token.clone();
+        }
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), String> {
-        if let Some(token) = &self.admin.token {
-            let chars = token.trim().chars().count();
-            if chars < MIN_TOKEN_CHARS {
-                return Err(format!(
-                    "admin.token must be at least {MIN_TOKEN_CHARS} characters (not counting \
-                     surrounding spaces); it has {chars}"
-                ));
+        let tokens = [
+            ("admin.token (or GRAFT_ADMIN_TOKEN)", &self.admin.token),
+            ("rollout.force_token", &self.rollout.force_token),
+        ];
+        for (what, token) in tokens {
+            if let Some(token) = token {
+                check_token(token, what)?;
             }
         }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
@@ -398,8 +448,16 @@ impl ServeConfig {
                     .into(),
             );
         }
-        if self.route_timeout_ms == 0 {
-            return Err("route_timeout_ms must be at least 1".into());
+        // A zero here would refuse every request (or every connection), never what was meant.
+        for (name, value) in [
+            ("route_timeout_ms", self.route_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
         }
         self.http_client.validate()?;
         check_routes(&self.routes)
@@ -423,6 +481,18 @@ fn check_routes(routes: &[Route]) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         graft_host::route::check_pattern(&route.path)?;
         let method = route.method.to_ascii_uppercase();
+        if route.max_in_flight == Some(0) || route.timeout_ms == Some(0) {
+            let what = if route.timeout_ms == Some(0) {
+                "timeout_ms"
+            } else {
+                "max_in_flight"
+            };
+            return Err(format!(
+                "route {method} {:?}: {what} = 0 would answer every request 503; it must be at \
+                 least 1 (leave it out for no limit)",
+                quoted()
+            ));
+        }
         if !seen.insert((method.clone(), route.path.clone())) {
             return Err(format!("two routes for {method} {:?}", quoted()));
         }

@@ -83,7 +83,8 @@ pub fn read_hosts(path: &Path) -> Result<Vec<FleetHost>, FleetError> {
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let text = graft_host::input::read_text_bounded(path, crate::config::MAX_CONFIG_BYTES)
+        .map_err(|e| invalid(e.to_string()))?;
     let file: HostsFile = toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
     if file.host.is_empty() {
         return Err(invalid("no [[host]] entries".into()));

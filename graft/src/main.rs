@@ -68,6 +68,10 @@ impl Admin {
             }
             (None, None) => DEFAULT_ADMIN.to_owned(),
         };
+        if let Some(token) = &self.token {
+            graft::config::check_token(token, "--token (or GRAFT_ADMIN_TOKEN)")
+                .map_err(anyhow::Error::msg)?;
+        }
         let token = self
             .token
             .clone()

@@ -40,12 +40,13 @@ pub fn public_path(secret: &Path) -> PathBuf {
 ///
 /// If the key or the manifest cannot be read or is invalid, or the signature cannot be written.
 pub fn sign(dir: &Path, key: &Path) -> anyhow::Result<TrustedKey> {
-    let text = std::fs::read_to_string(key)
+    let text = graft_host::input::read_text_bounded(key, 4096)
         .with_context(|| format!("reading the secret key {}", key.display()))?;
     let key = SecretKey::parse(&text).with_context(|| format!("in {}", key.display()))?;
     let manifest = dir.join(MANIFEST);
-    let bytes =
-        std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let limit = graft_host::release::Limits::default().max_manifest_bytes;
+    let bytes = graft_host::input::read_bounded(&manifest, limit)
+        .with_context(|| format!("reading {}", manifest.display()))?;
     Manifest::read_within(bytes.as_slice(), &manifest, &Default::default())?;
     let signature = dir.join(SIGNATURE);
     graft_host::atomic_file::write(&signature, key.sign(&bytes).as_bytes())

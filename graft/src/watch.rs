@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use graft_host::bounded::BoundedPath;
 use graft_host::release::{Manifest, MANIFEST};
-use graft_host::{sha256_hex, DeployReport};
+use graft_host::{sha256_hex, sha256_hex_of, DeployReport};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
@@ -144,14 +144,17 @@ fn ready(path: &Path) -> Result<Ready, String> {
     for plugin in &manifest.plugins {
         let file = dir.join(&plugin.file);
         let before = stamp(&file)?;
-        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+        let opened = graft_host::input::open_regular(&file).map_err(|e| failed(&e))?;
+        let sha256 = sha256_hex_of(&opened).map_err(|e| failed(&e))?;
         if stamp(&file)? != before {
             return Err(format!("{} is still changing", file.display()));
         }
-        if sha256_hex(&bytes) != plugin.sha256 {
+        if sha256 != plugin.sha256 {
             return Err(format!("{} does not match its sha256 yet", file.display()));
         }
-        graft_host::elf::check(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let len = opened.metadata().map_err(|e| failed(&e))?.len();
+        graft_host::elf::check_file(&opened, len).map_err(|e| failed(&e))?;
         fingerprint.push_str(&plugin.sha256);
     }
     Ok(Ready {

@@ -12,6 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory).
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (dir, file_name) = split(path)?;
+    write_temp(dir, &file_name.to_string_lossy(), bytes)?.persist(path)
+}
+
+/// A path's directory (`.` if it has none) and file name.
+fn split(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -22,26 +28,51 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             format!("{} has no file name", path.display()),
         )
     })?;
-    write_temp(dir, &file_name.to_string_lossy(), bytes)?.persist(path)
+    Ok((dir, file_name))
+}
+
+/// Copies the regular file `from` to `to` atomically, as [`write`] does, without holding it in
+/// memory; returns the sha256 of the bytes written.
+pub(crate) fn copy(from: &Path, to: &Path) -> io::Result<String> {
+    use std::io::{Read as _, Seek as _};
+    let mut source = crate::input::open_regular(from)?;
+    let (dir, file_name) = split(to)?;
+    let (mut file, temp) = create_temp(dir, &file_name.to_string_lossy())?;
+    let len = io::copy(&mut source, &mut file)?;
+    file.sync_all()?;
+    file.rewind()?;
+    let sha256 = crate::stage::sha256_hex_of((&file).take(len))?;
+    temp.persist(to)?;
+    Ok(sha256)
 }
 
 /// Writes `bytes` to a new temp file in `dir` (named after `name`) and flushes it to disk; the
 /// caller then [persists](Temp::persist) it under its final name, in the same directory.
 pub(crate) fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<Temp> {
+    let (mut file, temp) = create_temp(dir, name)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(temp)
+}
+
+/// A new, empty temp file in `dir` (named after `name`), open for reading and writing; the
+/// caller writes it, flushes it (`sync_all`) and [persists](Temp::persist) it.
+pub(crate) fn create_temp(dir: &Path, name: &str) -> io::Result<(File, Temp)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(format!(
         ".{name}.tmp-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut file = File::create(&path)?;
-    let temp = Temp(Some(path));
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(temp)
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((file, Temp(Some(path))))
 }
 
-/// A flushed temp file; removed when dropped unless persisted.
+/// A temp file; removed when dropped unless persisted.
 #[derive(Debug)]
 pub(crate) struct Temp(Option<PathBuf>);
 

@@ -6,7 +6,7 @@
 //! the file, and the file must be a shared object for this machine's architecture.
 
 use object::read::elf::{ElfFile64, ProgramHeader as _};
-use object::{Architecture, Endianness, Object, ObjectKind};
+use object::{Architecture, Endianness, Object, ObjectKind, ReadCache, ReadRef};
 
 /// Why a file is not a loadable shared library.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,21 @@ pub enum ElfError {
 ///
 /// [`ElfError`] saying what the file is instead.
 pub fn check(bytes: &[u8]) -> Result<(), ElfError> {
-    let file = ElfFile64::<Endianness>::parse(bytes).map_err(ElfError::Parse)?;
+    check_data(bytes, bytes.len() as u64)
+}
+
+/// [`check`] of an open file of `len` bytes, reading only the headers it needs (not the whole
+/// file).
+///
+/// # Errors
+///
+/// As [`check`].
+pub fn check_file(file: &std::fs::File, len: u64) -> Result<(), ElfError> {
+    check_data(&ReadCache::new(file), len)
+}
+
+fn check_data<'data, R: ReadRef<'data>>(data: R, len: u64) -> Result<(), ElfError> {
+    let file = ElfFile64::<Endianness, R>::parse(data).map_err(ElfError::Parse)?;
     if file.kind() != ObjectKind::Dynamic {
         return Err(ElfError::NotShared(file.kind()));
     }
@@ -55,7 +69,7 @@ pub fn check(bytes: &[u8]) -> Result<(), ElfError> {
         });
     }
     let endian = file.endian();
-    let len = bytes.len() as u64;
+
     for header in file.elf_program_headers() {
         let end = header
             .p_offset(endian)

@@ -145,6 +145,10 @@ pub enum DeployCause {
         /// The generation current at publish.
         current: u64,
     },
+    /// The next generation id would pass 2^53 - 1 (the data directory's
+    /// `generations` file or release record says ids that high were used).
+    #[error("generation ids are used up: the next would be {0}, past 2^53 - 1 (the largest a JSON client reads exactly); DATA/generations or the release record was tampered with")]
+    GenerationIds(u64),
     /// There is no earlier release to roll back to.
     #[error("no earlier release to roll back to")]
     NothingToRollBack,

@@ -5,7 +5,8 @@
 //! travels through them (see `docs/architecture.md`):
 //!
 //! - [`release`]: the `release.toml` manifest and its [`Limits`](release::Limits); `stage`:
-//!   checksums and staged copies under unique names.
+//!   checksums and staged copies under unique names, streamed; [`input`]: only regular files
+//!   are read (a FIFO or a device is refused before any blocking `open`), within bounds.
 //! - `loader` (`unsafe`, with `typed`): `dlopen`, API-version gate, layout and panic-strategy
 //!   checks; `types`: contract types as fingerprints; `registry`: one library per build;
 //!   `init`: initialisers on threads of their own, under a deadline.
@@ -70,6 +71,7 @@ mod hook;
 mod host;
 mod ids;
 mod init;
+pub mod input;
 mod keyset;
 pub mod link;
 mod loader;
@@ -113,7 +115,7 @@ pub use request::{
     current_request, in_request, with_request, InRequest, RequestContext, TraceContext,
 };
 pub use services::{set_async_services, AsyncServices, BoxFuture};
-pub use stage::sha256_hex;
+pub use stage::{sha256_hex, sha256_hex_of};
 pub use table::{Durability, TableSettings};
 pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use crate::atomic_file;
 use crate::bounded::{Bounded, BoundedPath};
 use crate::decl::check_plugin_name;
-use crate::stage::sha256_hex;
 
 /// The manifest's file name inside a release directory.
 pub const MANIFEST: &str = "release.toml";
@@ -73,7 +72,7 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// A label for the release.
+    /// A label for the release: at most [`MAX_RELEASE_NAME`] bytes, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Whether the release is the whole plugin set (nothing carries over).
@@ -147,6 +146,32 @@ pub enum ManifestError {
     },
 }
 
+/// The longest release name, in bytes: a label for people and metrics, not a document.
+pub const MAX_RELEASE_NAME: usize = 128;
+
+/// Checks a release name: 1 to [`MAX_RELEASE_NAME`] bytes, no control characters (it is shown in
+/// logs, status, metrics labels and response headers).
+///
+/// # Errors
+///
+/// A message saying why not, quoting a bounded slice of it.
+pub fn check_release_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_RELEASE_NAME {
+        return Err(format!(
+            "release name {} has {} bytes; use 1 to {MAX_RELEASE_NAME}",
+            Bounded(name),
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "release name {:?} has a control character",
+            Bounded(name).to_string()
+        ));
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Reads and validates `DIR/release.toml` within the default [`Limits`].
     ///
@@ -164,7 +189,7 @@ impl Manifest {
     /// As [`Manifest::load`].
     pub fn load_within(dir: &Path, limits: &Limits) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST);
-        let file = fs::File::open(&path).map_err(|source| match source.kind() {
+        let file = crate::input::open_regular(&path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => ManifestError::Missing {
                 dir: dir.to_owned(),
             },
@@ -224,6 +249,9 @@ impl Manifest {
         }
         if self.plugins.is_empty() && self.remove.is_empty() {
             return Err("it names no plugin and removes none".into());
+        }
+        if let Some(name) = &self.name {
+            check_release_name(name)?;
         }
         let mut shipped = HashSet::with_capacity(self.plugins.len());
         for plugin in &self.plugins {
@@ -322,18 +350,17 @@ pub fn write_release(
         plugins: Vec::new(),
     };
     for (name, library) in plugins {
-        let bytes = fs::read(library)?;
         let file = PathBuf::from(library.file_name().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} has no file name", library.display()),
             )
         })?);
-        atomic_file::write(&dir.join(&file), &bytes)?;
+        let sha256 = atomic_file::copy(library, &dir.join(&file))?;
         manifest.plugins.push(ManifestPlugin {
             name: (*name).to_owned(),
             file,
-            sha256: sha256_hex(&bytes),
+            sha256,
         });
     }
     let text =
@@ -397,6 +424,9 @@ mod tests {
                 "listed twice",
             ),
             ("remove = [\"Bad Name\"]", "invalid plugin name"),
+            (&*format!("name = \"{}\"\nremove = [\"foo\"]", "x".repeat(4096)), "has 4096 bytes; use 1 to 128"),
+            ("name = \"a\\u001b[31mred\"\nremove = [\"foo\"]", "control character"),
+            ("name = \"\"\nremove = [\"foo\"]", "use 1 to 128"),
         ];
         for (text, expected) in cases {
             let err = load(text).unwrap_err().to_string();

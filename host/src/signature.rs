@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 use crate::bounded::Bounded;
 
@@ -44,6 +44,9 @@ pub enum SignatureError {
         /// The text refused (empty for a secret key).
         text: String,
     },
+    /// A public key of small order: signatures "by" it can be forged without any secret key.
+    #[error("a weak ed25519 key (of small order: anyone can forge a signature it verifies): {}", Bounded(.0))]
+    WeakKey(String),
     /// The release has no signature file.
     #[error("the release is not signed (no {})", crate::release::SIGNATURE)]
     Unsigned,
@@ -73,16 +76,19 @@ impl TrustedKey {
     ///
     /// # Errors
     ///
-    /// [`SignatureError::Key`] if it is not one.
+    /// [`SignatureError::Key`] if it is not one, [`SignatureError::WeakKey`] if it is a key of
+    /// small order (such as 32 zero bytes), under which signatures can be forged.
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
         let refused = || SignatureError::Key {
             prefix: PUBLIC,
             text: text.to_owned(),
         };
         let bytes = decode::<32>(text, PUBLIC).ok_or_else(refused)?;
-        VerifyingKey::from_bytes(&bytes)
-            .map(Self)
-            .map_err(|_| refused())
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| refused())?;
+        if key.is_weak() {
+            return Err(SignatureError::WeakKey(text.to_owned()));
+        }
+        Ok(Self(key))
     }
 }
 
@@ -145,7 +151,8 @@ impl fmt::Debug for SecretKey {
 }
 
 /// Checks that `signature` (a signature file's text, `None` if there is none) is valid over
-/// `manifest` under one of `trusted`.
+/// `manifest` under one of `trusted`, strictly (RFC 8032 with no small-order component in the
+/// key or the signature's `R`, and a canonical `s`): a signature of zeros never verifies.
 ///
 /// # Errors
 ///
@@ -161,7 +168,7 @@ pub fn verify(
     let signature = Signature::from_bytes(&bytes);
     if trusted
         .iter()
-        .any(|key| key.0.verify(manifest, &signature).is_ok())
+        .any(|key| key.0.verify_strict(manifest, &signature).is_ok())
     {
         Ok(())
     } else {
@@ -219,5 +226,28 @@ mod tests {
         assert!(TrustedKey::parse("ed25519:1234").is_err());
         assert!(TrustedKey::parse(&key.to_line()).is_err());
         assert!(SecretKey::parse(&key.public().to_string()).is_err());
+    }
+
+    #[test]
+    fn a_small_order_key_is_refused_and_a_forged_signature_of_zeros_never_verifies() {
+        let zeros = format!("{PUBLIC}{}", "0".repeat(64));
+        assert!(
+            matches!(TrustedKey::parse(&zeros), Err(SignatureError::WeakKey(_))),
+            "{:?}",
+            TrustedKey::parse(&zeros)
+        );
+        assert!(TrustedKey::parse(&format!("{PUBLIC}01{}", "0".repeat(62))).is_err());
+        // Even if such a key got in, a signature of zeros over any padded manifest fails.
+        let weak = TrustedKey(VerifyingKey::from_bytes(&[0; 32]).unwrap());
+        let forged = format!("{PUBLIC}{}", "0".repeat(128));
+        for manifest in [&b"name = \"v1\""[..], b"name = \"v1\"\n# padding padding"] {
+            assert_eq!(
+                verify(std::slice::from_ref(&weak), manifest, Some(&forged)),
+                Err(SignatureError::Invalid(1))
+            );
+        }
+        // A real key still verifies strictly.
+        let key = SecretKey::from_seed([9; 32]);
+        assert_eq!(verify(&[key.public()], b"m", Some(&key.sign(b"m"))), Ok(()));
     }
 }

@@ -3,11 +3,12 @@
 //!
 //! Staging copies each library to `DATA/staged/NAME-SHA.so`: a name unique per build (so `dlopen`
 //! never returns an older image loaded from the same path), written with temp file + fsync +
-//! rename. The bytes are read once, and the checksum and ELF checks run on the very bytes that
-//! are staged.
+//! rename. The file is streamed, never held in memory (a 400 MB "plugin" costs disk, not RAM),
+//! and only a regular file is read at all ([`input::open_regular`]). The checksum and ELF
+//! checks run on the staged copy itself, so what was checked is what `dlopen` maps.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _, Seek as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -16,10 +17,25 @@ use sha2::{Digest, Sha256};
 
 use crate::atomic_file;
 use crate::elf::{self, ElfError};
+use crate::input;
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Lowercase hex SHA-256 of what `reader` yields, read in chunks.
+pub fn sha256_hex_of(mut reader: impl io::Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 256 * 1024];
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => return Ok(hex::encode(hasher.finalize())),
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Why a plugin file could not be staged.
@@ -112,12 +128,11 @@ impl ChecksumCache {
 
 /// Copies a checked plugin file into `staging_dir` under a name unique to its content.
 ///
-/// With `expected_sha256` (a release manifest's checksum) the file is hashed and compared first,
-/// and a file already staged under that name (the same build) is reused; a file `cache` has
-/// verified before, unchanged since and already staged is not read again. Without a checksum (a
-/// build graft made itself, see [`Host::deploy_libraries`](crate::Host::deploy_libraries)), the
-/// build is almost certainly new, so the copy is written to a temp file while another thread
-/// hashes it, then renamed to its content name: the two costs overlap instead of adding up.
+/// With `expected_sha256` (a release manifest's checksum) a file already staged under that name
+/// (the same build) is only hashed, not copied again, and a file `cache` has verified before,
+/// unchanged since and already staged is not read at all. Otherwise the file is copied to a temp
+/// file in `staging_dir` (by the kernel, `copy_file_range`), which is then hashed, checked as a
+/// library and renamed to its content name.
 ///
 /// Returns the staged path and the file's sha256.
 pub(crate) fn stage(
@@ -128,43 +143,42 @@ pub(crate) fn stage(
     cache: &ChecksumCache,
 ) -> Result<(PathBuf, String), StageError> {
     let read_at = SystemTime::now();
-    let key = FileKey::of(&fs::metadata(source).map_err(StageError::Read)?);
+    let mut file = input::open_regular(source).map_err(StageError::Read)?;
+    let key = FileKey::of(&file.metadata().map_err(StageError::Read)?);
+    let unchanged = || fs::metadata(source).is_ok_and(|m| FileKey::of(&m) == key);
+    let matches = |actual: String| match expected_sha256 {
+        Some(expected) if actual != expected => Err(StageError::Checksum {
+            expected: expected.to_owned(),
+            actual,
+        }),
+        _ => Ok(actual),
+    };
     if let Some(expected) = expected_sha256 {
         let staged = staged_path(staging_dir, name, expected);
-        if cache.get(source, key).as_deref() == Some(expected) && staged.exists() {
+        if staged.exists() {
+            if cache.get(source, key).as_deref() != Some(expected) {
+                matches(sha256_hex_of(&file).map_err(StageError::Read)?)?;
+                if unchanged() {
+                    cache.insert(source, key, expected, read_at);
+                }
+            }
             return Ok((staged, expected.to_owned()));
         }
     }
-    let bytes = fs::read(source).map_err(StageError::Read)?;
-    let unchanged = fs::metadata(source).is_ok_and(|m| FileKey::of(&m) == key);
-    elf::check(&bytes).map_err(StageError::Elf)?;
     fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
-    let Some(expected) = expected_sha256 else {
-        let (sha256, written) = std::thread::scope(|s| {
-            let hashing = s.spawn(|| sha256_hex(&bytes));
-            let written = atomic_file::write_temp(staging_dir, name, &bytes);
-            (hashing.join().expect("hashing does not panic"), written)
-        });
-        let temp = written.map_err(StageError::Write)?;
-        let staged = staged_path(staging_dir, name, &sha256);
-        temp.persist(&staged).map_err(StageError::Write)?;
-        return Ok((staged, sha256));
-    };
-    let actual = sha256_hex(&bytes);
-    if actual != expected {
-        return Err(StageError::Checksum {
-            expected: expected.to_owned(),
-            actual,
-        });
+    let (mut copy, temp) =
+        atomic_file::create_temp(staging_dir, name).map_err(StageError::Write)?;
+    let len = io::copy(&mut file, &mut copy).map_err(StageError::Write)?;
+    copy.sync_all().map_err(StageError::Write)?;
+    copy.rewind().map_err(StageError::Write)?;
+    let sha256 = matches(sha256_hex_of((&copy).take(len)).map_err(StageError::Write)?)?;
+    elf::check_file(&copy, len).map_err(StageError::Elf)?;
+    let staged = staged_path(staging_dir, name, &sha256);
+    temp.persist(&staged).map_err(StageError::Write)?;
+    if expected_sha256.is_some() && unchanged() {
+        cache.insert(source, key, &sha256, read_at);
     }
-    let staged = staged_path(staging_dir, name, &actual);
-    if staged != source && !staged.exists() {
-        atomic_file::write(&staged, &bytes).map_err(StageError::Write)?;
-    }
-    if unchanged {
-        cache.insert(source, key, &actual, read_at);
-    }
-    Ok((staged, actual))
+    Ok((staged, sha256))
 }
 
 fn staged_path(staging_dir: &Path, name: &str, sha256: &str) -> PathBuf {

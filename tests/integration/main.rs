@@ -10,6 +10,7 @@ mod dev;
 mod docs;
 mod evolution;
 mod fleet;
+mod hardening;
 mod http;
 mod isolation;
 mod lifecycle;

@@ -308,6 +308,7 @@ listen = "127.0.0.1:0"
 plan = "50:1h,100"
 sticky_header = "x-user"
 interval_ms = 50
+force_token = "only-operators-force-a-side"
 
 [[route]]
 method = "POST"
@@ -331,6 +332,7 @@ export = "hello@1"
 
     // Sticky by the x-user header: each user keeps its side; both sides serve some users.
     let mut canary_users = 0;
+    let (mut a_stable_user, mut a_canary_user) = (None, None);
     for user in 0..200 {
         let user = format!("user-{user}");
         let first = post_hello(&url, &[("x-user", &user)]);
@@ -340,15 +342,33 @@ export = "hello@1"
         if first.0 == 2 {
             assert_eq!(first.1.as_deref(), Some("canary"));
             canary_users += 1;
+            a_canary_user = Some(user);
+        } else {
+            a_stable_user = Some(user);
         }
     }
     assert!(
         (50..=150).contains(&canary_users),
         "{canary_users} of 200 in a 50% canary"
     );
-    // The override header picks a side.
-    assert_eq!(post_hello(&url, &[("x-graft-route", "canary")]).0, 2);
-    assert_eq!(post_hello(&url, &[("x-graft-route", "stable")]).0, 1);
+    // The override header picks a side, with the force token only: any client could otherwise
+    // pick the canary, or fail it on purpose until the rollout aborts.
+    let (stable_user, canary_user) = (a_stable_user.unwrap(), a_canary_user.unwrap());
+    let token = ("x-graft-route-token", "only-operators-force-a-side");
+    let wrong = ("x-graft-route-token", "only-operators-force-a-sidE");
+    for (user, to, side) in [(&stable_user, "canary", 2), (&canary_user, "stable", 1)] {
+        let stays = 3 - side;
+        let user = ("x-user", user.as_str());
+        assert_eq!(post_hello(&url, &[user, ("x-graft-route", to)]).0, stays);
+        assert_eq!(
+            post_hello(&url, &[user, ("x-graft-route", to), wrong]).0,
+            stays
+        );
+        assert_eq!(
+            post_hello(&url, &[user, ("x-graft-route", to), token]).0,
+            side
+        );
+    }
 
     let (ok, stdout, _) = cli(&["rollout", "status"]);
     assert!(ok);

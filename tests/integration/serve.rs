@@ -306,19 +306,17 @@ fn a_token_protects_the_admin_api_is_required_off_loopback_and_is_never_short() 
     let err = ServeConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("not loopback: set admin.token"), "{err}");
 
-    // A token is never empty, blank or short, wherever the admin API listens.
-    for token in ["", "   ", "fifteen-chars-x", "  short-token   "] {
-        std::fs::write(
-            &path,
-            text.replace("[admin]", &format!("[admin]\ntoken = {token:?}")),
-        )
-        .unwrap();
-        let err = ServeConfig::load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("admin.token must be at least 16 characters"),
-            "{token:?}: {err}"
-        );
-    }
+    // A token is never short, wherever the admin API listens (the other rules: hardening.rs).
+    std::fs::write(
+        &path,
+        text.replace("[admin]", "[admin]\ntoken = \"fifteen-chars-x\""),
+    )
+    .unwrap();
+    let err = ServeConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("must be at least 16 characters; it has 15"),
+        "{err}"
+    );
     std::fs::write(
         &path,
         text.replace("[admin]", "[admin]\ntoken = \"sixteen-chars-ok\""),

@@ -62,6 +62,11 @@ pub struct RolloutConfig {
     /// Or a cookie.
     #[serde(default)]
     pub sticky_cookie: Option<String>,
+    /// The secret a request must carry in `x-graft-route-token` for its `x-graft-route` to
+    /// force a side (any client could otherwise pick the canary, or fail it on purpose to
+    /// abort the rollout). The admin token if not set; with neither, no request forces a side.
+    #[serde(default)]
+    pub force_token: Option<String>,
     /// The analysis.
     #[serde(default, flatten)]
     pub analysis: AnalysisConfig,

@@ -107,7 +107,14 @@ async fn require_token(
     if matches {
         next.run(request).await
     } else {
-        ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response()
+        // And the connection is closed: one without the token holds no admin slot.
+        let mut refused =
+            ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response();
+        refused.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        refused
     }
 }
 
@@ -132,19 +139,59 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         .into_response()
 }
 
+/// What a deploy's body is, by its `content-type` (compared as RFC 9110 says: the media type
+/// case-insensitively, parameters ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// `application/json`, or no content type.
+    Json,
+    /// `application/x-tar`.
+    Bundle,
+}
+
+impl Body {
+    fn of(request: &Request) -> Result<Self, ApiError> {
+        let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+            return Ok(Self::Json);
+        };
+        let essence = value
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if essence.eq_ignore_ascii_case("application/json") {
+            Ok(Self::Json)
+        } else if essence.eq_ignore_ascii_case("application/x-tar") {
+            Ok(Self::Bundle)
+        } else {
+            let message = format!(
+                "a deploy is application/json or application/x-tar, not {:?}",
+                Bounded(essence).to_string()
+            );
+            Err(ApiError::new(ErrorCode::UnsupportedMediaType, message))
+        }
+    }
+}
+
 /// `POST /deploy`: a JSON [`DeployRequest`], or a tar bundle with [`RolloutOptions`] as the
 /// query. A bundle is unpacked as it arrives (never held in memory whole), within the
-/// configured [`BundleLimits`].
+/// configured [`BundleLimits`]. A JSON deploy takes its options in the body and no query (one
+/// would be ignored: `?canary=5` must not go live at 100%), and only as a JSON object.
 async fn deploy(
     State(admin): State<Admin>,
     query: Result<Query<RolloutOptions>, QueryRejection>,
     request: Request,
 ) -> Result<Json<DeployResponse>, Response> {
-    let is_bundle = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
-    let (source, options) = if is_bundle {
+    let body = match Body::of(&request) {
+        Ok(body) => body,
+        Err(refused) => {
+            drain(request.into_body(), admin.bundle_limits.max_bytes).await;
+            return Err(refused.into_response());
+        }
+    };
+    let (source, options) = if body == Body::Bundle {
         let options = match query {
             Ok(Query(options)) => options,
             Err(rejection) => {
@@ -162,15 +209,27 @@ async fn deploy(
         let reader = SyncIoBridge::new(StreamReader::new(stream));
         (Source::Bundle(Box::new(reader)), options)
     } else {
+        if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
+            let message = format!(
+                "a JSON deploy takes its options in the body, not the query ({:?}); only a tar \
+                 bundle's deploy has a query",
+                Bounded(query).to_string()
+            );
+            return Err(ApiError::bad_request(message).into_response());
+        }
         let body = Bytes::from_request(request, &())
             .await
             .map_err(|rejection| rejected_body(&rejection))?;
-        let request: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "expected {{\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?}} or a tar bundle: {e}"
-            ))
-            .into_response()
-        })?;
+        let expected =
+            "expected {\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?} or a tar bundle";
+        // serde would take a struct from an array too (`["dir", true]` starting a rollout).
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !object {
+            let message = format!("{expected}: the body is not a JSON object");
+            return Err(ApiError::bad_request(message).into_response());
+        }
+        let request: DeployRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("{expected}: {e}")).into_response())?;
         if request.dir.as_os_str().len() > MAX_DIR_BYTES {
             let message = format!(
                 "dir {} is longer than the {MAX_DIR_BYTES} bytes a path may have",

@@ -37,9 +37,14 @@ pub const GENERATION_HEADER: &str = "x-graft-generation";
 /// carry it too.
 pub const ROUTE_HEADER: &str = "x-graft-route";
 
+/// The request header carrying the secret that lets [`ROUTE_HEADER`] force a side
+/// (`[rollout] force_token`, else the admin token).
+pub const ROUTE_TOKEN_HEADER: &str = "x-graft-route-token";
+
 /// The two headers above, parsed once (a lookup or insert by `&str` parses the name every time).
 const GENERATION: HeaderName = HeaderName::from_static(GENERATION_HEADER);
 const ROUTE: HeaderName = HeaderName::from_static(ROUTE_HEADER);
+const ROUTE_TOKEN: HeaderName = HeaderName::from_static(ROUTE_TOKEN_HEADER);
 
 /// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
 struct RouteState {
@@ -271,8 +276,9 @@ pub(super) fn server_error(code: ErrorCode, context: &RequestContext) -> ApiErro
     ApiError::new(code, message)
 }
 
-/// Which side of a rollout a request goes to: its sticky key and the side it forces. Without
-/// a rollout under way every request goes to stable, and no header is looked at.
+/// Which side of a rollout a request goes to: its sticky key and the side it forces, if it
+/// carries the force token. Without a rollout under way every request goes to stable, and no
+/// header is looked at.
 pub(super) fn side_of<'h>(
     rollouts: &Rollouts,
     headers: &'h HeaderMap,
@@ -284,7 +290,16 @@ pub(super) fn side_of<'h>(
     let force = headers
         .get(&ROUTE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Side>().ok());
+        .and_then(|v| v.parse::<Side>().ok())
+        .filter(|_| {
+            // Compared in constant time, as the admin token is.
+            let given = headers.get(&ROUTE_TOKEN).map(HeaderValue::as_bytes);
+            config.force_token.as_deref().is_some_and(|token| {
+                given.is_some_and(|given| {
+                    bool::from(subtle::ConstantTimeEq::ct_eq(given, token.as_bytes()))
+                })
+            })
+        });
     let key = sticky_key(
         headers,
         config.sticky_header.as_deref(),

@@ -50,6 +50,10 @@ use tower::Service;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnLimits {
     pub(crate) max_connections: usize,
+    /// At the cap, accept anyway and close the connection idle the longest to make room (the
+    /// admin plane: idle connections, with a token or without, cannot lock operators out);
+    /// otherwise stop accepting until a connection closes (the app: back-pressure).
+    pub(crate) evict_idle_at_cap: bool,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_timeout: Duration,
 }
@@ -119,6 +123,18 @@ impl Connections {
             {
                 tracked.close.notify_one();
             }
+        }
+    }
+
+    /// Closes the connection idle (no request being served) the longest, if any is.
+    fn close_longest_idle(&self) {
+        let open = self.lock();
+        let idle = open
+            .values()
+            .filter(|t| t.busy.load(Ordering::Relaxed) == 0)
+            .min_by_key(|t| t.idle_since_ms.load(Ordering::Relaxed));
+        if let Some(tracked) = idle {
+            tracked.close.notify_one();
         }
     }
 
@@ -239,10 +255,23 @@ pub(crate) async fn serve(
         stop.clone(),
     ));
     let mut tasks = JoinSet::new();
+    let acquire = |slots: &Arc<Semaphore>, stop: &watch::Receiver<bool>| {
+        let (slots, stop) = (Arc::clone(slots), stop.clone());
+        async move {
+            tokio::select! {
+                slot = slots.acquire_owned() => Some(slot.expect("the semaphore is never closed")),
+                () = stopped(stop) => None,
+            }
+        }
+    };
     loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = stopped(stop.clone()) => break,
+        let early = if limits.evict_idle_at_cap {
+            None
+        } else {
+            let Some(slot) = acquire(&slots, &stop).await else {
+                break;
+            };
+            Some(slot)
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -254,6 +283,19 @@ pub(crate) async fn serve(
                 }
             },
             () = stopped(stop.clone()) => break,
+        };
+        let slot = match early {
+            Some(slot) => slot,
+            None => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    connections.close_longest_idle();
+                    let Some(slot) = acquire(&slots, &stop).await else {
+                        break;
+                    };
+                    slot
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let (id, tracked) = connections.track();

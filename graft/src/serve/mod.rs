@@ -33,7 +33,7 @@ use std::time::Duration;
 use graft_host::{DeployError, DisplayChain, Host};
 use tokio::net::{TcpListener, TcpSocket};
 
-pub use app::{GENERATION_HEADER, ROUTE_HEADER};
+pub use app::{GENERATION_HEADER, ROUTE_HEADER, ROUTE_TOKEN_HEADER};
 pub use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 use deployer::Deployer;
@@ -318,11 +318,13 @@ impl Server {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let app_limits = ConnLimits {
             max_connections: config.max_connections,
+            evict_idle_at_cap: false,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             body_timeout: Duration::from_millis(config.body_timeout_ms),
         };
         let admin_limits = ConnLimits {
             max_connections: ADMIN_MAX_CONNECTIONS,
+            evict_idle_at_cap: true,
             ..app_limits
         };
         let app = tokio::spawn(listen::serve(

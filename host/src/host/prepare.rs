@@ -290,7 +290,12 @@ impl Host {
             self.refused(DeployError::new(Step::Manifest, None, file, cause))
         })?;
         // A record written before ids were reserved in `DATA/generations`: go on past it too.
-        let next = history.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
+        let next = history
+            .iter()
+            .map(|r| r.generation)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         self.ids.at_least(next);
         Ok(history)
     }
@@ -368,6 +373,8 @@ impl Host {
         base: &Arc<Generation>,
         started: Instant,
     ) -> Result<Prepared, DeployError> {
+        let ids_used_up = |cause| DeployError::new(Step::Manifest, None, None, cause);
+        self.ids.check().map_err(ids_used_up)?;
         let removed: HashSet<&str> = plan.remove.iter().map(String::as_str).collect();
         let present: HashSet<&str> = base.plugins().map(|p| p.name.as_str()).collect();
         for name in &plan.remove {
@@ -442,7 +449,8 @@ impl Host {
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();
 
-        let id = self.ids.next();
+        // Taken last, so that a refused release uses no id.
+        let id = self.ids.next().map_err(ids_used_up)?;
         let generation = Arc::new(Generation::new(
             id,
             plan.label.clone(),

@@ -184,7 +184,7 @@ impl Host {
 /// Reads at most `limit` bytes of a file.
 fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
+    crate::input::open_regular(path)?
         .take(limit)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
