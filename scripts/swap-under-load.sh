@@ -21,6 +21,14 @@
 #   requests=N non2xx=N socket_errors=N mixed=N rps_graft=N rps_static=N ratio=R
 # (requests and errors summed over both servers; ratio = rps_graft / rps_static).
 #
+# With --isolation all|canary there are no deploys either: windows alternate between two
+# `graft serve` of v1 that differ only in `isolation` (MODE, and "none"), every request fast,
+# and it ends with
+#   requests=N non2xx=N socket_errors=N mixed=N rps_isolated=N rps_none=N ratio=R
+# (ratio = rps_isolated / rps_none). Under "all" every request is forwarded to the worker
+# process running v1; under "canary" (no rollout under way) every request stays in the front,
+# which is what stable pays for the canary's isolation.
+#
 # With --service notes the service is the notes example instead (routes that ship with the
 # release, notes in a host table): every request is `GET /notes/1` (a path parameter, headers,
 # JSON out), or every tenth `GET /stats`, a route only notes-v2 declares. Deploys alternate
@@ -32,6 +40,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 duration=30 interval_ms=50 connections=32 threads=2 baseline=graft unload_policy=keep-history service=foo
+isolation=none
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -41,11 +50,16 @@ while [ $# -gt 0 ]; do
     --baseline) baseline=$2; shift 2 ;;
     --unload-policy) unload_policy=$2; shift 2 ;;
     --service) service=$2; shift 2 ;;
+    --isolation) isolation=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 case "$baseline" in graft|restart|static) ;; *) echo "--baseline takes: restart, static" >&2; exit 2 ;; esac
 case "$service" in foo|notes) ;; *) echo "--service takes: foo, notes" >&2; exit 2 ;; esac
+case "$isolation" in none|canary|all) ;; *) echo "--isolation takes: canary, all" >&2; exit 2 ;; esac
+if [ "$isolation" != none ] && { [ "$service" != foo ] || [ "$baseline" != graft ]; }; then
+  echo "--isolation compares two graft servers of the foo service; no --baseline, no --service" >&2; exit 2
+fi
 if [ "$service" = notes ] && [ "$baseline" = restart ]; then
   echo "--service notes has no restart baseline" >&2; exit 2
 fi
@@ -62,7 +76,8 @@ fi
 
 port_app=$port
 port_admin=$((port + 1))
-# config NAME RELEASE: a graft.toml with its own data dir, on the fixed loopback ports.
+# config NAME RELEASE [TOP_LINES]: a graft.toml with its own data dir, on the loopback ports
+# $port_app and $port_admin.
 config() {
   if [ "$service" = notes ]; then
     printf 'data_dir = "data-%s"\nrelease = "%s"\nlisten = "127.0.0.1:%s"\ndrain_timeout_ms = 10000\nunload_policy = "%s"\n\n[admin]\nlisten = "127.0.0.1:%s"\n' \
@@ -70,7 +85,8 @@ config() {
   else
     {
       foo_config "data-$1" "$2" "drain_timeout_ms = 10000
-unload_policy = \"$unload_policy\""
+unload_policy = \"$unload_policy\"
+${3:-}"
       printf '\n[[route]]\nmethod = "POST"\npath = "/slow"\nexport = "foo@1"\n'
     } >"$work/$1.toml"
   fi
@@ -260,6 +276,38 @@ if [ "$baseline" = static ]; then
     "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
     "rps_graft=$rps_graft rps_static=$rps_static" \
     "ratio=$(awk -v g="$rps_graft" -v s="$rps_static" 'BEGIN { printf "%.3f", g / s }')"
+  exit 0
+fi
+
+if [ "$isolation" != none ]; then
+  echo "$windows isolation=$isolation and $windows isolation=none windows of ${window}s" >&2
+  port_isolated=$port_app admin_isolated=$port_admin
+  port_none=$((port + 2)) admin_none=$((port + 3))
+  start "$(config isolated "$work/v1" "isolation = \"$isolation\"")"
+  port_app=$port_none port_admin=$admin_none
+  start "$(config none "$work/v1")"
+  # One uncounted second each first, then the pairs of windows in ABBA order.
+  load 1 "$port_isolated" 0 >/dev/null
+  load 1 "$port_none" 0 >/dev/null
+  isolated_load=$zero none_load=$zero
+  for i in $(seq 1 "$windows"); do
+    if [ $((i % 2)) -eq 1 ]; then
+      isolated_load=$(add "$isolated_load" "$(load "$window" "$port_isolated" 0)")
+      none_load=$(add "$none_load" "$(load "$window" "$port_none" 0)")
+    else
+      none_load=$(add "$none_load" "$(load "$window" "$port_none" 0)")
+      isolated_load=$(add "$isolated_load" "$(load "$window" "$port_isolated" 0)")
+    fi
+  done
+  workers=$(curl -s "http://127.0.0.1:$admin_isolated/status" | python3 -c 'import json,sys; print(len([w for w in json.load(sys.stdin).get("workers", []) if w["state"] == "serving"]))')
+  echo "workers serving under isolation=$isolation: $workers" >&2
+  both=$(add "$isolated_load" "$none_load")
+  rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }
+  rps_isolated=$(rps "$isolated_load") rps_none=$(rps "$none_load")
+  echo "requests=$(field "$both" requests) non2xx=$(field "$both" non2xx)" \
+    "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
+    "rps_isolated=$rps_isolated rps_none=$rps_none" \
+    "ratio=$(awk -v g="$rps_isolated" -v s="$rps_none" 'BEGIN { printf "%.3f", g / s }')"
   exit 0
 fi
 

@@ -140,6 +140,52 @@ pub struct StatusResponse {
     /// The rollout under way, or the last one.
     #[serde(default)]
     pub rollout: Option<RolloutStatus>,
+    /// The generations routed under `isolation`: where each runs (see
+    /// [`worker`](crate::worker)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// A generation routed under `isolation`, and its worker process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The front's generation.
+    pub generation: u64,
+    /// Its worker's state.
+    pub state: WorkerState,
+    /// The worker's process id, while one serves.
+    pub pid: Option<u32>,
+    /// How long the serving worker has run, in milliseconds.
+    pub uptime_ms: u64,
+    /// Requests forwarded to it and not answered yet.
+    pub in_flight: usize,
+    /// How many times a worker of this generation was started again after a crash.
+    pub restarts: u64,
+    /// Crashes within the crash window (`workers.crash_window_ms`).
+    pub crashes: usize,
+    /// Why it is in this state (a crash's signal, a start's failure, state in the front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a generation routed under `isolation` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Its worker is starting; requests wait for it.
+    Starting,
+    /// Its worker serves.
+    Serving,
+    /// Its worker crashed (or was recycled) and a new one is starting.
+    Restarting,
+    /// Its worker crashed or could not start, and is not started again; requests get 502.
+    Failed,
+    /// Its worker was stopped: the generation is drained.
+    Stopped,
+    /// It runs in the front: its plugins hold state.
+    InFront,
 }
 
 /// What `POST /rollout/{action}` does.
@@ -214,6 +260,9 @@ pub enum ErrorCode {
     UnboundImport,
     /// The serving generation does not export the route's contract (500).
     NotExported,
+    /// The worker process serving the request's generation failed (crashed) or is not
+    /// serving (502).
+    WorkerFailed,
     /// Something failed inside the server (500).
     Internal,
     /// A code this client does not know (from a newer server).
@@ -238,6 +287,7 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::TableFull => StatusCode::INSUFFICIENT_STORAGE,
+            Self::WorkerFailed => StatusCode::BAD_GATEWAY,
             Self::Plugin
             | Self::Panic
             | Self::BadOutput

@@ -151,6 +151,14 @@ pub struct ServeConfig {
     /// Per-table durability and limits.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
+    /// Where generations run: `none` (in this process), `canary` (a rollout's canary in a
+    /// worker process), `all` (every generation in a worker process; see
+    /// [`worker`](crate::worker)).
+    #[serde(default)]
+    pub isolation: crate::worker::Isolation,
+    /// Worker processes: restarts, limits.
+    #[serde(default)]
+    pub workers: crate::worker::WorkerConfig,
 }
 
 /// `[[table]]`: one table's durability and limits.
@@ -275,7 +283,7 @@ impl Default for AdminConfig {
 }
 
 /// `[[route]]`: a method and path, served by an export.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Route {

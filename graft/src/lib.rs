@@ -26,3 +26,4 @@ pub mod serve;
 pub mod signing;
 mod tables;
 pub mod watch;
+pub mod worker;

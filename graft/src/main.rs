@@ -126,6 +126,17 @@ enum Command {
         #[arg(long)]
         set_aside_state: bool,
     },
+    /// Serve one generation's plugins for a front (`isolation` in graft.toml): started by
+    /// `graft serve`, not by hand.
+    #[command(hide = true)]
+    Worker {
+        /// The worker's config, written by the front.
+        #[arg(long)]
+        config: PathBuf,
+        /// The most memory the worker may allocate, in MiB.
+        #[arg(long)]
+        memory_limit_mb: Option<u64>,
+    },
     /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
     ///
     /// Builds each crate with cargo, deploys the libraries on top of the config's release, then
@@ -303,6 +314,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
             set_aside_state,
         } => serve(&config, watch, set_aside_state),
+        Command::Worker {
+            config,
+            memory_limit_mb,
+        } => graft::worker::run(&config, memory_limit_mb),
         Command::Dev {
             crates,
             config,

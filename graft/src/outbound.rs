@@ -17,7 +17,7 @@ use graft_host::HostBuilder;
 use serde::Deserialize;
 
 /// `[http_client]` in `graft.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpClientConfig {
     /// Hosts plugins may call: `host` (any port) or `host:port`. Empty: none.

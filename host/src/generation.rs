@@ -238,6 +238,24 @@ impl Generation {
         &self.report
     }
 
+    /// Each plugin's name, staged library and its sha256, in link order: what another process
+    /// needs to load the same plugin set (a worker, see `graft worker`).
+    pub fn libraries(&self) -> impl Iterator<Item = (&str, &std::path::Path, &str)> {
+        self.plugins
+            .iter()
+            .map(|p| (p.info().name.as_str(), p.path(), p.sha256()))
+    }
+
+    /// The plugins that hold state, a cell or a table, the host keeps for them: a process that
+    /// ran this plugin set apart would keep a copy of its own.
+    pub fn stateful_plugins(&self) -> impl Iterator<Item = &str> {
+        self.plugins
+            .iter()
+            .zip(&self.states)
+            .filter(|(p, state)| state.is_some() || p.has_tables())
+            .map(|(p, _)| p.info().name.as_str())
+    }
+
     pub(crate) fn loaded(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins
     }

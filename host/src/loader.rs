@@ -265,6 +265,11 @@ impl LoadedPlugin {
         &self.info
     }
 
+    /// Whether it declares tables.
+    pub(crate) fn has_tables(&self) -> bool {
+        !self.tables.is_empty()
+    }
+
     pub(crate) fn sha256(&self) -> &str {
         &self.sha256
     }

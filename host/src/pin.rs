@@ -102,6 +102,11 @@ impl OwnedPin {
         }
     }
 
+    /// The pinned generation, shared.
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.generation
+    }
+
     /// What the pinned call can reach.
     pub(crate) fn reach(&self) -> Reach {
         self.reach

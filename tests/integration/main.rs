@@ -29,3 +29,4 @@ mod tables;
 mod unload;
 mod uploads;
 mod watch;
+mod workers;

@@ -16,6 +16,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("hello-v1", "hello"),
     ("hello-v2", "hello"),
     ("hello-flaky", "hello"),
+    ("crashy", "hello"),
     ("foo-v1", "foo"),
     ("foo-v2", "foo"),
     ("bar-v1", "bar"),

@@ -11,6 +11,7 @@
 
 mod routes;
 mod sharded;
+mod workers;
 
 use sharded::{LatencyHistogram, ShardedCounter};
 
@@ -93,6 +94,7 @@ pub(crate) struct Metrics {
     table_bytes: Family<TableLabel, Gauge>,
     entries_migrated: Counter,
     routes: routes::RouteMetrics,
+    workers: workers::WorkerMetrics,
 }
 
 impl Metrics {
@@ -191,8 +193,10 @@ impl Metrics {
             libraries.clone(),
         );
         let routes = routes::RouteMetrics::register(&mut registry);
+        let workers = workers::WorkerMetrics::register(&mut registry);
         Arc::new(Self {
             routes,
+            workers,
             recent: arc_swap::ArcSwap::default(),
             served: Mutex::default(),
             registry,
@@ -324,6 +328,11 @@ impl Metrics {
                 self.entries_migrated.inc_by(report.entries_migrated);
             }
         }
+    }
+
+    /// The worker processes' series.
+    pub(crate) fn workers(&self) -> &workers::WorkerMetrics {
+        &self.workers
     }
 
     /// The exposition text, with the gauges read from the host (and the rollout) now.

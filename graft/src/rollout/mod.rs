@@ -287,6 +287,31 @@ impl Rollouts {
         Ok((report, status))
     }
 
+    /// The canary generation of the rollout under way, prepared (not live).
+    pub fn canary(&self) -> Option<Arc<Generation>> {
+        self.canary.load_full()
+    }
+
+    /// The canary generation's id, of the rollout under way.
+    pub fn canary_id(&self) -> Option<u64> {
+        self.sides.load().as_deref().map(|sides| sides.canary_id)
+    }
+
+    /// Aborts the rollout under way if `generation` is its canary, with `reason` as the
+    /// event's words (a canary whose worker process crashed). Whether it did.
+    pub fn abort_canary(&self, generation: u64, reason: String) -> bool {
+        if self.canary_id() != Some(generation) {
+            return false;
+        }
+        self.operate(|rollouts, active| {
+            if active.status.canary == generation {
+                rollouts.refresh(active);
+                rollouts.finish_abort(active, reason);
+            }
+        })
+        .is_ok()
+    }
+
     /// Whether a rollout is under way (a canary takes a share of requests).
     pub fn under_way(&self) -> bool {
         self.weight.load(Ordering::Relaxed) != 0

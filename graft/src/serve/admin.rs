@@ -44,6 +44,7 @@ const MAX_REQUEST_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub(super) struct Admin {
     pub(super) host: Arc<Host>,
+    pub(super) workers: Arc<crate::worker::Workers>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) rollouts: Arc<Rollouts>,
     pub(super) deployer: Arc<Deployer>,
@@ -122,6 +123,7 @@ async fn status(State(admin): State<Admin>) -> Json<StatusResponse> {
     Json(StatusResponse {
         host: admin.host.status(),
         rollout: admin.rollouts.status(),
+        workers: admin.workers.status(),
     })
 }
 

@@ -29,6 +29,7 @@ use crate::rollout::{Rollouts, Route as Side};
 
 use super::listen::BodyTimeoutError;
 use super::mode::{CallMode, Learned};
+use crate::worker::{Forward, Workers};
 
 /// The response header naming the generation that served a request.
 pub const GENERATION_HEADER: &str = "x-graft-generation";
@@ -49,6 +50,7 @@ const ROUTE_TOKEN: HeaderName = HeaderName::from_static(ROUTE_TOKEN_HEADER);
 /// What one route's requests share: cloned (one `Arc`) per request, nothing else is.
 struct RouteState {
     rollouts: Arc<Rollouts>,
+    workers: Arc<Workers>,
     metrics: Arc<Metrics>,
     /// The export, and the route's label (`POST /foo`) in status and errors.
     site: CallSite,
@@ -129,6 +131,7 @@ pub(super) fn router(
     host: &Host,
     metrics: &Arc<Metrics>,
     rollouts: &Arc<Rollouts>,
+    workers: &Arc<Workers>,
     routes: &[Route],
     inline_budget: Duration,
     fallback: MethodRouter,
@@ -137,6 +140,7 @@ pub(super) fn router(
     for route in routes {
         let state = Arc::new(RouteState {
             rollouts: Arc::clone(rollouts),
+            workers: Arc::clone(workers),
             metrics: Arc::clone(metrics),
             site: CallSite::new(
                 host.export(&route.export).map_err(|e| e.to_string())?,
@@ -176,6 +180,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
+    let (method, uri) = (request.method().clone(), std::mem::take(request.uri_mut()));
     let body = Bytes::from_request(request, &()).await;
     let context = super::trace::context(&headers, route.deadline.map(|d| started + d));
     let span = tracing::info_span!(
@@ -213,20 +218,47 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     let generation = pin.id();
     let release = pin.release().map(str::to_owned);
     span.record("generation", generation);
-    let input = if body.is_empty() {
-        Bytes::from_static(b"null")
+    let (mut response, elapsed) = if let Some(worker) = route.workers.route(pin.generation(), side)
+    {
+        // The generation runs in a worker process: it answers, the front counts and stamps.
+        let forward = Forward {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            body,
+            context: &context,
+            route: &route.path,
+        };
+        let answer = route
+            .workers
+            .forward(&worker, forward)
+            .instrument(span)
+            .await;
+        drop((slot, pin));
+        let elapsed = started.elapsed();
+        let response = forwarded(answer);
+        let ok = !response.status().is_server_error();
+        route.metrics.request(generation, ok, elapsed);
+        (response, elapsed)
     } else {
-        body
-    };
-    let result = run(&route, pin, input, span, slot, &context).await;
-    let elapsed = started.elapsed();
-    route
-        .metrics
-        .request(generation, matches!(result, Ok(Ok(_))), elapsed);
-    let mut response = match result {
-        Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
-        Ok(Err(error)) => answer_failure(&error, &context).into_response(),
-        Err(answer) => answer.into_response(),
+        let input = if body.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            body
+        };
+        let result = run(&route, pin, input, span, slot, &context).await;
+        let elapsed = started.elapsed();
+        route
+            .metrics
+            .request(generation, matches!(result, Ok(Ok(_))), elapsed);
+        let response = match result {
+            Ok(Ok(output)) => {
+                ([(header::CONTENT_TYPE, "application/json")], output).into_response()
+            }
+            Ok(Err(error)) => answer_failure(&error, &context).into_response(),
+            Err(answer) => answer.into_response(),
+        };
+        (response, elapsed)
     };
     let status = response.status();
     route.metrics.route(
@@ -243,6 +275,18 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);
     response
+}
+
+/// A worker's answer as the front's response (the front then stamps it), or the front's own
+/// answer when the worker gave none.
+pub(super) fn forwarded(answer: Result<axum::http::Response<Bytes>, ApiError>) -> Response {
+    match answer {
+        Ok(answer) => {
+            let (parts, body) = answer.into_parts();
+            Response::from_parts(parts, axum::body::Body::from(body))
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The answer to a failed call: its kind chooses the status; a server error says only what a

@@ -18,7 +18,8 @@ use graft_host::Host;
 
 use crate::api::{ApiError, DeployResponse, ErrorCode, RolloutOptions};
 use crate::metrics::Metrics;
-use crate::rollout::{RolloutError, RolloutPlan, Rollouts};
+use crate::rollout::{RolloutError, RolloutPlan, Rollouts, Route as Side};
+use crate::worker::Workers;
 
 /// Deploys, rollbacks and rollout starts, with their metrics.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub(crate) struct Deployer {
     pub(crate) host: Arc<Host>,
     pub(crate) rollouts: Arc<Rollouts>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) workers: Arc<Workers>,
 }
 
 impl Deployer {
@@ -54,6 +56,16 @@ impl Deployer {
         // A rollout may have started while this release prepared: it would be aborted by a
         // stable that changed under its canary, so this deploy gives way instead.
         self.no_rollout_under_way()?;
+        // Under `isolation = "all"` the release's worker serves before it goes live: one
+        // that cannot start refuses the release, and nothing changes.
+        let _kept = match self.workers.start(prepared.generation(), Side::Stable) {
+            Ok(kept) => kept,
+            Err(why) => {
+                self.metrics.deploy(None);
+                let message = format!("the release's worker process could not start: {why}");
+                return Err(ApiError::new(ErrorCode::DeployRejected, message));
+            }
+        };
         let report = self.host.publish(prepared).map_err(|e| self.rejected(&e))?;
         self.metrics.deploy(Some(&report));
         Ok(report.into())
@@ -80,6 +92,16 @@ impl Deployer {
             .map_err(|reason| ApiError::bad_request(format!("invalid rollout plan: {reason}")))?;
         match self.rollouts.start(dir, options.canary, plan) {
             Ok((report, rollout)) => {
+                // Under isolation, the canary's worker serves before this answers; one that
+                // cannot start aborts the rollout it began.
+                if let Some(canary) = self.rollouts.canary() {
+                    if let Err(why) = self.workers.start(&canary, Side::Canary).map(drop) {
+                        let reason = format!("the canary's worker process could not start: {why}");
+                        self.rollouts.abort_canary(canary.id(), reason.clone());
+                        self.metrics.deploy(None);
+                        return Err(ApiError::new(ErrorCode::DeployRejected, reason));
+                    }
+                }
                 self.metrics.deploy(Some(&report));
                 Ok(DeployResponse {
                     report,

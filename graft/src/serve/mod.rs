@@ -47,6 +47,7 @@ use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::rollout::Rollouts;
+use crate::worker::Workers;
 
 /// How long file events must stop before the watcher reads a release.
 const WATCH_SETTLE: Duration = Duration::from_millis(100);
@@ -116,6 +117,9 @@ pub enum ServeError {
     /// The admin plane's runtime could not start.
     #[error("starting the admin runtime")]
     AdminRuntime(#[source] std::io::Error),
+    /// Worker processes cannot be started (the executable is not found).
+    #[error("setting up worker processes: {0}")]
+    Workers(String),
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -125,6 +129,7 @@ pub struct Server {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     drain: Duration,
+    workers: Arc<Workers>,
     app: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -273,21 +278,44 @@ impl Server {
             config.rollout.clone(),
             config.data_dir.join(ROLLOUT_RECORD),
         );
+        let workers = Workers::new(
+            config.isolation,
+            config.workers.clone(),
+            &config.data_dir,
+            worker_spec(&config),
+            Arc::clone(&host),
+            Arc::clone(&rollouts),
+            Arc::clone(&metrics),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(ServeError::Workers)?;
+        // Under `isolation = "all"` the restored release's worker serves before the server
+        // does: one that cannot start is a start that fails, not a server answering 502.
+        let (w, current) = (Arc::clone(&workers), host.current());
+        tokio::task::spawn_blocking(move || {
+            w.start(&current, crate::rollout::Route::Stable).map(drop)
+        })
+        .await
+        .expect("starting a worker does not panic")
+        .map_err(ServeError::Workers)?;
         let deployer = Arc::new(Deployer {
             host: Arc::clone(&host),
             rollouts: Arc::clone(&rollouts),
             metrics: Arc::clone(&metrics),
+            workers: Arc::clone(&workers),
         });
         let plugin_routes = Arc::new(routes::PluginRoutes {
             host: Arc::clone(&host),
             rollouts: Arc::clone(&rollouts),
             metrics: Arc::clone(&metrics),
+            workers: Arc::clone(&workers),
             deadline: Duration::from_millis(config.route_timeout_ms),
         });
         let app = app::router(
             &host,
             &metrics,
             &rollouts,
+            &workers,
             &config.routes,
             inline_budget,
             axum::routing::any(routes::serve).with_state(Arc::clone(&plugin_routes)),
@@ -297,6 +325,7 @@ impl Server {
         let admin = admin::router(
             admin::Admin {
                 host: Arc::clone(&host),
+                workers: Arc::clone(&workers),
                 metrics,
                 rollouts,
                 deployer: Arc::clone(&deployer),
@@ -341,6 +370,9 @@ impl Server {
             admin_limits,
             stopped,
         ));
+        admin_runtime
+            .handle()
+            .spawn(Arc::clone(&workers).sweep_until(stop.subscribe()));
         if config.state_save_interval_ms > 0 {
             let every = Duration::from_millis(config.state_save_interval_ms);
             let saving = save_state_every(Arc::clone(&host), every, stop.subscribe());
@@ -365,6 +397,7 @@ impl Server {
             addr,
             admin_addr,
             drain: Duration::from_millis(config.drain_timeout_ms),
+            workers,
             app,
             admin,
             stop,
@@ -409,6 +442,7 @@ impl Server {
         })
         .await
         .is_ok();
+        self.workers.stop_all();
         let abandoned = self.host.in_flight();
         if drained {
             tracing::info!("drained");
@@ -424,6 +458,30 @@ impl Server {
             abandoned,
             saved,
         }
+    }
+}
+
+/// What a worker serves with: the front's serving settings, but for its deadlines. The front
+/// answers a request 503 at its deadline and recycles the worker if the call is still running
+/// `grace_ms` later; the worker's own deadlines come later still (by twice the grace), so that
+/// it never answers first and hides a call that runs on.
+fn worker_spec(config: &ServeConfig) -> crate::worker::Spec {
+    let later = |ms: u64| ms.saturating_add(config.workers.grace_ms.saturating_mul(2));
+    let mut routes = config.routes.clone();
+    for route in &mut routes {
+        route.timeout_ms = route.timeout_ms.map(later);
+    }
+    crate::worker::Spec {
+        drain_timeout_ms: config.drain_timeout_ms,
+        init_timeout_ms: config.init_timeout_ms,
+        hook_timeout_ms: config.hook_timeout_ms,
+        max_connections: config.max_connections,
+        header_read_timeout_ms: config.header_read_timeout_ms,
+        body_timeout_ms: config.body_timeout_ms,
+        route_timeout_ms: later(config.route_timeout_ms),
+        inline_budget_us: config.inline_budget_us,
+        http_client: config.http_client.clone(),
+        routes,
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Where a route's calls run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CallMode {
     /// On the worker thread that serves the request.

@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::api::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
+use crate::worker::{Forward, Workers};
 
 use super::app::{
     answer_failure, method_not_allowed, not_found, rejected_body, server_error, side_of, stamp,
@@ -40,6 +41,7 @@ pub(super) struct PluginRoutes {
     pub(super) host: Arc<Host>,
     pub(super) rollouts: Arc<Rollouts>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) workers: Arc<Workers>,
     /// How long a request may run (`route_timeout_ms`).
     pub(super) deadline: Duration,
 }
@@ -69,7 +71,7 @@ pub(super) fn direct(
 pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let started = Instant::now();
     let mut request = request;
-    let method = request.method().clone();
+    let http_method = request.method().clone();
     let uri = std::mem::take(request.uri_mut());
     let headers = std::mem::take(request.headers_mut());
     let context = trace::context(&headers, Some(started + routes.deadline));
@@ -84,7 +86,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         }
     };
     let (key, force) = side_of(&routes.rollouts, &headers);
-    let (method, path) = (method.as_str(), uri.path());
+    let (method, path) = (http_method.as_str(), uri.path());
     // Held at the boundary (never failed) while a migration or a save concerns a plugin the
     // route can reach.
     let (pin, side) = loop {
@@ -120,6 +122,31 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         route = entry.pattern(),
         generation = pin.id()
     );
+    if let Some(worker) = routes.workers.route(pin.generation(), side) {
+        // The generation runs in a worker process: it answers, the front counts and stamps.
+        let forward = Forward {
+            method: &http_method,
+            uri: &uri,
+            headers: &headers,
+            body,
+            context: &context,
+            route: entry.label(),
+        };
+        let answer = routes
+            .workers
+            .forward(&worker, forward)
+            .instrument(span)
+            .await;
+        let response = super::app::forwarded(answer);
+        let served = Served {
+            pattern: entry.pattern(),
+            method,
+            pin: &pin,
+            side,
+            started,
+        };
+        return counted(&routes, response, &served, &context);
+    }
     // On the stack for the usual few parameters and headers: no allocation per request.
     let params: SmallVec<[(&str, Cow<'_, str>); 4]> = match route
         .params()
@@ -173,16 +200,43 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
             Err(_) => Err(late(&routes, &context, pin.id(), entry.label())),
         }
     };
-    let elapsed = started.elapsed();
     let response = match result {
         Ok(reply) => into_response(&reply, entry.label(), &context),
         Err(error) => span.in_scope(|| answer_failure(&error, &context).into_response()),
     };
-    let status = response.status();
-    routes.metrics.route(
-        entry.pattern(),
+    let served = Served {
+        pattern: entry.pattern(),
         method,
+        pin: &pin,
         side,
+        started,
+    };
+    counted(&routes, response, &served, &context)
+}
+
+/// Where a request was answered: the route's pattern and method, the pinned generation, the
+/// side, and when the request started.
+struct Served<'a> {
+    pattern: &'a str,
+    method: &'a str,
+    pin: &'a OwnedPin,
+    side: Side,
+    started: Instant,
+}
+
+/// Counts an answered request (per route, per generation, for the rollout) and stamps it.
+fn counted(
+    routes: &PluginRoutes,
+    response: Response,
+    served: &Served<'_>,
+    context: &RequestContext,
+) -> Response {
+    let elapsed = served.started.elapsed();
+    let (pin, status) = (served.pin, response.status());
+    routes.metrics.route(
+        served.pattern,
+        served.method,
+        served.side,
         pin.release(),
         status,
         elapsed,
@@ -193,7 +247,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     routes
         .rollouts
         .record(pin.id(), status.is_server_error(), elapsed);
-    stamped(response, &pin, side, &context)
+    stamped(response, pin, served.side, context)
 }
 
 /// The error a call past the request's deadline is answered with (the async call was dropped,

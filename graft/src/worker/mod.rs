@@ -1,0 +1,793 @@
+//! Worker processes: generations whose calls run in a process of their own, so that a plugin
+//! that crashes (a segfault, an abort, a stack overflow), spins or leaks takes down only its
+//! worker, never the front that holds the listeners, the admin plane, routing, rollouts and
+//! metrics.
+//!
+//! `isolation` in `graft.toml` chooses which generations: `none` (every call in this process),
+//! `canary` (a rollout's canary in a worker, stable here) or `all`. A worker is `graft worker`
+//! serving the generation's plugin set (see `process.rs`), which it verifies, loads, checks,
+//! links and initialises itself; the front forwards each request routed to that generation to
+//! it (`forward.rs`) and answers with what it says. Semantics are unchanged: a request pins one
+//! generation in the front (so a release goes live, drains and is counted as before) and is
+//! served by that generation's worker; a worker whose generation is neither current nor the
+//! canary, and has no request in flight, is asked to exit: the perfect unload.
+//!
+//! - **A crash** fails only the worker's requests in flight (502, in the JSON error shape, and
+//!   logged with the signal and generation). A canary's crash aborts the rollout at once (the
+//!   event names the signal); a stable worker is started again on the same release after a
+//!   backoff, and after [`WorkerConfig::crash_limit`] crashes within
+//!   [`WorkerConfig::crash_window_ms`] the host rolls back to the previous release.
+//! - **A call past its deadline** is answered 503; if it has not returned
+//!   [`WorkerConfig::grace_ms`] later, its worker is recycled: a fresh worker of the same
+//!   generation takes new requests, and the stuck one is killed once its other requests ended.
+//! - **Memory**: [`WorkerConfig::memory_limit_mb`] bounds each worker (`RLIMIT_DATA`); an
+//!   allocation past it aborts that worker alone.
+//!
+//! What stays in the front for now: the front prepares each release itself too (it routes,
+//! pins and reports with that generation, and never calls into it), so a plugin that crashes
+//! while it *loads or initialises* still takes the front down; and a generation whose plugins
+//! hold state (cells or tables) runs in the front whatever `isolation` says (each process
+//! would keep its own copy of the state, and a canary's writes would be lost), which is
+//! logged once per generation and shown in status.
+
+mod child;
+mod forward;
+mod process;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, Uri};
+use graft_host::{Generation, Host, RequestContext};
+use serde::Deserialize;
+
+pub use child::run;
+pub(crate) use process::Spec;
+
+use crate::api::{ApiError, ErrorCode, WorkerState, WorkerStatus};
+use crate::metrics::Metrics;
+use crate::rollout::{Rollouts, Route as Side};
+use forward::ForwardError;
+use process::{Ended, Launch, Process};
+
+/// Which generations run in worker processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// None: every call runs in the front.
+    #[default]
+    None,
+    /// A rollout's canary.
+    Canary,
+    /// Every generation.
+    All,
+}
+
+/// `[workers]` in `graft.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The `graft` executable workers run (default: the running one).
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// How long a worker may take to serve after it is started (default 10 s).
+    #[serde(default = "default_start_timeout_ms")]
+    pub start_timeout_ms: u64,
+    /// How long a call past its deadline may still run before its worker is recycled
+    /// (default 1 s).
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+    /// How many crashes of the stable generation's worker within `crash_window_ms` roll the
+    /// host back to the previous release (default 3).
+    #[serde(default = "default_crash_limit")]
+    pub crash_limit: usize,
+    /// See `crash_limit` (default 60 s).
+    #[serde(default = "default_crash_window_ms")]
+    pub crash_window_ms: u64,
+    /// The first wait before a crashed stable worker is started again; doubled for each crash
+    /// in the window, at most 5 s (default 100 ms).
+    #[serde(default = "default_restart_backoff_ms")]
+    pub restart_backoff_ms: u64,
+    /// The most memory a worker may allocate (its `RLIMIT_DATA`), in MiB. No limit by default.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
+}
+
+fn default_start_timeout_ms() -> u64 {
+    10_000
+}
+fn default_grace_ms() -> u64 {
+    1_000
+}
+fn default_crash_limit() -> usize {
+    3
+}
+fn default_crash_window_ms() -> u64 {
+    60_000
+}
+fn default_restart_backoff_ms() -> u64 {
+    100
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            start_timeout_ms: default_start_timeout_ms(),
+            grace_ms: default_grace_ms(),
+            crash_limit: default_crash_limit(),
+            crash_window_ms: default_crash_window_ms(),
+            restart_backoff_ms: default_restart_backoff_ms(),
+            memory_limit_mb: None,
+        }
+    }
+}
+
+/// The longest wait before a crashed worker is started again.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a request its worker failed waits for the worker's end to be handled (a crash
+/// aborts a canary's rollout before the failed request counts against it).
+const CRASH_SETTLES: Duration = Duration::from_millis(200);
+
+/// How often workers no generation needs any more are looked for.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// Where a generation runs: in a worker (`Some`) or in the front (`None`: isolation does not
+/// cover it, or its plugins hold state).
+type Placement = Option<Arc<Slot>>;
+
+/// The worker processes of a front.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    isolation: Isolation,
+    config: WorkerConfig,
+    binary: PathBuf,
+    /// `DATA/workers`: one directory per generation in a worker.
+    root: PathBuf,
+    spec: Spec,
+    host: Arc<Host>,
+    rollouts: Arc<Rollouts>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    /// Where each generation routed so far runs; replaced whole on a change (rare), read per
+    /// request without a lock.
+    placed: ArcSwap<HashMap<u64, Placement>>,
+    change: Mutex<()>,
+    me: Weak<Workers>,
+}
+
+/// A generation's worker, started, serving, restarting or gone.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    generation: Weak<Generation>,
+    id: u64,
+    dir: PathBuf,
+    process: ArcSwapOption<Process>,
+    state: Mutex<(WorkerState, Option<String>)>,
+    changed: tokio::sync::Notify,
+    crashes: Mutex<VecDeque<Instant>>,
+    restarts: std::sync::atomic::AtomicU64,
+    /// [`Kept`]s alive: the generation is about to go live.
+    kept: std::sync::atomic::AtomicUsize,
+}
+
+/// Keeps a generation's worker while its release goes live (see [`Workers::start`]).
+#[derive(Debug)]
+#[must_use = "the worker is kept only while this lives"]
+pub(crate) struct Kept(Option<Arc<Slot>>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.0 {
+            slot.kept.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Workers {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        isolation: Isolation,
+        config: WorkerConfig,
+        data_dir: &std::path::Path,
+        spec: Spec,
+        host: Arc<Host>,
+        rollouts: Arc<Rollouts>,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, String> {
+        let binary = match &config.binary {
+            Some(binary) => binary.clone(),
+            None => {
+                std::env::current_exe().map_err(|e| format!("finding the graft executable: {e}"))?
+            }
+        };
+        let root = data_dir.join("workers");
+        // What a killed front left behind: its workers exited when their input closed.
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(Arc::new_cyclic(|me| Self {
+            isolation,
+            config,
+            binary,
+            root,
+            spec,
+            host,
+            rollouts,
+            metrics,
+            runtime,
+            placed: ArcSwap::default(),
+            change: Mutex::new(()),
+            me: me.clone(),
+        }))
+    }
+
+    /// The worker serving `generation` when a request routed to `side` pinned it, if it runs in
+    /// one: started (in the background) the first time a generation is routed.
+    #[inline]
+    pub(crate) fn route(&self, generation: &Arc<Generation>, side: Side) -> Option<Arc<Slot>> {
+        match (self.isolation, side) {
+            (Isolation::None, _) | (Isolation::Canary, Side::Stable) => None,
+            _ => match self.placed.load().get(&generation.id()) {
+                Some(placed) => placed.clone(),
+                None => self.place(generation),
+            },
+        }
+    }
+
+    /// Starts `generation`'s worker (unless it runs in the front) and waits until it serves:
+    /// before a release goes live, so that one whose worker cannot start is refused. The
+    /// worker is kept while the returned [`Kept`] lives, even though nothing routes to its
+    /// generation yet (it is published after this returns).
+    ///
+    /// # Errors
+    ///
+    /// Why the worker could not start.
+    pub(crate) fn start(&self, generation: &Arc<Generation>, side: Side) -> Result<Kept, String> {
+        let Some(slot) = self.route(generation, side) else {
+            return Ok(Kept(None));
+        };
+        slot.kept.fetch_add(1, Ordering::SeqCst);
+        let kept = Kept(Some(Arc::clone(&slot)));
+        loop {
+            match slot.state() {
+                (WorkerState::Starting | WorkerState::Restarting, _) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (WorkerState::Failed | WorkerState::Stopped, why) => {
+                    return Err(why.unwrap_or_else(|| "the worker stopped".into()))
+                }
+                (WorkerState::Serving | WorkerState::InFront, _) => return Ok(kept),
+            }
+        }
+    }
+
+    /// Decides where a generation routed for the first time runs, and starts its worker.
+    #[cold]
+    fn place(&self, generation: &Arc<Generation>) -> Option<Arc<Slot>> {
+        let _change = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(placed) = self.placed.load().get(&generation.id()) {
+            return placed.clone();
+        }
+        let stateful: Vec<&str> = generation.stateful_plugins().collect();
+        let placed = if stateful.is_empty() {
+            let slot = Arc::new(Slot {
+                generation: Arc::downgrade(generation),
+                id: generation.id(),
+                dir: self.root.join(format!("gen-{}", generation.id())),
+                process: ArcSwapOption::empty(),
+                state: Mutex::new((WorkerState::Starting, None)),
+                changed: tokio::sync::Notify::new(),
+                crashes: Mutex::default(),
+                restarts: std::sync::atomic::AtomicU64::new(0),
+                kept: std::sync::atomic::AtomicUsize::new(0),
+            });
+            match process::write_release(&slot.dir, generation) {
+                Ok(()) => {
+                    let (me, starting) = (self.me.clone(), Arc::clone(&slot));
+                    std::thread::spawn(move || {
+                        if let Some(me) = me.upgrade() {
+                            me.launch(&starting);
+                        }
+                    });
+                }
+                Err(error) => {
+                    let why = format!("writing {}: {error}", slot.dir.display());
+                    slot.set(WorkerState::Failed, Some(why));
+                }
+            }
+            Some(slot)
+        } else {
+            tracing::warn!(
+                generation = generation.id(),
+                plugins = %stateful.join(", "),
+                "generation runs in the front despite `isolation`: its plugins hold state, which \
+                 a worker would keep a copy of"
+            );
+            None
+        };
+        let mut map = HashMap::clone(&self.placed.load());
+        map.insert(generation.id(), placed.clone());
+        self.placed.store(Arc::new(map));
+        placed
+    }
+
+    /// Starts a process for `slot`; on failure the slot is failed (and its requests answered
+    /// 502).
+    fn launch(&self, slot: &Arc<Slot>) -> bool {
+        let launch = Launch {
+            binary: &self.binary,
+            dir: &slot.dir,
+            spec: &self.spec,
+            memory_limit_mb: self.config.memory_limit_mb,
+            timeout: Duration::from_millis(self.config.start_timeout_ms),
+        };
+        let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
+        let process_cell: Arc<Mutex<Option<Arc<Process>>>> = Arc::default();
+        let cell = Arc::clone(&process_cell);
+        let started = process::start(&launch, move |ended| {
+            let process = cell.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let (Some(me), Some(slot), Some(process)) =
+                (me.upgrade(), watched.upgrade(), process)
+            {
+                me.exited(&slot, &process, &ended);
+            }
+        });
+        match started {
+            Ok(process) => {
+                *process_cell.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&process));
+                tracing::info!(generation = slot.id, pid = process.pid, "worker serving");
+                slot.process.store(Some(process));
+                slot.set(WorkerState::Serving, None);
+                self.count_running();
+                true
+            }
+            Err(why) => {
+                tracing::error!(generation = slot.id, %why, "worker could not start");
+                slot.set(WorkerState::Failed, Some(why));
+                false
+            }
+        }
+    }
+
+    /// A worker ended. Asked to (stopped, recycled): nothing more. Otherwise a crash.
+    fn exited(&self, slot: &Arc<Slot>, process: &Arc<Process>, ended: &Ended) {
+        let current = slot.process.load_full();
+        if current.as_ref().is_some_and(|p| Arc::ptr_eq(p, process)) {
+            slot.process.store(None);
+        }
+        self.count_running();
+        if process.stopping.load(Ordering::SeqCst) {
+            slot.changed.notify_waiters();
+            return;
+        }
+        self.metrics.workers().crashed(&ended.signal);
+        let how = &ended.how;
+        tracing::error!(
+            generation = slot.id,
+            pid = process.pid,
+            how = %how,
+            in_flight = process.in_flight.load(Ordering::Relaxed),
+            "worker crashed: its requests in flight fail with 502"
+        );
+        let crashes = slot.crashed(Duration::from_millis(self.config.crash_window_ms));
+        let reason = format!("the canary's worker (pid {}) crashed: {how}", process.pid);
+        if self.rollouts.abort_canary(slot.id, reason) {
+            slot.set(WorkerState::Failed, Some(format!("crashed: {how}")));
+            return;
+        }
+        let current = self.host.current().id() == slot.id;
+        if !current || self.isolation != Isolation::All {
+            slot.set(WorkerState::Failed, Some(format!("crashed: {how}")));
+            return;
+        }
+        if crashes >= self.config.crash_limit {
+            let why = format!(
+                "crashed {crashes} times within {} ms (workers.crash_limit): rolling back",
+                self.config.crash_window_ms
+            );
+            tracing::error!(generation = slot.id, %why, "worker crash loop");
+            slot.set(WorkerState::Failed, Some(why));
+            match self.host.rollback() {
+                Ok(report) => tracing::warn!(
+                    generation = report.generation,
+                    "rolled back after the worker crash loop"
+                ),
+                Err(error) => {
+                    tracing::error!(error = %graft_host::DisplayChain(&error), "rollback after the worker crash loop refused")
+                }
+            }
+            return;
+        }
+        slot.set(WorkerState::Restarting, Some(format!("crashed: {how}")));
+        let shift = u32::try_from(crashes.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        let backoff = Duration::from_millis(self.config.restart_backoff_ms)
+            .saturating_mul(1 << shift)
+            .min(MAX_BACKOFF);
+        std::thread::sleep(backoff);
+        if slot.state().0 != WorkerState::Restarting {
+            return; // stopped meanwhile
+        }
+        if self.launch(slot) {
+            slot.restarts.fetch_add(1, Ordering::Relaxed);
+            self.metrics.workers().restarted();
+        }
+    }
+
+    /// Replaces `stuck` (a worker with a call past its deadline and grace) by a fresh worker of
+    /// the same generation, then kills it once its other requests ended.
+    fn recycle(&self, slot: &Arc<Slot>, stuck: &Arc<Process>) {
+        {
+            let _change = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = slot.process.load_full();
+            if !current.is_some_and(|p| Arc::ptr_eq(&p, stuck))
+                || slot.state().0 != WorkerState::Serving
+            {
+                return; // already replaced, crashed or stopped
+            }
+            slot.set(
+                WorkerState::Restarting,
+                Some("recycled: a call ran past its deadline and grace".into()),
+            );
+        }
+        tracing::warn!(
+            generation = slot.id,
+            pid = stuck.pid,
+            grace_ms = self.config.grace_ms,
+            "recycling a worker: a call ran past its deadline and grace"
+        );
+        stuck.stopping.store(true, Ordering::SeqCst);
+        if self.launch(slot) {
+            self.metrics.workers().recycled();
+        }
+        let drain = Duration::from_secs(10);
+        let since = Instant::now();
+        while stuck.in_flight.load(Ordering::SeqCst) > stuck.overdue.load(Ordering::SeqCst)
+            && since.elapsed() < drain
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stuck.kill();
+    }
+
+    /// Stops the workers of generations nothing routes to any more and no request holds.
+    fn sweep(&self) {
+        let placed = self.placed.load_full();
+        let canary = self.rollouts.canary_id();
+        let current = self.host.current().id();
+        let gone: Vec<u64> = placed
+            .iter()
+            .filter(|(&id, _)| {
+                let routed =
+                    canary == Some(id) || (self.isolation == Isolation::All && current == id);
+                let slot = placed.get(&id).and_then(|p| p.as_ref());
+                let kept = slot.is_some_and(|slot| slot.kept.load(Ordering::SeqCst) > 0);
+                let held = slot
+                    .and_then(|slot| slot.generation.upgrade())
+                    .is_some_and(|g| g.in_flight() > 0);
+                !routed && !kept && !held
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let _change = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = HashMap::clone(&self.placed.load());
+        for id in gone {
+            if let Some(Some(slot)) = map.remove(&id) {
+                slot.stop();
+                tracing::info!(generation = id, "worker stopped: its generation is drained");
+            }
+        }
+        self.placed.store(Arc::new(map));
+    }
+
+    /// Sweeps every [`SWEEP`] until `stop`.
+    pub(crate) async fn sweep_until(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.isolation == Isolation::None {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SWEEP) => {
+                    let me = Arc::clone(&self);
+                    let _ = tokio::task::spawn_blocking(move || me.sweep()).await;
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Stops every worker (the front is stopping).
+    pub(crate) fn stop_all(&self) {
+        let _change = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        for slot in self.placed.load().values().flatten() {
+            slot.stop();
+        }
+        self.placed.store(Arc::default());
+    }
+
+    /// What status shows of each generation routed under isolation.
+    pub(crate) fn status(&self) -> Vec<WorkerStatus> {
+        let mut workers: Vec<WorkerStatus> = self
+            .placed
+            .load()
+            .iter()
+            .map(|(&generation, placed)| match placed {
+                None => WorkerStatus {
+                    generation,
+                    state: WorkerState::InFront,
+                    pid: None,
+                    uptime_ms: 0,
+                    in_flight: 0,
+                    restarts: 0,
+                    crashes: 0,
+                    reason: Some("its plugins hold state".into()),
+                },
+                Some(slot) => slot.status(self.config.crash_window_ms),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.generation);
+        workers
+    }
+
+    fn count_running(&self) {
+        let running = self
+            .placed
+            .load()
+            .values()
+            .flatten()
+            .filter(|slot| slot.process.load().is_some())
+            .count();
+        self.metrics.workers().set_running(running);
+    }
+
+    /// Forwards one request to `slot`'s worker and returns its answer; a worker that fails
+    /// mid-request is a 502, one that is not serving yet is waited for until the deadline.
+    pub(crate) async fn forward(
+        &self,
+        slot: &Arc<Slot>,
+        request: Forward<'_>,
+    ) -> Result<Response<Bytes>, ApiError> {
+        let context = request.context;
+        let deadline = context.deadline.map(tokio::time::Instant::from_std);
+        let process = slot
+            .serving(
+                deadline,
+                Duration::from_millis(self.config.start_timeout_ms),
+            )
+            .await?;
+        let extra = [
+            (
+                "x-request-id",
+                HeaderValue::from_str(&context.id).unwrap_or(HeaderValue::from_static("-")),
+            ),
+            (
+                "traceparent",
+                HeaderValue::from_str(&context.trace.traceparent())
+                    .unwrap_or(HeaderValue::from_static("-")),
+            ),
+        ];
+        let sent = forward::request(
+            request.method,
+            request.uri,
+            request.headers,
+            extra,
+            request.body,
+        );
+        let sending = InFlight::new(Arc::clone(&process));
+        // Boxed, so that a call past its deadline can be moved to a task of its own and run on.
+        let mut call = Box::pin(async move {
+            let sending = sending;
+            sending.0.pool.send(sent).await
+        });
+        let answer = match deadline {
+            None => call.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, &mut call).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.overdue(slot, &process, self.runtime.spawn(call));
+                    let message = format!(
+                        "past the request's deadline; the call runs on in worker pid {} (recycled if still running {} ms later)",
+                        process.pid, self.config.grace_ms
+                    );
+                    return Err(ApiError::new(ErrorCode::DeadlineExceeded, message));
+                }
+            },
+        };
+        match answer {
+            Ok(answer) => Ok(answer),
+            Err(error) => {
+                let ended = process.ended(CRASH_SETTLES).await;
+                let route = request.route;
+                Err(self.failed(slot, &process, &error, ended.as_ref(), context, route))
+            }
+        }
+    }
+
+    /// A call past its deadline: if it still runs after the grace period, its worker is
+    /// recycled.
+    fn overdue(
+        &self,
+        slot: &Arc<Slot>,
+        process: &Arc<Process>,
+        call: tokio::task::JoinHandle<Result<Response<Bytes>, ForwardError>>,
+    ) {
+        process.overdue.fetch_add(1, Ordering::SeqCst);
+        let grace = Duration::from_millis(self.config.grace_ms);
+        let (me, slot, process) = (self.me.clone(), Arc::clone(slot), Arc::clone(process));
+        self.runtime.spawn(async move {
+            let mut call = call;
+            if tokio::time::timeout(grace, &mut call).await.is_err() {
+                if let Some(me) = me.upgrade() {
+                    let (slot, stuck) = (Arc::clone(&slot), Arc::clone(&process));
+                    let _ = tokio::task::spawn_blocking(move || me.recycle(&slot, &stuck)).await;
+                }
+                let _ = call.await;
+            }
+            process.overdue.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// The answer to a request its worker failed (it crashed mid-request, most likely: the
+    /// crash itself is logged with its signal by the process's waiter).
+    fn failed(
+        &self,
+        slot: &Slot,
+        process: &Process,
+        error: &ForwardError,
+        ended: Option<&Ended>,
+        context: &RequestContext,
+        route: &str,
+    ) -> ApiError {
+        let how = ended.map_or("failed", |ended| ended.how.as_str());
+        tracing::error!(
+            request_id = %context.id,
+            generation = slot.id,
+            pid = process.pid,
+            route,
+            error = %error,
+            worker = how,
+            "request failed in its worker"
+        );
+        let message = format!(
+            "the worker process serving generation {} {how} during the request; the server log \
+             has the details under request id {}",
+            slot.id, context.id
+        );
+        ApiError::new(ErrorCode::WorkerFailed, message)
+    }
+}
+
+/// A request forwarded to a process and not answered yet: counted in its `in_flight` while it
+/// lives.
+struct InFlight(Arc<Process>);
+
+impl InFlight {
+    fn new(process: Arc<Process>) -> Self {
+        process.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(process)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request to forward, as the front received it.
+#[derive(Debug)]
+pub(crate) struct Forward<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) context: &'a Arc<RequestContext>,
+    /// The route's label, for the log.
+    pub(crate) route: &'a str,
+}
+
+impl Slot {
+    fn state(&self) -> (WorkerState, Option<String>) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, state: WorkerState, reason: Option<String>) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = (state, reason);
+        self.changed.notify_waiters();
+    }
+
+    /// Records a crash; returns how many fell within `window`.
+    fn crashed(&self, window: Duration) -> usize {
+        let mut crashes = self.crashes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > window)
+        {
+            crashes.pop_front();
+        }
+        crashes.len()
+    }
+
+    fn stop(&self) {
+        self.set(WorkerState::Stopped, None);
+        if let Some(process) = self.process.swap(None) {
+            process.stop();
+        }
+        let dir = self.dir.clone();
+        // The worker's own files go when it exits; the release links now.
+        let _ = std::fs::remove_dir_all(dir.join("release"));
+    }
+
+    /// The serving process, waited for (while it starts or restarts) until `deadline`, or
+    /// `start_timeout` without one.
+    async fn serving(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        start_timeout: Duration,
+    ) -> Result<Arc<Process>, ApiError> {
+        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + start_timeout);
+        loop {
+            let changed = self.changed.notified();
+            if let Some(process) = self.process.load_full() {
+                return Ok(process);
+            }
+            let (state, reason) = self.state();
+            if matches!(state, WorkerState::Failed | WorkerState::Stopped) {
+                let message = format!(
+                    "generation {}'s worker is not serving ({})",
+                    self.id,
+                    reason.as_deref().unwrap_or("stopped")
+                );
+                return Err(ApiError::new(ErrorCode::WorkerFailed, message));
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                let message = format!("generation {}'s worker is not serving yet", self.id);
+                return Err(ApiError::new(ErrorCode::Unavailable, message));
+            }
+        }
+    }
+
+    fn status(&self, window_ms: u64) -> WorkerStatus {
+        let (state, reason) = self.state();
+        let process = self.process.load_full();
+        let window = Duration::from_millis(window_ms);
+        let crashes = self
+            .crashes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|at| at.elapsed() <= window)
+            .count();
+        WorkerStatus {
+            generation: self.id,
+            state,
+            pid: process.as_ref().map(|p| p.pid),
+            uptime_ms: process.as_ref().map_or(0, |p| {
+                u64::try_from(p.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }),
+            in_flight: process
+                .as_ref()
+                .map_or(0, |p| p.in_flight.load(Ordering::Relaxed)),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            crashes,
+            reason,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Worker processes (`isolation`): a plugin that crashes, spins or leaks takes down only its
+//! worker. The front (`graft serve`, a child process here) keeps its pid, its listeners and
+//! every request of the generations that did not fail.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use graft::api::{WorkerState, WorkerStatus};
+use graft::client::AdminClient;
+use graft::rollout::RolloutState;
+
+use crate::serve::{agent, spawn_graft_serve_logged};
+use crate::util::{wait_until, Env};
+
+const FORCE_TOKEN: &str = "operators-force-the-canary";
+
+/// A config serving `hello@1` at `POST /hello` from release `v1` (hello-v1), with `extra`.
+fn config(env: &Env, extra: &str) -> std::path::PathBuf {
+    env.complete_release("v1", &["hello-v1"]);
+    let path = env.path("graft.toml");
+    let text = format!(
+        r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+{extra}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[rollout]
+plan = "50:1h,100"
+interval_ms = 50
+force_token = "{FORCE_TOKEN}"
+p99_slack_ms = 60000
+
+[[route]]
+method = "POST"
+path = "/hello"
+export = "hello@1"
+timeout_ms = 1000
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// POSTs `name` to `/hello`; returns the status, the generation that answered, and the body.
+fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
+    let mut request = agent()
+        .post(format!("{base}/hello"))
+        .content_type("application/json");
+    if canary {
+        request = request
+            .header("x-graft-route", "canary")
+            .header("x-graft-route-token", FORCE_TOKEN);
+    }
+    let mut response = request.send(serde_json::to_string(name).unwrap()).unwrap();
+    let generation = response
+        .headers()
+        .get("x-graft-generation")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let status = response.status().as_u16();
+    (
+        status,
+        generation,
+        response.body_mut().read_to_string().unwrap(),
+    )
+}
+
+fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
+    let status = admin.status().unwrap();
+    status
+        .workers
+        .into_iter()
+        .find(|w| w.generation == generation)
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn a_canary_that_segfaults_aborts_or_overflows_its_stack_fails_alone_and_aborts_its_rollout() {
+    let env = Env::new();
+    let path = config(&env, "isolation = \"canary\"");
+    let (server, base, admin_url, log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let front = server.0.id();
+    let admin = AdminClient::new(&admin_url, None);
+    let crashy = env.release("crashy", &["crashy"]);
+
+    for (input, signal) in [
+        ("segfault", "SIGSEGV"),
+        ("abort", "SIGABRT"),
+        ("stack-overflow", "SIGABRT"),
+    ] {
+        let (ok, _, stderr) = crate::serve::graft_cli(
+            &["deploy", crashy.to_str().unwrap(), "--canary", "50"],
+            &admin_url,
+        );
+        assert!(ok, "{stderr}");
+        let canary = admin.rollout().unwrap().canary;
+        let stable = admin.status().unwrap().host.current;
+        let worker = worker_of(&admin, canary).expect("the canary runs in a worker");
+        assert_eq!(worker.state, WorkerState::Serving);
+        let pid = worker.pid.unwrap();
+        assert!(
+            worker_of(&admin, stable).is_none(),
+            "stable runs in the front"
+        );
+
+        // Steady traffic on both sides while the canary crashes: stable loses nothing.
+        let stop = AtomicBool::new(false);
+        let (stable_answers, stable_failures) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (status, _, body) = std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, generation, body) = hello(&base, "ops", false);
+                        if generation == stable {
+                            stable_answers.fetch_add(1, Ordering::Relaxed);
+                            if status != 200 {
+                                eprintln!("stable failed: {status} {body}");
+                                stable_failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let crashed = hello(&base, input, true);
+            wait_until("the rollout aborted", Duration::from_secs(30), || {
+                admin.rollout().unwrap().state == RolloutState::Aborted
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, Ordering::Relaxed);
+            crashed
+        });
+        assert_eq!(
+            status,
+            502,
+            "{input}: {body}; {:#?}",
+            admin.rollout().unwrap().events
+        );
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"], "worker-failed", "{body}");
+        assert!(stable_answers.load(Ordering::Relaxed) > 10);
+        assert_eq!(
+            stable_failures.load(Ordering::Relaxed),
+            0,
+            "{input}: stable failed requests"
+        );
+
+        let rollout = admin.rollout().unwrap();
+        let aborted = rollout
+            .events
+            .iter()
+            .find(|e| e.event == "aborted")
+            .unwrap();
+        assert!(
+            aborted.message.contains(signal),
+            "{input}: {}",
+            aborted.message
+        );
+        log.wait_for(&["worker crashed", signal]);
+        assert!(!alive(pid), "the crashed worker is gone");
+        assert!(alive(front), "the front serves on, same pid");
+        for _ in 0..20 {
+            assert_eq!(hello(&base, "after", false).0, 200);
+        }
+    }
+    let metrics = agent()
+        .get(format!("{admin_url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        r#"graft_worker_crashes_total{signal="SIGSEGV"} 1"#,
+        r#"graft_worker_crashes_total{signal="SIGABRT"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    drop(server);
+}
+
+#[test]
+fn a_spinning_call_is_answered_503_at_its_deadline_and_its_worker_replaced() {
+    let env = Env::new();
+    let path = config(&env, "isolation = \"all\"\n\n[workers]\ngrace_ms = 300");
+    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let admin = AdminClient::new(&admin_url, None);
+    let crashy = env.release("crashy", &["crashy"]);
+    let (ok, _, stderr) =
+        crate::serve::graft_cli(&["deploy", crashy.to_str().unwrap()], &admin_url);
+    assert!(ok, "{stderr}");
+    let generation = admin.status().unwrap().host.current;
+    let spinning = worker_of(&admin, generation).unwrap().pid.unwrap();
+
+    let (status, _, body) = hello(&base, "spin", false);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("deadline-exceeded"), "{body}");
+    wait_until(
+        "a fresh worker of the same generation",
+        Duration::from_secs(30),
+        || {
+            worker_of(&admin, generation).is_some_and(|w| {
+                w.state == WorkerState::Serving && w.pid.is_some_and(|pid| pid != spinning)
+            })
+        },
+    );
+    // The spinning worker is killed: its core is free again.
+    wait_until("the spinning worker gone", Duration::from_secs(30), || {
+        !alive(spinning)
+    });
+    for _ in 0..20 {
+        let (status, answered_by, body) = hello(&base, "ops", false);
+        assert_eq!((status, answered_by), (200, generation), "{body}");
+    }
+    let metrics = agent()
+        .get(format!("{admin_url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("graft_worker_recycled_total 1"),
+        "{metrics}"
+    );
+    drop(server);
+}
+
+#[test]
+fn a_stable_worker_that_keeps_crashing_is_restarted_then_rolled_back() {
+    let env = Env::new();
+    let extra = "isolation = \"all\"\n\n[workers]\ncrash_limit = 3\nrestart_backoff_ms = 10\nmemory_limit_mb = 512";
+    let path = config(&env, extra);
+    let (server, base, admin_url, log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let admin = AdminClient::new(&admin_url, None);
+    let v1 = admin.status().unwrap().host.current;
+    let crashy = env.release("crashy", &["crashy"]);
+    let (ok, _, stderr) =
+        crate::serve::graft_cli(&["deploy", crashy.to_str().unwrap()], &admin_url);
+    assert!(ok, "{stderr}");
+    let v2 = admin.status().unwrap().host.current;
+
+    // A leak past the memory limit, then two segfaults: each kills only the worker; the first
+    // two are restarted on the same release, the third rolls the host back.
+    for (n, input) in ["leak", "segfault", "segfault"].into_iter().enumerate() {
+        wait_until("v2's worker serving", Duration::from_secs(30), || {
+            worker_of(&admin, v2).is_some_and(|w| w.state == WorkerState::Serving)
+        });
+        let (status, generation, body) = hello(&base, input, false);
+        assert_eq!((status, generation), (502, v2), "{input}: {body}");
+        if n < 2 {
+            wait_until("v2's worker restarted", Duration::from_secs(30), || {
+                worker_of(&admin, v2).is_some_and(|w| w.restarts == n as u64 + 1)
+            });
+            assert_eq!(hello(&base, "ops", false).0, 200);
+        }
+    }
+    log.wait_for(&["worker crash loop"]);
+    wait_until("rolled back", Duration::from_secs(30), || {
+        admin.status().unwrap().host.current != v2
+    });
+    let (status, generation, body) = hello(&base, "ops", false);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        generation > v2 && generation != v1,
+        "a new generation of v1's release"
+    );
+    assert_eq!(body, "\"hello, ops\"");
+    drop(server);
+}
