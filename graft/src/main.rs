@@ -133,6 +133,9 @@ enum Command {
         /// The worker's config, written by the front.
         #[arg(long)]
         config: PathBuf,
+        /// The Unix socket the front's requests come through.
+        #[arg(long)]
+        channel: PathBuf,
         /// The most memory the worker may allocate, in MiB.
         #[arg(long)]
         memory_limit_mb: Option<u64>,
@@ -316,8 +319,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => serve(&config, watch, set_aside_state),
         Command::Worker {
             config,
+            channel,
             memory_limit_mb,
-        } => graft::worker::run(&config, memory_limit_mb),
+        } => graft::worker::run(&config, &channel, memory_limit_mb),
         Command::Dev {
             crates,
             config,

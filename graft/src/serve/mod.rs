@@ -130,6 +130,8 @@ pub struct Server {
     admin_addr: SocketAddr,
     drain: Duration,
     workers: Arc<Workers>,
+    /// What serves the app's requests (also on a worker's channel).
+    router: axum::Router,
     app: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -356,6 +358,7 @@ impl Server {
             evict_idle_at_cap: true,
             ..app_limits
         };
+        let router = app.clone();
         let app = tokio::spawn(listen::serve(
             app_listener,
             app,
@@ -398,6 +401,7 @@ impl Server {
             admin_addr,
             drain: Duration::from_millis(config.drain_timeout_ms),
             workers,
+            router,
             app,
             admin,
             stop,
@@ -414,6 +418,11 @@ impl Server {
     /// The admin API's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The router that serves the app's requests.
+    pub(crate) fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     /// The host behind the server.

@@ -1,5 +1,6 @@
 //! `graft worker`: the worker's side. It serves its config's release as `graft serve` would,
-//! on loopback, says where once it serves (one JSON line on standard output), and stops on
+//! and the front's requests on its channel's socket (see `channel.rs`), says where once it
+//! serves (one JSON line on standard output), and stops on
 //! SIGTERM or SIGINT (draining first) or when its standard input closes (the front is gone).
 
 use std::io::{Read as _, Write as _};
@@ -17,7 +18,7 @@ use crate::serve::{shutdown_signal, Server};
 ///
 /// If the config cannot be read, the memory limit set, or the server started (its release
 /// refused, most often): the front reports it as the worker's start failure.
-pub fn run(config: &Path, memory_limit_mb: Option<u64>) -> anyhow::Result<()> {
+pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyhow::Result<()> {
     if let Some(limit) = memory_limit_mb {
         limit_memory(limit.saturating_mul(1 << 20))?;
     }
@@ -25,8 +26,11 @@ pub fn run(config: &Path, memory_limit_mb: Option<u64>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
+        super::channel::serve(channel, server.router())
+            .with_context(|| format!("binding {}", channel.display()))?;
         let ready = serde_json::to_string(&Ready {
             listen: server.addr(),
+            channel: channel.to_owned(),
         })?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{ready}")?;

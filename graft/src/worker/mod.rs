@@ -30,8 +30,8 @@
 //! would keep its own copy of the state, and a canary's writes would be lost), which is
 //! logged once per generation and shown in status.
 
+mod channel;
 mod child;
-mod forward;
 mod process;
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, Method, Response, Uri};
+use axum::http::{HeaderMap, Method, Response, Uri};
 use graft_host::{Generation, Host, RequestContext};
 use serde::Deserialize;
 
@@ -52,7 +52,7 @@ pub(crate) use process::Spec;
 use crate::api::{ApiError, ErrorCode, WorkerState, WorkerStatus};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
-use forward::ForwardError;
+use channel::ChannelError as ForwardError;
 use process::{Ended, Launch, Process};
 
 /// Which generations run in worker processes.
@@ -327,6 +327,7 @@ impl Workers {
             spec: &self.spec,
             memory_limit_mb: self.config.memory_limit_mb,
             timeout: Duration::from_millis(self.config.start_timeout_ms),
+            runtime: &self.runtime,
         };
         let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
         let process_cell: Arc<Mutex<Option<Arc<Process>>>> = Arc::default();
@@ -567,29 +568,21 @@ impl Workers {
                 Duration::from_millis(self.config.start_timeout_ms),
             )
             .await?;
-        let extra = [
-            (
-                "x-request-id",
-                HeaderValue::from_str(&context.id).unwrap_or(HeaderValue::from_static("-")),
-            ),
-            (
-                "traceparent",
-                HeaderValue::from_str(&context.trace.traceparent())
-                    .unwrap_or(HeaderValue::from_static("-")),
-            ),
-        ];
-        let sent = forward::request(
-            request.method,
-            request.uri,
-            request.headers,
-            extra,
-            request.body,
-        );
+        let traceparent = context.trace.traceparent();
+        let outgoing = channel::Outgoing {
+            method: request.method,
+            uri: request.uri,
+            headers: request.headers,
+            request_id: &context.id,
+            traceparent: &traceparent,
+            body: &request.body,
+        };
         let sending = InFlight::new(Arc::clone(&process));
+        let sent = process.channel.send(&outgoing);
         // Boxed, so that a call past its deadline can be moved to a task of its own and run on.
         let mut call = Box::pin(async move {
-            let sending = sending;
-            sending.0.pool.send(sent).await
+            let _sending = sending;
+            sent?.get().await
         });
         let answer = match deadline {
             None => call.await,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use graft_host::Generation;
 use serde::{Deserialize, Serialize};
 
-use super::forward::Pool;
+use super::channel::Channel;
 use crate::config::Route;
 use crate::outbound::HttpClientConfig;
 
@@ -53,19 +53,24 @@ struct WorkerToml<'a> {
 #[derive(Serialize)]
 struct AdminToml<'a> {
     listen: &'a str,
+    /// A random token nobody is told: the worker's admin API is not for anyone to use.
+    token: String,
 }
 
 /// The line a worker prints once it serves.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Ready {
+    /// Its HTTP listener (unused by the front; there for a person debugging it).
     pub(crate) listen: SocketAddr,
+    /// Its channel's socket.
+    pub(crate) channel: PathBuf,
 }
 
 /// A running worker.
 #[derive(Debug)]
 pub(crate) struct Process {
     pub(crate) pid: u32,
-    pub(crate) pool: Pool,
+    pub(crate) channel: Channel,
     /// Requests forwarded to it and not answered yet.
     pub(crate) in_flight: AtomicUsize,
     /// Of those, the ones whose client was answered 503 at their deadline.
@@ -162,6 +167,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) spec: &'a Spec,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) timeout: Duration,
+    /// The front's runtime: the channel's connections run on it.
+    pub(crate) runtime: &'a tokio::runtime::Handle,
 }
 
 /// Starts a worker (with a config and a data directory of its own in the launch directory),
@@ -179,6 +186,15 @@ pub(crate) fn start(
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
     let data = format!("data-{n}");
     let config = launch.dir.join(format!("graft-{n}.toml"));
+    let socket = std::path::absolute(launch.dir.join(format!("channel-{n}.sock")))
+        .map_err(|e| format!("{}: {e}", launch.dir.display()))?;
+    // A Unix socket's path has room for 107 bytes.
+    if socket.as_os_str().len() > 100 {
+        return Err(format!(
+            "the worker's socket path {} is longer than a Unix socket allows: use a shorter data_dir",
+            socket.display()
+        ));
+    }
     write_config(&config, &data, launch.spec)
         .map_err(|e| format!("writing {}: {e}", config.display()))?;
     let mut command = Command::new(launch.binary);
@@ -186,6 +202,8 @@ pub(crate) fn start(
         .arg("worker")
         .arg("--config")
         .arg(&config)
+        .arg("--channel")
+        .arg(&socket)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -209,8 +227,15 @@ pub(crate) fn start(
         Ok(line) => serde_json::from_str::<Ready>(line.trim()).ok(),
         Err(_) => None,
     };
-    let files = [config, launch.dir.join(&data)];
-    let Some(ready) = ready else {
+    let files = [config, launch.dir.join(&data), socket];
+    let channel = match &ready {
+        Some(ready) => launch
+            .runtime
+            .block_on(Channel::connect(&ready.channel))
+            .map_err(|e| e.to_string()),
+        None => Err(String::new()),
+    };
+    let (Some(_), Ok(channel)) = (&ready, channel) else {
         let _ = child.kill();
         let how = child.wait().map(Ended::of).map(|e| e.how);
         remove(&files);
@@ -219,13 +244,16 @@ pub(crate) fn start(
                 "worker pid {pid} did not serve within {} ms (workers.start_timeout_ms)",
                 launch.timeout.as_millis()
             ),
-            (Ok(_), Ok(how)) => format!("worker pid {pid} {how} while it prepared the release"),
+            (Ok(_), Ok(how)) if ready.is_none() => {
+                format!("worker pid {pid} {how} while it prepared the release")
+            }
+            (Ok(_), Ok(_)) => format!("worker pid {pid} served but its channel did not connect"),
             (Ok(_), Err(e)) => format!("worker pid {pid} ended while it prepared: {e}"),
         });
     };
     let process = std::sync::Arc::new(Process {
         pid,
-        pool: Pool::new(ready.listen),
+        channel,
         in_flight: AtomicUsize::new(0),
         overdue: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -254,7 +282,7 @@ fn remove(files: &[PathBuf]) {
 /// Waits for the child on a thread of its own, then removes its config and data and reports.
 fn wait_in_background(
     mut child: Child,
-    files: [PathBuf; 2],
+    files: [PathBuf; 3],
     on_exit: impl FnOnce(Ended) + Send + 'static,
 ) {
     std::thread::Builder::new()
@@ -314,6 +342,13 @@ impl Process {
     }
 }
 
+/// 32 random hex digits.
+fn unguessable() -> std::io::Result<String> {
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
 /// Writes a worker's `graft.toml`: its data directory, the release beside it, loopback
 /// addresses, and the front's serving settings.
 fn write_config(path: &Path, data_dir: &str, spec: &Spec) -> std::io::Result<()> {
@@ -324,6 +359,7 @@ fn write_config(path: &Path, data_dir: &str, spec: &Spec) -> std::io::Result<()>
         spec,
         admin: AdminToml {
             listen: "127.0.0.1:0",
+            token: unguessable()?,
         },
     })
     .map_err(std::io::Error::other)?;
