@@ -16,6 +16,12 @@
 //! header_read_timeout_ms = 10000
 //! body_timeout_ms = 30000
 //! route_timeout_ms = 30000     # routes plugins declare: answered 503 past it
+//! isolation = "none"           # none | canary | all: generations in worker processes
+//!
+//! [workers]                    # see crate::worker
+//! grace_ms = 1000
+//! crash_limit = 3
+//! crash_window_ms = 60000
 //!
 //! [http_client]                # graft.http.fetch@1, for plugins that import it
 //! allow = ["api.example.com", "127.0.0.1:8081"]   # host, or host:port
