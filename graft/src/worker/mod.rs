@@ -562,12 +562,7 @@ impl Workers {
     ) -> Result<Response<Bytes>, ApiError> {
         let context = request.context;
         let deadline = context.deadline.map(tokio::time::Instant::from_std);
-        let process = slot
-            .serving(
-                deadline,
-                Duration::from_millis(self.config.start_timeout_ms),
-            )
-            .await?;
+        let start_timeout = Duration::from_millis(self.config.start_timeout_ms);
         let traceparent = context.trace.traceparent();
         let outgoing = channel::Outgoing {
             method: request.method,
@@ -577,12 +572,38 @@ impl Workers {
             traceparent: &traceparent,
             body: &request.body,
         };
+        // A request whose worker's connection had already ended was never delivered: it waits
+        // for that end to be handled and goes to the worker that replaced it, if one did.
+        let mut undelivered = 0;
+        let (process, sent) = loop {
+            let process = slot.serving(deadline, start_timeout).await?;
+            match process.channel.send(&outgoing) {
+                Ok(sent) => break (process, sent),
+                Err(error) if undelivered < 2 => {
+                    undelivered += 1;
+                    tracing::debug!(generation = slot.id, pid = process.pid, %error, "worker gone before the request was sent; trying its successor");
+                    // Once its end is handled, the slot serves its successor (or fails).
+                    let _ = process.ended(CRASH_SETTLES).await;
+                }
+                Err(error) => {
+                    let ended = process.ended(CRASH_SETTLES).await;
+                    let route = request.route;
+                    return Err(self.failed(
+                        slot,
+                        &process,
+                        &error,
+                        ended.as_ref(),
+                        context,
+                        route,
+                    ));
+                }
+            }
+        };
         let sending = InFlight::new(Arc::clone(&process));
-        let sent = process.channel.send(&outgoing);
         // Boxed, so that a call past its deadline can be moved to a task of its own and run on.
         let mut call = Box::pin(async move {
             let _sending = sending;
-            sent?.get().await
+            sent.get().await
         });
         let answer = match deadline {
             None => call.await,
