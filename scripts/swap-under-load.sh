@@ -245,6 +245,33 @@ zero="requests=0 non2xx=0 socket_errors=0 mixed=0 duration_us=0"
 steady=$zero swapping=$zero
 deploys_file="$work/deploys"
 echo 0 >"$deploys_file"
+# compare A PORT_A B PORT_B: the load on two servers, one uncounted second each first (fresh
+# processes fault in pages and grow buffers), then the pairs of windows in ABBA order, so that a
+# machine steadily speeding up or slowing down favours neither; prints the comparison line
+# (rps_A, rps_B, ratio = rps_A / rps_B) and exits.
+compare() {
+  local a_load=$zero b_load=$zero i both rps_a rps_b
+  load 1 "$2" 0 >/dev/null
+  load 1 "$4" 0 >/dev/null
+  for i in $(seq 1 "$windows"); do
+    if [ $((i % 2)) -eq 1 ]; then
+      a_load=$(add "$a_load" "$(load "$window" "$2" 0)")
+      b_load=$(add "$b_load" "$(load "$window" "$4" 0)")
+    else
+      b_load=$(add "$b_load" "$(load "$window" "$4" 0)")
+      a_load=$(add "$a_load" "$(load "$window" "$2" 0)")
+    fi
+  done
+  both=$(add "$a_load" "$b_load")
+  rps_a=$(( $(field "$a_load" requests) * 1000000 / $(field "$a_load" duration_us) ))
+  rps_b=$(( $(field "$b_load" requests) * 1000000 / $(field "$b_load" duration_us) ))
+  echo "requests=$(field "$both" requests) non2xx=$(field "$both" non2xx)" \
+    "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
+    "rps_$1=$rps_a rps_$3=$rps_b" \
+    "ratio=$(awk -v a="$rps_a" -v b="$rps_b" 'BEGIN { printf "%.3f", a / b }')"
+  exit 0
+}
+
 if [ "$baseline" = static ]; then
   echo "$windows graft and $windows static windows of ${window}s" >&2
   cargo build --release --quiet -p static-baseline
@@ -254,29 +281,7 @@ if [ "$baseline" = static ]; then
   pids+=($!)
   wait_for "http://127.0.0.1:$port_static/"
   if [ "$service" = notes ]; then seed "$port_app"; seed "$port_static"; fi
-  # One uncounted second each first (fresh processes fault in pages and grow buffers), then
-  # the pairs of windows in ABBA order, so that a machine steadily speeding up or slowing down
-  # favours neither server.
-  load 1 "$port_app" 0 >/dev/null
-  load 1 "$port_static" 0 >/dev/null
-  graft_load=$zero static_load=$zero
-  for i in $(seq 1 "$windows"); do
-    if [ $((i % 2)) -eq 1 ]; then
-      graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
-      static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
-    else
-      static_load=$(add "$static_load" "$(load "$window" "$port_static" 0)")
-      graft_load=$(add "$graft_load" "$(load "$window" "$port_app" 0)")
-    fi
-  done
-  both=$(add "$graft_load" "$static_load")
-  rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }
-  rps_graft=$(rps "$graft_load") rps_static=$(rps "$static_load")
-  echo "requests=$(field "$both" requests) non2xx=$(field "$both" non2xx)" \
-    "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
-    "rps_graft=$rps_graft rps_static=$rps_static" \
-    "ratio=$(awk -v g="$rps_graft" -v s="$rps_static" 'BEGIN { printf "%.3f", g / s }')"
-  exit 0
+  compare graft "$port_app" static "$port_static"
 fi
 
 if [ "$isolation" != none ]; then
@@ -286,29 +291,9 @@ if [ "$isolation" != none ]; then
   start "$(config isolated "$work/v1" "isolation = \"$isolation\"")"
   port_app=$port_none port_admin=$admin_none
   start "$(config none "$work/v1")"
-  # One uncounted second each first, then the pairs of windows in ABBA order.
-  load 1 "$port_isolated" 0 >/dev/null
-  load 1 "$port_none" 0 >/dev/null
-  isolated_load=$zero none_load=$zero
-  for i in $(seq 1 "$windows"); do
-    if [ $((i % 2)) -eq 1 ]; then
-      isolated_load=$(add "$isolated_load" "$(load "$window" "$port_isolated" 0)")
-      none_load=$(add "$none_load" "$(load "$window" "$port_none" 0)")
-    else
-      none_load=$(add "$none_load" "$(load "$window" "$port_none" 0)")
-      isolated_load=$(add "$isolated_load" "$(load "$window" "$port_isolated" 0)")
-    fi
-  done
   workers=$(curl -s "http://127.0.0.1:$admin_isolated/status" | python3 -c 'import json,sys; print(len([w for w in json.load(sys.stdin).get("workers", []) if w["state"] == "serving"]))')
   echo "workers serving under isolation=$isolation: $workers" >&2
-  both=$(add "$isolated_load" "$none_load")
-  rps() { echo $(( $(field "$1" requests) * 1000000 / $(field "$1" duration_us) )); }
-  rps_isolated=$(rps "$isolated_load") rps_none=$(rps "$none_load")
-  echo "requests=$(field "$both" requests) non2xx=$(field "$both" non2xx)" \
-    "socket_errors=$(field "$both" socket_errors) mixed=$(field "$both" mixed)" \
-    "rps_isolated=$rps_isolated rps_none=$rps_none" \
-    "ratio=$(awk -v g="$rps_isolated" -v s="$rps_none" 'BEGIN { printf "%.3f", g / s }')"
-  exit 0
+  compare isolated "$port_isolated" none "$port_none"
 fi
 
 echo "$windows steady and $windows swapping windows of ${window}s, a $([ "$baseline" = graft ] && echo deploy || echo restart) every ${interval_ms} ms" >&2

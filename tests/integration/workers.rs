@@ -68,6 +68,17 @@ fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
     )
 }
 
+/// The admin API's `/metrics` text.
+fn metrics(admin_url: &str) -> String {
+    agent()
+        .get(format!("{admin_url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
 fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
     let status = admin.status().unwrap();
     status
@@ -172,13 +183,7 @@ fn a_canary_that_segfaults_aborts_or_overflows_its_stack_fails_alone_and_aborts_
             assert_eq!(hello(&base, "after", false).0, 200);
         }
     }
-    let metrics = agent()
-        .get(format!("{admin_url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics(&admin_url);
     for line in [
         r#"graft_worker_crashes_total{signal="SIGSEGV"} 1"#,
         r#"graft_worker_crashes_total{signal="SIGABRT"} 2"#,
@@ -221,13 +226,7 @@ fn a_spinning_call_is_answered_503_at_its_deadline_and_its_worker_replaced() {
         let (status, answered_by, body) = hello(&base, "ops", false);
         assert_eq!((status, answered_by), (200, generation), "{body}");
     }
-    let metrics = agent()
-        .get(format!("{admin_url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics(&admin_url);
     assert!(
         metrics.contains("graft_worker_recycled_total 1"),
         "{metrics}"

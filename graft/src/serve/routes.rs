@@ -122,6 +122,13 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         route = entry.pattern(),
         generation = pin.id()
     );
+    let served = Served {
+        pattern: entry.pattern(),
+        method,
+        pin: &pin,
+        side,
+        started,
+    };
     if let Some(worker) = routes.workers.route(pin.generation(), side) {
         // The generation runs in a worker process: it answers, the front counts and stamps.
         let forward = Forward {
@@ -138,13 +145,6 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
             .instrument(span)
             .await;
         let response = super::app::forwarded(answer);
-        let served = Served {
-            pattern: entry.pattern(),
-            method,
-            pin: &pin,
-            side,
-            started,
-        };
         return counted(&routes, response, &served, &context);
     }
     // On the stack for the usual few parameters and headers: no allocation per request.
@@ -203,13 +203,6 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     let response = match result {
         Ok(reply) => into_response(&reply, entry.label(), &context),
         Err(error) => span.in_scope(|| answer_failure(&error, &context).into_response()),
-    };
-    let served = Served {
-        pattern: entry.pattern(),
-        method,
-        pin: &pin,
-        side,
-        started,
     };
     counted(&routes, response, &served, &context)
 }
