@@ -288,9 +288,12 @@ if [ "$isolation" != none ]; then
   echo "$windows isolation=$isolation and $windows isolation=none windows of ${window}s" >&2
   port_isolated=$port_app admin_isolated=$port_admin
   port_none=$((port + 2)) admin_none=$((port + 3))
-  start "$(config isolated "$work/v1" "isolation = \"$isolation\"")"
+  # The in-process server first: the isolated one's worker binds ports of the kernel's choosing,
+  # which could otherwise be the very ports this script picked for the other.
   port_app=$port_none port_admin=$admin_none
   start "$(config none "$work/v1")"
+  port_app=$port_isolated port_admin=$admin_isolated
+  start "$(config isolated "$work/v1" "isolation = \"$isolation\"")"
   workers=$(curl -s "http://127.0.0.1:$admin_isolated/status" | python3 -c 'import json,sys; print(len([w for w in json.load(sys.stdin).get("workers", []) if w["state"] == "serving"]))')
   echo "workers serving under isolation=$isolation: $workers" >&2
   compare isolated "$port_isolated" none "$port_none"
