@@ -15,9 +15,10 @@ use graft_host::{DisplayChain, Step};
 use crate::serve::{agent, config, in_process_with};
 use crate::util::{graft_bin, library, Env};
 
-/// Runs `graft ARGS`; fails the test (and kills it) if it has not ended within a minute, as a
-/// blocking `open` of a FIFO would never end.
-fn graft_within_a_minute(args: &[&str]) -> (bool, String) {
+/// Runs `graft ARGS`, calling `poll` with its pid every 2 ms while it runs; fails the test (and
+/// kills it) if it has not ended within a minute, as a blocking `open` of a FIFO would never
+/// end. Returns whether it succeeded, and its standard error.
+fn watched_graft(args: &[&str], mut poll: impl FnMut(u32)) -> (bool, String) {
     let mut child = Command::new(graft_bin())
         .args(args)
         .env("RUST_LOG", "off")
@@ -26,22 +27,27 @@ fn graft_within_a_minute(args: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > Duration::from_secs(60) {
             child.kill().unwrap();
             panic!("graft {args:?} still running after a minute: it blocked");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        poll(child.id());
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (child.wait().unwrap().success(), stderr)
+    (child.wait().unwrap().success(), reading.join().unwrap())
+}
+
+/// [`watched_graft`] with nothing to watch.
+fn graft_within_a_minute(args: &[&str]) -> (bool, String) {
+    watched_graft(args, |_| {})
 }
 
 fn mkfifo(path: &Path) {
@@ -127,25 +133,16 @@ fn the_cli_refuses_fifos_devices_and_oversized_configs_without_reading_them() {
 
 /// The most memory `graft ARGS` was seen to hold (VmHWM, in KiB), polled while it ran.
 fn peak_rss_kib(args: &[&str]) -> (bool, u64) {
-    let mut child = Command::new(graft_bin())
-        .args(args)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = format!("/proc/{}/status", child.id());
     let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
+    let (ok, _) = watched_graft(args, |pid| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let hwm = text
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
         peak = peak.max(hwm.unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    (child.wait().unwrap().success(), peak)
+    });
+    (ok, peak)
 }
 
 #[test]

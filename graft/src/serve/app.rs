@@ -180,7 +180,9 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
-    let (method, uri) = (request.method().clone(), std::mem::take(request.uri_mut()));
+    // Taken, not cloned: only a request forwarded to a worker uses them.
+    let method = std::mem::take(request.method_mut());
+    let uri = std::mem::take(request.uri_mut());
     let body = Bytes::from_request(request, &()).await;
     let context = super::trace::context(&headers, route.deadline.map(|d| started + d));
     let span = tracing::info_span!(

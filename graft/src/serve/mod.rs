@@ -284,7 +284,7 @@ impl Server {
             config.isolation,
             config.workers.clone(),
             &config.data_dir,
-            worker_spec(&config),
+            crate::worker::Spec::of(&config),
             Arc::clone(&host),
             Arc::clone(&rollouts),
             Arc::clone(&metrics),
@@ -467,30 +467,6 @@ impl Server {
             abandoned,
             saved,
         }
-    }
-}
-
-/// What a worker serves with: the front's serving settings, but for its deadlines. The front
-/// answers a request 503 at its deadline and recycles the worker if the call is still running
-/// `grace_ms` later; the worker's own deadlines come later still (by twice the grace), so that
-/// it never answers first and hides a call that runs on.
-fn worker_spec(config: &ServeConfig) -> crate::worker::Spec {
-    let later = |ms: u64| ms.saturating_add(config.workers.grace_ms.saturating_mul(2));
-    let mut routes = config.routes.clone();
-    for route in &mut routes {
-        route.timeout_ms = route.timeout_ms.map(later);
-    }
-    crate::worker::Spec {
-        drain_timeout_ms: config.drain_timeout_ms,
-        init_timeout_ms: config.init_timeout_ms,
-        hook_timeout_ms: config.hook_timeout_ms,
-        max_connections: config.max_connections,
-        header_read_timeout_ms: config.header_read_timeout_ms,
-        body_timeout_ms: config.body_timeout_ms,
-        route_timeout_ms: later(config.route_timeout_ms),
-        inline_budget_us: config.inline_budget_us,
-        http_client: config.http_client.clone(),
-        routes,
     }
 }
 

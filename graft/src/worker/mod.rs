@@ -330,20 +330,13 @@ impl Workers {
             runtime: &self.runtime,
         };
         let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
-        let process_cell: Arc<Mutex<Option<Arc<Process>>>> = Arc::default();
-        let cell = Arc::clone(&process_cell);
-        let started = process::start(&launch, move |ended| {
-            let process = cell.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let (Some(me), Some(slot), Some(process)) =
-                (me.upgrade(), watched.upgrade(), process)
-            {
-                me.exited(&slot, &process, &ended);
+        let started = process::start(&launch, move |process, ended| {
+            if let (Some(me), Some(slot)) = (me.upgrade(), watched.upgrade()) {
+                me.exited(&slot, process, ended);
             }
         });
         match started {
             Ok(process) => {
-                *process_cell.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::clone(&process));
                 tracing::info!(generation = slot.id, pid = process.pid, "worker serving");
                 slot.process.store(Some(process));
                 slot.set(WorkerState::Serving, None);
@@ -467,12 +460,14 @@ impl Workers {
         let current = self.host.current().id();
         let gone: Vec<u64> = placed
             .iter()
-            .filter(|(&id, _)| {
+            .filter(|(&id, slot)| {
                 let routed =
                     canary == Some(id) || (self.isolation == Isolation::All && current == id);
-                let slot = placed.get(&id).and_then(|p| p.as_ref());
-                let kept = slot.is_some_and(|slot| slot.kept.load(Ordering::SeqCst) > 0);
+                let kept = slot
+                    .as_ref()
+                    .is_some_and(|slot| slot.kept.load(Ordering::SeqCst) > 0);
                 let held = slot
+                    .as_ref()
                     .and_then(|slot| slot.generation.upgrade())
                     .is_some_and(|g| g.in_flight() > 0);
                 !routed && !kept && !held

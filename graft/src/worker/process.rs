@@ -26,17 +26,43 @@ use crate::outbound::HttpClientConfig;
 /// `graft.toml` (the fields keep `graft.toml`'s names).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Spec {
-    pub(crate) drain_timeout_ms: u64,
-    pub(crate) init_timeout_ms: u64,
-    pub(crate) hook_timeout_ms: u64,
-    pub(crate) max_connections: usize,
-    pub(crate) header_read_timeout_ms: u64,
-    pub(crate) body_timeout_ms: u64,
-    pub(crate) route_timeout_ms: u64,
-    pub(crate) inline_budget_us: u64,
-    pub(crate) http_client: HttpClientConfig,
+    drain_timeout_ms: u64,
+    init_timeout_ms: u64,
+    hook_timeout_ms: u64,
+    max_connections: usize,
+    header_read_timeout_ms: u64,
+    body_timeout_ms: u64,
+    route_timeout_ms: u64,
+    inline_budget_us: u64,
+    http_client: HttpClientConfig,
     #[serde(rename = "route")]
-    pub(crate) routes: Vec<Route>,
+    routes: Vec<Route>,
+}
+
+impl Spec {
+    /// The front's serving settings, but for its deadlines. The front answers a request 503 at
+    /// its deadline and recycles the worker if the call is still running `grace_ms` later; the
+    /// worker's own deadlines come later still (by twice the grace), so that it never answers
+    /// first and hides a call that runs on.
+    pub(crate) fn of(config: &crate::config::ServeConfig) -> Self {
+        let later = |ms: u64| ms.saturating_add(config.workers.grace_ms.saturating_mul(2));
+        let mut routes = config.routes.clone();
+        for route in &mut routes {
+            route.timeout_ms = route.timeout_ms.map(later);
+        }
+        Self {
+            drain_timeout_ms: config.drain_timeout_ms,
+            init_timeout_ms: config.init_timeout_ms,
+            hook_timeout_ms: config.hook_timeout_ms,
+            max_connections: config.max_connections,
+            header_read_timeout_ms: config.header_read_timeout_ms,
+            body_timeout_ms: config.body_timeout_ms,
+            route_timeout_ms: later(config.route_timeout_ms),
+            inline_budget_us: config.inline_budget_us,
+            http_client: config.http_client.clone(),
+            routes,
+        }
+    }
 }
 
 /// The worker's `graft.toml`: [`Spec`] and where it lives.
@@ -180,7 +206,7 @@ pub(crate) struct Launch<'a> {
 /// Why it could not start, in words (it ended, said nothing in time, or could not be spawned).
 pub(crate) fn start(
     launch: &Launch<'_>,
-    on_exit: impl FnOnce(Ended) + Send + 'static,
+    on_exit: impl FnOnce(&std::sync::Arc<Process>, &Ended) + Send + 'static,
 ) -> Result<std::sync::Arc<Process>, String> {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -262,13 +288,13 @@ pub(crate) fn start(
         ended: std::sync::OnceLock::new(),
         ended_notify: tokio::sync::Notify::new(),
     });
-    let waited = std::sync::Arc::downgrade(&process);
+    // The waiter holds the process for as long as the child lives: what it reports on is
+    // never gone, however early the child ends.
+    let waited = std::sync::Arc::clone(&process);
     wait_in_background(child, files, move |ended| {
-        on_exit(ended.clone());
-        if let Some(process) = waited.upgrade() {
-            let _ = process.ended.set(ended);
-            process.ended_notify.notify_waiters();
-        }
+        on_exit(&waited, &ended);
+        let _ = waited.ended.set(ended);
+        waited.ended_notify.notify_waiters();
     });
     Ok(process)
 }
