@@ -235,6 +235,95 @@ fn a_spinning_call_is_answered_503_at_its_deadline_and_its_worker_replaced() {
 }
 
 #[test]
+fn a_worker_serves_each_request_in_the_fronts_context_and_a_plugins_own_routes_too() {
+    let env = Env::new();
+    let path = config(&env, "isolation = \"all\"\nroute_timeout_ms = 5000");
+    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let admin = AdminClient::new(&admin_url, None);
+    let release = env.release("crashy-ping", &["crashy", "ping"]);
+    let (ok, _, stderr) =
+        crate::serve::graft_cli(&["deploy", release.to_str().unwrap()], &admin_url);
+    assert!(ok, "{stderr}");
+    let generation = admin.status().unwrap().host.current;
+    let worker = worker_of(&admin, generation).unwrap();
+    assert_eq!(worker.state, WorkerState::Serving);
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // A `[[route]]` export: the call crosses as a call, in the front's context.
+    let mut response = agent()
+        .post(format!("{base}/hello"))
+        .content_type("application/json")
+        .header("x-request-id", "req-42")
+        .header("traceparent", parent)
+        .send("\"context\"")
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-graft-generation"],
+        &generation.to_string()
+    );
+    let seen: String =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let [id, traceparent, left] = seen.splitn(3, ' ').collect::<Vec<_>>()[..] else {
+        panic!("{seen}");
+    };
+    assert_eq!(id, "req-42");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "the front's own span: {traceparent}"
+    );
+    // The front's deadline (timeout_ms = 1000), not the worker's later one.
+    let left: u64 = left
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    assert!(left > 500 && left <= 1000, "{left}");
+
+    // A route the plugin declares crosses as HTTP, in the front's context too.
+    let mut response = agent()
+        .get(format!("{base}/ping/context"))
+        .header("x-request-id", "req-43")
+        .header("traceparent", parent)
+        .call()
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-43");
+    assert_eq!(
+        response.headers()["x-graft-generation"],
+        &generation.to_string()
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(seen["id"], "req-43");
+    let route_traceparent = seen["traceparent"].as_str().unwrap();
+    assert!(
+        route_traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{seen}"
+    );
+    assert!(!route_traceparent.contains("00f067aa0ba902b7"), "{seen}");
+    let left = seen["deadline_ms"].as_u64().unwrap();
+    assert!(
+        left > 4000 && left <= 5000,
+        "route_timeout_ms, the front's: {left}"
+    );
+
+    // Both ran in the worker: a crash there fails one request, and the routes answer on.
+    let (status, _, body) = hello(&base, "segfault", false);
+    assert_eq!(status, 502, "{body}");
+    wait_until("the worker restarted", Duration::from_secs(30), || {
+        worker_of(&admin, generation)
+            .is_some_and(|w| w.state == WorkerState::Serving && w.pid != worker.pid)
+    });
+    let mut response = agent().get(format!("{base}/ping")).call().unwrap();
+    assert_eq!(response.body_mut().read_to_string().unwrap(), "pong");
+    assert_eq!(hello(&base, "ops", false).2, "\"hello, ops\"");
+    drop(server);
+}
+
+#[test]
 fn a_stable_worker_that_keeps_crashing_is_restarted_then_rolled_back() {
     let env = Env::new();
     let extra = "isolation = \"all\"\n\n[workers]\ncrash_limit = 3\nrestart_backoff_ms = 10\nmemory_limit_mb = 512";

@@ -8,6 +8,9 @@
 //!   SIGABRT, after "has overflowed its stack").
 //! - `"spin"`: loops forever, holding its thread and a core.
 //! - `"leak"`: allocates a gigabyte, touches every page, and never frees it.
+//!
+//! And `"context"` answers with the request's context as the call sees it (its id, its
+//! `traceparent`, the milliseconds left), so that a test can see what reached a worker.
 
 use graft_api::{Context, Error};
 
@@ -24,8 +27,15 @@ graft_api::plugin! {
     },
 }
 
-fn hello(_: &Context<'_>, name: String) -> Result<String, Error> {
+fn hello(ctx: &Context<'_>, name: String) -> Result<String, Error> {
     match name.as_str() {
+        "context" => {
+            let request = ctx
+                .request()
+                .ok_or_else(|| Error::new("no request context"))?;
+            let left = request.deadline.map(|left| left.as_millis());
+            Ok(format!("{} {} {left:?}", request.id, request.traceparent))
+        }
         "segfault" => segfault(),
         "abort" => std::process::abort(),
         "stack-overflow" => {

@@ -29,7 +29,7 @@ use crate::rollout::{Rollouts, Route as Side};
 
 use super::listen::BodyTimeoutError;
 use super::mode::{CallMode, Learned};
-use crate::worker::{Forward, Workers};
+use crate::worker::{Asked, Calls, Forward, Workers};
 
 /// The response header naming the generation that served a request.
 pub const GENERATION_HEADER: &str = "x-graft-generation";
@@ -52,6 +52,8 @@ struct RouteState {
     rollouts: Arc<Rollouts>,
     workers: Arc<Workers>,
     metrics: Arc<Metrics>,
+    /// Its place among the config's `[[route]]`s: how the front names it to a worker.
+    index: usize,
     /// The export, and the route's label (`POST /foo`) in status and errors.
     site: CallSite,
     method: String,
@@ -125,8 +127,19 @@ impl RouteState {
     }
 }
 
+/// The `[[route]]`s' calls, in the config's order: what a worker runs for the front's calls.
+pub(crate) struct RouteCalls(Vec<Arc<RouteState>>);
+
+impl std::fmt::Debug for RouteCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|route| route.site.label()))
+            .finish()
+    }
+}
+
 /// The app's router: one route per `[[route]]`; every other request goes to `fallback` (the
-/// routes the pinned generation's plugins declare).
+/// routes the pinned generation's plugins declare). And the same routes' calls, for a worker.
 pub(super) fn router(
     host: &Host,
     metrics: &Arc<Metrics>,
@@ -135,13 +148,15 @@ pub(super) fn router(
     routes: &[Route],
     inline_budget: Duration,
     fallback: MethodRouter,
-) -> Result<Router, String> {
+) -> Result<(Router, RouteCalls), String> {
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
-    for route in routes {
+    let mut calls = Vec::with_capacity(routes.len());
+    for (index, route) in routes.iter().enumerate() {
         let state = Arc::new(RouteState {
             rollouts: Arc::clone(rollouts),
             workers: Arc::clone(workers),
             metrics: Arc::clone(metrics),
+            index,
             site: CallSite::new(
                 host.export(&route.export).map_err(|e| e.to_string())?,
                 format!("{} {}", route.method.to_ascii_uppercase(), route.path),
@@ -155,6 +170,7 @@ pub(super) fn router(
                 .map(|n| (Arc::new(Semaphore::new(n)), n)),
             deadline: route.timeout_ms.map(Duration::from_millis),
         });
+        calls.push(Arc::clone(&state));
         let handler = on(method_filter(&route.method)?, call_export).with_state(state);
         let merged = match by_path.remove(route.path.as_str()) {
             Some(existing) => existing.merge(handler),
@@ -162,12 +178,13 @@ pub(super) fn router(
         };
         by_path.insert(&route.path, merged);
     }
-    Ok(by_path
+    let router = by_path
         .into_iter()
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods.fallback(method_not_allowed))
         })
-        .fallback_service(fallback))
+        .fallback_service(fallback);
+    Ok((router, RouteCalls(calls)))
 }
 
 /// How often a request held at the boundary by a migrating publish tries again.
@@ -180,9 +197,6 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
-    // Taken, not cloned: only a request forwarded to a worker uses them.
-    let method = std::mem::take(request.method_mut());
-    let uri = std::mem::take(request.uri_mut());
     let body = Bytes::from_request(request, &()).await;
     let context = super::trace::context(&headers, route.deadline.map(|d| started + d));
     let span = tracing::info_span!(
@@ -224,9 +238,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     {
         // The generation runs in a worker process: it answers, the front counts and stamps.
         let forward = Forward {
-            method: &method,
-            uri: &uri,
-            headers: &headers,
+            asked: Asked::Call { route: route.index },
             body,
             context: &context,
             route: &route.path,
@@ -253,14 +265,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         route
             .metrics
             .request(generation, matches!(result, Ok(Ok(_))), elapsed);
-        let response = match result {
-            Ok(Ok(output)) => {
-                ([(header::CONTENT_TYPE, "application/json")], output).into_response()
-            }
-            Ok(Err(error)) => answer_failure(&error, &context).into_response(),
-            Err(answer) => answer.into_response(),
-        };
-        (response, elapsed)
+        (answer(result, &context), elapsed)
     };
     let status = response.status();
     route.metrics.route(
@@ -277,6 +282,57 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);
     response
+}
+
+/// The answer to a request whose call ran (or did not: `Err` is the server's own answer).
+fn answer(
+    result: Result<Result<Vec<u8>, CallError>, ApiError>,
+    context: &RequestContext,
+) -> Response {
+    match result {
+        Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/json")], output).into_response(),
+        Ok(Err(error)) => answer_failure(&error, context).into_response(),
+        Err(answer) => answer.into_response(),
+    }
+}
+
+impl Calls for RouteCalls {
+    /// In a worker: a call the front routed, pinned and forwarded, run here in this process's
+    /// one generation as the front would have run it. The front counts, limits and stamps it.
+    fn call(
+        &self,
+        route: usize,
+        context: Arc<RequestContext>,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        let route = self.0.get(route).cloned();
+        async move {
+            let Some(route) = route else {
+                return ApiError::new(ErrorCode::NotFound, "no such route").into_response();
+            };
+            let span = tracing::info_span!(
+                "request",
+                request_id = %context.id,
+                method = %route.method,
+                route = %route.path,
+            );
+            let pin = loop {
+                match route.rollouts.route(&route.site, None, None) {
+                    Some((pin, _)) => break pin,
+                    None => tokio::time::sleep(HELD_RETRY).await,
+                }
+            };
+            let input = if body.is_empty() {
+                Bytes::from_static(b"null")
+            } else {
+                body
+            };
+            answer(
+                run(&route, pin, input, span, None, &context).await,
+                &context,
+            )
+        }
+    }
 }
 
 /// A worker's answer as the front's response (the front then stamps it), or the front's own

@@ -130,8 +130,10 @@ pub struct Server {
     admin_addr: SocketAddr,
     drain: Duration,
     workers: Arc<Workers>,
-    /// What serves the app's requests (also on a worker's channel).
+    /// What serves the app's requests (also on a worker's channel), and its `[[route]]`s'
+    /// calls (which a worker runs for the front).
     router: axum::Router,
+    calls: Arc<app::RouteCalls>,
     app: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -313,7 +315,7 @@ impl Server {
             workers: Arc::clone(&workers),
             deadline: Duration::from_millis(config.route_timeout_ms),
         });
-        let app = app::router(
+        let (app, calls) = app::router(
             &host,
             &metrics,
             &rollouts,
@@ -402,6 +404,7 @@ impl Server {
             drain: Duration::from_millis(config.drain_timeout_ms),
             workers,
             router,
+            calls: Arc::new(calls),
             app,
             admin,
             stop,
@@ -423,6 +426,11 @@ impl Server {
     /// The router that serves the app's requests.
     pub(crate) fn router(&self) -> axum::Router {
         self.router.clone()
+    }
+
+    /// The `[[route]]`s' calls, for the requests a front forwards to this worker.
+    pub(crate) fn calls(&self) -> Arc<app::RouteCalls> {
+        Arc::clone(&self.calls)
     }
 
     /// The host behind the server.

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::api::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
-use crate::worker::{Forward, Workers};
+use crate::worker::{Asked, Forward, Forwarded, Workers};
 
 use super::app::{
     answer_failure, method_not_allowed, not_found, rejected_body, server_error, side_of, stamp,
@@ -74,7 +74,11 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     let http_method = request.method().clone();
     let uri = std::mem::take(request.uri_mut());
     let headers = std::mem::take(request.headers_mut());
-    let context = trace::context(&headers, Some(started + routes.deadline));
+    // In a worker, the request is served in the context its front made for it.
+    let context = match request.extensions_mut().remove::<Forwarded>() {
+        Some(Forwarded(context)) => context,
+        None => trace::context(&headers, Some(started + routes.deadline)),
+    };
     // The body first: a slow client must not hold a generation (and a migration) while it
     // sends.
     let body = if request.body().is_end_stream() {
@@ -132,9 +136,11 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     if let Some(worker) = routes.workers.route(pin.generation(), side) {
         // The generation runs in a worker process: it answers, the front counts and stamps.
         let forward = Forward {
-            method: &http_method,
-            uri: &uri,
-            headers: &headers,
+            asked: Asked::Http {
+                method: &http_method,
+                uri: &uri,
+                headers: &headers,
+            },
             body,
             context: &context,
             route: entry.label(),

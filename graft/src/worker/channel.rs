@@ -11,19 +11,30 @@
 //! (two processes' wake-ups and four system calls per batch) and the worker's own request
 //! handling; a shared-memory ring would take the system calls out.
 //!
-//! A frame is `u32 length` (of what follows), `u64 id`, then a request: method, path and
-//! query, headers, body; or an answer: status, headers, body. Strings and bodies are a `u32`
-//! length and their bytes; counts are `u32`. All little-endian. A connection that ends fails the
-//! requests it carried (the worker crashed: see `mod.rs`).
+//! A request for a `[[route]]` export is a *call*: the route's number, the request's context and
+//! its body, which the worker hands straight to the route's call (no HTTP request is made, no
+//! router walked: the front has routed it). A request for a plugin's own route is an HTTP
+//! request, which the worker routes as its server would.
+//!
+//! A frame is `u32 length` (of what follows), `u64 id`, then a request: `u8` kind, the request's
+//! context (request id, `u128` trace id, `u64` span id, `u8` flags, `u64` microseconds left
+//! before its deadline or `u64::MAX`), then for an HTTP request (kind 0) method, path and
+//! query, headers, and for a call (1) `u32` route; then the body. Or an answer: status,
+//! headers, body. Strings and bodies are a
+//! `u32` length and their bytes; counts are `u32`. All little-endian. A connection that ends
+//! fails the requests it carried (the worker crashed: see `mod.rs`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::Router;
+use graft_host::{RequestContext, TraceContext};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
@@ -118,16 +129,44 @@ impl Answer {
     }
 }
 
-/// A request as the front forwards it: the client's, with its request id and trace context
-/// (which replace any the client sent), hop-by-hop headers left out.
+/// A request as the front forwards it.
 #[derive(Debug)]
 pub(crate) struct Outgoing<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
-    pub(crate) request_id: &'a str,
-    pub(crate) traceparent: &'a str,
+    pub(crate) asked: Asked<'a>,
+    pub(crate) context: &'a RequestContext,
     pub(crate) body: &'a [u8],
+}
+
+/// What a forwarded request asks of the worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Asked<'a> {
+    /// The client's HTTP request, for the worker to route: sent with the front's request id and
+    /// trace context (which replace any the client sent), hop-by-hop headers left out.
+    Http {
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    },
+    /// A call of the export of `[[route]]` number `route` (in the config's order, which the
+    /// worker's config keeps).
+    Call { route: usize },
+}
+
+/// On an HTTP request a worker serves: the context the front gave it (its id, its trace
+/// context, its deadline), which the request is served in rather than one made anew.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarded(pub(crate) Arc<RequestContext>);
+
+/// What the worker does with a call: its routes' exports, called as the front would call them
+/// in process.
+pub(crate) trait Calls: Send + Sync + 'static {
+    /// Calls route `route`'s export with `body` in the request `context`, and answers.
+    fn call(
+        &self,
+        route: usize,
+        context: Arc<RequestContext>,
+        body: Bytes,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,16 +241,17 @@ fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
     Some(Some(frame.freeze()))
 }
 
-/// Serves the worker's side on `path` with `router`, until the process ends.
+/// Serves the worker's side on `path`: HTTP requests with `router`, calls with `calls`, until
+/// the process ends.
 ///
 /// # Errors
 ///
 /// If the socket cannot be bound.
-pub(crate) fn serve(path: &Path, router: Router) -> std::io::Result<()> {
+pub(crate) fn serve<C: Calls>(path: &Path, router: Router, calls: Arc<C>) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(stream, router.clone()));
+            tokio::spawn(serve_connection(stream, router.clone(), Arc::clone(&calls)));
         }
     });
     Ok(())
@@ -219,7 +259,7 @@ pub(crate) fn serve(path: &Path, router: Router) -> std::io::Result<()> {
 
 /// One connection from the front: each request runs in a task of its own, its answer written
 /// with whatever else is ready.
-async fn serve_connection(stream: UnixStream, router: Router) {
+async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: Arc<C>) {
     let (mut reader, writer) = stream.into_split();
     let connection = Arc::new(Connection {
         outgoing: Mutex::new(Vec::new()),
@@ -233,28 +273,47 @@ async fn serve_connection(stream: UnixStream, router: Router) {
             let Some((id, request)) = frame.and_then(decode_request) else {
                 return;
             };
-            let (connection, router) = (Arc::clone(&connection), router.clone());
-            tokio::spawn(async move {
-                let answer = match router.oneshot(request).await {
-                    Ok(answer) => answer,
-                    Err(never) => match never {},
-                };
-                let (parts, body) = answer.into_parts();
-                let body = axum::body::to_bytes(body, MAX_FRAME)
-                    .await
-                    .unwrap_or_default();
-                {
-                    let mut outgoing = lock(&connection.outgoing);
-                    encode_answer(&mut outgoing, id, parts.status, &parts.headers, &body);
+            let connection = Arc::clone(&connection);
+            match request {
+                Incoming::Http(request) => {
+                    let answer = router.clone().oneshot(request);
+                    tokio::spawn(reply(connection, id, async move {
+                        match answer.await {
+                            Ok(answer) => answer,
+                            Err(never) => match never {},
+                        }
+                    }));
                 }
-                connection.wake_writer.notify_one();
-            });
+                Incoming::Call {
+                    route,
+                    context,
+                    body,
+                } => {
+                    tokio::spawn(reply(connection, id, calls.call(route, context, body)));
+                }
+            }
         }
         match reader.read_buf(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }
+}
+
+/// Writes the answer `answer` comes to as request `id`'s, with whatever else is ready.
+async fn reply(connection: Arc<Connection>, id: u64, answer: impl Future<Output = Response<Body>>) {
+    let (parts, body) = answer.await.into_parts();
+    let body = axum::body::to_bytes(body, MAX_FRAME)
+        .await
+        .unwrap_or_default();
+    encode_answer(
+        &mut lock(&connection.outgoing),
+        id,
+        parts.status,
+        &parts.headers,
+        &body,
+    );
+    connection.wake_writer.notify_one();
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -286,38 +345,66 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 
 fn encode_request(out: &mut Vec<u8>, id: u64, request: &Outgoing<'_>) {
     frame(out, id, |out| {
-        put_bytes(out, request.method.as_str().as_bytes());
-        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        put_bytes(out, path.as_bytes());
-        let count_at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        let mut count = 2_u32;
-        put_bytes(out, b"x-request-id");
-        put_bytes(out, request.request_id.as_bytes());
-        put_bytes(out, b"traceparent");
-        put_bytes(out, request.traceparent.as_bytes());
-        for (name, value) in request.headers {
-            let skip = matches!(
-                name.as_str(),
-                "connection"
-                    | "keep-alive"
-                    | "transfer-encoding"
-                    | "te"
-                    | "upgrade"
-                    | "content-length"
-                    | "x-request-id"
-                    | "traceparent"
-            );
-            if !skip {
-                put_bytes(out, name.as_str().as_bytes());
-                put_bytes(out, value.as_bytes());
-                count += 1;
+        out.push(match request.asked {
+            Asked::Http { .. } => HTTP,
+            Asked::Call { .. } => CALL,
+        });
+        let context = request.context;
+        put_bytes(out, context.id.as_bytes());
+        out.extend_from_slice(&context.trace.trace_id.to_le_bytes());
+        out.extend_from_slice(&context.trace.span_id.to_le_bytes());
+        out.push(context.trace.flags);
+        let left = context.remaining().map_or(u64::MAX, |left| {
+            u64::try_from(left.as_micros()).unwrap_or(u64::MAX - 1)
+        });
+        out.extend_from_slice(&left.to_le_bytes());
+        match request.asked {
+            Asked::Http {
+                method,
+                uri,
+                headers,
+            } => {
+                put_bytes(out, method.as_str().as_bytes());
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                put_bytes(out, path.as_bytes());
+                let count_at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                let mut count = 2_u32;
+                put_bytes(out, b"x-request-id");
+                put_bytes(out, context.id.as_bytes());
+                put_bytes(out, b"traceparent");
+                put_bytes(out, context.trace.traceparent().as_bytes());
+                for (name, value) in headers {
+                    let skip = matches!(
+                        name.as_str(),
+                        "connection"
+                            | "keep-alive"
+                            | "transfer-encoding"
+                            | "te"
+                            | "upgrade"
+                            | "content-length"
+                            | "x-request-id"
+                            | "traceparent"
+                    );
+                    if !skip {
+                        put_bytes(out, name.as_str().as_bytes());
+                        put_bytes(out, value.as_bytes());
+                        count += 1;
+                    }
+                }
+                out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+            }
+            Asked::Call { route } => {
+                out.extend_from_slice(&u32::try_from(route).unwrap_or(u32::MAX).to_le_bytes());
             }
         }
-        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
         put_bytes(out, request.body);
     });
 }
+
+/// A request's kinds on the wire.
+const HTTP: u8 = 0;
+const CALL: u8 = 1;
 
 fn encode_answer(out: &mut Vec<u8>, id: u64, status: StatusCode, headers: &HeaderMap, body: &[u8]) {
     frame(out, id, |out| {
@@ -349,6 +436,10 @@ impl Fields {
         Some(u32::from_le_bytes(bytes[..].try_into().ok()?) as usize)
     }
 
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?[..].try_into().ok()?))
+    }
+
     fn bytes(&mut self) -> Option<Bytes> {
         let len = self.u32()?;
         self.take(len)
@@ -356,7 +447,9 @@ impl Fields {
 
     fn headers(&mut self) -> Option<HeaderMap> {
         let count = self.u32()?;
-        let mut headers = HeaderMap::with_capacity(count.min(256));
+        // Room for the headers the front stamps an answer with, so that stamping never grows
+        // the map.
+        let mut headers = HeaderMap::with_capacity(count.min(256) + 3);
         for _ in 0..count {
             let name = HeaderName::from_bytes(&self.bytes()?).ok()?;
             let value = HeaderValue::from_maybe_shared(self.bytes()?).ok()?;
@@ -366,23 +459,57 @@ impl Fields {
     }
 }
 
-fn decode_request(frame: Bytes) -> Option<(u64, Request<Body>)> {
+/// A request as the worker reads it.
+enum Incoming {
+    Http(Request<Body>),
+    Call {
+        route: usize,
+        context: Arc<RequestContext>,
+        body: Bytes,
+    },
+}
+
+fn decode_request(frame: Bytes) -> Option<(u64, Incoming)> {
     let mut fields = Fields { frame, at: 0 };
-    let id = u64::from_le_bytes(fields.take(8)?[..].try_into().ok()?);
-    let method = Method::from_bytes(&fields.bytes()?).ok()?;
-    let uri = Uri::from_maybe_shared(fields.bytes()?).ok()?;
-    let headers = fields.headers()?;
-    let body = fields.bytes()?;
-    let mut request = Request::new(Body::from(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    Some((id, request))
+    let id = fields.u64()?;
+    let kind = fields.take(1)?[0];
+    let context = Arc::new(RequestContext {
+        id: String::from_utf8(fields.bytes()?.to_vec()).ok()?,
+        trace: TraceContext {
+            trace_id: u128::from_le_bytes(fields.take(16)?[..].try_into().ok()?),
+            span_id: fields.u64()?,
+            flags: fields.take(1)?[0],
+        },
+        deadline: match fields.u64()? {
+            u64::MAX => None,
+            left => Instant::now().checked_add(Duration::from_micros(left)),
+        },
+    });
+    let incoming = match kind {
+        HTTP => {
+            let method = Method::from_bytes(&fields.bytes()?).ok()?;
+            let uri = Uri::from_maybe_shared(fields.bytes()?).ok()?;
+            let headers = fields.headers()?;
+            let mut request = Request::new(Body::from(fields.bytes()?));
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            request.extensions_mut().insert(Forwarded(context));
+            Incoming::Http(request)
+        }
+        CALL => Incoming::Call {
+            route: fields.u32()?,
+            context,
+            body: fields.bytes()?,
+        },
+        _ => return None,
+    };
+    Some((id, incoming))
 }
 
 fn decode_answer(frame: Bytes) -> Option<(u64, Response<Bytes>)> {
     let mut fields = Fields { frame, at: 0 };
-    let id = u64::from_le_bytes(fields.take(8)?[..].try_into().ok()?);
+    let id = fields.u64()?;
     let status =
         StatusCode::from_u16(u16::from_le_bytes(fields.take(2)?[..].try_into().ok()?)).ok()?;
     let headers = fields.headers()?;
@@ -405,12 +532,22 @@ mod tests {
         headers.append("accept", HeaderValue::from_static("a"));
         headers.append("accept", HeaderValue::from_static("b"));
         let uri = Uri::from_static("/notes/7?full=1");
+        let context = RequestContext {
+            id: "abc".into(),
+            trace: TraceContext {
+                trace_id: 1,
+                span_id: 2,
+                flags: 1,
+            },
+            deadline: None,
+        };
         let request = Outgoing {
-            method: &Method::POST,
-            uri: &uri,
-            headers: &headers,
-            request_id: "abc",
-            traceparent: "00-1-2-01",
+            asked: Asked::Http {
+                method: &Method::POST,
+                uri: &uri,
+                headers: &headers,
+            },
+            context: &context,
             body: b"{\"a\": 1}",
         };
         let mut out = Vec::new();
@@ -429,8 +566,12 @@ mod tests {
             }
         }
         assert_eq!(frames.len(), 2);
-        let (id, decoded) = decode_request(frames[0].clone()).unwrap();
+        let (id, Incoming::Http(decoded)) = decode_request(frames[0].clone()).unwrap() else {
+            panic!("an HTTP request decodes as one");
+        };
         assert_eq!(id, 42);
+        let forwarded = decoded.extensions().get::<Forwarded>().unwrap();
+        assert_eq!(*forwarded.0, context, "served in the front's context");
         assert_eq!(decoded.method(), Method::POST);
         assert_eq!(decoded.uri(), "/notes/7?full=1");
         let accept: Vec<_> = decoded.headers().get_all("accept").iter().collect();
@@ -440,7 +581,10 @@ mod tests {
             "abc",
             "the front's id wins"
         );
-        assert_eq!(decoded.headers()["traceparent"], "00-1-2-01");
+        assert_eq!(
+            decoded.headers()["traceparent"],
+            "00-00000000000000000000000000000001-0000000000000002-01"
+        );
         assert!(
             decoded.headers().get("connection").is_none(),
             "hop-by-hop: left out"
@@ -451,5 +595,60 @@ mod tests {
         assert_eq!(answer.body().as_ref(), b"[1]");
         // A frame cut short inside is refused, not read past its end.
         assert!(decode_answer(frames[1].slice(..frames[1].len() - 1)).is_none());
+    }
+
+    #[test]
+    fn a_call_crosses_with_its_route_context_and_deadline() {
+        let context = RequestContext {
+            id: "req-7".into(),
+            trace: TraceContext {
+                trace_id: u128::MAX - 5,
+                span_id: 99,
+                flags: 1,
+            },
+            deadline: Some(Instant::now() + Duration::from_secs(60)),
+        };
+        let call = |context| Outgoing {
+            asked: Asked::Call { route: 3 },
+            context,
+            body: b"[1, 2]",
+        };
+        let mut out = Vec::new();
+        encode_request(&mut out, 7, &call(&context));
+        let no_deadline = RequestContext {
+            deadline: None,
+            ..context.clone()
+        };
+        encode_request(&mut out, 8, &call(&no_deadline));
+        let mut buffer = bytes::BytesMut::from(&out[..]);
+        let first = next_frame(&mut buffer).unwrap().unwrap();
+        let second = next_frame(&mut buffer).unwrap().unwrap();
+
+        let (
+            id,
+            Incoming::Call {
+                route,
+                context: got,
+                body,
+            },
+        ) = decode_request(first.clone()).unwrap()
+        else {
+            panic!("a call decodes as one");
+        };
+        assert_eq!((id, route, &body[..]), (7, 3, &b"[1, 2]"[..]));
+        assert_eq!((got.id.as_str(), got.trace), ("req-7", context.trace));
+        let left = got.remaining().unwrap();
+        assert!(
+            left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+            "{left:?}"
+        );
+        let (_, Incoming::Call { context: got, .. }) = decode_request(second).unwrap() else {
+            panic!("a call decodes as one");
+        };
+        assert_eq!(got.deadline, None);
+        // Cut anywhere, a call is refused rather than read past its end.
+        for end in 0..first.len() {
+            assert!(decode_request(first.slice(..end)).is_none(), "cut at {end}");
+        }
     }
 }

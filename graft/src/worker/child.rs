@@ -26,7 +26,7 @@ pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyho
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
-        super::channel::serve(channel, server.router())
+        super::channel::serve(channel, server.router(), server.calls())
             .with_context(|| format!("binding {}", channel.display()))?;
         let ready = serde_json::to_string(&Ready {
             listen: server.addr(),

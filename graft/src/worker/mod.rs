@@ -42,10 +42,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Response, Uri};
+use axum::http::Response;
 use graft_host::{Generation, Host, RequestContext};
 use serde::Deserialize;
 
+pub(crate) use channel::{Asked, Calls, Forwarded};
 pub use child::run;
 pub(crate) use process::Spec;
 
@@ -558,13 +559,9 @@ impl Workers {
         let context = request.context;
         let deadline = context.deadline.map(tokio::time::Instant::from_std);
         let start_timeout = Duration::from_millis(self.config.start_timeout_ms);
-        let traceparent = context.trace.traceparent();
         let outgoing = channel::Outgoing {
-            method: request.method,
-            uri: request.uri,
-            headers: request.headers,
-            request_id: &context.id,
-            traceparent: &traceparent,
+            asked: request.asked,
+            context,
             body: &request.body,
         };
         // A request whose worker's connection had already ended was never delivered: it waits
@@ -698,9 +695,7 @@ impl Drop for InFlight {
 /// A request to forward, as the front received it.
 #[derive(Debug)]
 pub(crate) struct Forward<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
+    pub(crate) asked: Asked<'a>,
     pub(crate) body: Bytes,
     pub(crate) context: &'a Arc<RequestContext>,
     /// The route's label, for the log.
