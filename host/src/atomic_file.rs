@@ -41,7 +41,7 @@ pub(crate) fn copy(from: &Path, to: &Path) -> io::Result<String> {
     let len = io::copy(&mut source, &mut file)?;
     file.sync_all()?;
     file.rewind()?;
-    let sha256 = crate::stage::sha256_hex_of((&file).take(len))?;
+    let sha256 = crate::digest::sha256_hex_of((&file).take(len))?;
     temp.persist(to)?;
     Ok(sha256)
 }

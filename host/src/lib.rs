@@ -6,15 +6,17 @@
 //!
 //! - [`release`]: the `release.toml` manifest and its [`Limits`](release::Limits); `stage`:
 //!   checksums and staged copies under unique names, streamed; [`input`]: only regular files
-//!   are read (a FIFO or a device is refused before any blocking `open`), within bounds.
+//!   are read (a FIFO or a device is refused before any blocking `open`), within bounds;
+//!   `digest`: sha256 as hex.
 //! - `loader` (`unsafe`, with `typed`): `dlopen`, API-version gate, layout and panic-strategy
-//!   checks; `types`: contract types as fingerprints; `registry`: one library per build;
-//!   `init`: initialisers on threads of their own, under a deadline.
+//!   checks; `types`: contract types as fingerprints; `decl`, `declared_routes`: what a plugin
+//!   declares of itself and of its routes; `registry`: one library per build; `init`:
+//!   initialisers on threads of their own, under a deadline.
 //! - [`link`]: binding every import to exactly one export of the same contract and types.
-//! - `state`, `table`: the plugins' state cells and tables, held by the host; carried from one
-//!   generation to the next, migrated up or down when a schema changes (`shape`: types
-//!   compared by structure); [`store`]: saved on an embedded database, per table
-//!   [`Durability`].
+//! - `state`, `table`: the plugins' state cells and tables, held by the host; `carry`: the step
+//!   that carries them from one generation to the next, migrated up or down when a schema
+//!   changes (`shape`: types compared by structure); [`store`]: saved on an embedded database,
+//!   per table [`Durability`].
 //! - [`Generation`]: an immutable snapshot of plugins, links, cells and tables; [`Pin`] /
 //!   [`OwnedPin`] hold one, the latter registered as a call in flight (`calls`: what it can
 //!   reach, since when) through the request boundary (`gate`) a migration or a save holds for
@@ -60,9 +62,12 @@ mod async_call;
 pub mod atomic_file;
 pub mod bounded;
 mod calls;
+mod carry;
 pub mod check;
 mod deadline;
 mod decl;
+mod declared_routes;
+mod digest;
 pub mod elf;
 mod error;
 mod gate;
@@ -101,6 +106,7 @@ pub use decl::{
     is_valid_contract_name, is_valid_name, Contract, ContractError, PluginInfo, Signature,
     TypeInfo, Wire, MAX_NAME_LEN,
 };
+pub use digest::{sha256_hex, sha256_hex_of};
 pub use error::{
     BuildError, CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step,
 };
@@ -115,7 +121,6 @@ pub use request::{
     current_request, in_request, with_request, InRequest, RequestContext, TraceContext,
 };
 pub use services::{set_async_services, AsyncServices, BoxFuture};
-pub use stage::{sha256_hex, sha256_hex_of};
 pub use table::{Durability, TableSettings};
 pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

@@ -38,9 +38,9 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use crate::bounded::Bounded;
 use crate::deadline::{self, Outcome};
 use crate::decl::{self, PluginInfo, RouteSpec, Signature};
+use crate::declared_routes::RouteHandler;
 use crate::hook::{ffi_result, Hook, HookFailure};
 use crate::init::InitCell;
-use crate::route::RouteHandler;
 use crate::state::StateInfo;
 use crate::table::TableInfo;
 use crate::types;
@@ -176,7 +176,8 @@ impl LoadedPlugin {
             return Err(LoadError::PanicStrategy);
         }
         let (mut info, exports) = read_declaration(module, api_version)?;
-        let (specs, routes) = crate::route::read_routes(module).map_err(LoadError::Declaration)?;
+        let (specs, routes) =
+            crate::declared_routes::read_routes(module).map_err(LoadError::Declaration)?;
         info.routes = specs;
         let state = match module.state().flatten() {
             Some(decl) => Some(StateInfo::read(decl).map_err(LoadError::Declaration)?),

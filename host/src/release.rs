@@ -33,9 +33,7 @@ use crate::decl::check_plugin_name;
 /// The manifest's file name inside a release directory.
 pub const MANIFEST: &str = "release.toml";
 
-/// The signature's file name inside a release directory: an ed25519 signature over the
-/// manifest's bytes (see [`signature`](crate::signature)).
-pub const SIGNATURE: &str = "release.sig";
+pub use crate::signature::SIGNATURE;
 
 /// How large a manifest may be. Past a limit the release is refused before it is parsed (size)
 /// or validated (plugins). `[limits]` in `graft.toml`.

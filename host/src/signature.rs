@@ -16,6 +16,10 @@ use crate::bounded::Bounded;
 const PUBLIC: &str = "ed25519:";
 const SECRET: &str = "ed25519-secret:";
 
+/// The signature's file name inside a release directory: an ed25519 signature over the
+/// manifest's bytes, checked by this module.
+pub const SIGNATURE: &str = "release.sig";
+
 /// A public key releases may be signed with; deserialized from its one-line form.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
@@ -48,7 +52,7 @@ pub enum SignatureError {
     #[error("a weak ed25519 key (of small order: anyone can forge a signature it verifies): {}", Bounded(.0))]
     WeakKey(String),
     /// The release has no signature file.
-    #[error("the release is not signed (no {})", crate::release::SIGNATURE)]
+    #[error("the release is not signed (no {SIGNATURE})")]
     Unsigned,
     /// The signature file is not of the expected form.
     #[error("not an ed25519 signature (expected ed25519:<128 hex digits>): {}", Bounded(.0))]

@@ -66,7 +66,7 @@ pub(crate) struct TableWrite {
     /// Drop what the store holds of the table first.
     pub(crate) replace: bool,
     /// Keys and their values now (`None`: removed).
-    pub(crate) entries: Vec<(Key, Option<crate::table::Value>)>,
+    pub(crate) entries: Vec<(Key, Option<std::sync::Arc<[u8]>>)>,
     /// Where, in `entries`, the keys written again after a migration start (the others were
     /// dirty).
     pub(crate) rewritten_from: usize,

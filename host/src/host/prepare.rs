@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::carry::{carry_state, carry_tables, Migration, TableHome, TableMigration};
 use crate::error::{DeployCause, DeployError, Step};
 use crate::generation::{Generation, Held};
 use crate::hook::{Hook, HookFailure};
@@ -22,9 +23,7 @@ use crate::report::{Change, DeployReport, PluginChange};
 use crate::route::Routes;
 use crate::services;
 use crate::stage::{self, StageError};
-use crate::state::{self, Migration};
 use crate::status::{PluginRecord, ReleaseRecord};
-use crate::table::{self, TableHome, TableMigration};
 
 use super::Host;
 
@@ -437,14 +436,14 @@ impl Host {
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
         let saved = (base.id() == 0).then_some(&*self.store);
-        let state = state::carry(base, &set, saved)?;
+        let state = carry_state(base, &set, saved)?;
         let settings = |plugin: &str, name: &str| self.settings.tables.of(plugin, name);
         let home = TableHome {
             settings: &settings,
             saved,
             committer: &self.committer,
         };
-        let tables = table::carry(base, &set, &home)?;
+        let tables = carry_tables(base, &set, &home)?;
         self.initialise(&shipped)?;
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();

@@ -13,14 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::atomic_file;
 use crate::calls::{self, Call};
+use crate::carry::{Migration, TableMigration};
 use crate::error::{DeployCause, DeployError, Step};
 use crate::gate::Closed;
 use crate::generation::Generation;
 use crate::hook::Hook;
 use crate::report::DeployReport;
-use crate::state::Migration;
 use crate::status::{CallStatus, ReleaseRecord};
-use crate::table::TableMigration;
 use crate::unload::UnloadPolicy;
 
 use super::prepare::{recorded_history, From, Kind, Prepared, Shipped};

@@ -12,10 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use crate::digest::sha256_hex;
 use crate::error::{DeployCause, DeployError, Step};
 use crate::release::{Manifest, MANIFEST, SIGNATURE};
 use crate::signature::{self, SignatureError};
-use crate::stage::sha256_hex;
 use crate::status::ReleaseRecord;
 
 use super::Host;

@@ -32,7 +32,7 @@ unsafe impl Sync for StateCell {}
 
 impl StateCell {
     /// A new, zeroed cell for `info`'s type, for its initialiser or a migration to fill.
-    pub(super) fn zeroed(plugin: &str, info: &StateInfo) -> Result<Self, String> {
+    pub(crate) fn zeroed(plugin: &str, info: &StateInfo) -> Result<Self, String> {
         Self::alloc(
             plugin,
             info.schema,
@@ -70,7 +70,7 @@ impl StateCell {
 
     /// A cell holding a saved value, with the saved type's size and alignment: the source of
     /// a migration, or the state itself when the schema is the plugin's.
-    pub(super) fn restored(
+    pub(crate) fn restored(
         plugin: &str,
         saved: &Snapshot,
         info: &StateInfo,
@@ -111,12 +111,12 @@ impl StateCell {
     }
 
     /// The value's address, for a migration or the plugin's initialiser to write.
-    pub(super) fn ptr(&self) -> *mut u8 {
+    pub(crate) fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// Whether the value has this size and alignment: a saved value must have its type's.
-    pub(super) fn has_layout(&self, layout: Layout) -> Result<(), String> {
+    pub(crate) fn has_layout(&self, layout: Layout) -> Result<(), String> {
         let (size, align) = (self.layout.size(), self.layout.align());
         // A zero-sized type's cell is one byte (see `alloc`).
         let expected = (layout.size().max(1), layout.align());

@@ -25,7 +25,7 @@ pub(crate) struct StateInfo {
     /// The fingerprint hosts gave the type before shapes (its layout, names included): what a
     /// value saved by them carries.
     pub legacy: String,
-    pub(super) layout: Layout,
+    pub(crate) layout: Layout,
     type_id: UTypeId,
     init: extern "C" fn(to: *mut u8) -> RResult<(), FfiError>,
     pub migrations: Vec<MigrationInfo>,

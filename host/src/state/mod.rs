@@ -1,5 +1,6 @@
-//! Plugin state held by the host: cells that outlive libraries, and the plan that carries them
-//! from one generation to the next (pass through, start fresh, or migrate up or down).
+//! Plugin state held by the host: cells that outlive libraries. How a release carries them from
+//! one generation to the next (pass through, start fresh, or migrate up or down) is a step of
+//! the pipeline: `carry/state.rs`.
 //!
 //! A state value is plain data (checked by [`types::plain_data`](crate::types::plain_data) at
 //! load): the host allocates it, a plugin function writes it, and the host frees it without
@@ -13,12 +14,9 @@
 //!
 //! - `info`: what a library declares of its state (types as shapes, migrations).
 //! - `cell`: one value in host memory (this module's `unsafe`: allocation, copies).
-//! - `carry`: a value from one generation to the next.
 
-mod carry;
 mod cell;
 mod info;
 
-pub(crate) use carry::{carry, Migration};
 pub(crate) use cell::StateCell;
 pub(crate) use info::StateInfo;

@@ -6,21 +6,21 @@
 //!   value shape, migrations).
 //! - `entries`: one table's entries, limits, and what it remembers of the keys written.
 //! - `ops`: the operations plugins call, through their link table (this module's `unsafe`).
-//! - `carry`: a table from one generation to the next (passed through, started fresh, read
-//!   back from the store, or migrated entry by entry).
 //! - `persist`: what saves write of a table, and the committer of every-write tables.
 //! - `settings`: the operator's durability and limits.
+//!
+//! How a release carries a table from one generation to the next (passed through, started
+//! fresh, read back from the store, or migrated entry by entry) is a step of the pipeline:
+//! `carry/table.rs`.
 
-mod carry;
 mod entries;
 mod info;
 mod ops;
 mod persist;
 mod settings;
 
-pub(crate) use carry::{carry, TableHome, TableMigration};
-pub(crate) use entries::{Table, Value};
-pub(crate) use info::TableInfo;
+pub(crate) use entries::Table;
+pub(crate) use info::{MigrateFn, TableInfo};
 pub(crate) use ops::slot;
 pub(crate) use persist::{put_back, store_label, table_write, Committer};
 pub(crate) use settings::TableConfig;

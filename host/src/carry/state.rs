@@ -14,8 +14,8 @@ use crate::hook::ffi_result;
 use crate::loader::LoadedPlugin;
 use crate::store::Store;
 
-use super::cell::StateCell;
-use super::info::StateInfo;
+use crate::state::StateCell;
+use crate::state::StateInfo;
 
 /// A migration a prepared release runs again at publish, on the quiescent state.
 pub(crate) struct Migration {

@@ -21,10 +21,10 @@ use crate::keyset::KeySet;
 use crate::loader::LoadedPlugin;
 use crate::store::{SavedTable, Store};
 
-use super::entries::Table;
-use super::info::{MigrateFn, TableInfo};
-use super::persist::Committer;
-use super::settings::TableSettings;
+use crate::table::Committer;
+use crate::table::Table;
+use crate::table::TableSettings;
+use crate::table::{MigrateFn, TableInfo};
 
 /// The tables of a new plugin set.
 #[derive(Debug, Default)]
@@ -124,7 +124,7 @@ fn new_table(
         settings,
         Some(Arc::clone(committer)),
     ));
-    if settings.durability == super::settings::Durability::EveryWrite {
+    if settings.durability == crate::table::Durability::EveryWrite {
         committer.register(&table).map_err(|e| {
             DeployError::new(
                 Step::Migrate,
@@ -322,7 +322,7 @@ fn restore(
     info: &TableInfo,
     refuse: &Refusal<'_>,
 ) -> Result<bool, DeployError> {
-    let label = super::persist::store_label(table);
+    let label = crate::table::store_label(table);
     let saved = store
         .read_table(&label)
         .map_err(|e| refuse.saved(store.path(), e))?;
