@@ -233,6 +233,14 @@ impl Generation {
         self.plugins.iter().map(|p| p.info())
     }
 
+    /// The name of the plugin that `export`'s calls run in, if a plugin of this generation
+    /// exports it.
+    pub fn exporter(&self, export: &Export) -> Option<&str> {
+        let entry = self.entries.get(export.id as usize).copied().flatten()?;
+        let plugin = self.plugins.get(entry.plugin as usize)?;
+        Some(plugin.info().name.as_str())
+    }
+
     /// How the plugins' imports were bound.
     pub fn link_report(&self) -> &LinkReport {
         &self.report

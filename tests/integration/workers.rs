@@ -238,7 +238,7 @@ fn a_spinning_call_is_answered_503_at_its_deadline_and_its_worker_replaced() {
 fn a_worker_serves_each_request_in_the_fronts_context_and_a_plugins_own_routes_too() {
     let env = Env::new();
     let path = config(&env, "isolation = \"all\"\nroute_timeout_ms = 5000");
-    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let (server, base, admin_url, log) = spawn_graft_serve_logged(&path, &[], &[]);
     let admin = AdminClient::new(&admin_url, None);
     let release = env.release("crashy-ping", &["crashy", "ping"]);
     let (ok, _, stderr) =
@@ -310,9 +310,17 @@ fn a_worker_serves_each_request_in_the_fronts_context_and_a_plugins_own_routes_t
         "route_timeout_ms, the front's: {left}"
     );
 
-    // Both ran in the worker: a crash there fails one request, and the routes answer on.
+    // Both ran in the worker: a crash there fails one request (logged with its route and the
+    // plugin that serves it), and the routes answer on.
     let (status, _, body) = hello(&base, "segfault", false);
     assert_eq!(status, 502, "{body}");
+    assert!(body.contains("killed by SIGSEGV"), "{body}");
+    log.wait_for(&[
+        "request failed in its worker",
+        "route=\"/hello\"",
+        "plugin=\"hello\"",
+        "killed by SIGSEGV",
+    ]);
     wait_until("the worker restarted", Duration::from_secs(30), || {
         worker_of(&admin, generation)
             .is_some_and(|w| w.state == WorkerState::Serving && w.pid != worker.pid)

@@ -242,6 +242,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             body,
             context: &context,
             route: &route.path,
+            plugin: pin.generation().exporter(route.site.export()),
         };
         let answer = route
             .workers

@@ -144,6 +144,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
             body,
             context: &context,
             route: entry.label(),
+            plugin: Some(entry.plugin()),
         };
         let answer = routes
             .workers

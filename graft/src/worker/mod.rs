@@ -331,9 +331,9 @@ impl Workers {
             runtime: &self.runtime,
         };
         let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
-        let started = process::start(&launch, move |process, ended| {
+        let started = process::start(&launch, move |process, ended, known| {
             if let (Some(me), Some(slot)) = (me.upgrade(), watched.upgrade()) {
-                me.exited(&slot, process, ended);
+                me.exited(&slot, process, ended, known);
             }
         });
         match started {
@@ -352,8 +352,10 @@ impl Workers {
         }
     }
 
-    /// A worker ended. Asked to (stopped, recycled): nothing more. Otherwise a crash.
-    fn exited(&self, slot: &Arc<Slot>, process: &Arc<Process>, ended: &Ended) {
+    /// A worker ended. Asked to (stopped, recycled): nothing more. Otherwise a crash: logged,
+    /// a canary's rollout aborted, then (its end made `known` to the requests that wait for
+    /// it) a stable worker restarted, or the release rolled back.
+    fn exited(&self, slot: &Arc<Slot>, process: &Arc<Process>, ended: &Ended, known: &dyn Fn()) {
         let current = slot.process.load_full();
         if current.as_ref().is_some_and(|p| Arc::ptr_eq(p, process)) {
             slot.process.store(None);
@@ -383,6 +385,7 @@ impl Workers {
             slot.set(WorkerState::Failed, Some(format!("crashed: {how}")));
             return;
         }
+        known();
         if crashes >= self.config.crash_limit {
             let why = format!(
                 "crashed {crashes} times within {} ms (workers.crash_limit): rolling back",
@@ -579,15 +582,7 @@ impl Workers {
                 }
                 Err(error) => {
                     let ended = process.ended(CRASH_SETTLES).await;
-                    let route = request.route;
-                    return Err(self.failed(
-                        slot,
-                        &process,
-                        &error,
-                        ended.as_ref(),
-                        context,
-                        route,
-                    ));
+                    return Err(self.failed(slot, &process, &error, ended.as_ref(), &request));
                 }
             }
         };
@@ -615,8 +610,7 @@ impl Workers {
             Ok(answer) => Ok(answer),
             Err(error) => {
                 let ended = process.ended(CRASH_SETTLES).await;
-                let route = request.route;
-                Err(self.failed(slot, &process, &error, ended.as_ref(), context, route))
+                Err(self.failed(slot, &process, &error, ended.as_ref(), &request))
             }
         }
     }
@@ -653,15 +647,16 @@ impl Workers {
         process: &Process,
         error: &ForwardError,
         ended: Option<&Ended>,
-        context: &RequestContext,
-        route: &str,
+        request: &Forward<'_>,
     ) -> ApiError {
         let how = ended.map_or("failed", |ended| ended.how.as_str());
+        let context = request.context;
         tracing::error!(
             request_id = %context.id,
             generation = slot.id,
             pid = process.pid,
-            route,
+            route = request.route,
+            plugin = request.plugin.unwrap_or("unknown"),
             error = %error,
             worker = how,
             "request failed in its worker"
@@ -698,8 +693,9 @@ pub(crate) struct Forward<'a> {
     pub(crate) asked: Asked<'a>,
     pub(crate) body: Bytes,
     pub(crate) context: &'a Arc<RequestContext>,
-    /// The route's label, for the log.
+    /// The route's label, and the plugin that serves it, for the log.
     pub(crate) route: &'a str,
+    pub(crate) plugin: Option<&'a str>,
 }
 
 impl Slot {

@@ -199,14 +199,17 @@ pub(crate) struct Launch<'a> {
 
 /// Starts a worker (with a config and a data directory of its own in the launch directory),
 /// and waits until it serves, at most `timeout`. `on_exit` is called, on a thread of its own,
-/// when it ends.
+/// when it ends, with a function that makes its end known to the requests waiting for it
+/// ([`Process::ended`]): `on_exit` calls it once the end is handled as far as those requests
+/// need (logged, a canary's rollout aborted), before slower work (a restart, a rollback); it is
+/// called after `on_exit` in any case.
 ///
 /// # Errors
 ///
 /// Why it could not start, in words (it ended, said nothing in time, or could not be spawned).
 pub(crate) fn start(
     launch: &Launch<'_>,
-    on_exit: impl FnOnce(&std::sync::Arc<Process>, &Ended) + Send + 'static,
+    on_exit: impl FnOnce(&std::sync::Arc<Process>, &Ended, &dyn Fn()) + Send + 'static,
 ) -> Result<std::sync::Arc<Process>, String> {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -292,9 +295,12 @@ pub(crate) fn start(
     // never gone, however early the child ends.
     let waited = std::sync::Arc::clone(&process);
     wait_in_background(child, files, move |ended| {
-        on_exit(&waited, &ended);
-        let _ = waited.ended.set(ended);
-        waited.ended_notify.notify_waiters();
+        let known = || {
+            let _ = waited.ended.set(ended.clone());
+            waited.ended_notify.notify_waiters();
+        };
+        on_exit(&waited, &ended, &known);
+        known();
     });
     Ok(process)
 }
