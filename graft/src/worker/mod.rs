@@ -339,9 +339,11 @@ impl Workers {
         match started {
             Ok(process) => {
                 tracing::info!(generation = slot.id, pid = process.pid, "worker serving");
-                slot.process.store(Some(process));
+                slot.process.store(Some(Arc::clone(&process)));
                 slot.set(WorkerState::Serving, None);
                 self.count_running();
+                // Its end, however soon, is handled from here on: it finds it in the slot.
+                process.placed();
                 true
             }
             Err(why) => {

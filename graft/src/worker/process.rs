@@ -109,6 +109,9 @@ pub(crate) struct Process {
     /// How it ended, once it did (and what it ending led to was done).
     ended: std::sync::OnceLock<Ended>,
     ended_notify: tokio::sync::Notify,
+    /// Dropped by [`Process::placed`]: until then its end is not handled (a child that ends at
+    /// once must not be handled before its starter put it where the handling looks for it).
+    placing: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// How a worker ended.
@@ -280,6 +283,7 @@ pub(crate) fn start(
             (Ok(_), Err(e)) => format!("worker pid {pid} ended while it prepared: {e}"),
         });
     };
+    let (placing, placed) = std::sync::mpsc::channel();
     let process = std::sync::Arc::new(Process {
         pid,
         channel,
@@ -290,11 +294,14 @@ pub(crate) fn start(
         stdin: Mutex::new(child.stdin.take()),
         ended: std::sync::OnceLock::new(),
         ended_notify: tokio::sync::Notify::new(),
+        placing: Mutex::new(Some(placing)),
     });
     // The waiter holds the process for as long as the child lives: what it reports on is
     // never gone, however early the child ends.
     let waited = std::sync::Arc::clone(&process);
     wait_in_background(child, files, move |ended| {
+        // Its starter placed it (or gave up on it) first.
+        let _ = placed.recv();
         let known = || {
             let _ = waited.ended.set(ended.clone());
             waited.ended_notify.notify_waiters();
@@ -343,6 +350,17 @@ impl Process {
         }
         let _ = tokio::time::timeout(within, notified).await;
         self.ended.get().cloned()
+    }
+
+    /// Says it was put where its end is handled from (a slot): only then is its end handled.
+    /// Its starter must call this once, whatever it did with it.
+    pub(crate) fn placed(&self) {
+        drop(
+            self.placing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// Asks it to drain and exit (SIGTERM); its end is no crash.
