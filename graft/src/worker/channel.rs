@@ -3,13 +3,18 @@
 //!
 //! Measured first, on 2 cores (`swap-under-load --isolation all`, the foo service, ratio =
 //! isolated / in-process throughput): HTTP/1.1 on loopback TCP, hyper on both sides, 0.385;
-//! these frames on a Unix socket, 0.47 to 0.53 (1 to 4 connections: within the noise). Each
-//! request is one frame appended to its connection's buffer; a writer task sends whatever
-//! accumulated in one `write` (under load, several frames per system call), a reader task reads
-//! answers in large chunks and hands each to its waiting request by id. The worker calls its
-//! router directly (no HTTP parsing) and answers the same way. What remains is the hop itself
-//! (two processes' wake-ups and four system calls per batch) and the worker's own request
-//! handling; a shared-memory ring would take the system calls out.
+//! these frames on a Unix socket, 0.47 to 0.53 (1 to 4 connections: within the noise); calls
+//! instead of HTTP requests for `[[route]]`s (below), 0.455 to 0.552 side by side. Each request
+//! is one frame appended to its connection's buffer; a writer task sends whatever accumulated in
+//! one `write` (under load 25 to 50 frames per system call; the worker's answers about 12), a
+//! reader task reads answers in large chunks and hands each to its waiting request by id.
+//!
+//! What remains is not the system calls: the front spends 21 to 25 µs of CPU per request against
+//! 16.6 in process, of which the channel's own code (send, reader, writer) is about 5; the rest is
+//! the same HTTP work done slower with a second process on the cores (more wake-ups, colder
+//! caches), and the worker adds 6 to 8 µs. A shared-memory ring would take out the batched
+//! system calls only; answering calls inline in the worker's reader, or a single-threaded worker
+//! runtime, measured no better.
 //!
 //! A request for a `[[route]]` export is a *call*: the route's number, the request's context and
 //! its body, which the worker hands straight to the route's call (no HTTP request is made, no
