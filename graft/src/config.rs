@@ -75,6 +75,10 @@ pub struct ServeConfig {
     /// Where the service listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Set by `graft worker`: no listener is bound, neither the app's nor the admin plane's;
+    /// the front reaches the worker through its channel only.
+    #[serde(skip)]
+    pub(crate) headless: bool,
     /// Where graft keeps staged plugin copies, the record of live releases and saved state.
     /// Required by `graft serve`; `graft dev` stages in a temporary directory without it.
     #[serde(default)]

@@ -68,6 +68,26 @@ fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
     )
 }
 
+/// How many TCP sockets process `pid` listens on.
+fn listening_tcp_sockets(pid: u32) -> usize {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `st` 0A is LISTEN; the inode is the tenth field.
+            if fields.get(3) == Some(&"0A") {
+                listening.insert(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| listening.contains(target.to_string_lossy().as_ref()))
+        .count()
+}
+
 /// The admin API's `/metrics` text.
 fn metrics(admin_url: &str) -> String {
     agent()
@@ -247,6 +267,11 @@ fn a_worker_serves_each_request_in_the_fronts_context_and_a_plugins_own_routes_t
     let generation = admin.status().unwrap().host.current;
     let worker = worker_of(&admin, generation).unwrap();
     assert_eq!(worker.state, WorkerState::Serving);
+    assert_eq!(
+        listening_tcp_sockets(worker.pid.unwrap()),
+        0,
+        "a worker binds no port: only its front reaches it"
+    );
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     // A `[[route]]` export: the call crosses as a call, in the front's context.

@@ -207,6 +207,27 @@ pub fn provide_services(
 
 /// Binds a listener on the runtime entered now (as `TcpListener::bind` does: address reuse, a
 /// backlog of 1024 connections).
+/// The limits of the app's and the admin plane's connections.
+struct Limits {
+    app: ConnLimits,
+    admin: ConnLimits,
+}
+
+fn listen_limits(config: &ServeConfig) -> Limits {
+    let app = ConnLimits {
+        max_connections: config.max_connections,
+        evict_idle_at_cap: false,
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+    };
+    let admin = ConnLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        evict_idle_at_cap: true,
+        ..app
+    };
+    Limits { app, admin }
+}
+
 fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let bound = || {
         let socket = if addr.is_ipv4() {
@@ -342,39 +363,38 @@ impl Server {
         // pool), so no load on the app, however slow its plugin calls, delays status, metrics,
         // deploys or rollbacks.
         let admin_runtime = AdminRuntime::start().map_err(ServeError::AdminRuntime)?;
-        let (app_listener, addr) = bind(config.listen)?;
-        let (admin_listener, admin_addr) = {
-            let _in_admin = admin_runtime.handle().enter();
-            bind(config.admin.listen)?
-        };
-
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let app_limits = ConnLimits {
-            max_connections: config.max_connections,
-            evict_idle_at_cap: false,
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-            body_timeout: Duration::from_millis(config.body_timeout_ms),
-        };
-        let admin_limits = ConnLimits {
-            max_connections: ADMIN_MAX_CONNECTIONS,
-            evict_idle_at_cap: true,
-            ..app_limits
-        };
         let router = app.clone();
-        let app = tokio::spawn(listen::serve(
-            app_listener,
-            app,
-            Some(direct),
-            app_limits,
-            stopped.clone(),
-        ));
-        let admin = admin_runtime.handle().spawn(listen::serve(
-            admin_listener,
-            admin,
-            None,
-            admin_limits,
-            stopped,
-        ));
+        let (app, admin, addr, admin_addr) = if config.headless {
+            // A worker: its front reaches it through its channel only, and nothing else can.
+            let (app, admin) = (
+                tokio::spawn(async {}),
+                admin_runtime.handle().spawn(async {}),
+            );
+            (app, admin, config.listen, config.admin.listen)
+        } else {
+            let (app_listener, addr) = bind(config.listen)?;
+            let (admin_listener, admin_addr) = {
+                let _in_admin = admin_runtime.handle().enter();
+                bind(config.admin.listen)?
+            };
+            let limits = listen_limits(&config);
+            let app = tokio::spawn(listen::serve(
+                app_listener,
+                app,
+                Some(direct),
+                limits.app,
+                stopped.clone(),
+            ));
+            let admin = admin_runtime.handle().spawn(listen::serve(
+                admin_listener,
+                admin,
+                None,
+                limits.admin,
+                stopped,
+            ));
+            (app, admin, addr, admin_addr)
+        };
         admin_runtime
             .handle()
             .spawn(Arc::clone(&workers).sweep_until(stop.subscribe()));

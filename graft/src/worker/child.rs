@@ -1,5 +1,6 @@
-//! `graft worker`: the worker's side. It serves its config's release as `graft serve` would,
-//! and the front's requests on its channel's socket (see `channel.rs`), says where once it
+//! `graft worker`: the worker's side. It prepares its config's release as `graft serve` would
+//! but binds no listener (neither the app's nor the admin plane's: only its front reaches it),
+//! serves the front's requests on its channel's socket (see `channel.rs`), says where once it
 //! serves (one JSON line on standard output), and stops on
 //! SIGTERM or SIGINT (draining first) or when its standard input closes (the front is gone).
 
@@ -22,14 +23,14 @@ pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyho
     if let Some(limit) = memory_limit_mb {
         limit_memory(limit.saturating_mul(1 << 20))?;
     }
-    let config = ServeConfig::load(config)?;
+    let mut config = ServeConfig::load(config)?;
+    config.headless = true;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
         super::channel::serve(channel, server.router(), server.calls())
             .with_context(|| format!("binding {}", channel.display()))?;
         let ready = serde_json::to_string(&Ready {
-            listen: server.addr(),
             channel: channel.to_owned(),
         })?;
         let mut stdout = std::io::stdout().lock();

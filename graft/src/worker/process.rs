@@ -8,7 +8,6 @@
 //! its standard input closes (the front is gone), or when it is killed.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -70,25 +69,14 @@ impl Spec {
 struct WorkerToml<'a> {
     data_dir: &'a str,
     release: &'a str,
-    listen: &'a str,
     #[serde(flatten)]
     spec: &'a Spec,
-    admin: AdminToml<'a>,
-}
-
-#[derive(Serialize)]
-struct AdminToml<'a> {
-    listen: &'a str,
-    /// A random token nobody is told: the worker's admin API is not for anyone to use.
-    token: String,
 }
 
 /// The line a worker prints once it serves.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Ready {
-    /// Its HTTP listener (unused by the front; there for a person debugging it).
-    pub(crate) listen: SocketAddr,
-    /// Its channel's socket.
+    /// Its channel's socket (a worker binds no other: see `child.rs`).
     pub(crate) channel: PathBuf,
 }
 
@@ -392,25 +380,13 @@ impl Process {
     }
 }
 
-/// 32 random hex digits.
-fn unguessable() -> std::io::Result<String> {
-    let mut bytes = [0_u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(hex::encode(bytes))
-}
-
-/// Writes a worker's `graft.toml`: its data directory, the release beside it, loopback
-/// addresses, and the front's serving settings.
+/// Writes a worker's `graft.toml`: its data directory, the release beside it, and the front's
+/// serving settings (it binds no listener: see `child.rs`).
 fn write_config(path: &Path, data_dir: &str, spec: &Spec) -> std::io::Result<()> {
     let text = toml::to_string(&WorkerToml {
         data_dir,
         release: "release",
-        listen: "127.0.0.1:0",
         spec,
-        admin: AdminToml {
-            listen: "127.0.0.1:0",
-            token: unguessable()?,
-        },
     })
     .map_err(std::io::Error::other)?;
     graft_host::atomic_file::write(path, text.as_bytes())
