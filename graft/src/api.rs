@@ -16,6 +16,13 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// The request and response header with the request's id (the app's requests, and the calls
+/// plugins make to the outside).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The W3C trace context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

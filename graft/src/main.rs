@@ -321,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             channel,
             memory_limit_mb,
-        } => graft::worker::run(&config, &channel, memory_limit_mb),
+        } => graft::serve::run_worker(&config, &channel, memory_limit_mb),
         Command::Dev {
             crates,
             config,

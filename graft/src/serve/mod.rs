@@ -7,6 +7,8 @@
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
 //! - `listen.rs`: accepting connections under a cap, header-read and body timeouts.
+//! - `worker_process.rs`: `graft worker`, this server without listeners, serving the requests
+//!   its front forwards over its channel (see [`worker`](crate::worker)).
 //!
 //! The admin API runs on a runtime of its own (one worker thread, its own blocking pool), so
 //! app load never delays it.
@@ -23,6 +25,7 @@ mod listen;
 pub mod mode;
 mod routes;
 mod trace;
+mod worker_process;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +38,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER, ROUTE_TOKEN_HEADER};
 pub use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+pub use worker_process::run as run_worker;
 
 use deployer::Deployer;
 use listen::ConnLimits;

@@ -12,11 +12,7 @@ use std::time::Instant;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use graft_host::{RequestContext, TraceContext};
 
-/// The request and response header with the request's id.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The W3C trace context header.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub use crate::api::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 /// The two headers above, parsed once (a lookup by `&str` parses the name every time).
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);

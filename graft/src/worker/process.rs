@@ -18,8 +18,8 @@ use graft_host::Generation;
 use serde::{Deserialize, Serialize};
 
 use super::channel::Channel;
+use crate::config::HttpClientConfig;
 use crate::config::Route;
-use crate::outbound::HttpClientConfig;
 
 /// What a worker serves with: the front's serving settings, written as the worker's
 /// `graft.toml` (the fields keep `graft.toml`'s names).
@@ -76,7 +76,7 @@ struct WorkerToml<'a> {
 /// The line a worker prints once it serves.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Ready {
-    /// Its channel's socket (a worker binds no other: see `child.rs`).
+    /// Its channel's socket (a worker binds no other: see `serve/worker_process.rs`).
     pub(crate) channel: PathBuf,
 }
 
@@ -381,7 +381,7 @@ impl Process {
 }
 
 /// Writes a worker's `graft.toml`: its data directory, the release beside it, and the front's
-/// serving settings (it binds no listener: see `child.rs`).
+/// serving settings (it binds no listener: see `serve/worker_process.rs`).
 fn write_config(path: &Path, data_dir: &str, spec: &Spec) -> std::io::Result<()> {
     let text = toml::to_string(&WorkerToml {
         data_dir,

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::process::Ready;
+use super::{shutdown_signal, Server};
 use crate::config::ServeConfig;
-use crate::serve::{shutdown_signal, Server};
+use crate::worker::Ready;
 
 /// Runs a worker until it is told to stop.
 ///
@@ -28,7 +28,7 @@ pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyho
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
-        super::channel::serve(channel, server.router(), server.calls())
+        crate::worker::serve_channel(channel, server.router(), server.calls())
             .with_context(|| format!("binding {}", channel.display()))?;
         let ready = serde_json::to_string(&Ready {
             channel: channel.to_owned(),

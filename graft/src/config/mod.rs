@@ -48,6 +48,14 @@
 //! mode = "auto"
 //! ```
 
+mod call_mode;
+mod http_client;
+mod workers;
+
+pub use call_mode::CallMode;
+pub use http_client::HttpClientConfig;
+pub use workers::{Isolation, WorkerConfig};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -58,7 +66,6 @@ use graft_host::release::Limits;
 use graft_host::signature::TrustedKey;
 use graft_host::{is_valid_name, Contract, Durability, TableSettings, UnloadPolicy};
 
-use crate::serve::mode::CallMode;
 use serde::Deserialize;
 
 use crate::rollout::RolloutConfig;
@@ -127,7 +134,7 @@ pub struct ServeConfig {
     pub route_timeout_ms: u64,
     /// The outbound HTTP client plugins import (`graft.http.fetch@1`).
     #[serde(default)]
-    pub http_client: crate::outbound::HttpClientConfig,
+    pub http_client: HttpClientConfig,
     /// How long a plugin call may take and still run on a worker thread, for routes in mode
     /// `auto`.
     #[serde(default = "default_inline_budget_us")]
@@ -165,10 +172,10 @@ pub struct ServeConfig {
     /// worker process), `all` (every generation in a worker process; see
     /// [`worker`](crate::worker)).
     #[serde(default)]
-    pub isolation: crate::worker::Isolation,
+    pub isolation: Isolation,
     /// Worker processes: restarts, limits.
     #[serde(default)]
-    pub workers: crate::worker::WorkerConfig,
+    pub workers: WorkerConfig,
 }
 
 /// `[[table]]`: one table's durability and limits.
