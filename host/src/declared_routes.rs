@@ -1,6 +1,6 @@
 //! The routes a plugin declares in its root module, read and checked when the loader loads it:
 //! a bad method or pattern refuses the plugin, naming it. How a generation gathers them and a
-//! request finds its route is `route.rs`.
+//! request finds its route is `live/route.rs`.
 
 use graft_api::ffi::PluginModRef;
 use graft_api::http::{AsyncHttpFn, HttpFn};

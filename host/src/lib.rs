@@ -17,10 +17,10 @@
 //!   that carries them from one generation to the next, migrated up or down when a schema
 //!   changes (`shape`: types compared by structure); [`store`]: saved on an embedded database,
 //!   per table [`Durability`].
-//! - [`Generation`]: an immutable snapshot of plugins, links, cells and tables; [`Pin`] /
+//! - `live`: [`Generation`], an immutable snapshot of plugins, links, cells and tables; [`Pin`] /
 //!   [`OwnedPin`] hold one, the latter registered as a call in flight (`calls`: what it can
 //!   reach, since when) through the request boundary (`gate`) a migration or a save holds for
-//!   the calls that can reach its plugins; `typed`: [`Generation::call_typed`] through a
+//!   the calls that can reach its plugins; [`route`]: a generation's routes; `typed`: [`Generation::call_typed`] through a
 //!   [`TypedExport`], no encoding.
 //! - [`Host`]: [`Host::prepare`] runs every step above outside any lock and returns a
 //!   [`Prepared`] release; [`Host::publish`] makes it current with one atomic store, unless
@@ -58,10 +58,8 @@
 //! # Ok(()) }
 //! ```
 
-mod async_call;
 pub mod atomic_file;
 pub mod bounded;
-mod calls;
 mod carry;
 pub mod check;
 mod deadline;
@@ -70,8 +68,6 @@ mod declared_routes;
 mod digest;
 pub mod elf;
 mod error;
-mod gate;
-mod generation;
 mod hook;
 mod host;
 mod ids;
@@ -79,15 +75,14 @@ mod init;
 pub mod input;
 mod keyset;
 pub mod link;
+mod live;
 mod loader;
 pub mod millis;
-pub mod pin;
 mod provided;
 mod registry;
 pub mod release;
 mod report;
 mod request;
-pub mod route;
 mod services;
 mod shape;
 pub mod signature;
@@ -101,7 +96,6 @@ mod typed;
 mod types;
 mod unload;
 
-pub use calls::CallSite;
 pub use decl::{
     is_valid_contract_name, is_valid_name, Contract, ContractError, PluginInfo, Signature,
     TypeInfo, Wire, MAX_NAME_LEN,
@@ -110,11 +104,13 @@ pub use digest::{sha256_hex, sha256_hex_of};
 pub use error::{
     BuildError, CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step,
 };
-pub use generation::{Export, Generation, Resolved};
 pub use graft_api::{ErrorKind, API_VERSION};
 pub use host::{Host, HostBuilder, Prepared, SavedState, RECORD, SAVE_HOLD};
+pub use live::calls::CallSite;
+pub use live::generation::{Export, Generation, Resolved};
+pub use live::pin::{self, OwnedPin, Pin, PinCache};
+pub use live::route;
 pub use loader::LoadError;
-pub use pin::{OwnedPin, Pin, PinCache};
 pub use provided::{ProvideWire, ServiceFuture, PROVIDER};
 pub use report::{Change, DeployReport, PluginChange};
 pub use request::{

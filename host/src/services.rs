@@ -96,7 +96,7 @@ extern "C" fn run_blocking(job: BlockingJob) -> HostFuture {
     };
     // The job runs plugin code, maybe after the call that started it was dropped: it holds a
     // pin of that call's generation of its own until it returns.
-    let pin = crate::async_call::polling_pin();
+    let pin = crate::live::async_call::polling_pin();
     // It serves the same request: it sees the same context.
     let request = crate::request::current_request();
     let work = Box::new(move || {

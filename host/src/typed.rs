@@ -23,8 +23,8 @@ use graft_api::ffi::Context;
 
 use crate::decl::Signature;
 use crate::error::CallError;
-use crate::generation::{Export, Generation};
 use crate::link::types_key;
+use crate::live::generation::{Export, Generation};
 use crate::types;
 
 /// A typed handle on an export contract `C`, made once by

@@ -9,8 +9,8 @@ use abi_stable::std_types::RResult;
 use graft_api::ffi::FfiError;
 
 use crate::error::{DeployError, Refusal};
-use crate::generation::Generation;
 use crate::hook::ffi_result;
+use crate::live::generation::Generation;
 use crate::loader::LoadedPlugin;
 use crate::store::Store;
 

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use abi_stable::std_types::{RSlice, RVec};
 
 use crate::error::{DeployCause, DeployError, Refusal, Step};
-use crate::generation::Generation;
 use crate::hook::ffi_result;
 use crate::keyset::KeySet;
+use crate::live::generation::Generation;
 use crate::loader::LoadedPlugin;
 use crate::store::{SavedTable, Store};
 

@@ -29,15 +29,15 @@ use arc_swap::ArcSwap;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bounded::{truncate, MAX_MESSAGE};
-use crate::calls::{CallSite, Calls};
 use crate::decl::ContractError;
 use crate::error::{BuildError, CallError, DeployError, DisplayChain};
-use crate::gate::Gate;
-use crate::generation::{Export, Exports, Generation};
 use crate::ids::Ids;
 use crate::init::InitState;
+use crate::live::calls::{CallSite, Calls};
+use crate::live::gate::Gate;
+use crate::live::generation::{Export, Exports, Generation};
+use crate::live::pin::{OwnedPin, Pin, PinCache};
 use crate::loader::LoadedPlugin;
-use crate::pin::{OwnedPin, Pin, PinCache};
 use crate::provided::Provided;
 use crate::registry::Libraries;
 use crate::release::Limits;
@@ -87,7 +87,7 @@ pub struct Host {
     settings: Settings,
     /// The request boundary a migrating publish (or a state save) closes.
     gate: Gate,
-    /// The calls in flight on every generation (see [`crate::calls`]).
+    /// The calls in flight on every generation (see [`crate::live::calls`]).
     calls: Arc<Calls>,
     /// `DATA/state.redb`: saved plugin state and persisted tables.
     store: Arc<Store>,
@@ -378,7 +378,7 @@ impl Host {
 
     /// A pin cache for a worker that pins in a loop: each [`PinCache::pin`] returns the
     /// generation current then, for two relaxed loads and a compare. It holds the last
-    /// generation it returned until it pins again after a publish (see [`crate::pin`]), and
+    /// generation it returned until it pins again after a publish (see [`crate::live::pin`]), and
     /// passes the request boundary a migrating publish closes, like [`Host::pin_owned`].
     pub fn pin_cache(&self) -> PinCache<'_> {
         PinCache::new(&self.current, &self.gate)
@@ -613,7 +613,7 @@ impl Host {
             unload_policy: self.settings.unload_policy,
             last_deploy,
             in_flight: calls.len(),
-            calls: crate::calls::oldest(calls, publish::MAX_LISTED),
+            calls: crate::live::calls::oldest(calls, publish::MAX_LISTED),
             tables: current
                 .tables()
                 .map(|t| TableStatus {

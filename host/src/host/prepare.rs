@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use crate::carry::{carry_state, carry_tables, Migration, TableHome, TableMigration};
 use crate::error::{DeployCause, DeployError, Step};
-use crate::generation::{Generation, Held};
 use crate::hook::{Hook, HookFailure};
 use crate::init::InitFailure;
 use crate::link::{self, LinkError, OpenImports};
+use crate::live::generation::{Generation, Held};
+use crate::live::route::Routes;
 use crate::loader::LoadedPlugin;
 use crate::release::Manifest;
 use crate::report::{Change, DeployReport, PluginChange};
-use crate::route::Routes;
 use crate::services;
 use crate::stage::{self, StageError};
 use crate::status::{PluginRecord, ReleaseRecord};

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::atomic_file;
-use crate::calls::{self, Call};
 use crate::carry::{Migration, TableMigration};
 use crate::error::{DeployCause, DeployError, Step};
-use crate::gate::Closed;
-use crate::generation::Generation;
 use crate::hook::Hook;
+use crate::live::calls::{self, Call};
+use crate::live::gate::Closed;
+use crate::live::generation::Generation;
 use crate::report::DeployReport;
 use crate::status::{CallStatus, ReleaseRecord};
 use crate::unload::UnloadPolicy;

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use slab::Slab;
 
-use crate::generation::Export;
+use crate::live::generation::Export;
 use crate::status::CallStatus;
 
 /// The plugins a call can reach, by position in its generation: bit `i` for the plugin at

@@ -30,14 +30,14 @@ use graft_api::ffi::{Context, FfiError, FfiFuture};
 use graft_api::http::{HttpRequest, HttpResponse};
 use graft_api::ErrorKind;
 
-use crate::calls::{intern, LabelId};
 use crate::decl::RouteSpec;
 use crate::declared_routes::RouteHandler;
 pub use crate::declared_routes::{check_pattern, METHODS};
 use crate::error::CallError;
-use crate::generation::Generation;
 use crate::link::LinkProblem;
-use crate::pin::OwnedPin;
+use crate::live::calls::{intern, LabelId};
+use crate::live::generation::Generation;
+use crate::live::pin::OwnedPin;
 
 /// One route of a generation.
 pub struct RouteEntry {
@@ -371,7 +371,9 @@ impl OwnedPin {
                         &*std::ptr::from_ref(request).cast::<HttpRequest<'static>>(),
                     )
                 };
-                call.future = Some(crate::async_call::polling(self, || handler(ctx, request)));
+                call.future = Some(crate::live::async_call::polling(self, || {
+                    handler(ctx, request)
+                }));
             }
         }
         call
@@ -429,13 +431,13 @@ impl<'a> Future for RouteCall<'a> {
             }));
         };
         let pin = this.pin;
-        let result = match crate::async_call::polling(pin, || Pin::new(future).poll(cx)) {
+        let result = match crate::live::async_call::polling(pin, || Pin::new(future).poll(cx)) {
             Poll::Ready(result) => result,
             Poll::Pending => return Poll::Pending,
         };
-        let done = crate::async_call::polling(pin, || this.finish(result));
+        let done = crate::live::async_call::polling(pin, || this.finish(result));
         let future = this.future.take();
-        crate::async_call::polling(pin, || drop(future));
+        crate::live::async_call::polling(pin, || drop(future));
         Poll::Ready(done)
     }
 }
@@ -445,7 +447,7 @@ impl Drop for RouteCall<'_> {
         // The plugin's future first (its drop runs plugin code), while the pin holds the
         // generation and the request is still borrowed.
         let future = self.future.take();
-        crate::async_call::polling(self.pin, || drop(future));
+        crate::live::async_call::polling(self.pin, || drop(future));
     }
 }
 

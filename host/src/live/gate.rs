@@ -18,8 +18,8 @@
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::calls::Reach;
-use crate::generation::Generation;
+use crate::live::calls::Reach;
+use crate::live::generation::Generation;
 
 #[derive(Default)]
 pub(crate) struct Gate {

@@ -26,9 +26,9 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, Cache};
 
-use crate::calls::{Call, CallSite, LabelId, Reach, Ticket};
-use crate::gate::Gate;
-use crate::generation::Generation;
+use crate::live::calls::{Call, CallSite, LabelId, Reach, Ticket};
+use crate::live::gate::Gate;
+use crate::live::generation::Generation;
 
 /// A pin on the generation that was current when it was taken; cheap, for synchronous work.
 ///

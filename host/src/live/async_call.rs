@@ -25,8 +25,8 @@ use abi_stable::std_types::{RResult, RVec};
 use graft_api::ffi::{AsyncJsonFn, Context, ErasedFn, FfiError, FfiFuture};
 
 use crate::error::CallError;
-use crate::generation::Export;
-use crate::pin::OwnedPin;
+use crate::live::generation::Export;
+use crate::live::pin::OwnedPin;
 
 thread_local! {
     /// The pin of the call whose plugin future this thread is polling, if any.

@@ -2,7 +2,7 @@
 //! hold them.
 //!
 //! A [`Generation`] never changes after it is published. A request takes a pin (see
-//! [`crate::pin`]) once, at its start, and makes every call through it, so every call of the
+//! [`crate::live::pin`]) once, at its start, and makes every call through it, so every call of the
 //! request, and every import call those make, runs in that generation.
 
 use std::fmt;
@@ -15,13 +15,13 @@ use graft_api::ffi::{Context, LinkTable};
 use graft_api::state::StateSlot;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::calls::{Calls, Reach};
 use crate::decl::{Contract, ContractError, PluginInfo};
 use crate::error::CallError;
 use crate::link::{Entry, LinkReport, Linked};
+use crate::live::calls::{Calls, Reach};
+use crate::live::route::Routes;
 use crate::loader::LoadedPlugin;
 use crate::provided::Provided;
-use crate::route::Routes;
 use crate::state::StateCell;
 use crate::table::{self, Table};
 
@@ -291,7 +291,7 @@ impl Generation {
         self.retired.store(true, Ordering::SeqCst);
     }
 
-    /// Whether a migrating release replaced it (see [`Gate::admits`](crate::gate)).
+    /// Whether a migrating release replaced it (see [`Gate::admits`](crate::live::gate)).
     pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
     }
