@@ -305,8 +305,8 @@ impl fmt::Display for CallList<'_> {
 #[non_exhaustive]
 pub enum SaveStateError {
     /// Writing to the store failed.
-    #[error("writing saved state to {}: {}", .0.display(), Bounded(.1))]
-    Store(PathBuf, String),
+    #[error("writing saved state to {}", .0.display())]
+    Store(PathBuf, #[source] crate::store::StoreWriteError),
 }
 
 /// A call into the pinned generation that did not return a value.

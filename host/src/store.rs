@@ -112,6 +112,25 @@ impl StoreError {
     }
 }
 
+/// Why a save did not reach the store. What was saved before stays as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreWriteError {
+    /// The store's file was moved or replaced while the host ran: nothing is written where a
+    /// restart would not find it.
+    #[error("{} is no longer the file this host opened (it was moved or replaced while the host ran): nothing is written where a restart would not find it", BoundedPath(.0))]
+    Replaced(PathBuf),
+    /// The embedded database refused the write (a full disk, an I/O error, ...).
+    #[error("the store refused the write: {0}")]
+    Database(#[from] redb::Error),
+    /// A table's description could not be encoded.
+    #[error("encoding a table's description: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The database panicked (on a damaged file, most likely); what it said.
+    #[error("the store failed writing ({})", Bounded(.0))]
+    Panicked(String),
+}
+
 /// The open store.
 pub(crate) struct Store {
     db: Database,
@@ -215,7 +234,7 @@ impl Store {
     ///
     /// If the transaction fails; what was saved before stays as it was.
     #[cfg(test)]
-    pub(crate) fn write_cells(&self, cells: &[(String, Snapshot)]) -> Result<(), String> {
+    pub(crate) fn write_cells(&self, cells: &[(String, Snapshot)]) -> Result<(), StoreWriteError> {
         self.save(&Save {
             cells: Some(cells),
             ..Save::default()
@@ -227,19 +246,13 @@ impl Store {
     /// # Errors
     ///
     /// If the transaction fails; what was saved before stays as it was.
-    pub(crate) fn save(&self, save: &Save<'_>) -> Result<(), String> {
+    pub(crate) fn save(&self, save: &Save<'_>) -> Result<(), StoreWriteError> {
         match identity(&self.path) {
             Ok(now) if now == self.identity => {}
-            _ => {
-                return Err(format!(
-                    "{} is no longer the file this host opened (it was moved or replaced while \
-                     the host ran): nothing is written where a restart would not find it",
-                    self.path.display()
-                ))
-            }
+            _ => return Err(StoreWriteError::Replaced(self.path.clone())),
         }
-        guarded(|| {
-            let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        catch_unwind(AssertUnwindSafe(|| {
+            let write = self.db.begin_write().map_err(redb::Error::from)?;
             if let Some(cells) = save.cells {
                 write_cells(&write, cells)?;
             }
@@ -249,8 +262,10 @@ impl Store {
             if let Some(keep) = &save.keep_tables {
                 drop_tables_but(&write, keep)?;
             }
-            write.commit().map_err(|e| e.to_string())
-        })
+            write.commit().map_err(redb::Error::from)?;
+            Ok(())
+        }))
+        .unwrap_or_else(|payload| Err(StoreWriteError::Panicked(panic_message(payload.as_ref()))))
     }
 
     /// Persisted table `label` (`plugin/table`) as saved, if it was.
@@ -321,56 +336,59 @@ impl Store {
             cells: Some(&cells),
             ..Save::default()
         })
-        .map_err(|reason| StoreError::Unusable {
+        .map_err(|error| StoreError::Unusable {
             path: self.path.clone(),
-            reason,
+            reason: error.to_string(),
         })?;
         tracing::info!(from = %dir.display(), cells = cells.len(), "imported saved state files into the store");
         Ok(())
     }
 }
 
-fn write_cells(write: &redb::WriteTransaction, cells: &[(String, Snapshot)]) -> Result<(), String> {
-    let mut table = write.open_table(CELLS).map_err(|e| e.to_string())?;
+fn write_cells(
+    write: &redb::WriteTransaction,
+    cells: &[(String, Snapshot)],
+) -> Result<(), StoreWriteError> {
+    let mut table = write.open_table(CELLS).map_err(redb::Error::from)?;
     let stale: Vec<String> = table
         .iter()
-        .map_err(|e| e.to_string())?
+        .map_err(redb::Error::from)?
         .filter_map(Result::ok)
         .map(|(plugin, _)| plugin.value().to_owned())
         .filter(|plugin| !cells.iter().any(|(p, _)| p == plugin))
         .collect();
     for plugin in stale {
-        table.remove(plugin.as_str()).map_err(|e| e.to_string())?;
+        table.remove(plugin.as_str()).map_err(redb::Error::from)?;
     }
     for (plugin, snapshot) in cells {
         table
             .insert(plugin.as_str(), snapshot.encode().as_slice())
-            .map_err(|e| e.to_string())?;
+            .map_err(redb::Error::from)?;
     }
     Ok(())
 }
 
-fn write_table(write: &redb::WriteTransaction, table: &TableWrite) -> Result<(), String> {
+fn write_table(write: &redb::WriteTransaction, table: &TableWrite) -> Result<(), StoreWriteError> {
     let name = entries_table(&table.label);
     let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
-    let mut tables = write.open_table(TABLES).map_err(|e| e.to_string())?;
+    let mut tables = write.open_table(TABLES).map_err(redb::Error::from)?;
     let mut meta = match tables
         .get(table.label.as_str())
-        .map_err(|e| e.to_string())?
+        .map_err(redb::Error::from)?
     {
         Some(meta) if !table.replace => serde_json::from_slice(meta.value()).unwrap_or_default(),
         _ => TableMeta::default(),
     };
     if table.replace {
-        write.delete_table(definition).map_err(|e| e.to_string())?;
+        write.delete_table(definition).map_err(redb::Error::from)?;
     }
     meta.key = table.key;
     meta.schemas.insert(table.schema, table.fingerprint.clone());
-    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    let meta = serde_json::to_vec(&meta)?;
     tables
         .insert(table.label.as_str(), meta.as_slice())
-        .map_err(|e| e.to_string())?;
-    let mut entries = write.open_table(definition).map_err(|e| e.to_string())?;
+        .map_err(redb::Error::from)?;
+    let mut entries = write.open_table(definition).map_err(redb::Error::from)?;
     let mut tagged = Vec::new();
     for (key, value) in &table.entries {
         match value {
@@ -380,10 +398,10 @@ fn write_table(write: &redb::WriteTransaction, table: &TableWrite) -> Result<(),
                 tagged.extend_from_slice(value);
                 entries
                     .insert(&**key, tagged.as_slice())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(redb::Error::from)?;
             }
             None => {
-                entries.remove(&**key).map_err(|e| e.to_string())?;
+                entries.remove(&**key).map_err(redb::Error::from)?;
             }
         }
     }
@@ -391,20 +409,20 @@ fn write_table(write: &redb::WriteTransaction, table: &TableWrite) -> Result<(),
 }
 
 /// Drops the persisted tables not in `keep` (labels `plugin/table`).
-fn drop_tables_but(write: &redb::WriteTransaction, keep: &[String]) -> Result<(), String> {
-    let mut tables = write.open_table(TABLES).map_err(|e| e.to_string())?;
+fn drop_tables_but(write: &redb::WriteTransaction, keep: &[String]) -> Result<(), StoreWriteError> {
+    let mut tables = write.open_table(TABLES).map_err(redb::Error::from)?;
     let stale: Vec<String> = tables
         .iter()
-        .map_err(|e| e.to_string())?
+        .map_err(redb::Error::from)?
         .filter_map(Result::ok)
         .map(|(label, _)| label.value().to_owned())
         .filter(|label| !keep.contains(label))
         .collect();
     for label in stale {
-        tables.remove(label.as_str()).map_err(|e| e.to_string())?;
+        tables.remove(label.as_str()).map_err(redb::Error::from)?;
         let name = entries_table(&label);
         let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
-        write.delete_table(definition).map_err(|e| e.to_string())?;
+        write.delete_table(definition).map_err(redb::Error::from)?;
     }
     Ok(())
 }
@@ -469,16 +487,20 @@ fn check_copy(path: &Path, dir: &Path) -> Result<(), String> {
 /// file's fault, reported as such, not a crash of the host.
 fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
         Err(format!(
             "the store failed reading it ({})",
-            Bounded(&message)
+            Bounded(&panic_message(payload.as_ref()))
         ))
     })
+}
+
+/// What a caught panic said, if it said it in words.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -516,8 +538,11 @@ mod tests {
         store.write_cells(&[("a".into(), snapshot(1))]).unwrap();
         std::fs::rename(dir.path().join(STORE_FILE), dir.path().join("elsewhere")).unwrap();
         let error = store.write_cells(&[("a".into(), snapshot(2))]).unwrap_err();
+        assert!(matches!(error, StoreWriteError::Replaced(_)), "{error}");
         assert!(
-            error.contains("no longer the file this host opened"),
+            error
+                .to_string()
+                .contains("no longer the file this host opened"),
             "{error}"
         );
     }

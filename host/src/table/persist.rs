@@ -212,7 +212,7 @@ impl Committer {
                 for (table, write) in tables.iter().zip(save.tables) {
                     put_back(table, write);
                 }
-                (covered, Err(error))
+                (covered, Err(error.to_string()))
             }
         }
     }
