@@ -29,7 +29,7 @@ use crate::rollout::{Rollouts, Route as Side};
 
 use super::listen::BodyTimeoutError;
 use super::mode::{CallMode, Learned};
-use crate::worker::{Asked, Calls, Forward, Workers};
+use crate::worker::{Asked, Calls, Forward, Serves, Workers};
 
 /// The response header naming the generation that served a request.
 pub const GENERATION_HEADER: &str = "x-graft-generation";
@@ -242,7 +242,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             body,
             context: &context,
             route: &route.path,
-            plugin: pin.generation().exporter(route.site.export()),
+            serves: Serves::Export(pin.generation(), route.site.export()),
         };
         let answer = route
             .workers

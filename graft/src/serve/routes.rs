@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::api::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
-use crate::worker::{Asked, Forward, Forwarded, Workers};
+use crate::worker::{Asked, Forward, Forwarded, Serves, Workers};
 
 use super::app::{
     answer_failure, method_not_allowed, not_found, rejected_body, server_error, side_of, stamp,
@@ -144,7 +144,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
             body,
             context: &context,
             route: entry.label(),
-            plugin: Some(entry.plugin()),
+            serves: Serves::Plugin(entry.plugin()),
         };
         let answer = routes
             .workers

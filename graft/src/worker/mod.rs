@@ -46,6 +46,7 @@ use graft_host::{Generation, Host, RequestContext};
 
 pub use crate::config::{Isolation, WorkerConfig};
 pub(crate) use channel::{serve as serve_channel, Asked, Calls, Forwarded};
+
 pub(crate) use process::Ready;
 pub(crate) use process::Spec;
 
@@ -583,7 +584,7 @@ impl Workers {
             generation = slot.id,
             pid = process.pid,
             route = request.route,
-            plugin = request.plugin.unwrap_or("unknown"),
+            plugin = request.serves.plugin().unwrap_or("unknown"),
             error = %error,
             worker = how,
             "request failed in its worker"
@@ -620,9 +621,28 @@ pub(crate) struct Forward<'a> {
     pub(crate) asked: Asked<'a>,
     pub(crate) body: Bytes,
     pub(crate) context: &'a Arc<RequestContext>,
-    /// The route's label, and the plugin that serves it, for the log.
+    /// The route's label, and what serves it, for the log.
     pub(crate) route: &'a str,
-    pub(crate) plugin: Option<&'a str>,
+    pub(crate) serves: Serves<'a>,
+}
+
+/// What serves a forwarded request: looked up only for the log of a request its worker
+/// failed, never on the way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Serves<'a> {
+    /// A `[[route]]`'s export, in the pinned generation.
+    Export(&'a Generation, &'a graft_host::Export),
+    /// A route the plugin named declares.
+    Plugin(&'a str),
+}
+
+impl Serves<'_> {
+    fn plugin(&self) -> Option<&str> {
+        match *self {
+            Self::Export(generation, export) => generation.exporter(export),
+            Self::Plugin(plugin) => Some(plugin),
+        }
+    }
 }
 
 impl Slot {
