@@ -1,32 +1,22 @@
 //! Publish: the one serialised step, and the bookkeeping after a release went live.
 //!
-//! Under the publish lock (`Host::book`), and nothing slow: check that the release was prepared
-//! against the generation still current, store it, update the history and the libraries the
-//! unload policy keeps. After the lock: write the record of live releases (temp file, fsync,
-//! rename; ordered, so an older history never overwrites a newer one) and delete staged copies
-//! nothing refers to.
+//! Under the publish lock (the [ledger](super::ledger)'s), and nothing slow: check that the
+//! release was prepared against the generation still current, store it in the
+//! [live set](super::live_set), update the history and the libraries the unload policy keeps.
+//! After the lock: write the record of live releases (temp file, fsync, rename; ordered, so an
+//! older history never overwrites a newer one) and delete staged copies nothing refers to.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::atomic_file;
 use crate::carry::{Migration, TableMigration};
 use crate::error::{DeployCause, DeployError, Step};
 use crate::hook::Hook;
-use crate::live::calls::{self, Call};
 use crate::live::gate::Closed;
-use crate::live::generation::Generation;
 use crate::report::DeployReport;
-use crate::status::{CallStatus, ReleaseRecord};
-use crate::unload::UnloadPolicy;
 
-use super::prepare::{recorded_history, From, Kind, Prepared, Shipped};
-use super::{outcome, Book, Host};
-
-/// How many calls in flight a refusal or a status lists at most (the oldest).
-pub(crate) const MAX_LISTED: usize = 16;
+use super::pipeline::From;
+use super::prepared::{Prepared, Shipped};
+use super::Host;
 
 /// How many times a migrating publish catches up on the table entries written since its copy,
 /// at most, before it holds the boundary.
@@ -66,8 +56,8 @@ impl Host {
         } else {
             Some(self.quiesce_and_migrate(&migrations, &table_migrations)?)
         };
-        let mut book = self.lock_book();
-        let current = self.current.load().id();
+        let mut book = self.ledger.lock();
+        let current = self.live.current_id();
         if current != base {
             drop(book);
             drop(closed);
@@ -77,8 +67,7 @@ impl Host {
             };
             return Err(self.refused(DeployError::new(Step::Publish, None, None, cause)));
         }
-        generation.mark_published();
-        let replaced = self.current.swap(Arc::clone(&generation));
+        let replaced = self.live.swap(&generation);
         if let Some((closed, paused)) = closed {
             // Before the gate opens: a request that loaded the old generation and passes the
             // reopened gate must find it retired, and take the new one.
@@ -90,11 +79,10 @@ impl Host {
 
         report.elapsed = started.elapsed();
         report.go_live = linked + publishing.elapsed();
-        self.record_live(&mut book, kind, record);
-        self.retain(&mut book, &generation);
-        book.last_deploy = Some(outcome(Some(generation.id()), None));
-        book.version += 1;
-        let (version, history) = (book.version, book.history.clone());
+        let libraries = self.pipeline.libraries();
+        let (version, history) =
+            self.ledger
+                .went_live(&mut book, kind, record, &generation, libraries);
         drop(book);
 
         tracing::info!(
@@ -113,16 +101,16 @@ impl Host {
         for migration in &downs {
             self.rewrite_now(migration.target());
         }
-        self.write_record(version, &history);
+        self.ledger.write_record(version, &history);
         for migration in &ups {
             migration.target().release_store();
             self.committer.wake();
             self.rewrite_now(migration.target());
         }
         self.collect_staged(&history);
-        self.collect_signed(&history);
+        self.pipeline.collect_signed(&history);
         for Shipped { plugin, .. } in &shipped {
-            let limit = self.settings.hook_timeout;
+            let limit = self.pipeline.hook_timeout();
             if let Err(failure) = plugin.run_hook_within(Hook::PostActivate, limit) {
                 tracing::warn!(plugin = %plugin.info().name, ?failure, "post_activate hook failed");
             }
@@ -167,8 +155,8 @@ impl Host {
         plugins.extend(tables.iter().map(|m| m.plugin.clone()));
         plugins.sort();
         plugins.dedup();
-        let limit = self.settings.migration_drain;
-        let (closed, paused) = self.quiesce(plugins, limit).map_err(|in_flight| {
+        let limit = self.migration_drain;
+        let (closed, paused) = self.live.quiesce(plugins, limit).map_err(|in_flight| {
             let cause = DeployCause::MigrationDrain { limit, in_flight };
             self.refused(DeployError::new(Step::Migrate, None, None, cause))
         })?;
@@ -192,49 +180,9 @@ impl Host {
         Ok((closed, paused))
     }
 
-    /// Closes the request boundary for the calls that can reach `plugins` and waits for those
-    /// in flight to end, until `limit`. Returns the closed gate and when it closed, or (the
-    /// gate open again) the calls still in flight at the deadline, oldest first.
-    pub(super) fn quiesce(
-        &self,
-        plugins: Vec<String>,
-        limit: Duration,
-    ) -> Result<(Closed<'_>, Instant), Vec<CallStatus>> {
-        let names = plugins.clone();
-        let closed = self.gate.close(plugins);
-        let paused = Instant::now();
-        let deadline = paused + limit;
-        loop {
-            let reaching = self.calls_reaching(&names);
-            if reaching.is_empty() {
-                return Ok((closed, paused));
-            }
-            if Instant::now() >= deadline {
-                return Err(calls::oldest(reaching, MAX_LISTED));
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-
-    /// The calls in flight, on any generation, that can reach a plugin named in `plugins`.
-    pub(super) fn calls_reaching(&self, plugins: &[String]) -> Vec<Call> {
-        let mut generations = self.live_generations();
-        generations.push(self.current.load_full());
-        let masks: HashMap<u64, u64> = generations
-            .iter()
-            .map(|g| (g.id(), g.mask_of(plugins.iter().map(String::as_str))))
-            .collect();
-        self.calls.matching(|call| {
-            // A generation not found cannot be: a call's pin keeps its generation alive, and
-            // every generation but the empty first one is tracked. Assume the worst.
-            let mask = masks.get(&call.generation).copied().unwrap_or(u64::MAX);
-            call.reach.touches(mask)
-        })
-    }
-
     /// Requests in flight: the counted pins (owned pins and pin caches) on every generation.
     pub fn in_flight(&self) -> usize {
-        self.calls.total()
+        self.live.calls().total()
     }
 
     /// Makes the last release recorded in the data directory current again: what a restarted
@@ -256,7 +204,7 @@ impl Host {
     /// [`DeployError`] if the record is unreadable, or if no recorded release deploys: then the
     /// error of the last live release from its staged copies.
     pub fn restore(&self) -> Result<Option<DeployReport>, DeployError> {
-        let span = tracing::info_span!("restore", record = %self.record_path.display());
+        let span = tracing::info_span!("restore", record = %self.ledger.record_path().display());
         let _entered = span.enter();
         let history = self.read_record()?;
         let mut newest_error = None;
@@ -297,112 +245,5 @@ impl Host {
             }
         }
         newest_error.map_or(Ok(None), Err)
-    }
-
-    /// Updates the history for a release that just went live.
-    fn record_live(&self, book: &mut Book, kind: Kind, record: ReleaseRecord) {
-        match kind {
-            Kind::Deploy => {}
-            Kind::Rollback => {
-                // The rolled-back release leaves the history; its predecessor is pushed again.
-                book.history.pop_back();
-                book.history.pop_back();
-            }
-            Kind::Restore(history) => {
-                book.history = history;
-                book.history.pop_back();
-            }
-        }
-        book.history.push_back(record);
-        while book.history.len() > self.settings.history_len {
-            book.history.pop_front();
-        }
-    }
-
-    /// Holds the libraries the unload policy keeps; the rest are let go, each closed once no
-    /// generation uses it.
-    fn retain(&self, book: &mut Book, published: &Generation) {
-        match self.settings.unload_policy {
-            UnloadPolicy::WhenDrained => {}
-            UnloadPolicy::Never => {
-                for plugin in published.loaded() {
-                    book.retained
-                        .entry(plugin.sha256().to_owned())
-                        .or_insert_with(|| Arc::clone(plugin));
-                }
-            }
-            UnloadPolicy::KeepHistory => {
-                let kept: HashSet<&str> = book
-                    .history
-                    .iter()
-                    .flat_map(|r| r.plugins.iter().map(|p| p.sha256.as_str()))
-                    .collect();
-                let retained: HashMap<String, _> = kept
-                    .into_iter()
-                    .filter_map(|sha| Some((sha.to_owned(), self.libraries.get(sha)?)))
-                    .collect();
-                book.retained = retained;
-            }
-        }
-    }
-
-    /// Writes the history to `DATA/releases.json` (temp file, fsync, rename), unless a newer
-    /// one was written already.
-    fn write_record(&self, version: u64, history: &VecDeque<ReleaseRecord>) {
-        let mut written = self
-            .record_written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *written >= version {
-            return;
-        }
-        let result = serde_json::to_vec_pretty(history)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| atomic_file::write(&self.record_path, &bytes));
-        match result {
-            Ok(()) => *written = version,
-            // The release is live; only a restart would miss it. Say so loudly.
-            Err(error) => tracing::error!(
-                path = %self.record_path.display(),
-                %error,
-                "could not record the live release"
-            ),
-        }
-    }
-
-    /// Deletes staged copies that no live library and no recorded release refers to. Skipped
-    /// while a prepare is staging (the next publish collects them). Until this host published
-    /// a release, the record on disk counts too (a refused start leaves every copy it names
-    /// for the next start), and if it cannot be read, nothing is deleted.
-    pub(super) fn collect_staged(&self, history: &VecDeque<ReleaseRecord>) {
-        let on_disk = if self.lock_book().version == 0 {
-            match recorded_history(&self.record_path) {
-                Ok(recorded) => recorded,
-                Err(_) => return,
-            }
-        } else {
-            VecDeque::new()
-        };
-        let Ok(_exclusive) = self.staging.try_write() else {
-            tracing::debug!("staged copies not collected: a prepare is staging");
-            return;
-        };
-        let keep: HashSet<PathBuf> = history
-            .iter()
-            .chain(&on_disk)
-            .flat_map(|r| r.plugins.iter().map(|p| p.staged.clone()))
-            .chain(self.libraries.live().iter().map(|p| p.path().to_owned()))
-            .collect();
-        let Ok(entries) = std::fs::read_dir(&self.staging_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "so") && !keep.contains(&path) {
-                if let Err(error) = std::fs::remove_file(&path) {
-                    tracing::debug!(path = %path.display(), %error, "could not remove staged copy");
-                }
-            }
-        }
     }
 }

@@ -103,12 +103,12 @@ impl Host {
     /// ones.
     fn save(&self, upto: Durability) -> Result<SavedState, SaveStateError> {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        if self.current.load().id() == 0 {
+        if self.live.current_id() == 0 {
             return Ok(SavedState::default());
         }
         let plugins: Vec<String> = self
-            .current
-            .load()
+            .live
+            .current()
             .persisted_states()
             .map(|cell| cell.plugin.clone())
             .collect();
@@ -116,10 +116,10 @@ impl Host {
         let snapshots: Vec<_> = if plugins.is_empty() {
             Vec::new()
         } else {
-            let held = self.quiesce(plugins, SAVE_HOLD);
+            let held = self.live.quiesce(plugins, SAVE_HOLD);
             // Read after the gate closed: a migrating publish stores under the closed gate, so
             // this is the generation whose cells no request is writing (if the hold came).
-            let current = self.current.load_full();
+            let current = self.live.current();
             let snapshots = current
                 .persisted_states()
                 .map(|cell| {
@@ -147,7 +147,7 @@ impl Host {
             }
             snapshots
         };
-        let current = self.current.load_full();
+        let current = self.live.current();
         let tables: Vec<_> = current
             .tables()
             .filter(|t| !t.is_store_held())

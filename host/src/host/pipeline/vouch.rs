@@ -18,7 +18,7 @@ use crate::release::{Manifest, MANIFEST, SIGNATURE};
 use crate::signature::{self, SignatureError};
 use crate::status::ReleaseRecord;
 
-use super::Host;
+use super::Pipeline;
 
 /// Where signed manifests are kept, in the data directory.
 pub(super) const SIGNED_DIR: &str = "signed";
@@ -33,16 +33,16 @@ struct Signed {
 /// The most bytes a signature file may have (its one line is 136).
 const MAX_SIGNATURE_BYTES: u64 = 1024;
 
-impl Host {
+impl Pipeline {
     /// Whether releases must be signed.
-    pub(super) fn requires_signatures(&self) -> bool {
+    pub(in crate::host) fn requires_signatures(&self) -> bool {
         !self.settings.trusted_keys.is_empty()
     }
 
     /// Reads and validates the manifest of the release in `dir`; with trusted keys, verifies
     /// its signature first and keeps a copy of both. Returns the manifest and, when signed, the
     /// sha256 of its bytes (the voucher its plugins' records keep).
-    pub(super) fn read_manifest(
+    pub(in crate::host) fn read_manifest(
         &self,
         dir: &Path,
     ) -> Result<(Manifest, Option<String>), DeployError> {
@@ -67,7 +67,7 @@ impl Host {
     }
 
     /// Refuses a release of builds (no manifest to sign) when signatures are required.
-    pub(super) fn check_unsigned_allowed(&self) -> Result<(), DeployError> {
+    pub(in crate::host) fn check_unsigned_allowed(&self) -> Result<(), DeployError> {
         if self.requires_signatures() {
             let cause = DeployCause::Signature(SignatureError::NoManifest);
             return Err(DeployError::new(Step::Signature, None, None, cause));
@@ -78,7 +78,7 @@ impl Host {
     /// Verifies, when signatures are required, that every plugin of a recorded release is
     /// vouched for by a signed manifest kept in the data directory that names it with its
     /// sha256. Each kept manifest is verified once, however many plugins it vouches for.
-    pub(super) fn verify_record(&self, record: &ReleaseRecord) -> Result<(), DeployError> {
+    pub(in crate::host) fn verify_record(&self, record: &ReleaseRecord) -> Result<(), DeployError> {
         if !self.requires_signatures() {
             return Ok(());
         }
@@ -146,9 +146,7 @@ impl Host {
     }
 
     fn signed_path(&self, voucher: &str, extension: &str) -> PathBuf {
-        self.data_dir
-            .join(SIGNED_DIR)
-            .join(format!("{voucher}.{extension}"))
+        self.signed_dir.join(format!("{voucher}.{extension}"))
     }
 
     /// Keeps a signed manifest and its signature (once per manifest: the name is its hash).
@@ -157,18 +155,21 @@ impl Host {
         if toml.exists() {
             return Ok(());
         }
-        std::fs::create_dir_all(self.data_dir.join(SIGNED_DIR))?;
+        std::fs::create_dir_all(&self.signed_dir)?;
         crate::atomic_file::write(&self.signed_path(voucher, "sig"), signature.as_bytes())?;
         crate::atomic_file::write(&toml, manifest)
     }
 
     /// Deletes kept signed manifests no recorded release refers to.
-    pub(super) fn collect_signed(&self, history: &std::collections::VecDeque<ReleaseRecord>) {
+    pub(in crate::host) fn collect_signed(
+        &self,
+        history: &std::collections::VecDeque<ReleaseRecord>,
+    ) {
         let keep: HashSet<&str> = history
             .iter()
             .flat_map(|r| r.plugins.iter().filter_map(|p| p.signed.as_deref()))
             .collect();
-        let Ok(entries) = std::fs::read_dir(self.data_dir.join(SIGNED_DIR)) else {
+        let Ok(entries) = std::fs::read_dir(&self.signed_dir) else {
             return;
         };
         for entry in entries.flatten() {
