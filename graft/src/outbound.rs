@@ -17,6 +17,18 @@ use graft_host::HostBuilder;
 
 pub use crate::config::HttpClientConfig;
 
+/// Why the host services could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServicesError {
+    /// The HTTP client could not start (its TLS backend).
+    #[error("starting the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// The host refused the service.
+    #[error(transparent)]
+    Provide(#[from] graft_host::ProvideError),
+}
+
 /// The client and its rules.
 #[derive(Debug)]
 pub struct Outbound {
@@ -29,14 +41,14 @@ impl Outbound {
     ///
     /// # Errors
     ///
-    /// When the TLS backend cannot start.
-    pub fn new(config: HttpClientConfig) -> Result<Self, String> {
+    /// [`ServicesError::Client`] when the TLS backend cannot start.
+    pub fn new(config: HttpClientConfig) -> Result<Self, ServicesError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .pool_max_idle_per_host(config.max_idle_per_host)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+            .map_err(ServicesError::Client)?;
         Ok(Self { client, config })
     }
 
@@ -44,15 +56,17 @@ impl Outbound {
     ///
     /// # Errors
     ///
-    /// When the host provides the contract already.
-    pub fn provide(self: &Arc<Self>, builder: HostBuilder) -> Result<HostBuilder, String> {
+    /// [`ServicesError::Provide`] when the host provides the contract already.
+    pub fn provide(self: &Arc<Self>, builder: HostBuilder) -> Result<HostBuilder, ServicesError> {
         let this = Arc::clone(self);
-        builder.provide_async::<HttpFetchV1, _>(move |request| {
-            // Read now, on the calling plugin's thread: the future runs in its polls.
-            let context = graft_host::current_request();
-            let this = Arc::clone(&this);
-            Box::pin(async move { Ok(this.fetch(request, context.as_deref()).await) })
-        })
+        builder
+            .provide_async::<HttpFetchV1, _>(move |request| {
+                // Read now, on the calling plugin's thread: the future runs in its polls.
+                let context = graft_host::current_request();
+                let this = Arc::clone(&this);
+                Box::pin(async move { Ok(this.fetch(request, context.as_deref()).await) })
+            })
+            .map_err(ServicesError::Provide)
     }
 
     /// Whether `host` (with `port`) is allowed.

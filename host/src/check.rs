@@ -60,12 +60,12 @@ impl CheckedPlugin {
 
 /// A host of its own in a temporary directory (removed when the returned guard drops).
 fn scratch_host() -> Result<(tempfile::TempDir, Host), DeployError> {
-    scratch_host_with(Ok)
+    scratch_host_with(Ok::<_, crate::ProvideError>)
 }
 
 /// [`scratch_host`], configured by `configure` (the embedder's host services).
-fn scratch_host_with(
-    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, String>,
+fn scratch_host_with<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, E>,
 ) -> Result<(tempfile::TempDir, Host), DeployError> {
     let scratch_error =
         |what: &str, e| DeployError::new(Step::Stage, None, None, DeployCause::Io(what.into(), e));
@@ -106,7 +106,7 @@ pub fn declarations(libraries: &[PathBuf]) -> Result<Vec<CheckedPlugin>, DeployE
 /// The [`DeployError`] the same release would get from [`Host::deploy`], except that a partial
 /// release may leave imports open.
 pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
-    check_with(path, Ok)
+    check_with(path, Ok::<_, crate::ProvideError>)
 }
 
 /// [`check`] on a host that `configure` sets up as the embedder's would be: what it provides
@@ -115,9 +115,9 @@ pub fn check(path: &Path) -> Result<CheckReport, DeployError> {
 /// # Errors
 ///
 /// As [`check`].
-pub fn check_with(
+pub fn check_with<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     path: &Path,
-    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, String>,
+    configure: impl FnOnce(HostBuilder) -> Result<HostBuilder, E>,
 ) -> Result<CheckReport, DeployError> {
     let (_scratch, host) = scratch_host_with(configure)?;
     let (prepared, manifest) = host.prepare_check(path)?;

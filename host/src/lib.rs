@@ -111,7 +111,7 @@ pub use live::generation::{Export, Generation, Resolved};
 pub use live::pin::{self, OwnedPin, Pin, PinCache};
 pub use live::route;
 pub use loader::LoadError;
-pub use provided::{ProvideWire, ServiceFuture, PROVIDER};
+pub use provided::{ProvideError, ProvideWire, ServiceFuture, PROVIDER};
 pub use report::{Change, DeployReport, PluginChange};
 pub use request::{
     current_request, in_request, with_request, InRequest, RequestContext, TraceContext,

@@ -29,7 +29,7 @@ use graft_api::{Contract, Error};
 use serde::{de::DeserializeOwned, Serialize};
 use slab::Slab;
 
-use crate::decl::{PluginInfo, Signature};
+use crate::decl::{ContractError, PluginInfo, Signature};
 use crate::loader::ExportImpl;
 
 /// The name linking gives the host as a provider (not a valid plugin name, so never a
@@ -102,10 +102,11 @@ pub(crate) struct ProvidedExport {
     _registration: Registration,
 }
 
-/// What the host provides: shared by the host and every generation linked against it.
-#[derive(Debug, Default)]
+/// What the host provides: shared by the host and every generation linked against it. A clone
+/// (of a [`HostBuilder`](crate::HostBuilder)) shares each export's registration.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Provided {
-    pub(crate) exports: Vec<ProvidedExport>,
+    pub(crate) exports: Vec<Arc<ProvidedExport>>,
     /// The host as a provider, as linking reads a plugin: exports only.
     pub(crate) info: Option<PluginInfo>,
 }
@@ -128,12 +129,12 @@ impl Provided {
             routes: Vec::new(),
         });
         info.exports.push(signature.clone());
-        self.exports.push(ProvidedExport {
+        self.exports.push(Arc::new(ProvidedExport {
             signature,
             id,
             export: ExportImpl { func, json },
             _registration: registration,
-        });
+        }));
     }
 
     /// Whether the host provides `contract` already.
@@ -185,14 +186,47 @@ where
     }
 }
 
+/// Why a host service could not be provided
+/// ([`HostBuilder::provide`](crate::HostBuilder::provide)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvideError {
+    /// The contract's name is not of the form `name@N`.
+    #[error(transparent)]
+    Name(#[from] ContractError),
+    /// The contract's types cannot be described to plugins.
+    #[error("the types of {contract}: {reason}")]
+    Types {
+        /// The contract.
+        contract: String,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// The host provides this contract already.
+    #[error("the host provides {0} already")]
+    AlreadyProvided(String),
+}
+
+/// Checks that `provided` may take contract `C`, and describes it.
+fn describe<C: Contract>(provided: &Provided) -> Result<Signature, ProvideError> {
+    let contract: crate::decl::Contract = C::NAME.parse()?;
+    if provided.has(&contract) {
+        return Err(ProvideError::AlreadyProvided(contract.to_string()));
+    }
+    crate::types::signature(&signature::<C>()).map_err(|reason| ProvideError::Types {
+        contract: contract.to_string(),
+        reason,
+    })
+}
+
 /// Adds `implementation` of contract `C` (a by-value or JSON contract) to `provided`.
-pub(crate) fn provide<C, F>(provided: &mut Provided, implementation: F) -> Result<(), String>
+pub(crate) fn provide<C, F>(provided: &mut Provided, implementation: F) -> Result<(), ProvideError>
 where
     C: Contract,
     C::Wire: ProvideWire<C>,
     F: Fn(C::In) -> Result<C::Out, Error> + Send + Sync + 'static,
 {
-    let signature = crate::types::signature(&signature::<C>())?;
+    let signature = describe::<C>(provided)?;
     let boxed: Box<SyncImpl<C>> = Box::new(implementation);
     let (func, json) = <C::Wire as ProvideWire<C>>::func();
     provided.add(signature, Arc::new(boxed), func, json);
@@ -200,14 +234,17 @@ where
 }
 
 /// Adds `implementation` of the async contract `C` (`json async fn`) to `provided`.
-pub(crate) fn provide_async<C, F>(provided: &mut Provided, implementation: F) -> Result<(), String>
+pub(crate) fn provide_async<C, F>(
+    provided: &mut Provided,
+    implementation: F,
+) -> Result<(), ProvideError>
 where
     C: Contract<Wire = AsyncJson>,
     C::In: DeserializeOwned + Serialize,
     C::Out: Serialize + DeserializeOwned,
     F: Fn(C::In) -> ServiceFuture<C::Out> + Send + Sync + 'static,
 {
-    let signature = crate::types::signature(&signature::<C>())?;
+    let signature = describe::<C>(provided)?;
     let boxed: Box<AsyncImpl<C>> = Box::new(implementation);
     let func: AsyncJsonFn = async_trampoline::<C>;
     // SAFETY: as for `ProvideWire`, for an `AsyncJsonFn` behind a signature of wire

@@ -116,8 +116,8 @@ pub enum ServeError {
     #[error("graft.toml sets no data_dir: graft serve keeps its staged copies, release record and saved state there")]
     NoDataDir,
     /// The host services (the outbound HTTP client) could not start.
-    #[error("starting the host services: {0}")]
-    Services(String),
+    #[error("starting the host services")]
+    Services(#[source] crate::outbound::ServicesError),
     /// The admin plane's runtime could not start.
     #[error("starting the admin runtime")]
     AdminRuntime(#[source] std::io::Error),
@@ -205,7 +205,7 @@ impl Drop for AdminRuntime {
 pub fn provide_services(
     builder: graft_host::HostBuilder,
     http_client: &crate::outbound::HttpClientConfig,
-) -> Result<graft_host::HostBuilder, String> {
+) -> Result<graft_host::HostBuilder, crate::outbound::ServicesError> {
     Arc::new(Outbound::new(http_client.clone())?).provide(builder)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::error::BuildError;
-use crate::provided::Provided;
+use crate::provided::ProvideError;
 use crate::release::Limits;
 use crate::store::Store;
 use crate::table::{Committer, TableSettings};
@@ -97,14 +97,15 @@ impl HostBuilder {
     ///
     /// # Errors
     ///
-    /// When the host provides `C` already.
-    pub fn provide<C, F>(mut self, implementation: F) -> Result<Self, String>
+    /// [`ProvideError::AlreadyProvided`] when the host provides `C` already; the others when
+    /// `C` is not a contract plugins can import.
+    pub fn provide<C, F>(mut self, implementation: F) -> Result<Self, ProvideError>
     where
         C: graft_api::Contract,
         C::Wire: crate::provided::ProvideWire<C>,
         F: Fn(C::In) -> Result<C::Out, graft_api::Error> + Send + Sync + 'static,
     {
-        let provided = self.provided_mut::<C>()?;
+        let provided = Arc::make_mut(&mut self.settings.pipeline.provided);
         crate::provided::provide::<C, F>(provided, implementation)?;
         Ok(self)
     }
@@ -115,27 +116,17 @@ impl HostBuilder {
     ///
     /// # Errors
     ///
-    /// When the host provides `C` already.
-    pub fn provide_async<C, F>(mut self, implementation: F) -> Result<Self, String>
+    /// As [`HostBuilder::provide`].
+    pub fn provide_async<C, F>(mut self, implementation: F) -> Result<Self, ProvideError>
     where
         C: graft_api::Contract<Wire = graft_api::contract::AsyncJson>,
         C::In: serde::Serialize + DeserializeOwned,
         C::Out: serde::Serialize + DeserializeOwned,
         F: Fn(C::In) -> crate::provided::ServiceFuture<C::Out> + Send + Sync + 'static,
     {
-        let provided = self.provided_mut::<C>()?;
+        let provided = Arc::make_mut(&mut self.settings.pipeline.provided);
         crate::provided::provide_async::<C, F>(provided, implementation)?;
         Ok(self)
-    }
-
-    fn provided_mut<C: graft_api::Contract>(&mut self) -> Result<&mut Provided, String> {
-        let contract: crate::decl::Contract = C::NAME.parse().map_err(|e| format!("{e}"))?;
-        let provided = Arc::get_mut(&mut self.settings.pipeline.provided)
-            .ok_or("a built host's provided exports cannot change")?;
-        if provided.has(&contract) {
-            return Err(format!("the host provides {contract} already"));
-        }
-        Ok(provided)
     }
 
     /// A route the embedder serves itself (`by`: `graft.toml [[route]] POST /foo`; `method`
@@ -224,4 +215,37 @@ struct Settings {
     ledger: LedgerSettings,
     /// How long a migrating publish waits for the calls in flight (the host's own).
     migration_drain: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_api::services::{FetchError, FetchResponse, HttpFetchV1};
+
+    use super::*;
+    use crate::provided::ServiceFuture;
+
+    type Fetched = Result<FetchResponse, FetchError>;
+
+    fn fetch() -> impl Fn(graft_api::services::FetchRequest) -> ServiceFuture<Fetched> {
+        |_| Box::pin(async { Err(graft_api::Error::new("unused")) })
+    }
+
+    #[test]
+    fn a_contract_is_provided_once_and_a_clone_of_the_builder_may_provide_too() {
+        let builder = Host::builder("/nonexistent")
+            .provide_async::<HttpFetchV1, _>(fetch())
+            .expect("provided once");
+        let twice = builder.clone().provide_async::<HttpFetchV1, _>(fetch());
+        assert!(
+            matches!(twice, Err(ProvideError::AlreadyProvided(ref c)) if c == "graft.http.fetch@1"),
+            "{twice:?}"
+        );
+        // A clone shares what was provided before it, and may provide more without touching
+        // the original's (before, it failed: the two shared one `Arc`).
+        let fresh = Host::builder("/nonexistent");
+        let _clone = fresh.clone();
+        fresh
+            .provide_async::<HttpFetchV1, _>(fetch())
+            .expect("a builder that was cloned provides");
+    }
 }
