@@ -50,28 +50,28 @@ impl Snapshot {
         out
     }
 
-    pub(crate) fn decode(file: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(file: &[u8]) -> Result<Self, SnapshotError> {
         let (body, digest) = file
             .split_at_checked(file.len().saturating_sub(32))
             .filter(|(body, _)| body.len() >= MAGIC.len())
-            .ok_or("too short to be a state file")?;
+            .ok_or(SnapshotError::TooShort)?;
         let mut r = Reader(body);
         if r.take(MAGIC.len())? != MAGIC {
-            let start = String::from_utf8_lossy(&body[..MAGIC.len()]);
-            return Err(format!("not a graft state file (it starts with {start:?})"));
+            let start = String::from_utf8_lossy(&body[..MAGIC.len()]).into_owned();
+            return Err(SnapshotError::Foreign(start));
         }
         if Sha256::digest(body).as_slice() != digest {
-            return Err("checksum mismatch: the file is damaged".into());
+            return Err(SnapshotError::Checksum);
         }
         let schema = r.u32()?;
         let align = r.u32()?;
         let fingerprint_len = r.u32()? as usize;
         let fingerprint = String::from_utf8(r.take(fingerprint_len)?.to_vec())
-            .map_err(|_| "the type fingerprint is not UTF-8")?;
-        let len = usize::try_from(r.u64()?).map_err(|_| "the value length does not fit")?;
+            .map_err(|_| SnapshotError::Fingerprint)?;
+        let len = usize::try_from(r.u64()?).map_err(|_| SnapshotError::Length)?;
         let bytes = r.take(len)?.to_vec();
         if !r.0.is_empty() {
-            return Err(format!("{} bytes after the value", r.0.len()));
+            return Err(SnapshotError::Trailing(r.0.len()));
         }
         Ok(Self {
             schema,
@@ -82,23 +82,54 @@ impl Snapshot {
     }
 }
 
+/// Why a saved cell record does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    #[error("too short to be a state file")]
+    TooShort,
+    /// What it starts with instead of the magic bytes (as many bytes as those).
+    #[error("not a graft state file (it starts with {0:?})")]
+    Foreign(String),
+    #[error("checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("truncated: {wanted} bytes wanted, {left} left")]
+    Truncated { wanted: usize, left: usize },
+    #[error("the type fingerprint is not UTF-8")]
+    Fingerprint,
+    #[error("the value length does not fit")]
+    Length,
+    #[error("{0} bytes after the value")]
+    Trailing(usize),
+}
+
+/// Why a state file (as hosts wrote them before the store) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateFileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("larger than {MAX_STATE_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Decode(#[from] SnapshotError),
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let (head, rest) = self
-            .0
-            .split_at_checked(n)
-            .ok_or_else(|| format!("truncated: {n} bytes wanted, {} left", self.0.len()))?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(SnapshotError::Truncated {
+            wanted: n,
+            left: self.0.len(),
+        })?;
         self.0 = rest;
         Ok(head)
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
@@ -117,20 +148,18 @@ pub(crate) fn plugin_of(file_name: &str) -> Option<&str> {
 
 /// Reads `plugin`'s saved state, if there is a file for it. The error names what is wrong with
 /// the file, not the file (the caller does).
-pub(crate) fn read(dir: &Path, plugin: &str) -> Result<Option<Snapshot>, String> {
+pub(crate) fn read(dir: &Path, plugin: &str) -> Result<Option<Snapshot>, StateFileError> {
     let file = match std::fs::File::open(path(dir, plugin)) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let mut bytes = Vec::new();
-    file.take(MAX_STATE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_STATE_BYTES {
-        return Err(format!("larger than {MAX_STATE_BYTES} bytes"));
+        return Err(StateFileError::TooLarge);
     }
-    Snapshot::decode(&bytes).map(Some)
+    Ok(Some(Snapshot::decode(&bytes)?))
 }
 
 /// Writes these snapshots as state files, the way hosts did before the store.
@@ -166,15 +195,17 @@ mod tests {
         let good = snapshot().encode();
         let mut flipped = good.clone();
         flipped[30] ^= 1;
-        assert!(Snapshot::decode(&flipped).unwrap_err().contains("checksum"));
-        assert!(Snapshot::decode(&good[..20]).is_err());
-        assert!(Snapshot::decode(b"").unwrap_err().contains("too short"));
+        assert_eq!(Snapshot::decode(&flipped), Err(SnapshotError::Checksum));
+        assert_eq!(Snapshot::decode(&good[..20]), Err(SnapshotError::TooShort));
+        assert_eq!(
+            Snapshot::decode(&good[..good.len() - 1]),
+            Err(SnapshotError::Checksum)
+        );
+        assert_eq!(Snapshot::decode(b""), Err(SnapshotError::TooShort));
         let foreign = vec![b'x'; 100_000];
         let error = Snapshot::decode(&foreign).unwrap_err();
-        assert!(
-            error.contains("not a graft state file") && error.len() < 200,
-            "{error}"
-        );
+        assert!(matches!(error, SnapshotError::Foreign(_)), "{error}");
+        assert!(error.to_string().len() < 200, "{error}");
     }
 
     proptest::proptest! {
@@ -188,7 +219,7 @@ mod tests {
             let mut record = snapshot().encode();
             let at = at.index(record.len());
             record[at] ^= by;
-            let error = Snapshot::decode(&record).unwrap_err();
+            let error = Snapshot::decode(&record).unwrap_err().to_string();
             proptest::prop_assert!(error.len() < 200, "{}", error);
         }
 

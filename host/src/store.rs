@@ -185,9 +185,11 @@ impl Store {
         if existed {
             check_copy(&path, data_dir).map_err(error)?;
         }
-        let db = guarded(|| match Database::builder().create(&path) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
-            opened => opened.map(Some).map_err(|e| e.to_string()),
+        let db = guarded(panicked_reading, || {
+            match Database::builder().create(&path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+                opened => opened.map(Some).map_err(|e| e.to_string()),
+            }
         })
         .map_err(error)?
         .ok_or_else(|| StoreError::InUse { path: path.clone() })?;
@@ -211,18 +213,18 @@ impl Store {
 
     /// `plugin`'s saved state cell, if there is one. The error says what is wrong with it (the
     /// caller names the store).
-    pub(crate) fn read_cell(&self, plugin: &str) -> Result<Option<Snapshot>, String> {
-        guarded(|| {
-            let read = self.db.begin_read().map_err(|e| e.to_string())?;
+    pub(crate) fn read_cell(&self, plugin: &str) -> Result<Option<Snapshot>, StoreReadError> {
+        guarded(StoreReadError::Panicked, || {
+            let read = self.db.begin_read().map_err(redb::Error::from)?;
             let cells = match read.open_table(CELLS) {
                 Ok(cells) => cells,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(redb::Error::from(e).into()),
             };
-            let Some(record) = cells.get(plugin).map_err(|e| e.to_string())? else {
+            let Some(record) = cells.get(plugin).map_err(redb::Error::from)? else {
                 return Ok(None);
             };
-            Snapshot::decode(record.value()).map(Some)
+            Ok(Some(Snapshot::decode(record.value())?))
         })
     }
 
@@ -269,17 +271,23 @@ impl Store {
     }
 
     /// Persisted table `label` (`plugin/table`) as saved, if it was.
-    pub(crate) fn read_table(&self, label: &str) -> Result<Option<SavedTable>, String> {
-        guarded(|| {
-            let read = self.db.begin_read().map_err(|e| e.to_string())?;
+    pub(crate) fn read_table(&self, label: &str) -> Result<Option<SavedTable>, StoreReadError> {
+        guarded(StoreReadError::Panicked, || {
+            let read = self.db.begin_read().map_err(redb::Error::from)?;
             let meta = match read.open_table(TABLES) {
-                Ok(tables) => match tables.get(label).map_err(|e| e.to_string())? {
-                    Some(meta) => serde_json::from_slice::<TableMeta>(meta.value())
-                        .map_err(|e| format!("the description of table {label}: {e}"))?,
+                Ok(tables) => match tables.get(label).map_err(redb::Error::from)? {
+                    Some(meta) => {
+                        serde_json::from_slice::<TableMeta>(meta.value()).map_err(|source| {
+                            StoreReadError::TableMeta {
+                                table: label.to_owned(),
+                                source,
+                            }
+                        })?
+                    }
                     None => return Ok(None),
                 },
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(redb::Error::from(e).into()),
             };
             let name = entries_table(label);
             let definition: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(&name);
@@ -290,14 +298,14 @@ impl Store {
             let entries = match read.open_table(definition) {
                 Ok(entries) => entries,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(saved)),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(redb::Error::from(e).into()),
             };
-            for entry in entries.iter().map_err(|e| e.to_string())? {
-                let (key, value) = entry.map_err(|e| e.to_string())?;
+            for entry in entries.iter().map_err(redb::Error::from)? {
+                let (key, value) = entry.map_err(redb::Error::from)?;
                 let value = value.value();
                 let (schema, bytes) = value
                     .split_first_chunk::<4>()
-                    .ok_or_else(|| format!("an entry of table {label} without its schema"))?;
+                    .ok_or_else(|| StoreReadError::EntryWithoutSchema(label.to_owned()))?;
                 saved.entries.push((
                     key.value().into(),
                     u32::from_le_bytes(*schema),
@@ -324,7 +332,7 @@ impl Store {
                 path: entry.path(),
                 reason,
             };
-            let saved = snapshot::read(dir, plugin).map_err(refused)?;
+            let saved = snapshot::read(dir, plugin).map_err(|e| refused(e.to_string()))?;
             if let Some(saved) = saved {
                 cells.push((plugin.to_owned(), saved));
             }
@@ -465,7 +473,7 @@ fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
 fn check_copy(path: &Path, dir: &Path) -> Result<(), String> {
     let copy = dir.join(format!(".{STORE_FILE}.check-{}", std::process::id()));
     std::fs::copy(path, &copy).map_err(|e| format!("reading it: {e}"))?;
-    let checked = guarded(|| {
+    let checked = guarded(panicked_reading, || {
         let mut db = Database::builder()
             .create(&copy)
             .map_err(|e| e.to_string())?;
@@ -484,14 +492,40 @@ fn check_copy(path: &Path, dir: &Path) -> Result<(), String> {
 }
 
 /// Runs a store operation with redb's panics caught: a panic reading a damaged file is the
-/// file's fault, reported as such, not a crash of the host.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        Err(format!(
-            "the store failed reading it ({})",
-            Bounded(&panic_message(payload.as_ref()))
-        ))
-    })
+/// file's fault, reported (by `panicked`, given what the panic said) as such, not a crash of
+/// the host.
+fn guarded<T, E>(
+    panicked: impl FnOnce(String) -> E,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(panicked(panic_message(payload.as_ref()))))
+}
+
+/// What [`check_copy`] says of a panic.
+fn panicked_reading(message: String) -> String {
+    format!("the store failed reading it ({})", Bounded(&message))
+}
+
+/// Why saved state could not be read from the store (the caller names the store).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreReadError {
+    #[error(transparent)]
+    Database(#[from] redb::Error),
+    /// A saved cell's record.
+    #[error(transparent)]
+    Cell(#[from] crate::snapshot::SnapshotError),
+    #[error("the description of table {table}: {source}")]
+    TableMeta {
+        table: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("an entry of table {0} without its schema")]
+    EntryWithoutSchema(String),
+    /// redb panicked reading it (what the panic said).
+    #[error("the store failed reading it ({})", Bounded(.0))]
+    Panicked(String),
 }
 
 /// What a caught panic said, if it said it in words.
@@ -520,15 +554,15 @@ mod tests {
     fn cells_read_back_and_a_write_replaces_the_set() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read_cell("a"), Ok(None));
+        assert_eq!(store.read_cell("a").unwrap(), None);
         store
             .write_cells(&[("a".into(), snapshot(1)), ("b".into(), snapshot(2))])
             .unwrap();
         store.write_cells(&[("b".into(), snapshot(3))]).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read_cell("a"), Ok(None));
-        assert_eq!(store.read_cell("b"), Ok(Some(snapshot(3))));
+        assert_eq!(store.read_cell("a").unwrap(), None);
+        assert_eq!(store.read_cell("b").unwrap(), Some(snapshot(3)));
     }
 
     #[test]
@@ -567,7 +601,7 @@ mod tests {
         )
         .unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read_cell("c"), Ok(Some(snapshot(4))));
+        assert_eq!(store.read_cell("c").unwrap(), Some(snapshot(4)));
         assert!(dir.path().join("state/c.state").exists());
     }
 
@@ -617,7 +651,7 @@ mod tests {
             if let Ok(store) = Store::open(dir.path()) {
                 match store.read_cell("counter") {
                     Ok(read) => proptest::prop_assert_eq!(read, Some(snapshot(2)), "byte {}", at),
-                    Err(error) => proptest::prop_assert!(error.len() < 600, "{}", error),
+                    Err(error) => proptest::prop_assert!(error.to_string().len() < 600, "{}", error),
                 }
             }
         }

@@ -278,7 +278,8 @@ fn restore<'s>(
     let name = &plugin.info().name;
     let source = Source::Saved(store.path());
     let unusable = |e: String| refuse.from(&source, format!("the value of plugin {name}: {e}"));
-    let Some(mut saved) = store.read_cell(name).map_err(unusable)? else {
+    let read = store.read_cell(name);
+    let Some(mut saved) = read.map_err(|e| unusable(e.to_string()))? else {
         return Ok(None);
     };
     saved.fingerprint = info.current_fingerprint(&saved.fingerprint).to_owned();

@@ -325,7 +325,7 @@ fn restore(
     let label = crate::table::store_label(table);
     let saved = store
         .read_table(&label)
-        .map_err(|e| refuse.saved(store.path(), e))?;
+        .map_err(|e| refuse.saved(store.path(), e.to_string()))?;
     let Some(SavedTable { meta, entries }) = saved else {
         return Ok(false);
     };
