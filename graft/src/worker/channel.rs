@@ -262,8 +262,8 @@ pub(crate) fn serve<C: Calls>(path: &Path, router: Router, calls: Arc<C>) -> std
     Ok(())
 }
 
-/// One connection from the front: each request runs in a task of its own, its answer written
-/// with whatever else is ready.
+/// One connection from the front: an HTTP request runs in a task of its own, the calls of one
+/// read in one task ([`run_calls`]); each answer is written with whatever else is ready.
 async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: Arc<C>) {
     let (mut reader, writer) = stream.into_split();
     let connection = Arc::new(Connection {
@@ -274,15 +274,15 @@ async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: A
     tokio::spawn(write_loop(Arc::clone(&connection), writer));
     let mut buffer = bytes::BytesMut::with_capacity(64 << 10);
     loop {
+        let mut batch = Vec::new();
         while let Some(frame) = next_frame(&mut buffer) {
             let Some((id, request)) = frame.and_then(decode_request) else {
                 return;
             };
-            let connection = Arc::clone(&connection);
             match request {
                 Incoming::Http(request) => {
                     let answer = router.clone().oneshot(request);
-                    tokio::spawn(reply(connection, id, async move {
+                    tokio::spawn(reply(Arc::clone(&connection), id, async move {
                         match answer.await {
                             Ok(answer) => answer,
                             Err(never) => match never {},
@@ -293,14 +293,36 @@ async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: A
                     route,
                     context,
                     body,
-                } => {
-                    tokio::spawn(reply(connection, id, calls.call(route, context, body)));
-                }
+                } => batch.push((id, route, context, body)),
             }
+        }
+        if !batch.is_empty() {
+            tokio::spawn(run_calls(
+                Arc::clone(&connection),
+                Arc::clone(&calls),
+                batch,
+            ));
         }
         match reader.read_buf(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// The calls that came in one read, run by one task: most (a route called inline) are done
+/// when first polled, and answered at once; the others go on as tasks of their own.
+async fn run_calls<C: Calls>(
+    connection: Arc<Connection>,
+    calls: Arc<C>,
+    batch: Vec<(u64, usize, Arc<RequestContext>, Bytes)>,
+) {
+    for (id, route, context, body) in batch {
+        let call = calls.call(route, context, body);
+        let mut answer = Box::pin(reply(Arc::clone(&connection), id, call));
+        let mut polled = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        if answer.as_mut().poll(&mut polled).is_pending() {
+            tokio::spawn(answer);
         }
     }
 }
