@@ -140,6 +140,16 @@ enum Command {
         #[arg(long)]
         memory_limit_mb: Option<u64>,
     },
+    /// Load a release as a deploy would, on a scratch host, and exit: run by `graft serve`
+    /// under isolation before it loads a release itself, not by hand.
+    #[command(hide = true)]
+    Preflight {
+        /// The release directory.
+        dir: PathBuf,
+        /// The most memory it may allocate, in MiB.
+        #[arg(long)]
+        memory_limit_mb: Option<u64>,
+    },
     /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
     ///
     /// Builds each crate with cargo, deploys the libraries on top of the config's release, then
@@ -284,13 +294,24 @@ enum FleetCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Preflight { .. }) {
+        // What its front reads: plain lines on standard output, naming each plugin whose code
+        // is about to run (see `graft/src/worker/preflight.rs`).
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("warn,graft_host::host::pipeline=debug"))
+            .with_ansi(false)
+            .with_writer(std::io::stdout)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of standard output went away (`graft check DIR | head`): nothing to say.
         Err(error) if is_broken_pipe(&error) => ExitCode::from(141),
@@ -322,6 +343,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             memory_limit_mb,
         } => graft::serve::run_worker(&config, &channel, memory_limit_mb),
+        Command::Preflight {
+            dir,
+            memory_limit_mb,
+        } => graft::serve::run_preflight(&dir, memory_limit_mb),
         Command::Dev {
             crates,
             config,

@@ -214,6 +214,49 @@ fn a_canary_that_segfaults_aborts_or_overflows_its_stack_fails_alone_and_aborts_
 }
 
 #[test]
+fn a_release_that_crashes_while_it_initialises_is_refused_and_the_front_never_loads_it() {
+    let env = Env::new();
+    let path = config(&env, "isolation = \"all\"");
+    // crashy's initialiser segfaults where this is set: in the front (which would die of it if
+    // it loaded the release) and in every process it starts.
+    let crash = [("CRASHY_INIT", std::path::Path::new("segfault"))];
+    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &crash, &[]);
+    let front = server.0.id();
+    let admin = AdminClient::new(&admin_url, None);
+    let live = admin.status().unwrap().host.current;
+    let crashy = env.release("crashy", &["crashy"]);
+
+    for rollout in [&[][..], &["--canary", "50"][..]] {
+        let args = [&["deploy", crashy.to_str().unwrap()][..], rollout].concat();
+        let (ok, _, stderr) = crate::serve::graft_cli(&args, &admin_url);
+        assert!(!ok, "{stderr}");
+        for said in [
+            "release rejected at init, plugin hello",
+            "SIGSEGV",
+            "did not load it",
+        ] {
+            assert!(stderr.contains(said), "{said:?} missing from: {stderr}");
+        }
+        assert!(alive(front), "the front serves on, same pid");
+        assert_eq!(admin.status().unwrap().host.current, live);
+        // No rollout began (none ever did here: `rollout` answers 404 without one).
+        assert!(admin.rollout().is_err());
+        assert_eq!(hello(&base, "after", false).0, 200);
+    }
+    let status = admin.status().unwrap();
+    let last = status
+        .host
+        .last_deploy
+        .and_then(|d| d.error)
+        .unwrap_or_default();
+    assert!(
+        !last.contains("crashy"),
+        "the front's host never prepared it: {last}"
+    );
+    drop(server);
+}
+
+#[test]
 fn a_spinning_call_is_answered_503_at_its_deadline_and_its_worker_replaced() {
     let env = Env::new();
     let path = config(&env, "isolation = \"all\"\n\n[workers]\ngrace_ms = 300");

@@ -11,6 +11,10 @@
 //!
 //! And `"context"` answers with the request's context as the call sees it (its id, its
 //! `traceparent`, the milliseconds left), so that a test can see what reached a worker.
+//!
+//! Its initialiser crashes the process that loads it when the environment says so:
+//! `CRASHY_INIT=segfault` or `CRASHY_INIT=abort` (a build that crashes while it loads, which
+//! `graft serve` loads first in a process of its own under isolation).
 
 use graft_api::{Context, Error};
 
@@ -25,6 +29,15 @@ graft_api::plugin! {
     exports: {
         HelloV1 => hello,
     },
+    init: init,
+}
+
+fn init() -> Result<(), Error> {
+    match std::env::var("CRASHY_INIT").as_deref() {
+        Ok("segfault") => segfault(),
+        Ok("abort") => std::process::abort(),
+        _ => Ok(()),
+    }
 }
 
 fn hello(ctx: &Context<'_>, name: String) -> Result<String, Error> {

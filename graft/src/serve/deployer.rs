@@ -44,6 +44,11 @@ impl Deployer {
             return self.start_rollout(dir, options);
         }
         self.no_rollout_under_way()?;
+        // Under `isolation = "all"`, loaded first in a process of its own: a plugin that
+        // crashes while loading or initialising takes that down, not this one.
+        self.workers
+            .preflight(dir, Side::Stable)
+            .inspect_err(|_| self.metrics.deploy(None))?;
         let prepared = self.host.prepare(dir).map_err(|e| self.rejected(&e))?;
         if client_gone() {
             tracing::warn!(
@@ -90,6 +95,10 @@ impl Deployer {
             .map(str::parse::<RolloutPlan>)
             .transpose()
             .map_err(|reason| ApiError::bad_request(format!("invalid rollout plan: {reason}")))?;
+        // The canary runs in a worker: loaded first in a process of its own, as a deploy is.
+        self.workers
+            .preflight(dir, Side::Canary)
+            .inspect_err(|_| self.metrics.deploy(None))?;
         match self.rollouts.start(dir, options.canary, plan) {
             Ok((report, rollout)) => {
                 // Under isolation, the canary's worker serves before this answers; one that

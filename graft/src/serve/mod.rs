@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{GENERATION_HEADER, ROUTE_HEADER, ROUTE_TOKEN_HEADER};
 pub use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
-pub use worker_process::run as run_worker;
+pub use worker_process::{run as run_worker, run_preflight};
 
 use deployer::Deployer;
 use listen::ConnLimits;

@@ -55,6 +55,25 @@ pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyho
     Ok(())
 }
 
+/// Prepares the release in `dir` on a scratch host, as a deploy would, with the host services
+/// `graft serve` provides, and exits: `graft preflight`, which the front runs before it loads a
+/// release itself (see `graft/src/worker/preflight.rs`). Its log goes to standard output,
+/// which says, before each plugin's code runs, the step, the plugin and the file.
+///
+/// # Errors
+///
+/// If the memory limit cannot be set, or the release is refused (the front then prepares it
+/// itself, and reports the refusal as its own).
+pub fn run_preflight(dir: &Path, memory_limit_mb: Option<u64>) -> anyhow::Result<()> {
+    if let Some(limit) = memory_limit_mb {
+        limit_memory(limit.saturating_mul(1 << 20))?;
+    }
+    graft_host::check::check_with(dir, |builder| {
+        super::provide_services(builder, &Default::default())
+    })?;
+    Ok(())
+}
+
 /// Caps what this process may allocate (`RLIMIT_DATA`: heap and private writable mappings),
 /// so that a leak aborts this worker alone.
 #[allow(unsafe_code)]

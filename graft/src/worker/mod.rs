@@ -23,14 +23,20 @@
 //! - **Memory**: [`WorkerConfig::memory_limit_mb`] bounds each worker (`RLIMIT_DATA`); an
 //!   allocation past it aborts that worker alone.
 //!
-//! What stays in the front for now: the front prepares each release itself too (it routes,
-//! pins and reports with that generation, and never calls into it), so a plugin that crashes
-//! while it *loads or initialises* still takes the front down; and a generation whose plugins
-//! hold state (cells or tables) runs in the front whatever `isolation` says (each process
-//! would keep its own copy of the state, and a canary's writes would be lost), which is
-//! logged once per generation and shown in status.
+//! - **A crash while loading**: the front prepares each release itself too (it routes, pins
+//!   and reports with that generation, and never calls into it), so it loads the release
+//!   first in a process of its own (`preflight.rs`): one that takes that process down, or
+//!   holds it past the start timeout, is refused naming the step, plugin and file whose code
+//!   was running, and the front never loads it.
+//!
+//! What stays in the front for now: a generation whose plugins hold state (cells or tables)
+//! runs in the front whatever `isolation` says (each process would keep its own copy of the
+//! state, and a canary's writes would be lost), which is logged once per generation and shown
+//! in status; and a crash that only happens in the front's own load (not in the preflight's:
+//! code that crashes at random) still takes it down.
 
 mod channel;
+mod preflight;
 mod process;
 
 use std::collections::{HashMap, VecDeque};
@@ -165,6 +171,37 @@ impl Workers {
                 Some(placed) => placed.clone(),
                 None => self.place(generation),
             },
+        }
+    }
+
+    /// Loads the release in `dir` first in a process of its own (`graft preflight`) when the
+    /// generation it becomes would run in a worker for `side`: a plugin that crashes while it
+    /// loads or initialises takes that process down, and the release is refused, before the
+    /// front loads it. See `preflight.rs`.
+    ///
+    /// # Errors
+    ///
+    /// The refusal: the step, plugin and file whose code was running, and the signal (or the
+    /// timeout it ran past); or why the process could not start.
+    pub(crate) fn preflight(&self, dir: &std::path::Path, side: Side) -> Result<(), ApiError> {
+        if matches!(
+            (self.isolation, side),
+            (Isolation::None, _) | (Isolation::Canary, Side::Stable)
+        ) {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.start_timeout_ms);
+        match preflight::run(&self.binary, dir, self.config.memory_limit_mb, timeout) {
+            Ok(()) => Ok(()),
+            Err(Ok(refused)) => {
+                let answer = refused.to_api();
+                tracing::warn!(release = %dir.display(), error = %answer.message, "release rejected at preflight");
+                Err(answer)
+            }
+            Err(Err(why)) => Err(ApiError::new(
+                ErrorCode::DeployRejected,
+                format!("the release could not be loaded first in a process of its own: {why}"),
+            )),
         }
     }
 

@@ -112,7 +112,7 @@ pub(crate) struct Ended {
 }
 
 impl Ended {
-    fn of(status: std::process::ExitStatus) -> Self {
+    pub(crate) fn of(status: std::process::ExitStatus) -> Self {
         use std::os::unix::process::ExitStatusExt as _;
         match status.signal() {
             Some(signal) => {

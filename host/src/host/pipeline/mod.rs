@@ -377,6 +377,7 @@ impl Pipeline {
         })?;
         self.libraries
             .get_or_load(&sha256, || {
+                started(Step::Load, label, &planned.source);
                 LoadedPlugin::load(&staged, &sha256, &self.unloader)
             })
             .map_err(|e| {
@@ -408,6 +409,7 @@ impl Pipeline {
                 .name("graft-init".into())
                 .spawn(move || {
                     for plugin in running {
+                        started(Step::Init, &plugin.info().name, plugin.path());
                         let result = plugin.run_init(services::host_api());
                         plugin.init_cell().finish(result);
                     }
@@ -475,7 +477,8 @@ impl Pipeline {
 /// Runs the `pre_activate` hooks of the shipped plugins, in order, each under `limit`; the first
 /// error or overrun vetoes.
 fn pre_activate(shipped: &[Shipped], limit: Duration) -> Result<(), DeployError> {
-    for Shipped { plugin, .. } in shipped {
+    for Shipped { plugin, file, .. } in shipped {
+        started(Step::Activate, &plugin.info().name, file);
         plugin
             .run_hook_within(Hook::PreActivate, limit)
             .map_err(|failure| {
@@ -525,6 +528,13 @@ fn changes(base: &Generation, new: &Generation) -> Vec<PluginChange> {
             },
         })
         .collect()
+}
+
+/// Says (at debug level) that `step` starts running `plugin`'s code, from `file`: the last such
+/// event before a process dies names the plugin that took it down (`graft serve` reads them
+/// from the preflight process it loads a release in first; see `graft/src/worker/preflight.rs`).
+fn started(step: Step, plugin: &str, file: &std::path::Path) {
+    tracing::debug!(%step, %plugin, file = %file.display(), "running plugin code");
 }
 
 /// Where staged copies are kept, in the data directory.
