@@ -39,7 +39,8 @@ struct Cli {
 }
 
 /// Where the admin API is: `--admin` (or `GRAFT_ADMIN`), else the `[admin]` of `--config`,
-/// else `http://127.0.0.1:9090`; the token likewise.
+/// else that of `./graft.toml` if there is one, else `http://127.0.0.1:9090`; the token
+/// likewise.
 #[derive(clap::Args)]
 struct Admin {
     /// The admin API's URL [default: http://127.0.0.1:9090].
@@ -48,14 +49,25 @@ struct Admin {
     /// Its bearer token, if it has one.
     #[arg(long, env = "GRAFT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A server's graft.toml, to take the admin address and token from.
+    /// A server's graft.toml, to take the admin address and token from [default: ./graft.toml,
+    /// if it exists and no --admin is given].
     #[arg(long, value_name = "GRAFT_TOML")]
     config: Option<PathBuf>,
 }
 
 impl Admin {
     fn client(&self) -> anyhow::Result<AdminClient> {
-        let config = self.config.as_deref().map(ServeConfig::load).transpose()?;
+        let here = Path::new(LOCAL_CONFIG);
+        let path = match (&self.config, &self.admin) {
+            (Some(path), _) => Some(path.as_path()),
+            (None, None) if here.is_file() => Some(here),
+            (None, _) => None,
+        };
+        let config = path
+            .map(|path| {
+                ServeConfig::load(path).with_context(|| format!("reading {}", path.display()))
+            })
+            .transpose()?;
         let url = match (&self.admin, &config) {
             (Some(url), _) => url.clone(),
             (None, Some(config)) => {
@@ -82,6 +94,9 @@ impl Admin {
 
 /// Where the CLI looks for the admin API when nothing says otherwise.
 const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// The config the CLI reads when no `--config` or `--admin` is given, if it exists.
+const LOCAL_CONFIG: &str = "graft.toml";
 
 /// How a deploy starts a staged rollout.
 #[derive(clap::Args)]

@@ -446,6 +446,49 @@ pub(crate) fn graft_cli(args: &[&str], admin: &str) -> (bool, String, String) {
 }
 
 #[test]
+fn the_cli_run_where_graft_toml_is_reads_the_admin_api_from_it() {
+    let env = Env::new();
+    let path = config(&env, "");
+    // A client reading the file must find the port there: a free one, written in.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let (_child, _base, admin) = spawn_graft_serve(&path);
+    assert!(admin.ends_with(&format!(":{port}")), "{admin}");
+
+    let status_in = |dir: &Path| {
+        Command::new(graft_bin())
+            .args(["status", "--json"])
+            .current_dir(dir)
+            .env_remove("GRAFT_ADMIN")
+            .env_remove("GRAFT_ADMIN_TOKEN")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    let here = status_in(path.parent().unwrap());
+    let stderr = String::from_utf8_lossy(&here.stderr);
+    assert!(here.status.success(), "{stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&here.stdout).unwrap();
+    assert_eq!(status["current"], 1, "{status}");
+    // Where there is none, the default address (nothing listens there in these tests).
+    let elsewhere = status_in(&env.path("releases"));
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        !elsewhere.status.success() && stderr.contains("127.0.0.1:9090"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_cli_deploys_rolls_back_and_reports_refusals() {
     let env = Env::new();
     let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
