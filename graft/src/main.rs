@@ -1,6 +1,6 @@
 //! The `graft` command line: parse arguments, call the library, print the result.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -319,15 +319,29 @@ fn main() -> ExitCode {
             .with_writer(std::io::stdout)
             .init();
     } else {
+        // A command that answers once reports its failure once, as its error (a plugin's
+        // panic is in it): its log says only what is worse. A server logs warnings too.
+        let serving = matches!(
+            cli.command,
+            Command::Serve { .. } | Command::Worker { .. } | Command::Dev { .. }
+        );
+        let default = if serving {
+            "warn"
+        } else {
+            "error,graft::plugin=off"
+        };
         tracing_subscriber::fmt()
             .with_env_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
             )
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .init();
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said already, as the command's output (`check --json`).
+        Err(error) if error.is::<Reported>() => ExitCode::FAILURE,
         // The reader of standard output went away (`graft check DIR | head`): nothing to say.
         Err(error) if is_broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
@@ -338,6 +352,26 @@ fn main() -> ExitCode {
 }
 
 /// Whether an error is a write to a closed pipe.
+/// `graft check --json`'s output for a release it refuses.
+#[derive(serde::Serialize)]
+struct CheckRefusal<'a> {
+    path: &'a Path,
+    /// As the deploy API answers a refusal: `error`, `message`, `step`, `plugin`, `file`.
+    error: graft::api::ApiError,
+}
+
+/// A failure the command has reported already, as its output.
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported")
+    }
+}
+
+impl std::error::Error for Reported {}
+
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause
@@ -463,11 +497,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json, admin } => print_json_or(json, &admin.client()?.status()?),
         Command::Check { path, json } => {
-            let report = graft_host::check::check_with(&path, |builder| {
+            let checked = graft_host::check::check_with(&path, |builder| {
                 graft::serve::provide_services(builder, &Default::default())
-            })
-            .with_context(|| format!("checking {}", path.display()))?;
-            print_json_or(json, &report)
+            });
+            match checked {
+                Ok(report) => print_json_or(json, &report),
+                // As JSON too: the deploy API's refusal, and the path checked.
+                Err(error) if json => {
+                    let refusal = CheckRefusal {
+                        path: &path,
+                        error: graft::api::ApiError::from(&error),
+                    };
+                    out!("{}", serde_json::to_string_pretty(&refusal)?)?;
+                    Err(Reported.into())
+                }
+                Err(error) => Err(error).with_context(|| format!("checking {}", path.display())),
+            }
         }
         Command::Pack {
             out,

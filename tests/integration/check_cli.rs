@@ -111,6 +111,46 @@ fn check_exits_1_with_the_reason_for_every_bad_release() {
 }
 
 #[test]
+fn a_refusal_is_said_once_as_json_with_json_and_without_colours_when_not_on_a_terminal() {
+    let env = Env::new();
+    // As a user runs it: no RUST_LOG, so the default log level applies.
+    let check = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(crate::util::graft_bin())
+            .arg("check")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (out.status.code(), text(out.stdout), text(out.stderr))
+    };
+    for case in bad_releases(&env) {
+        let (code, stdout, stderr) = check(&["--json".as_ref(), case.dir.as_os_str()]);
+        assert_eq!(code, Some(1), "{}: {stdout}{stderr}", case.label);
+        assert_eq!(stderr, "", "{}: said on stdout only", case.label);
+        let refusal: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            refusal["error"]["step"],
+            case.step.to_string(),
+            "{}: {refusal}",
+            case.label
+        );
+        assert_eq!(refusal["error"]["error"], "deploy-rejected", "{refusal}");
+        let message = refusal["error"]["message"].as_str().unwrap();
+        assert!(message.contains(case.says), "{}: {message}", case.label);
+        assert_eq!(refusal["path"], case.dir.to_str().unwrap());
+
+        let (code, stdout, stderr) = check(&[case.dir.as_os_str()]);
+        assert_eq!((code, stdout.as_str()), (Some(1), ""), "{}", case.label);
+        assert_eq!(stderr.lines().count(), 1, "{}: once: {stderr}", case.label);
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "no colours into a pipe: {stderr:?}"
+        );
+    }
+}
+
+#[test]
 fn check_of_a_single_library_prints_its_declaration() {
     let (ok, stdout, stderr) = run_graft(&["check".as_ref(), library("frob-shim").as_os_str()]);
     assert!(ok, "{stderr}");
