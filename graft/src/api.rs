@@ -55,6 +55,9 @@ pub struct DeployRequest {
     /// The rollout's plan (`5:30s,25:30s,100`) instead of the configured one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Every step short of going live, against what is live, then nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl DeployRequest {
@@ -71,6 +74,7 @@ impl DeployRequest {
         self.rollout = options.rollout;
         self.canary = options.canary;
         self.plan = options.plan;
+        self.dry_run = options.dry_run;
         self
     }
 
@@ -80,6 +84,7 @@ impl DeployRequest {
             rollout: self.rollout,
             canary: self.canary,
             plan: self.plan.clone(),
+            dry_run: self.dry_run,
         }
     }
 }
@@ -98,6 +103,10 @@ pub struct RolloutOptions {
     /// Follow this plan instead of the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Do everything short of going live, against what is live, then nothing
+    /// ([`Host::dry_run`](graft_host::Host::dry_run)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl RolloutOptions {
@@ -107,7 +116,14 @@ impl RolloutOptions {
             rollout,
             canary,
             plan,
+            dry_run: false,
         }
+    }
+
+    /// The same options, as a dry run or not.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 
     /// Whether a rollout is asked for.
@@ -126,6 +142,10 @@ pub struct DeployResponse {
     /// The rollout, when the release went live as a canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// A dry run: the release was prepared against what is live, and dropped; nothing changed
+    /// (the report says what the deploy would have done).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl From<DeployReport> for DeployResponse {
@@ -133,6 +153,7 @@ impl From<DeployReport> for DeployResponse {
         Self {
             report,
             rollout: None,
+            dry_run: false,
         }
     }
 }

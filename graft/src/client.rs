@@ -140,6 +140,9 @@ impl AdminClient {
         }
         query.extend(options.canary.map(|weight| ("canary", weight.to_string())));
         query.extend(options.plan.clone().map(|plan| ("plan", plan)));
+        if options.dry_run {
+            query.push(("dry_run", "true".to_owned()));
+        }
         let request = self
             .agent
             .post(&url)

@@ -197,6 +197,11 @@ enum Command {
         /// Upload the release as a bundle even to a server on this machine.
         #[arg(long)]
         upload: bool,
+        /// Do everything a deploy does short of going live, on the server, against what is
+        /// live (initialisers run), and change nothing: exits 1 with the refusal a deploy
+        /// would get.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         rollout: Rollout,
         #[command(flatten)]
@@ -426,18 +431,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy {
             dir,
             upload,
+            dry_run,
             rollout,
             admin,
         } => {
             let client = admin.client()?;
+            let options = rollout.options().with_dry_run(dry_run);
             let response = if upload || !client.is_local() {
                 let bundle = graft::bundle::pack(&dir)
                     .with_context(|| format!("packing {}", dir.display()))?;
-                client.deploy_bundle(&bundle, &rollout.options())?
+                client.deploy_bundle(&bundle, &options)?
             } else {
                 let dir = std::path::absolute(&dir)
                     .with_context(|| format!("resolving {}", dir.display()))?;
-                client.deploy(&DeployRequest::new(dir).with_rollout(rollout.options()))?
+                client.deploy(&DeployRequest::new(dir).with_rollout(options))?
             };
             out!("{response}")?;
             Ok(())

@@ -10,6 +10,13 @@ use crate::rollout::RolloutStatus;
 /// `generation 2 live: release v2; ...`, or the canary and its rollout.
 impl fmt::Display for DeployResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            let would = self
+                .report
+                .to_string()
+                .replacen(" live: ", " would go live: ", 1);
+            return writeln!(f, "dry run, nothing changed: {would}");
+        }
         match &self.rollout {
             None => writeln!(f, "{}", self.report),
             Some(rollout) => {

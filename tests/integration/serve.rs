@@ -533,6 +533,54 @@ fn the_cli_deploys_rolls_back_and_reports_refusals() {
 }
 
 #[test]
+fn a_dry_run_refuses_what_a_deploy_would_and_changes_nothing() {
+    let env = Env::new();
+    let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
+    let client = AdminClient::new(&admin, None);
+    let v2 = env.path("releases/v2");
+    let (ok, _, stderr) = graft_cli(&["deploy", v2.to_str().unwrap()], &admin);
+    assert!(ok, "{stderr}");
+    let before = client.status().unwrap().host;
+
+    // Refused against what is live (v2's foo imports frob@2), as a deploy would be, from a
+    // directory and uploaded.
+    let bad = env.release("bad", &["frob-v1"]);
+    for upload in [&[][..], &["--upload"][..]] {
+        let args = [&["deploy", "--dry-run", bad.to_str().unwrap()][..], upload].concat();
+        let (ok, stdout, stderr) = graft_cli(&args, &admin);
+        assert!(!ok, "{stdout}");
+        assert!(
+            stderr.contains("release rejected at link, plugin foo")
+                && stderr.contains("plugin foo imports frob@2"),
+            "{stderr}"
+        );
+    }
+    // A release that would go live says what it would do.
+    let v1 = env.path("releases/v1");
+    let (ok, stdout, stderr) = graft_cli(&["deploy", "--dry-run", v1.to_str().unwrap()], &admin);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("dry run, nothing changed: generation ")
+            && stdout.contains(" would go live: release v1; foo 1.0.0 (replaced)"),
+        "{stdout}"
+    );
+
+    // Nothing changed: the same generation, history and last deploy, v2 answering.
+    let after = client.status().unwrap().host;
+    assert_eq!(after.current, before.current);
+    assert_eq!(after.history.len(), before.history.len());
+    let outcome = |d: Option<graft_host::status::DeployOutcome>| d.map(|d| (d.at_ms, d.error));
+    assert_eq!(outcome(after.last_deploy), outcome(before.last_deploy));
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 2);
+    // And a deploy gets the refusal the dry run said.
+    let (ok, _, stderr) = graft_cli(&["deploy", bad.to_str().unwrap()], &admin);
+    assert!(
+        !ok && stderr.contains("release rejected at link, plugin foo"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
     let env = Env::new();
     let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));

@@ -223,7 +223,7 @@ async fn deploy(
             .await
             .map_err(|rejection| rejected_body(&rejection))?;
         let expected =
-            "expected {\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?} or a tar bundle";
+            "expected {\"dir\": PATH, \"rollout\"?, \"canary\"?, \"plan\"?, \"dry_run\"?} or a tar bundle";
         // serde would take a struct from an array too (`["dir", true]` starting a rollout).
         let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if !object {

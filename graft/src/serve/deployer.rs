@@ -40,6 +40,9 @@ impl Deployer {
         options: &RolloutOptions,
         client_gone: &dyn Fn() -> bool,
     ) -> Result<DeployResponse, ApiError> {
+        if options.dry_run {
+            return self.dry_run(dir, options);
+        }
         if options.wanted() {
             return self.start_rollout(dir, options);
         }
@@ -74,6 +77,23 @@ impl Deployer {
         let report = self.host.publish(prepared).map_err(|e| self.rejected(&e))?;
         self.metrics.deploy(Some(&report));
         Ok(report.into())
+    }
+
+    /// Everything the deploy (or the rollout's start) would do short of going live, against
+    /// what is live, including loading it first in a process of its own under isolation; then
+    /// nothing. Neither counted as a deploy nor refused while a rollout is under way.
+    fn dry_run(&self, dir: &Path, options: &RolloutOptions) -> Result<DeployResponse, ApiError> {
+        let side = if options.wanted() {
+            Side::Canary
+        } else {
+            Side::Stable
+        };
+        self.workers.preflight(dir, side)?;
+        let report = self.host.dry_run(dir).map_err(|e| ApiError::from(&e))?;
+        Ok(DeployResponse {
+            dry_run: true,
+            ..report.into()
+        })
     }
 
     /// Makes the previous release current again.
@@ -113,8 +133,8 @@ impl Deployer {
                 }
                 self.metrics.deploy(Some(&report));
                 Ok(DeployResponse {
-                    report,
                     rollout: Some(rollout),
+                    ..report.into()
                 })
             }
             Err(RolloutError::Deploy(error)) => Err(self.rejected(&error)),

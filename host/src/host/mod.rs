@@ -385,9 +385,14 @@ impl Host {
     /// (nothing live or recorded refers to them once its libraries were let go). Returns it.
     fn refused(&self, error: DeployError) -> DeployError {
         let error = self.noted(error);
+        self.collect_left_staged();
+        error
+    }
+
+    /// Deletes the staged copies a refused prepare left.
+    fn collect_left_staged(&self) {
         let history = self.ledger.lock().history.clone();
         self.collect_staged(&history);
-        error
     }
 
     /// Records a refusal as the last deploy's outcome, deleting nothing: what a restore does

@@ -10,6 +10,7 @@ use crate::error::{DeployCause, DeployError, Step};
 use crate::link::OpenImports;
 use crate::live::generation::Generation;
 use crate::release::Manifest;
+use crate::report::DeployReport;
 use crate::status::ReleaseRecord;
 
 use super::pipeline::{Base, From, Plan};
@@ -31,7 +32,35 @@ impl Host {
             .pipeline
             .read_manifest(dir)
             .map(|(m, voucher)| Plan::from_manifest(dir, m, voucher));
-        self.prepare_plan(plan, Kind::Deploy, OpenImports::Refuse, None)
+        self.prepare_plan(
+            plan,
+            Kind::Deploy,
+            OpenImports::Refuse,
+            None,
+            Outcome::Recorded,
+        )
+    }
+
+    /// Everything a deploy of the release in `dir` would do short of publishing, against the
+    /// live generation, then nothing: the release is dropped (its libraries let go as a
+    /// refused one's are). Returns what the deploy would have done (its generation id is used
+    /// up). A refusal is not recorded as the last deploy's outcome: nothing was deployed.
+    /// Initialisers run, as in any prepare.
+    ///
+    /// # Errors
+    ///
+    /// The [`DeployError`] [`Host::deploy`] would return, but for [`Step::Publish`].
+    pub fn dry_run(&self, dir: impl AsRef<Path>) -> Result<DeployReport, DeployError> {
+        let dir = dir.as_ref();
+        let span = tracing::info_span!("dry run", release = %crate::bounded::BoundedPath(dir));
+        let _entered = span.enter();
+        let plan = self
+            .pipeline
+            .read_manifest(dir)
+            .map(|(m, voucher)| Plan::from_manifest(dir, m, voucher));
+        let open = OpenImports::Refuse;
+        let prepared = self.prepare_plan(plan, Kind::Deploy, open, None, Outcome::Unrecorded)?;
+        Ok(prepared.report().clone())
     }
 
     /// Prepares plugin libraries as a partial release without a manifest: each replaces (or
@@ -55,7 +84,13 @@ impl Host {
             .pipeline
             .check_unsigned_allowed()
             .map(|()| Plan::from_libraries(label, libraries));
-        self.prepare_plan(plan, Kind::Deploy, OpenImports::Refuse, None)
+        self.prepare_plan(
+            plan,
+            Kind::Deploy,
+            OpenImports::Refuse,
+            None,
+            Outcome::Recorded,
+        )
     }
 
     /// Prepares the release before the current one, whole, from its staged copies (reusing the
@@ -83,7 +118,13 @@ impl Host {
                 self.pipeline.verify_record(record)?;
                 Ok(Plan::from_record(record, From::Staged))
             });
-        self.prepare_plan(plan, Kind::Rollback, OpenImports::Refuse, Some(base))
+        self.prepare_plan(
+            plan,
+            Kind::Rollback,
+            OpenImports::Refuse,
+            Some(base),
+            Outcome::Recorded,
+        )
     }
 
     /// The history of live releases recorded in the data directory, oldest first: empty for a
@@ -118,7 +159,13 @@ impl Host {
             .verify_record(&history[at])
             .map(|()| Plan::from_record(&history[at], from));
         let kept = history.iter().take(at + 1).cloned().collect();
-        self.prepare_plan(plan, Kind::Restore(kept), OpenImports::Refuse, None)
+        self.prepare_plan(
+            plan,
+            Kind::Restore(kept),
+            OpenImports::Refuse,
+            None,
+            Outcome::Recorded,
+        )
     }
 
     /// Prepares what `graft check` checks: a release directory, or a single library. A partial
@@ -138,11 +185,18 @@ impl Host {
             let mut plan = Plan::from_manifest(path, manifest.clone(), voucher);
             // The scratch host has nothing to remove; the report lists what the release would.
             plan.remove.clear();
-            let prepared = self.prepare_plan(Ok(plan), Kind::Deploy, open, None)?;
+            let prepared =
+                self.prepare_plan(Ok(plan), Kind::Deploy, open, None, Outcome::Recorded)?;
             Ok((prepared, Some(manifest)))
         } else {
             let plan = Plan::from_libraries(None, &[path.to_owned()]);
-            let prepared = self.prepare_plan(Ok(plan), Kind::Deploy, OpenImports::Stub, None)?;
+            let prepared = self.prepare_plan(
+                Ok(plan),
+                Kind::Deploy,
+                OpenImports::Stub,
+                None,
+                Outcome::Recorded,
+            )?;
             Ok((prepared, None))
         }
     }
@@ -162,6 +216,7 @@ impl Host {
         kind: Kind,
         open: OpenImports,
         base: Option<Arc<Generation>>,
+        outcome: Outcome,
     ) -> Result<Prepared, DeployError> {
         let started = Instant::now();
         let base = base.unwrap_or_else(|| self.live.current());
@@ -176,12 +231,21 @@ impl Host {
         };
         plan.and_then(|plan| self.pipeline.build(plan, kind, open, &base, started))
             .inspect(|prepared| self.live.track(&prepared.generation))
-            .map_err(|error| {
-                if restoring {
-                    self.noted(error)
-                } else {
-                    self.refused(error)
+            .map_err(|error| match outcome {
+                Outcome::Unrecorded => {
+                    self.collect_left_staged();
+                    error
                 }
+                Outcome::Recorded if restoring => self.noted(error),
+                Outcome::Recorded => self.refused(error),
             })
     }
+}
+
+/// Whether a prepare's refusal is the last deploy's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Recorded,
+    /// A dry run's: nothing was deployed.
+    Unrecorded,
 }
