@@ -132,6 +132,24 @@ impl RolloutOptions {
     }
 }
 
+/// The body of `POST /rollback`: which earlier release (none: the previous one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RollbackRequest {
+    /// A generation id (a number) or a release name (a string): the newest earlier release of
+    /// the history that went live as it.
+    #[serde(default)]
+    pub to: graft_host::RollbackTo,
+}
+
+impl RollbackRequest {
+    /// A rollback to `to`.
+    pub fn new(to: graft_host::RollbackTo) -> Self {
+        Self { to }
+    }
+}
+
 /// What `POST /deploy` and `POST /rollback` answer: the deploy, and the rollout it started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -160,6 +160,15 @@ impl AdminClient {
         self.post("/rollback", &serde_json::Value::Null)
     }
 
+    /// `POST /rollback` to the earlier release `to` names.
+    ///
+    /// # Errors
+    ///
+    /// As [`AdminClient::rollback`]; [`ClientError::Api`] too if no earlier release matches.
+    pub fn rollback_to(&self, to: graft_host::RollbackTo) -> Result<DeployResponse, ClientError> {
+        self.post("/rollback", &crate::api::RollbackRequest::new(to))
+    }
+
     /// `GET /rollout`: the rollout under way, or the last one.
     ///
     /// # Errors

@@ -225,6 +225,10 @@ enum Command {
     },
     /// Make the previous release current again on a running server.
     Rollback {
+        /// An earlier release to go back to: a generation id, or a release name (the newest
+        /// of the history that went live as it); the previous release if not given.
+        #[arg(long, value_name = "GENERATION|RELEASE")]
+        to: Option<String>,
         #[command(flatten)]
         admin: Admin,
     },
@@ -267,6 +271,9 @@ enum Command {
         /// Sign the release with this secret key (as `graft sign` does).
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Replace the release OUT holds already.
+        #[arg(long)]
+        force: bool,
     },
     /// Write a new ed25519 signing key to PATH (mode 0600) and its public key, one line, to
     /// PATH.pub: the line `trusted_keys` in graft.toml takes.
@@ -498,8 +505,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_json_or(json, &status)
         }
-        Command::Rollback { admin } => {
-            out!("{}", admin.client()?.rollback()?)?;
+        Command::Rollback { to, admin } => {
+            let client = admin.client()?;
+            let answer = match to {
+                None => client.rollback()?,
+                Some(to) => client.rollback_to(match to.parse::<u64>() {
+                    Ok(generation) => graft_host::RollbackTo::Generation(generation),
+                    Err(_) => graft_host::RollbackTo::Release(to),
+                })?,
+            };
+            out!("{answer}")?;
             Ok(())
         }
         Command::Status { json, admin } => print_json_or(json, &admin.client()?.status()?),
@@ -528,7 +543,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             complete,
             remove,
             sign,
+            force,
         } => {
+            let manifest = out.join(graft_host::release::MANIFEST);
+            anyhow::ensure!(
+                force || !manifest.exists(),
+                "{} holds a release already ({}): pass --force to replace it",
+                out.display(),
+                graft_host::release::MANIFEST
+            );
             let manifest = (name.as_deref(), complete, remove.as_slice());
             pack(&out, &libraries, manifest)?;
             sign.map_or(Ok(()), |key| signed(&out, &key))

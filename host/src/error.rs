@@ -127,9 +127,6 @@ pub enum DeployCause {
     /// The manifest is missing, malformed or invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// The release removes a plugin the current generation does not have.
-    #[error("the release removes plugin {}, which the current generation does not have", Bounded(.0))]
-    RemoveUnknown(String),
     /// The release is not signed by a trusted key.
     #[error(transparent)]
     Signature(#[from] crate::signature::SignatureError),
@@ -152,6 +149,14 @@ pub enum DeployCause {
     /// There is no earlier release to roll back to.
     #[error("no earlier release to roll back to")]
     NothingToRollBack,
+    /// No earlier release of the history is the one a rollback asked for.
+    #[error("no earlier release is {wanted}; the history holds: {earlier}")]
+    NoSuchRelease {
+        /// What was asked for: `generation 7`, `release v3`.
+        wanted: String,
+        /// The earlier releases, newest first.
+        earlier: String,
+    },
     /// The file's checksum does not match the manifest.
     #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
     Checksum {

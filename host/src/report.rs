@@ -43,11 +43,26 @@ pub struct DeployReport {
     /// when no schema changed; other requests are never held).
     #[serde(rename = "pause_ms", with = "crate::millis", default)]
     pub pause: Duration,
+    /// The release is live already (the same plugin builds under the same name): nothing was
+    /// published, and `generation` is the current one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// What the release asked that was done already (a plugin to remove that is gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `generation 2 live: release v2; foo 2.0.0 (replaced), bar 1.0.0 (kept)`
 impl fmt::Display for DeployReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unchanged {
+            return write!(
+                f,
+                "generation {} unchanged: release {} is live already",
+                self.generation,
+                self.release.as_deref().unwrap_or("-")
+            );
+        }
         write!(
             f,
             "generation {} live: release {}; ",
@@ -68,6 +83,9 @@ impl fmt::Display for DeployReport {
                 self.migrated.join(", "),
                 self.pause.as_secs_f64() * 1e3
             )?;
+        }
+        for warning in &self.warnings {
+            write!(f, "; warning: {warning}")?;
         }
         Ok(())
     }

@@ -177,6 +177,19 @@ fn pack_writes_a_release_that_deploys() {
     let report = host.deploy(&out).unwrap();
     assert_eq!(report.release.as_deref(), Some("packed"));
     assert_eq!(report.plugins.len(), 3);
+
+    // Packed again into the same directory: refused, unless asked to replace it.
+    let before = std::fs::read(out.join("release.toml")).unwrap();
+    let (ok, _, stderr) = run_graft(&args);
+    assert!(!ok);
+    assert!(
+        stderr.contains("holds a release already (release.toml): pass --force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("release.toml")).unwrap(), before);
+    args.push("--force".as_ref());
+    let (ok, _, stderr) = run_graft(&args);
+    assert!(ok, "{stderr}");
 }
 
 #[test]

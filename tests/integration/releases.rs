@@ -274,7 +274,7 @@ fn status_reports_generations_plugins_and_libraries() {
 }
 
 #[test]
-fn removing_a_plugin_the_generation_does_not_have_is_refused_before_anything_loads() {
+fn removing_a_plugin_the_generation_does_not_have_is_a_warning_not_a_refusal() {
     let env = Env::new();
     let host = env.host();
     host.deploy(env.complete_release("v1", V1)).unwrap();
@@ -285,13 +285,18 @@ fn removing_a_plugin_the_generation_does_not_have_is_refused_before_anything_loa
         format!("remove = [\"ghost\"]\n{manifest}"),
     )
     .unwrap();
-    let err = host.deploy(&dir).unwrap_err();
-    assert_eq!((err.step(), err.plugin()), (Step::Manifest, Some("ghost")));
-    assert!(
-        matches!(err.cause(), DeployCause::RemoveUnknown(name) if name == "ghost"),
-        "{err}"
+    let report = host.deploy(&dir).unwrap();
+    assert_eq!(
+        report.warnings,
+        ["the release removes plugin ghost, which generation 1 does not have"]
     );
-    assert_eq!(host.status().libraries.len(), 3, "hello was never loaded");
+    assert!(
+        report.to_string().ends_with(
+            "; warning: the release removes plugin ghost, which generation 1 does not have"
+        ),
+        "{report}"
+    );
+    assert_eq!(report.plugins.len(), 4, "hello added, the rest kept");
 }
 
 #[test]

@@ -581,6 +581,68 @@ fn a_dry_run_refuses_what_a_deploy_would_and_changes_nothing() {
 }
 
 #[test]
+fn rollback_to_goes_back_to_any_earlier_release_and_a_live_release_deployed_again_is_unchanged() {
+    let env = Env::new();
+    let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
+    let client = AdminClient::new(&admin, None);
+    let deploy = |release: &str| {
+        let dir = env.path(&format!("releases/{release}"));
+        let (ok, stdout, stderr) = graft_cli(&["deploy", dir.to_str().unwrap()], &admin);
+        assert!(ok, "{stderr}");
+        stdout
+    };
+    let rollback = |to: &str| graft_cli(&["rollback", "--to", to], &admin);
+    let history = || -> Vec<(u64, String)> {
+        let status = client.status().unwrap().host;
+        status
+            .history
+            .iter()
+            .map(|r| (r.generation, r.name.clone().unwrap_or_default()))
+            .collect()
+    };
+
+    // The live release again: nothing published, no new history entry.
+    let said = deploy("v1");
+    assert!(
+        said.contains("generation 1 unchanged: release v1 is live already"),
+        "{said}"
+    );
+    assert_eq!(client.status().unwrap().host.current, 1);
+    deploy("v2");
+    deploy("v1");
+    let names = |h: Vec<(u64, String)>| h.into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+    let walked = history();
+    assert_eq!(names(walked.clone()), ["v1", "v2", "v1"]);
+
+    // By generation: v2 comes back, the releases after it leave the history.
+    let (ok, stdout, stderr) = rollback(&walked[1].0.to_string());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(" live: release v2"), "{stdout}");
+    let back = history();
+    assert_eq!(names(back.clone()), ["v1", "v2"]);
+    assert_eq!(back[0], walked[0]);
+    // Served by the generation v2 went live as again.
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, back[1].0);
+    // By name.
+    let (ok, stdout, stderr) = rollback("v1");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(" live: release v1"), "{stdout}");
+    assert_eq!(names(history()), ["v1"]);
+    // Nothing earlier matches: refused, listing what there is.
+    for to in ["v2", "99"] {
+        let (ok, _, stderr) = rollback(to);
+        assert!(!ok);
+        assert!(
+            stderr.contains("release rejected at manifest")
+                && stderr.contains("no earlier release is")
+                && stderr.contains("the history holds: none"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(client.status().unwrap().host.history.len(), 1);
+}
+
+#[test]
 fn a_release_uploaded_as_a_bundle_is_checked_and_deployed() {
     let env = Env::new();
     let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));

@@ -21,15 +21,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt as _;
 use graft_host::bounded::{Bounded, BoundedPath};
-use graft_host::{DisplayChain, Host};
+use graft_host::{DisplayChain, Host, RollbackTo};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tracing::Instrument as _;
 
 use super::app::{method_not_allowed, not_found, rejected_body};
 use super::deployer::Deployer;
 use crate::api::{
-    ApiError, DeployRequest, DeployResponse, ErrorCode, RolloutAction, RolloutOptions,
-    StatusResponse, MAX_DIR_BYTES,
+    ApiError, DeployRequest, DeployResponse, ErrorCode, RollbackRequest, RolloutAction,
+    RolloutOptions, StatusResponse, MAX_DIR_BYTES,
 };
 use crate::bundle::BundleLimits;
 use crate::metrics::Metrics;
@@ -333,9 +333,26 @@ impl Upload<'_> {
     }
 }
 
-async fn rollback(State(admin): State<Admin>) -> Result<Json<DeployResponse>, ApiError> {
+/// `POST /rollback`: to the previous release, or with a JSON [`RollbackRequest`] body, to the
+/// earlier release of a generation id or a name.
+async fn rollback(
+    State(admin): State<Admin>,
+    body: Bytes,
+) -> Result<Json<DeployResponse>, ApiError> {
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackTo::Previous
+    } else {
+        serde_json::from_slice::<Option<RollbackRequest>>(&body)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "expected nothing, null or {{\"to\": GENERATION or RELEASE}}: {e}"
+                ))
+            })?
+            .map(|request| request.to)
+            .unwrap_or_default()
+    };
     let deployer = Arc::clone(&admin.deployer);
-    tokio::task::spawn_blocking(move || deployer.rollback())
+    tokio::task::spawn_blocking(move || deployer.rollback(&to))
         .await?
         .map(Json)
 }

@@ -96,10 +96,10 @@ impl Deployer {
         })
     }
 
-    /// Makes the previous release current again.
-    pub(crate) fn rollback(&self) -> Result<DeployResponse, ApiError> {
+    /// Makes an earlier release current again: the previous one, or the one `to` names.
+    pub(crate) fn rollback(&self, to: &graft_host::RollbackTo) -> Result<DeployResponse, ApiError> {
         self.no_rollout_under_way()?;
-        let report = self.host.rollback().map_err(|e| self.rejected(&e))?;
+        let report = self.host.rollback_to(to).map_err(|e| self.rejected(&e))?;
         self.metrics.deploy(Some(&report));
         Ok(report.into())
     }

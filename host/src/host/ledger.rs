@@ -67,11 +67,67 @@ pub(super) struct Book {
     pub(super) version: u64,
 }
 
+/// Which earlier release a rollback makes current again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RollbackTo {
+    /// The release before the current one.
+    #[default]
+    Previous,
+    /// The newest earlier release that went live as this generation.
+    Generation(u64),
+    /// The newest earlier release of this name.
+    Release(String),
+}
+
+impl std::fmt::Display for RollbackTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Previous => f.write_str("the previous release"),
+            Self::Generation(id) => write!(f, "generation {id}"),
+            Self::Release(name) => write!(f, "release {}", crate::bounded::Bounded(name)),
+        }
+    }
+}
+
 impl Book {
-    /// The release before the current one: what a rollback makes current again.
-    pub(super) fn rollback_target(&self) -> Option<ReleaseRecord> {
-        let before_current = self.history.len().checked_sub(2)?;
-        Some(self.history[before_current].clone())
+    /// The earlier release `to` names, and where it is in the history (the current release,
+    /// the last one, is never a target): the newest that matches.
+    pub(super) fn rollback_target(&self, to: &RollbackTo) -> Option<(usize, ReleaseRecord)> {
+        let earlier = self.history.len().checked_sub(1)?;
+        let at = match to {
+            RollbackTo::Previous => earlier.checked_sub(1)?,
+            RollbackTo::Generation(id) => (0..earlier)
+                .rev()
+                .find(|&i| self.history[i].generation == *id)?,
+            RollbackTo::Release(name) => (0..earlier)
+                .rev()
+                .find(|&i| self.history[i].name.as_deref() == Some(name))?,
+        };
+        Some((at, self.history[at].clone()))
+    }
+
+    /// The earlier releases, newest first, as a refusal lists them: `generation 3 (v2), ...`.
+    pub(super) fn earlier(&self) -> String {
+        let earlier = self.history.len().saturating_sub(1);
+        let listed: Vec<String> = self
+            .history
+            .iter()
+            .take(earlier)
+            .rev()
+            .map(|r| {
+                format!(
+                    "generation {} ({})",
+                    r.generation,
+                    r.name.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
     }
 }
 
@@ -126,10 +182,9 @@ impl Ledger {
     ) -> (u64, VecDeque<ReleaseRecord>) {
         match kind {
             Kind::Deploy => {}
-            Kind::Rollback => {
-                // The rolled-back release leaves the history; its predecessor is pushed again.
-                book.history.pop_back();
-                book.history.pop_back();
+            Kind::Rollback { to } => {
+                // The releases after the target leave the history; the target is pushed again.
+                book.history.truncate(to);
             }
             Kind::Restore(history) => {
                 book.history = history;

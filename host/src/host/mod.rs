@@ -67,7 +67,7 @@ use live_set::LiveSet;
 use pipeline::Pipeline;
 
 pub use builder::HostBuilder;
-pub use ledger::RECORD;
+pub use ledger::{RollbackTo, RECORD};
 pub(crate) use live_set::MAX_LISTED;
 pub use prepared::Prepared;
 pub(crate) use prepared::Shipped;
@@ -260,7 +260,20 @@ impl Host {
     /// [`DeployCause::NothingToRollBack`](crate::DeployCause::NothingToRollBack) with no earlier
     /// release; otherwise as [`Host::deploy`].
     pub fn rollback(&self) -> Result<DeployReport, DeployError> {
-        let prepared = self.prepare_rollback()?;
+        self.rollback_to(&RollbackTo::Previous)
+    }
+
+    /// Makes the earlier release `to` names current again (the newest of the history that
+    /// matches), as an all-or-nothing deploy of its plugin set:
+    /// [`Host::prepare_rollback_to`], then [`Host::publish`]. It and the releases after it
+    /// leave the history, and it is pushed again.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployCause::NoSuchRelease`](crate::DeployCause::NoSuchRelease) (listing the history)
+    /// if no earlier release matches; otherwise as [`Host::deploy`].
+    pub fn rollback_to(&self, to: &RollbackTo) -> Result<DeployReport, DeployError> {
+        let prepared = self.prepare_rollback_to(to)?;
         self.publish(prepared)
     }
 

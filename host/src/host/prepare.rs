@@ -13,6 +13,7 @@ use crate::release::Manifest;
 use crate::report::DeployReport;
 use crate::status::ReleaseRecord;
 
+use super::ledger::RollbackTo;
 use super::pipeline::{Base, From, Plan};
 use super::prepared::{Kind, Prepared, Shipped};
 use super::Host;
@@ -101,26 +102,56 @@ impl Host {
     /// [`DeployCause::NothingToRollBack`] with no earlier release; otherwise as
     /// [`Host::prepare`].
     pub fn prepare_rollback(&self) -> Result<Prepared, DeployError> {
-        let span = tracing::info_span!("prepare", release = "rollback");
+        self.prepare_rollback_to(&RollbackTo::Previous)
+    }
+
+    /// Prepares the earlier release `to` names, whole, from its staged copies: the newest of
+    /// the history that matches (the current release excluded).
+    ///
+    /// # Errors
+    ///
+    /// [`DeployCause::NothingToRollBack`] if no earlier release matches; otherwise as
+    /// [`Host::prepare`].
+    pub fn prepare_rollback_to(&self, to: &RollbackTo) -> Result<Prepared, DeployError> {
+        let span = tracing::info_span!("prepare", release = "rollback", to = %to);
         let _entered = span.enter();
         // The history and the current generation are read together: a publish changes both
         // under the same lock.
-        let (target, base) = {
+        let (target, earlier, base) = {
             let book = self.ledger.lock();
-            (book.rollback_target(), self.live.current())
+            (
+                book.rollback_target(to),
+                book.earlier(),
+                self.live.current(),
+            )
         };
-        let plan = target
-            .as_ref()
-            .ok_or_else(|| {
-                DeployError::new(Step::Manifest, None, None, DeployCause::NothingToRollBack)
-            })
-            .and_then(|record| {
-                self.pipeline.verify_record(record)?;
-                Ok(Plan::from_record(record, From::Staged))
-            });
+        let Some((at, record)) = target else {
+            let cause = match to {
+                RollbackTo::Previous => DeployCause::NothingToRollBack,
+                _ => DeployCause::NoSuchRelease {
+                    wanted: to.to_string(),
+                    earlier,
+                },
+            };
+            let error = DeployError::new(Step::Manifest, None, None, cause);
+            let plan = Err(error);
+            let kind = Kind::Rollback { to: 0 };
+            return self.prepare_plan(
+                plan,
+                kind,
+                OpenImports::Refuse,
+                Some(base),
+                Outcome::Recorded,
+            );
+        };
+        let plan = self
+            .pipeline
+            .verify_record(&record)
+            .map(|()| Plan::from_record(&record, From::Staged));
+        let kind = Kind::Rollback { to: at };
         self.prepare_plan(
             plan,
-            Kind::Rollback,
+            kind,
             OpenImports::Refuse,
             Some(base),
             Outcome::Recorded,

@@ -33,6 +33,8 @@ pub struct Prepared {
     pub(super) migrations: Vec<Migration>,
     /// Table migrations publish catches up and finishes.
     pub(super) table_migrations: Vec<TableMigration>,
+    /// The same builds under the same name as the generation it was prepared against.
+    pub(super) unchanged: bool,
 }
 
 /// One plugin file a prepared release shipped.
@@ -51,8 +53,9 @@ pub(crate) struct Shipped {
 pub(super) enum Kind {
     /// A new release: pushed onto the history.
     Deploy,
-    /// The release before the current one: the current one leaves the history.
-    Rollback,
+    /// An earlier release, `history[to]`: it and the releases after it leave the history,
+    /// and it is pushed again.
+    Rollback { to: usize },
     /// The last recorded release, on a fresh host: the recorded history comes back.
     Restore(VecDeque<ReleaseRecord>),
 }

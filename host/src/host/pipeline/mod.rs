@@ -180,12 +180,22 @@ impl Pipeline {
         self.ids.check().map_err(ids_used_up)?;
         let removed: HashSet<&str> = plan.remove.iter().map(String::as_str).collect();
         let present: HashSet<&str> = base.plugins().map(|p| p.name.as_str()).collect();
-        for name in &plan.remove {
-            if !present.contains(name.as_str()) {
-                let cause = DeployCause::RemoveUnknown(name.clone());
-                return Err(DeployError::new(Step::Manifest, Some(name), None, cause));
-            }
-        }
+        // Removing what is gone already is done: said, not refused (a release that removes a
+        // plugin deploys again).
+        let warnings: Vec<String> = plan
+            .remove
+            .iter()
+            .filter(|name| !present.contains(name.as_str()))
+            .map(|name| {
+                let warning = format!(
+                    "the release removes plugin {}, which generation {} does not have",
+                    crate::bounded::Bounded(name),
+                    base.id()
+                );
+                tracing::warn!("{warning}");
+                warning
+            })
+            .collect();
 
         let shipped = self.stage_and_load_all(&plan)?;
         let staged = Instant::now();
@@ -289,7 +299,16 @@ impl Pipeline {
                 .collect(),
             entries_migrated: tables.migrations.iter().map(TableMigration::entries).sum(),
             pause: Duration::ZERO,
+            unchanged: false,
+            warnings,
         };
+        // The same builds under the same name as what is live: publishing it would only make
+        // a copy of the current generation (and a history entry a rollback steps back to).
+        let unchanged = base.id() != 0
+            && report.release.as_deref() == base.release()
+            && report.removed.is_empty()
+            && report.plugins.iter().all(|p| p.change == Change::Kept)
+            && report.migrated.is_empty();
         Ok(Prepared {
             generation,
             base: base.id(),
@@ -301,6 +320,7 @@ impl Pipeline {
             shipped,
             migrations: state.migrations,
             table_migrations: tables.migrations,
+            unchanged,
         })
     }
 
