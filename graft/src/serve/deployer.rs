@@ -64,6 +64,10 @@ impl Deployer {
         // A rollout may have started while this release prepared: it would be aborted by a
         // stable that changed under its canary, so this deploy gives way instead.
         self.no_rollout_under_way()?;
+        // The very release live: nothing to publish (nor to count as a deploy).
+        if let Some(report) = prepared.unchanged(self.host.current().id()) {
+            return Ok(report.into());
+        }
         // Under `isolation = "all"` the release's worker serves before it goes live: one
         // that cannot start refuses the release, and nothing changes.
         let _kept = match self.workers.start(prepared.generation(), Side::Stable) {

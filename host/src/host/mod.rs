@@ -234,6 +234,19 @@ impl Host {
     /// current generation keeps serving.
     pub fn deploy(&self, dir: impl AsRef<Path>) -> Result<DeployReport, DeployError> {
         let prepared = self.prepare(dir)?;
+        self.publish_changed(prepared)
+    }
+
+    /// Publishes `prepared`, unless it is the very release live (then its report says
+    /// `unchanged`, and nothing is published).
+    fn publish_changed(&self, prepared: Prepared) -> Result<DeployReport, DeployError> {
+        if let Some(report) = prepared.unchanged(self.live.current_id()) {
+            tracing::info!(
+                generation = report.generation,
+                "release unchanged: live already"
+            );
+            return Ok(report);
+        }
         self.publish(prepared)
     }
 
@@ -249,7 +262,7 @@ impl Host {
         libraries: &[PathBuf],
     ) -> Result<DeployReport, DeployError> {
         let prepared = self.prepare_libraries(label, libraries)?;
-        self.publish(prepared)
+        self.publish_changed(prepared)
     }
 
     /// Makes the previous release current again, as an all-or-nothing deploy of its plugin set:

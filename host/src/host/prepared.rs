@@ -81,6 +81,21 @@ impl Prepared {
         &self.report
     }
 
+    /// When the release is the very one live (the same builds under the same name) and its
+    /// base is current still: what [`Host::deploy`](crate::Host::deploy) answers instead of
+    /// publishing a copy of the current generation (`unchanged`, the current generation's
+    /// id). A rollout's canary is published whatever this says.
+    pub fn unchanged(&self, current: u64) -> Option<DeployReport> {
+        if !self.unchanged || !matches!(self.kind, Kind::Deploy) || current != self.base {
+            return None;
+        }
+        let mut report = self.report.clone();
+        report.generation = self.base;
+        report.unchanged = true;
+        report.elapsed = self.started.elapsed();
+        Some(report)
+    }
+
     pub(crate) fn shipped(&self) -> &[Shipped] {
         &self.shipped
     }

@@ -15,7 +15,7 @@ use crate::live::gate::Closed;
 use crate::report::DeployReport;
 
 use super::pipeline::From;
-use super::prepared::{Kind, Prepared, Shipped};
+use super::prepared::{Prepared, Shipped};
 use super::Host;
 
 /// How many times a migrating publish catches up on the table entries written since its copy,
@@ -47,17 +47,8 @@ impl Host {
             shipped,
             migrations,
             table_migrations,
-            unchanged,
+            unchanged: _,
         } = prepared;
-        // A deploy of what is live already: nothing to publish, if it is live still.
-        if unchanged && matches!(kind, Kind::Deploy) && self.live.current_id() == base {
-            drop(generation);
-            report.generation = base;
-            report.unchanged = true;
-            report.elapsed = started.elapsed();
-            tracing::info!(generation = base, "release unchanged: live already");
-            return Ok(report);
-        }
         // A release that migrates state or tables holds the requests that can reach the
         // migrating plugins at the boundary from here until the store (or the refusal) below:
         // `closed` opens the gate when dropped.
