@@ -112,6 +112,10 @@ struct Rollout {
     /// The rollout's steps (`5:30s,25:30s,50:60s,100`) instead of the server's plan.
     #[arg(long)]
     plan: Option<String>,
+    /// Stay until the rollout ends, printing each of its events: exit 0 once promoted, 1 once
+    /// aborted (for CI).
+    #[arg(long)]
+    wait: bool,
 }
 
 impl Rollout {
@@ -454,7 +458,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client.deploy(&DeployRequest::new(dir).with_rollout(options))?
             };
             out!("{response}")?;
-            Ok(())
+            match (&response.rollout, rollout.wait) {
+                (Some(started), true) => wait_for_rollout(&client, started),
+                _ => Ok(()),
+            }
         }
         Command::Fleet {
             command:
@@ -566,6 +573,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sign { dir, key } => signed(&dir, &key),
+    }
+}
+
+/// Follows the rollout that `started` began until it ends, printing each event as it comes.
+///
+/// # Errors
+///
+/// If it was aborted (its reason), or another rollout replaced it, or the server cannot be
+/// asked.
+fn wait_for_rollout(
+    client: &AdminClient,
+    started: &graft::rollout::RolloutStatus,
+) -> anyhow::Result<()> {
+    use graft::rollout::{RolloutEvent, RolloutState};
+    let key = |e: &RolloutEvent| (e.at_ms, e.event.clone(), e.message.clone());
+    let since = started.events.first().map_or(0, |e| e.at_ms);
+    let mut last = started.events.last().map(key);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = client.rollout()?;
+        anyhow::ensure!(
+            now.canary == started.canary,
+            "another rollout (canary generation {}) replaced this one",
+            now.canary
+        );
+        // The events after the last one said (all kept, if it is no longer among them).
+        let from = last
+            .as_ref()
+            .and_then(|last| now.events.iter().rposition(|e| key(e) == *last))
+            .map_or(0, |at| at + 1);
+        for event in &now.events[from..] {
+            let at = event.at_ms.saturating_sub(since) as f64 / 1000.0;
+            outln!(
+                "+{at:.1}s {} (canary {}%): {}",
+                event.event,
+                event.weight,
+                event.message
+            )?;
+        }
+        last = now.events.last().map(key).or(last);
+        match now.state {
+            RolloutState::Promoted => return Ok(()),
+            RolloutState::Aborted => {
+                anyhow::bail!("rollout aborted: {}", now.last_message())
+            }
+            RolloutState::Running | RolloutState::Paused => {}
+        }
     }
 }
 

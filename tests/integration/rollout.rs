@@ -291,6 +291,76 @@ fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool
 }
 
 #[test]
+fn deploy_wait_follows_the_rollout_and_exits_0_promoted_1_aborted() {
+    let env = Env::new();
+    env.complete_release("v1", &["hello-v1"]);
+    let config = env.path("graft.toml");
+    std::fs::write(
+        &config,
+        r#"data_dir = "data"
+release = "releases/v1"
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[rollout]
+plan = "50:1h,100"
+interval_ms = 50
+
+[[route]]
+method = "POST"
+path = "/hello"
+export = "hello@1"
+"#,
+    )
+    .unwrap();
+    let (_child, _base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
+    let cli = |args: &[&str]| crate::serve::graft_cli(args, &admin);
+    let v2 = env.complete_release("v2", &["hello-v2"]);
+    let v1 = env.path("releases/v1");
+
+    for (release, steer, code, says) in [
+        (&v2, "promote", 0, "promoted"),
+        (&v1, "abort", 1, "rollout aborted: "),
+    ] {
+        let waiting = std::process::Command::new(crate::util::graft_bin())
+            .args([
+                "deploy",
+                release.to_str().unwrap(),
+                "--canary",
+                "50",
+                "--wait",
+            ])
+            .args(["--admin", &admin])
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the rollout under way", Duration::from_secs(30), || {
+            AdminClient::new(&admin, None).rollout().is_ok_and(|r| {
+                r.state == RolloutState::Running
+                    && r.release.as_deref() == release.file_name().and_then(|n| n.to_str())
+            })
+        });
+        let (ok, _, stderr) = cli(&["rollout", steer]);
+        assert!(ok, "{stderr}");
+        let out = waiting.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(code), "{stdout}{stderr}");
+        assert!(stdout.contains(steer), "its event is printed: {stdout}");
+        assert!(
+            format!("{stdout}{stderr}").contains(says),
+            "{stdout}{stderr}"
+        );
+    }
+}
+
+#[test]
 fn through_graft_serve_the_canary_is_sticky_can_be_forced_and_the_cli_steers_it() {
     let env = Env::new();
     env.complete_release("v1", &["hello-v1"]);
