@@ -113,6 +113,24 @@ pub struct TypeInfo {
     /// A digest of the type's structure (abi_stable's layout for by-value types, the serde shape
     /// for JSON ones): equal for two declarations of the same type, whatever crate made them.
     pub fingerprint: String,
+    /// Its structure, field by field, for saying how two declarations differ (not compared:
+    /// the fingerprint is).
+    #[serde(skip)]
+    pub(crate) shape: Option<std::sync::Arc<crate::shape::Shape>>,
+}
+
+impl TypeInfo {
+    /// How `self` (`ours`, the plugin that declares it) differs from `other` (`theirs`), field
+    /// by field when both are known structurally; `None` when they do not differ.
+    pub(crate) fn differences(&self, ours: &str, other: &Self, theirs: &str) -> Option<String> {
+        if self == other {
+            return None;
+        }
+        Some(match (&self.shape, &other.shape) {
+            (Some(mine), Some(their)) => mine.differences(ours, their, theirs),
+            _ => format!("{ours}'s {self} and {theirs}'s {other} differ"),
+        })
+    }
 }
 
 impl PartialEq for TypeInfo {
@@ -164,17 +182,26 @@ impl Signature {
         format!("{json}{} -> {}", self.input, self.output)
     }
 
-    /// When two declarations of one contract have the same name but differ in structure, their
-    /// names alone would not tell the reader why they differ: add the fingerprints.
-    pub fn types_against(&self, other: &Self) -> String {
-        let mut types = self.types();
-        if types == other.types() {
-            types.push_str(&format!(
-                " (layout {}/{})",
-                self.input.fingerprint, self.output.fingerprint
+    /// How `self` (declared by `ours`) differs from `other` (by `theirs`): the wire, then the
+    /// input and the output, each field by field where both are structs.
+    pub(crate) fn differences(&self, ours: &str, other: &Self, theirs: &str) -> String {
+        let mut said = Vec::new();
+        if self.wire != other.wire {
+            said.push(format!(
+                "{ours} calls it {:?}, {theirs} {:?}",
+                self.wire, other.wire
             ));
         }
-        types
+        for (what, mine, their) in [
+            ("input", &self.input, &other.input),
+            ("output", &self.output, &other.output),
+        ] {
+            if let Some(difference) = mine.differences(ours, their, theirs) {
+                said.push(format!("{what} {}: {difference}", mine.name));
+            }
+        }
+        // Types come from plugins: a long one is quoted in part.
+        crate::bounded::truncate(&said.join("; "), 4 * crate::bounded::MAX_QUOTE).into_owned()
     }
 }
 

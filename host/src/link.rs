@@ -82,6 +82,12 @@ pub enum LinkProblem {
         expected: String,
         /// The types the exporter declares.
         found: String,
+        /// How they differ, field by field where both are structs: `output Price: field
+        /// cents is u32 in cart, u64 in catalog`.
+        difference: String,
+        /// Whether the two builds name the same types (a stale copy of a type, rather than a
+        /// changed contract).
+        same_names: bool,
     },
 }
 
@@ -116,13 +122,29 @@ impl fmt::Display for LinkProblem {
                 contract,
                 expected,
                 found,
-            } => write!(
-                f,
-                "plugin {importer} imports {contract} as {expected}, but plugin {provider} exports it as {found}: \
-                 a contract's types never change under one name (export {}@{} for the new types)",
-                contract.name(),
-                contract.version() + 1
-            ),
+                difference,
+                same_names,
+            } => {
+                write!(
+                    f,
+                    "plugin {importer} imports {contract} as {expected}, but plugin {provider} \
+                     exports it as {found} ({difference})"
+                )?;
+                let next = format!("{}@{}", contract.name(), contract.version() + 1);
+                if *same_names {
+                    write!(
+                        f,
+                        ": the two were built from different copies of a type; rebuild both \
+                         from one (a change of a contract's types is a new contract, {next})"
+                    )
+                } else {
+                    write!(
+                        f,
+                        ": a contract's types never change under one name (export {next} for \
+                         the new types)"
+                    )
+                }
+            }
         }
     }
 }
@@ -237,8 +259,10 @@ pub fn analyze<'a>(plugins: impl IntoIterator<Item = &'a PluginInfo> + Clone) ->
                     importer: plugin.name.clone(),
                     provider: (*provider).to_owned(),
                     contract: contract.clone(),
-                    expected: import.types_against(export),
-                    found: export.types_against(import),
+                    expected: import.types(),
+                    found: export.types(),
+                    difference: import.differences(&plugin.name, export, provider),
+                    same_names: import.types() == export.types(),
                 }),
                 Some(_) => {} // reported as ambiguous above
                 None => report.problems.push(LinkProblem::Missing {
@@ -409,6 +433,7 @@ mod tests {
         let ty = |name: &str| TypeInfo {
             name: name.into(),
             fingerprint: format!("fp-{name}"),
+            shape: None,
         };
         Signature {
             contract: contract.parse().unwrap(),

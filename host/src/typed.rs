@@ -131,12 +131,15 @@ impl Generation {
             .plugins()
             .flat_map(|p| &p.exports)
             .find(|s| s.contract == export.signature.contract)
-            .map(|s| s.types_against(&export.signature))
+            .map(|s| {
+                let difference = s.differences("the export", &export.signature, "the caller");
+                format!("{} ({difference})", s.types())
+            })
             .unwrap_or_default();
         CallError::TypeMismatch {
             contract: export.export.to_string(),
             generation: self.id(),
-            expected: export.signature.types_against(&export.signature),
+            expected: export.signature.types(),
             found,
         }
     }

@@ -264,6 +264,7 @@ fn layout_info(layout: &'static TypeLayout) -> TypeInfo {
     TypeInfo {
         name: layout.full_type().to_string(),
         fingerprint: digest(&canonical(String::new(), layout)),
+        shape: Some(std::sync::Arc::new(crate::shape::Shape::of_layout(layout))),
     }
 }
 
@@ -360,6 +361,9 @@ fn json_info(description: &str) -> Result<TypeInfo, String> {
     Ok(TypeInfo {
         name: short_name(&parsed.name),
         fingerprint: digest(&canonical),
+        shape: crate::shape::Shape::of_serde(description)
+            .ok()
+            .map(std::sync::Arc::new),
     })
 }
 

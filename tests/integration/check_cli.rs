@@ -56,6 +56,19 @@ fn types_are_part_of_a_contract_a_mistyped_frob_is_refused_and_v1_v2_and_the_shi
     assert_eq!(err.step(), graft_host::Step::Link, "{err}");
     let chain = graft_host::DisplayChain(&err).to_string();
     assert!(chain.contains("frob@1 as u64 -> Frob1"), "{chain}");
+    assert!(chain.contains("export frob@2 for the new types"), "{chain}");
+
+    // frob-stale returns a stale copy of Frob1 (x: u32): the names agree, the field is named.
+    let dir = env.complete_release("stale", &["foo-v1", "bar-v1", "frob-stale"]);
+    let (ok, _, stderr) = run_graft(&["check".as_ref(), dir.as_os_str()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "plugin foo imports frob@1 as u64 -> Frob1, but plugin frob exports it as u64 -> \
+             Frob1 (output Frob1: field x is u64 in foo, u32 in frob)"
+        ) && stderr.contains("built from different copies of a type; rebuild both from one"),
+        "{stderr}"
+    );
 }
 
 #[test]

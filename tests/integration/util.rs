@@ -33,6 +33,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("slow-hooks", "slow-hooks"),
     ("sleepy", "sleepy"),
     ("frob-mistyped", "frob"),
+    ("frob-stale", "frob"),
     ("newer-api", "newer-api"),
     ("abort-build", "abort-build"),
     ("counter-v1", "counter"),
