@@ -5,7 +5,7 @@ use std::fmt;
 use graft_host::status::{GenerationRole, LibraryState};
 
 use crate::api::{DeployResponse, StatusResponse};
-use crate::rollout::RolloutStatus;
+use crate::rollout::{RolloutState, RolloutStatus};
 
 /// `generation 2 live: release v2; ...`, or the canary and its rollout.
 impl fmt::Display for DeployResponse {
@@ -138,6 +138,31 @@ impl fmt::Display for RolloutStatus {
                 }
             })
             .collect();
+        if !self.state.is_under_way() {
+            // Ended: its outcome, not the weights it had (a promoted canary is the current
+            // generation; an aborted one is gone).
+            let took = match (self.events.first(), self.events.last()) {
+                (Some(first), Some(last)) => {
+                    format!(
+                        " after {:.1} s",
+                        last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3
+                    )
+                }
+                _ => String::new(),
+            };
+            let outcome = match self.state {
+                RolloutState::Promoted => format!("generation {} is current", self.canary),
+                _ => format!("stable generation {} serves on", self.stable),
+            };
+            return writeln!(
+                f,
+                "rollout {}{took}: release {} (canary generation {}); {outcome}; {}",
+                self.state,
+                self.release.as_deref().unwrap_or("-"),
+                self.canary,
+                self.last_message()
+            );
+        }
         writeln!(
             f,
             "rollout {}: release {}, canary generation {} beside stable generation {}",

@@ -16,7 +16,10 @@ use abi_stable::type_layout::{TLData, TLFields, TypeLayout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::types::Description;
+use crate::bounded::Bounded;
+
+/// The longest JSON type description accepted from a plugin.
+pub(crate) const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// Layouts deeper than this are cut there.
 const MAX_DEPTH: usize = 24;
@@ -375,6 +378,32 @@ fn primitive_name(primitive: &str) -> String {
         "UNIT" => "()".into(),
         "BYTES" => "bytes".into(),
         other => other.to_ascii_lowercase(),
+    }
+}
+
+/// A serde type as its plugin describes it (`runtime::describe`): its name, and its shape
+/// (`null` when it could not be traced).
+#[derive(serde::Deserialize)]
+pub(crate) struct Description {
+    pub(crate) name: String,
+    pub(crate) shape: serde_json::Value,
+}
+
+impl Description {
+    /// Reads a description a plugin wrote (bounded in size).
+    pub(crate) fn parse(description: &str) -> Result<Self, String> {
+        if description.len() > MAX_DESCRIPTION {
+            return Err(format!(
+                "a type description of {} bytes (at most {MAX_DESCRIPTION})",
+                description.len()
+            ));
+        }
+        serde_json::from_str(description).map_err(|e| {
+            format!(
+                "a malformed type description ({e}): {}",
+                Bounded(description)
+            )
+        })
     }
 }
 

@@ -17,13 +17,14 @@ use sha2::{Digest, Sha256};
 
 use crate::bounded::Bounded;
 use crate::decl::{Signature, TypeInfo, Wire};
+use crate::shape::Description;
+#[cfg(test)]
+use crate::shape::MAX_DESCRIPTION;
 
 /// Layouts deeper than this are digested by name from there on.
 const MAX_DEPTH: usize = 24;
 /// The most layout nodes one type may have (a bound against hostile or absurd declarations).
 const MAX_NODES: usize = 4096;
-/// The longest JSON type description accepted from a plugin.
-const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// Copies a signature out of a plugin (or out of the host's own contract types).
 pub(crate) fn signature(sig: &ffi::Signature) -> Result<Signature, String> {
@@ -323,32 +324,6 @@ impl Walk {
             self.out.push(',');
         }
         self.out.push('}');
-    }
-}
-
-/// A serde type as its plugin describes it (`runtime::describe`): its name, and its shape
-/// (`null` when it could not be traced).
-#[derive(serde::Deserialize)]
-pub(crate) struct Description {
-    pub(crate) name: String,
-    pub(crate) shape: serde_json::Value,
-}
-
-impl Description {
-    /// Reads a description a plugin wrote (bounded in size).
-    pub(crate) fn parse(description: &str) -> Result<Self, String> {
-        if description.len() > MAX_DESCRIPTION {
-            return Err(format!(
-                "a type description of {} bytes (at most {MAX_DESCRIPTION})",
-                description.len()
-            ));
-        }
-        serde_json::from_str(description).map_err(|e| {
-            format!(
-                "a malformed type description ({e}): {}",
-                Bounded(description)
-            )
-        })
     }
 }
 

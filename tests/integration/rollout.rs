@@ -466,6 +466,14 @@ export = "hello@1"
     assert!(ok, "{stderr}");
     assert!(stdout.contains("rollout promoted"), "{stdout}");
     assert_eq!(post_hello(&url, &[("x-user", "user-1")]).0, 2);
+    // Status says how it ended, not the weights it had.
+    let (_, stdout, _) = cli(&["status"]);
+    assert!(
+        stdout.contains("rollout promoted after ")
+            && stdout.contains("release v2 (canary generation 2); generation 2 is current"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("canary weight"), "{stdout}");
     let (ok, _, stderr) = cli(&["rollout", "abort"]);
     assert!(!ok);
     assert!(stderr.contains("no rollout is under way"), "{stderr}");
