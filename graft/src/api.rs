@@ -40,7 +40,7 @@ pub const MAX_DIR_BYTES: usize = 4096;
 ///
 /// Its rollout fields are [`RolloutOptions`]' own, written out: serde cannot refuse unknown
 /// fields of a struct that flattens another.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DeployRequest {
@@ -55,6 +55,18 @@ pub struct DeployRequest {
     /// The rollout's plan (`5:30s,25:30s,100`) instead of the configured one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// This rollout's `min_requests` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// This rollout's `max_error_rate` (0.05 is 5%) instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// This rollout's `max_p99_ratio` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    /// This rollout's `p99_slack_ms` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_slack_ms: Option<u64>,
     /// Every step short of going live, against what is live, then nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -74,6 +86,10 @@ impl DeployRequest {
         self.rollout = options.rollout;
         self.canary = options.canary;
         self.plan = options.plan;
+        self.min_requests = options.min_requests;
+        self.max_error_rate = options.max_error_rate;
+        self.max_p99_ratio = options.max_p99_ratio;
+        self.p99_slack_ms = options.p99_slack_ms;
         self.dry_run = options.dry_run;
         self
     }
@@ -84,13 +100,17 @@ impl DeployRequest {
             rollout: self.rollout,
             canary: self.canary,
             plan: self.plan.clone(),
+            min_requests: self.min_requests,
+            max_error_rate: self.max_error_rate,
+            max_p99_ratio: self.max_p99_ratio,
+            p99_slack_ms: self.p99_slack_ms,
             dry_run: self.dry_run,
         }
     }
 }
 
 /// Whether and how a deploy starts a staged rollout; the query of `POST /deploy` with a bundle.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RolloutOptions {
@@ -103,6 +123,18 @@ pub struct RolloutOptions {
     /// Follow this plan instead of the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// This rollout's `min_requests` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// This rollout's `max_error_rate` (0.05 is 5%) instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// This rollout's `max_p99_ratio` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    /// This rollout's `p99_slack_ms` instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_slack_ms: Option<u64>,
     /// Do everything short of going live, against what is live, then nothing
     /// ([`Host::dry_run`](graft_host::Host::dry_run)).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -116,8 +148,27 @@ impl RolloutOptions {
             rollout,
             canary,
             plan,
-            dry_run: false,
+            ..Self::default()
         }
+    }
+
+    /// The same options with this rollout's own thresholds.
+    pub fn with_thresholds(mut self, thresholds: crate::rollout::Thresholds) -> Self {
+        self.min_requests = thresholds.min_requests;
+        self.max_error_rate = thresholds.max_error_rate;
+        self.max_p99_ratio = thresholds.max_p99_ratio;
+        self.p99_slack_ms = thresholds.p99_slack_ms;
+        self
+    }
+
+    /// This rollout's own thresholds.
+    pub fn thresholds(&self) -> crate::rollout::Thresholds {
+        let mut thresholds = crate::rollout::Thresholds::default();
+        thresholds.min_requests = self.min_requests;
+        thresholds.max_error_rate = self.max_error_rate;
+        thresholds.max_p99_ratio = self.max_p99_ratio;
+        thresholds.p99_slack_ms = self.p99_slack_ms;
+        thresholds
     }
 
     /// The same options, as a dry run or not.

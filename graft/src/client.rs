@@ -140,6 +140,26 @@ impl AdminClient {
         }
         query.extend(options.canary.map(|weight| ("canary", weight.to_string())));
         query.extend(options.plan.clone().map(|plan| ("plan", plan)));
+        query.extend(
+            options
+                .min_requests
+                .map(|n| ("min_requests", n.to_string())),
+        );
+        query.extend(
+            options
+                .max_error_rate
+                .map(|r| ("max_error_rate", r.to_string())),
+        );
+        query.extend(
+            options
+                .max_p99_ratio
+                .map(|r| ("max_p99_ratio", r.to_string())),
+        );
+        query.extend(
+            options
+                .p99_slack_ms
+                .map(|ms| ("p99_slack_ms", ms.to_string())),
+        );
         if options.dry_run {
             query.push(("dry_run", "true".to_owned()));
         }

@@ -116,11 +116,29 @@ struct Rollout {
     /// aborted (for CI).
     #[arg(long)]
     wait: bool,
+    /// This rollout's `min_requests` (canary requests a verdict needs) instead of the server's.
+    #[arg(long, value_name = "N")]
+    min_requests: Option<u64>,
+    /// This rollout's `max_error_rate` (0.05 is 5%) instead of the server's.
+    #[arg(long, value_name = "RATE")]
+    max_error_rate: Option<f64>,
+    /// This rollout's `max_p99_ratio` (canary p99 against stable's) instead of the server's.
+    #[arg(long, value_name = "RATIO")]
+    max_p99_ratio: Option<f64>,
+    /// This rollout's `p99_slack_ms` instead of the server's.
+    #[arg(long, value_name = "MS")]
+    p99_slack_ms: Option<u64>,
 }
 
 impl Rollout {
     fn options(&self) -> RolloutOptions {
+        let mut thresholds = graft::rollout::Thresholds::default();
+        thresholds.min_requests = self.min_requests;
+        thresholds.max_error_rate = self.max_error_rate;
+        thresholds.max_p99_ratio = self.max_p99_ratio;
+        thresholds.p99_slack_ms = self.p99_slack_ms;
         RolloutOptions::new(self.rollout, self.canary, self.plan.clone())
+            .with_thresholds(thresholds)
     }
 }
 

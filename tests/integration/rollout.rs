@@ -13,7 +13,7 @@ use example_types::counter::IncrV1;
 use graft::client::AdminClient;
 use graft::rollout::{
     AnalysisConfig, RolloutConfig, RolloutError, RolloutPlan, RolloutState, RolloutStatus,
-    Rollouts, Route, Verdict,
+    Rollouts, Route, Thresholds, Verdict,
 };
 use graft_host::{CallSite, Export, Host, UnloadPolicy};
 
@@ -63,7 +63,12 @@ fn sticky_keys_split_by_weight_stay_put_and_stay_in_the_canary_as_it_grows() {
     let env = Env::new();
     let (_host, rollouts, hello) = setup(&env, config("10:0s,25:1h,100", 1));
     rollouts
-        .start(&env.complete_release("canary", &["hello-v2"]), None, None)
+        .start(
+            &env.complete_release("canary", &["hello-v2"]),
+            None,
+            None,
+            Thresholds::default(),
+        )
         .unwrap();
     let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
 
@@ -108,7 +113,12 @@ fn a_canary_failing_a_fifth_of_its_calls_is_aborted_and_stable_never_fails() {
     let (host, rollouts, hello) = setup(&env, config("10:1h,100", 50));
     let stable = host.pin().id();
     let (report, _) = rollouts
-        .start(&env.complete_release("flaky", &["hello-flaky"]), None, None)
+        .start(
+            &env.complete_release("flaky", &["hello-flaky"]),
+            None,
+            None,
+            Thresholds::default(),
+        )
         .unwrap();
     let canary = report.generation;
 
@@ -160,7 +170,12 @@ fn a_healthy_canary_walks_the_plan_becomes_stable_and_the_old_stable_unloads() {
     let (host, rollouts, hello) = setup(&env, config("10:50ms,50:50ms,100:50ms", 20));
     let old = staged_path(&host, "hello");
     let (report, _) = rollouts
-        .start(&env.complete_release("v2", &["hello-v2"]), None, None)
+        .start(
+            &env.complete_release("v2", &["hello-v2"]),
+            None,
+            None,
+            Thresholds::default(),
+        )
         .unwrap();
 
     wait_until(
@@ -212,7 +227,12 @@ fn too_little_traffic_keeps_the_rollout_waiting_instead_of_promoting() {
     let (host, rollouts, hello) = setup(&env, config("10:20ms,100", 100));
     let stable = host.pin().id();
     rollouts
-        .start(&env.complete_release("v2", &["hello-v2"]), None, None)
+        .start(
+            &env.complete_release("v2", &["hello-v2"]),
+            None,
+            None,
+            Thresholds::default(),
+        )
         .unwrap();
     for _ in 0..50 {
         request(&rollouts, &hello, None);
@@ -249,6 +269,7 @@ fn a_plan_given_at_start_overrides_the_configured_one() {
             &env.complete_release("v2", &["hello-v2"]),
             Some(40),
             Some(plan),
+            Thresholds::default(),
         )
         .unwrap();
     let weights: Vec<u32> = started.plan.iter().map(|s| s.weight).collect();
@@ -260,7 +281,12 @@ fn a_plan_given_at_start_overrides_the_configured_one() {
     assert_eq!(started.weight, 40);
 
     // A second rollout cannot start while this one runs.
-    let second = rollouts.start(&env.complete_release("v3", &["hello-flaky"]), None, None);
+    let second = rollouts.start(
+        &env.complete_release("v3", &["hello-flaky"]),
+        None,
+        None,
+        Thresholds::default(),
+    );
     assert!(second
         .unwrap_err()
         .to_string()
@@ -291,7 +317,7 @@ fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool
 }
 
 #[test]
-fn deploy_wait_follows_the_rollout_and_exits_0_promoted_1_aborted() {
+fn deploy_wait_follows_the_rollout_judged_by_its_own_thresholds_and_exits_0_promoted_1_aborted() {
     let env = Env::new();
     env.complete_release("v1", &["hello-v1"]);
     let config = env.path("graft.toml");
@@ -320,6 +346,21 @@ export = "hello@1"
     let v2 = env.complete_release("v2", &["hello-v2"]);
     let v1 = env.path("releases/v1");
 
+    // A rollout's own thresholds: only for a rollout, and only sensible ones.
+    for (args, says) in [
+        (
+            &["--max-error-rate", "0.2"][..],
+            "a rollout's thresholds are for a rollout",
+        ),
+        (
+            &["--canary", "50", "--max-error-rate", "2"][..],
+            "max_error_rate 2 is not between 0 and 1",
+        ),
+    ] {
+        let (ok, _, stderr) = cli(&[&["deploy", v2.to_str().unwrap()][..], args].concat());
+        assert!(!ok && stderr.contains(says), "{stderr}");
+    }
+
     for (release, steer, code, says) in [
         (&v2, "promote", 0, "promoted"),
         (&v1, "abort", 1, "rollout aborted: "),
@@ -332,6 +373,7 @@ export = "hello@1"
                 "50",
                 "--wait",
             ])
+            .args(["--min-requests", "7", "--max-error-rate", "0.2"])
             .args(["--admin", &admin])
             .env("RUST_LOG", "off")
             .stdout(std::process::Stdio::piped())
@@ -344,6 +386,10 @@ export = "hello@1"
                     && r.release.as_deref() == release.file_name().and_then(|n| n.to_str())
             })
         });
+        // Judged by its own thresholds, the others as configured.
+        let analysis = AdminClient::new(&admin, None).rollout().unwrap().analysis;
+        assert_eq!((analysis.min_requests, analysis.max_error_rate), (7, 0.2));
+        assert_eq!(analysis.interval_ms, 50);
         let (ok, _, stderr) = cli(&["rollout", steer]);
         assert!(ok, "{stderr}");
         let out = waiting.wait_with_output().unwrap();
@@ -490,7 +536,12 @@ fn a_release_that_migrates_state_is_refused_as_a_canary_and_stable_keeps_its_sta
     let rollouts = Rollouts::new(Arc::clone(&host), config("10:1h", 1));
 
     let refused = rollouts
-        .start(&env.complete_release("v2", &["counter-v2"]), None, None)
+        .start(
+            &env.complete_release("v2", &["counter-v2"]),
+            None,
+            None,
+            Thresholds::default(),
+        )
         .unwrap_err();
     assert!(
         matches!(&refused, RolloutError::MigratesState(m) if m == &["counter 1 -> 2 (up)"]),
@@ -508,6 +559,7 @@ fn a_release_that_migrates_state_is_refused_as_a_canary_and_stable_keeps_its_sta
             &env.complete_release("v1-again", &["counter-v1"]),
             None,
             None,
+            Thresholds::default(),
         )
         .unwrap();
 }

@@ -28,6 +28,51 @@ pub struct AnalysisConfig {
     pub interval_ms: u64,
 }
 
+/// A rollout's own thresholds, each replacing the configured one it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Thresholds {
+    /// [`AnalysisConfig::min_requests`].
+    pub min_requests: Option<u64>,
+    /// [`AnalysisConfig::max_error_rate`].
+    pub max_error_rate: Option<f64>,
+    /// [`AnalysisConfig::max_p99_ratio`].
+    pub max_p99_ratio: Option<f64>,
+    /// [`AnalysisConfig::p99_slack_ms`].
+    pub p99_slack_ms: Option<u64>,
+}
+
+impl Thresholds {
+    /// `config` with these thresholds in place of its own.
+    pub fn applied_to(&self, config: &AnalysisConfig) -> AnalysisConfig {
+        AnalysisConfig {
+            min_requests: self.min_requests.unwrap_or(config.min_requests),
+            max_error_rate: self.max_error_rate.unwrap_or(config.max_error_rate),
+            max_p99_ratio: self.max_p99_ratio.unwrap_or(config.max_p99_ratio),
+            p99_slack_ms: self.p99_slack_ms.unwrap_or(config.p99_slack_ms),
+            ..config.clone()
+        }
+    }
+
+    /// Refuses a threshold that cannot be met or means nothing.
+    ///
+    /// # Errors
+    ///
+    /// Which one, and why.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(rate) = self.max_error_rate.filter(|r| !(0.0..=1.0).contains(r)) {
+            return Err(format!("max_error_rate {rate} is not between 0 and 1"));
+        }
+        if let Some(ratio) = self.max_p99_ratio.filter(|r| !r.is_finite() || *r < 1.0) {
+            return Err(format!("max_p99_ratio {ratio} is less than 1"));
+        }
+        if self.min_requests == Some(0) {
+            return Err("min_requests 0 would judge a canary on no requests".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for AnalysisConfig {
     fn default() -> Self {
         Self {

@@ -40,7 +40,7 @@ use graft_host::{
 };
 use serde::Deserialize;
 
-pub use analysis::{AnalysisConfig, Verdict, WindowStats};
+pub use analysis::{AnalysisConfig, Thresholds, Verdict, WindowStats};
 pub use plan::{PlanStep, RolloutPlan};
 pub use status::{RolloutEvent, RolloutState, RolloutStatus, Route};
 
@@ -108,6 +108,8 @@ struct Sides {
 struct Active {
     status: RolloutStatus,
     plan: RolloutPlan,
+    /// The thresholds it is judged by: the configured ones, or its own.
+    analysis: AnalysisConfig,
     step_started: Instant,
     /// Each side's counters when the step started.
     baseline: (Counts, Counts),
@@ -216,7 +218,10 @@ impl Rollouts {
         dir: &Path,
         weight: Option<u32>,
         plan: Option<RolloutPlan>,
+        thresholds: Thresholds,
     ) -> Result<(DeployReport, RolloutStatus), RolloutError> {
+        thresholds.check().map_err(RolloutError::Plan)?;
+        let analysis = thresholds.applied_to(&self.config.analysis);
         let plan = plan.unwrap_or_else(|| self.config.plan.clone());
         let plan = match weight {
             Some(w) => plan
@@ -271,8 +276,10 @@ impl Rollouts {
                 canary_window: WindowStats::default(),
                 last_verdict: None,
                 events: Vec::new(),
+                analysis: analysis.clone(),
             },
             plan,
+            analysis,
             step_started: Instant::now(),
             baseline: (Counts::default(), Counts::default()),
             waiting_logged: false,
@@ -471,7 +478,7 @@ impl Rollouts {
             return;
         }
         let (stable, canary) = self.refresh(active);
-        let verdict = analyze(&stable, &canary, &self.config.analysis);
+        let verdict = analyze(&stable, &canary, &active.analysis);
         active.status.last_verdict = Some(verdict.clone());
         let step = active.plan.steps()[active.status.step - 1];
         match verdict {
@@ -587,6 +594,7 @@ impl Rollouts {
     /// aborted: the restarted host serves stable, and its canary is gone.
     fn carry_over(&self, status: RolloutStatus) {
         let mut active = Active {
+            analysis: status.analysis.clone(),
             status,
             plan: self.config.plan.clone(),
             step_started: Instant::now(),

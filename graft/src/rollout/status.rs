@@ -114,6 +114,9 @@ pub struct RolloutStatus {
     pub last_verdict: Option<Verdict>,
     /// State changes, oldest first (the last 50).
     pub events: Vec<RolloutEvent>,
+    /// The thresholds it is judged by (the configured ones, or its own).
+    #[serde(default)]
+    pub analysis: super::AnalysisConfig,
 }
 
 impl RolloutStatus {

@@ -40,6 +40,11 @@ impl Deployer {
         options: &RolloutOptions,
         client_gone: &dyn Fn() -> bool,
     ) -> Result<DeployResponse, ApiError> {
+        if !options.wanted() && options.thresholds() != crate::rollout::Thresholds::default() {
+            return Err(ApiError::bad_request(
+                "a rollout's thresholds are for a rollout: ask for one (rollout, canary or plan)",
+            ));
+        }
         if options.dry_run {
             return self.dry_run(dir, options);
         }
@@ -123,7 +128,10 @@ impl Deployer {
         self.workers
             .preflight(dir, Side::Canary)
             .inspect_err(|_| self.metrics.deploy(None))?;
-        match self.rollouts.start(dir, options.canary, plan) {
+        match self
+            .rollouts
+            .start(dir, options.canary, plan, options.thresholds())
+        {
             Ok((report, rollout)) => {
                 // Under isolation, the canary's worker serves before this answers; one that
                 // cannot start aborts the rollout it began.
