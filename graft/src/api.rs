@@ -163,12 +163,12 @@ impl RolloutOptions {
 
     /// This rollout's own thresholds.
     pub fn thresholds(&self) -> crate::rollout::Thresholds {
-        let mut thresholds = crate::rollout::Thresholds::default();
-        thresholds.min_requests = self.min_requests;
-        thresholds.max_error_rate = self.max_error_rate;
-        thresholds.max_p99_ratio = self.max_p99_ratio;
-        thresholds.p99_slack_ms = self.p99_slack_ms;
-        thresholds
+        crate::rollout::Thresholds {
+            min_requests: self.min_requests,
+            max_error_rate: self.max_error_rate,
+            max_p99_ratio: self.max_p99_ratio,
+            p99_slack_ms: self.p99_slack_ms,
+        }
     }
 
     /// The same options, as a dry run or not.
