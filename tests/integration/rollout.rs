@@ -316,14 +316,16 @@ fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool
     )
 }
 
-#[test]
-fn deploy_wait_follows_the_rollout_judged_by_its_own_thresholds_and_exits_0_promoted_1_aborted() {
-    let env = Env::new();
+/// A `graft.toml` serving `hello@1` at `POST /hello` from release v1 (hello-v1), with the plan
+/// `50:1h,100` (never promoted by time in a test), the analysis every 50 ms, and `extra` in
+/// `[rollout]`.
+fn hello_config(env: &Env, extra: &str) -> std::path::PathBuf {
     env.complete_release("v1", &["hello-v1"]);
     let config = env.path("graft.toml");
     std::fs::write(
         &config,
-        r#"data_dir = "data"
+        format!(
+            r#"data_dir = "data"
 release = "releases/v1"
 listen = "127.0.0.1:0"
 
@@ -333,14 +335,23 @@ listen = "127.0.0.1:0"
 [rollout]
 plan = "50:1h,100"
 interval_ms = 50
+{extra}
 
 [[route]]
 method = "POST"
 path = "/hello"
 export = "hello@1"
-"#,
+"#
+        ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn deploy_wait_follows_the_rollout_judged_by_its_own_thresholds_and_exits_0_promoted_1_aborted() {
+    let env = Env::new();
+    let config = hello_config(&env, "");
     let (_child, _base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
     let cli = |args: &[&str]| crate::serve::graft_cli(args, &admin);
     let v2 = env.complete_release("v2", &["hello-v2"]);
@@ -409,30 +420,8 @@ export = "hello@1"
 #[test]
 fn through_graft_serve_the_canary_is_sticky_can_be_forced_and_the_cli_steers_it() {
     let env = Env::new();
-    env.complete_release("v1", &["hello-v1"]);
-    let config = env.path("graft.toml");
-    std::fs::write(
-        &config,
-        r#"data_dir = "data"
-release = "releases/v1"
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[rollout]
-plan = "50:1h,100"
-sticky_header = "x-user"
-interval_ms = 50
-force_token = "only-operators-force-a-side"
-
-[[route]]
-method = "POST"
-path = "/hello"
-export = "hello@1"
-"#,
-    )
-    .unwrap();
+    let extra = "sticky_header = \"x-user\"\nforce_token = \"only-operators-force-a-side\"";
+    let config = hello_config(&env, extra);
     let (_child, base, admin) = crate::serve::spawn_graft_serve_with(&config, &[], &[]);
     let url = format!("{base}/hello");
     let cli = |args: &[&str]| crate::serve::graft_cli(args, &admin);

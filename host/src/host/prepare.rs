@@ -29,17 +29,16 @@ impl Host {
         let dir = dir.as_ref();
         let span = tracing::info_span!("prepare", release = %crate::bounded::BoundedPath(dir));
         let _entered = span.enter();
+        self.prepare_dir(dir, Outcome::Recorded)
+    }
+
+    /// Prepares the release in `dir` against the current generation, from its manifest.
+    fn prepare_dir(&self, dir: &Path, outcome: Outcome) -> Result<Prepared, DeployError> {
         let plan = self
             .pipeline
             .read_manifest(dir)
             .map(|(m, voucher)| Plan::from_manifest(dir, m, voucher));
-        self.prepare_plan(
-            plan,
-            Kind::Deploy,
-            OpenImports::Refuse,
-            None,
-            Outcome::Recorded,
-        )
+        self.prepare_plan(plan, Kind::Deploy, OpenImports::Refuse, None, outcome)
     }
 
     /// Everything a deploy of the release in `dir` would do short of publishing, against the
@@ -55,12 +54,7 @@ impl Host {
         let dir = dir.as_ref();
         let span = tracing::info_span!("dry run", release = %crate::bounded::BoundedPath(dir));
         let _entered = span.enter();
-        let plan = self
-            .pipeline
-            .read_manifest(dir)
-            .map(|(m, voucher)| Plan::from_manifest(dir, m, voucher));
-        let open = OpenImports::Refuse;
-        let prepared = self.prepare_plan(plan, Kind::Deploy, open, None, Outcome::Unrecorded)?;
+        let prepared = self.prepare_dir(dir, Outcome::Unrecorded)?;
         Ok(prepared.report().clone())
     }
 
