@@ -186,6 +186,17 @@ pub enum DeployCause {
     /// The new plugin set does not link.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The new plugin set does not link, and the first plugin that cannot is one the release
+    /// does not ship: it is carried over from the generation the release lands on.
+    #[error("plugin {} is carried over from generation {generation}, whose build it is, and does not link with what the release ships: ship a new build of it too, or keep what it imports exported (a shim)", Bounded(.link.importer().unwrap_or("-")))]
+    CarriedOver {
+        /// The generation it is carried over from (the plugin is the link error's first
+        /// importer).
+        generation: u64,
+        /// What does not link.
+        #[source]
+        link: LinkError,
+    },
     /// A plugin's initialiser returned an error or panicked.
     #[error("initialiser failed: {}", Bounded(.0))]
     Init(String),

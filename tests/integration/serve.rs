@@ -504,6 +504,8 @@ fn the_cli_deploys_rolls_back_and_reports_refusals() {
     assert!(
         stderr.contains("release rejected at link, plugin foo, file ")
             && stderr.contains("/staged/foo-")
+            && stderr.contains("plugin foo is carried over from generation 2")
+            && stderr.contains("ship a new build of it too")
             && stderr.contains("plugin foo imports frob@2"),
         "{stderr}"
     );

@@ -234,17 +234,22 @@ impl Pipeline {
         })
         .map_err(|e| {
             // Named: the first importer that cannot link, and its file (the one the release
-            // ships, or for a plugin carried over, its staged copy).
-            let plugin = e.importer().map(str::to_owned);
-            let file = plugin.as_deref().and_then(|name| {
-                let shipped = shipped.iter().find(|s| &*s.plugin.info().name == name);
-                shipped.map(|s| s.file.clone()).or_else(|| {
-                    set.iter()
-                        .find(|p| &*p.info().name == name)
-                        .map(|p| p.path().to_owned())
-                })
-            });
-            DeployError::new(Step::Link, plugin.as_deref(), file, e.into())
+            // ships, or for a plugin carried over, its staged copy, and that it was).
+            let Some(plugin) = e.importer().map(str::to_owned) else {
+                return DeployError::new(Step::Link, None, None, e.into());
+            };
+            if let Some(s) = shipped.iter().find(|s| *s.plugin.info().name == plugin) {
+                return DeployError::new(Step::Link, Some(&plugin), Some(s.file.clone()), e.into());
+            }
+            let file = set
+                .iter()
+                .find(|p| *p.info().name == plugin)
+                .map(|p| p.path().to_owned());
+            let cause = DeployCause::CarriedOver {
+                generation: base.id(),
+                link: e,
+            };
+            DeployError::new(Step::Link, Some(&plugin), file, cause)
         })?;
         let (linked, routes) = linked;
         // The first release a host publishes (over the empty generation 0) starts from the
