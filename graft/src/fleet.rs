@@ -102,6 +102,10 @@ pub struct FleetOptions {
     pub plan: Option<String>,
     /// How long a wave may take before it counts as failed.
     pub wave_timeout: Duration,
+    /// How long the whole rollout may take: past it, the wave under way counts as failed
+    /// (its hosts' rollouts aborted, the hosts updated before rolled back). None: no limit
+    /// but the waves'.
+    pub timeout: Option<Duration>,
     /// How often the hosts of a wave are polled.
     pub poll: Duration,
 }
@@ -112,6 +116,7 @@ impl Default for FleetOptions {
             canary: None,
             plan: None,
             wave_timeout: Duration::from_secs(30 * 60),
+            timeout: None,
             poll: Duration::from_millis(500),
         }
     }
@@ -228,6 +233,7 @@ pub fn rollout(
     options: &FleetOptions,
     progress: &mut dyn FnMut(FleetEvent),
 ) -> Result<FleetReport, FleetError> {
+    let until = options.timeout.map(|timeout| Instant::now() + timeout);
     let bundle = crate::bundle::pack(dir)?;
     let start = RolloutOptions::new(true, options.canary, options.plan.clone());
     let waves = waves(hosts.len());
@@ -274,7 +280,7 @@ pub fn rollout(
             }
         }
         let failed_now = running.len() < wave.len()
-            || !watch_wave(&clients, &mut reports, &running, options, progress);
+            || !watch_wave(&clients, &mut reports, &running, options, until, progress);
         if failed_now {
             failed_wave = Some(w + 1);
             break;
@@ -286,7 +292,16 @@ pub fn rollout(
             .iter()
             .find(|r| matches!(r.outcome, HostOutcome::Aborted | HostOutcome::Failed))
             .map_or_else(
-                || format!("wave {wave} did not finish"),
+                || match (until, options.timeout) {
+                    (Some(until), Some(timeout)) if Instant::now() >= until => format!(
+                        "wave {wave} did not finish within the fleet's timeout ({} s)",
+                        timeout.as_secs_f64()
+                    ),
+                    _ => format!(
+                        "wave {wave} did not finish within the wave timeout ({} s)",
+                        options.wave_timeout.as_secs_f64()
+                    ),
+                },
                 |r| format!("{} {}: {}", r.host, r.outcome, r.detail),
             );
         progress(FleetEvent::Stopping { reason });
@@ -339,15 +354,18 @@ pub fn rollout(
     })
 }
 
-/// Polls the hosts of a wave until every one has promoted (true) or one has not (false).
+/// Polls the hosts of a wave until every one has promoted (true) or one has not, or the wave's
+/// timeout or the whole rollout's deadline (`until`) passed (false).
 fn watch_wave(
     clients: &[AdminClient],
     reports: &mut [HostReport],
     running: &[usize],
     options: &FleetOptions,
+    until: Option<Instant>,
     progress: &mut dyn FnMut(FleetEvent),
 ) -> bool {
-    let deadline = Instant::now() + options.wave_timeout;
+    let wave_deadline = Instant::now() + options.wave_timeout;
+    let deadline = until.map_or(wave_deadline, |until| until.min(wave_deadline));
     let mut last_line: Vec<String> = vec![String::new(); reports.len()];
     loop {
         let mut pending = 0;

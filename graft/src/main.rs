@@ -336,6 +336,11 @@ enum FleetCommand {
         /// How long a wave may take, in seconds.
         #[arg(long, default_value_t = 1800)]
         wave_timeout: u64,
+        /// How long the whole rollout may take, in seconds: past it, the wave under way fails
+        /// (its rollouts aborted, the hosts updated before rolled back). No limit by default
+        /// but the waves'.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -489,6 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     canary,
                     plan,
                     wave_timeout,
+                    timeout,
                     json,
                 },
         } => {
@@ -497,6 +503,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             options.canary = canary;
             options.plan = plan;
             options.wave_timeout = std::time::Duration::from_secs(wave_timeout);
+            options.timeout = timeout.map(std::time::Duration::from_secs);
             let report = graft::fleet::rollout(&hosts, &dir, &options, &mut |event| match event {
                 FleetEvent::Wave { wave, waves, hosts } => {
                     let _ = outln!("wave {wave}/{waves}: {}", hosts.join(", "));

@@ -140,3 +140,44 @@ fn a_failing_canary_on_one_host_stops_the_fleet_and_rolls_back_the_updated_hosts
         drop(child);
     }
 }
+
+#[test]
+fn a_fleet_rollout_past_its_timeout_stops_and_aborts_the_wave_under_way() {
+    let env = Env::new();
+    // No traffic: the canary never has the requests a verdict needs, and would wait forever.
+    let (_child, _base, admin) = spawn_graft_serve_with(&host_config(&env, 1), &[], &[]);
+    let hosts_file = env.path("hosts.toml");
+    std::fs::write(
+        &hosts_file,
+        format!("[[host]]\nname = \"h1\"\nadmin = \"{admin}\"\n"),
+    )
+    .unwrap();
+    let release = env.complete_release("v2", &["hello-v2"]);
+    let started = std::time::Instant::now();
+    let (ok, stdout, stderr) = run_graft(&[
+        "fleet".as_ref(),
+        "rollout".as_ref(),
+        "--hosts".as_ref(),
+        hosts_file.as_os_str(),
+        "--timeout".as_ref(),
+        "2".as_ref(),
+        release.as_os_str(),
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("wave 1 did not finish within the fleet's timeout (2 s)"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "it stopped at its timeout"
+    );
+    let status = AdminClient::new(&admin, None).status().unwrap();
+    let rollout = status.rollout.expect("the host ran a rollout");
+    assert_eq!(
+        rollout.state,
+        graft::rollout::RolloutState::Aborted,
+        "{}",
+        rollout.last_message()
+    );
+}
