@@ -489,6 +489,53 @@ fn the_cli_run_where_graft_toml_is_reads_the_admin_api_from_it() {
 }
 
 #[test]
+fn every_series_the_grafana_dashboard_queries_is_one_graft_serve_exports() {
+    let env = Env::new();
+    let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
+    // A deploy and a request, so that the families with labels have a series.
+    let v2 = env.path("releases/v2");
+    assert!(graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 2);
+    let metrics = ureq::get(format!("{admin}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let path = crate::util::workspace_root().join("deploy/grafana/graft-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("graft_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        // A counter's family is `graft_x` and its series `graft_x_total`; a histogram's series
+        // are `_bucket`, `_sum` and `_count`.
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "{name} (family {family}) is not in /metrics:\n{metrics}"
+        );
+    }
+}
+
+#[test]
 fn the_cli_deploys_rolls_back_and_reports_refusals() {
     let env = Env::new();
     let (_child, base, admin) = spawn_graft_serve(&config(&env, ""));
