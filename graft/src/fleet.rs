@@ -292,11 +292,13 @@ pub fn rollout(
             .iter()
             .find(|r| matches!(r.outcome, HostOutcome::Aborted | HostOutcome::Failed))
             .map_or_else(
-                || match (until, options.timeout) {
-                    (Some(until), Some(timeout)) if Instant::now() >= until => format!(
-                        "wave {wave} did not finish within the fleet's timeout ({} s)",
-                        timeout.as_secs_f64()
-                    ),
+                || match options.timeout {
+                    Some(timeout) if until.is_some_and(|until| Instant::now() >= until) => {
+                        format!(
+                            "wave {wave} did not finish within the fleet's timeout ({} s)",
+                            timeout.as_secs_f64()
+                        )
+                    }
                     _ => format!(
                         "wave {wave} did not finish within the wave timeout ({} s)",
                         options.wave_timeout.as_secs_f64()

@@ -480,12 +480,7 @@ fn through_graft_serve_the_canary_is_sticky_can_be_forced_and_the_cli_steers_it(
     assert!(stdout.contains("canary weight 50%"), "{stdout}");
     let (_, stdout, _) = cli(&["status"]);
     assert!(stdout.contains("rollout running"), "{stdout}");
-    let metrics = ureq::get(format!("{admin}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = crate::serve::admin_metrics(&admin);
     assert!(
         metrics.contains("graft_rollout_canary_weight_percent 50"),
         "{metrics}"

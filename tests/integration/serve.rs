@@ -76,6 +76,17 @@ pub(crate) fn agent() -> ureq::Agent {
     )
 }
 
+/// The `/metrics` text of the admin API at `admin` (a server in a child process).
+pub(crate) fn admin_metrics(admin: &str) -> String {
+    agent()
+        .get(format!("{admin}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
 /// The server's `/metrics` text.
 pub(crate) fn metrics_text(server: &Server) -> String {
     let mut response = agent()
@@ -496,12 +507,7 @@ fn every_series_the_grafana_dashboard_queries_is_one_graft_serve_exports() {
     let v2 = env.path("releases/v2");
     assert!(graft_cli(&["deploy", v2.to_str().unwrap()], &admin).0);
     assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, 2);
-    let metrics = ureq::get(format!("{admin}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = admin_metrics(&admin);
     let path = crate::util::workspace_root().join("deploy/grafana/graft-dashboard.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -9,7 +9,7 @@ use graft::api::{WorkerState, WorkerStatus};
 use graft::client::AdminClient;
 use graft::rollout::RolloutState;
 
-use crate::serve::{agent, spawn_graft_serve_logged};
+use crate::serve::{admin_metrics as metrics, agent, spawn_graft_serve_logged};
 use crate::util::{wait_until, Env};
 
 const FORCE_TOKEN: &str = "operators-force-the-canary";
@@ -86,17 +86,6 @@ fn listening_tcp_sockets(pid: u32) -> usize {
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
         .filter(|target| listening.contains(target.to_string_lossy().as_ref()))
         .count()
-}
-
-/// The admin API's `/metrics` text.
-fn metrics(admin_url: &str) -> String {
-    agent()
-        .get(format!("{admin_url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
 }
 
 fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
