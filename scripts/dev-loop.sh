@@ -40,6 +40,14 @@ graft-api = { path = "$root/plugin-api" }
 abi_stable = "0.11.3"
 serde = { version = "1", features = ["derive"] }
 
+# The dev profile graft recommends for plugin crates (README, "Develop"): debug info for the
+# plugin itself, kept beside its objects rather than in the library; none for dependencies.
+# The library graft dev hashes and loads is a few MB rather than 18.
+[profile.dev]
+split-debuginfo = "unpacked"
+[profile.dev.package."*"]
+debug = false
+
 [workspace]
 EOF
 cp Cargo.lock "$work/hello/"

@@ -189,12 +189,16 @@ enum Command {
     },
     /// Serve, and rebuild and redeploy plugin crates whenever their sources change.
     ///
-    /// Builds each crate with cargo, deploys the libraries on top of the config's release, then
-    /// watches the sources: every build that compiles goes live, one line per reload with the
-    /// build time and how soon after the build the new code was live. A build that fails shows
-    /// the compiler's errors, and the previous code keeps serving.
+    /// Builds every plugin crate with cargo (one build per workspace, all at once), deploys the
+    /// libraries on top of the config's release, then watches the sources: a change in any
+    /// crate rebuilds every plugin built from it (read with cargo metadata), deployed together
+    /// as one release, one line per reload with the build time and how soon after the build the
+    /// new code was live. A build that fails shows the compiler's errors, a release that is
+    /// refused says why; the previous code keeps serving, and what did not go live is built
+    /// again with the next change.
     Dev {
-        /// The plugin crates: directories with a Cargo.toml whose `[lib]` is a cdylib.
+        /// Plugin crates (directories with a Cargo.toml whose `[lib]` is a cdylib), or
+        /// workspaces, whose cdylib members are the plugins.
         #[arg(required = true)]
         crates: Vec<PathBuf>,
         /// The config file (routes, addresses, a release to start from).
@@ -203,10 +207,14 @@ enum Command {
         /// Build with --release.
         #[arg(long)]
         release: bool,
-        /// Stage builds here instead of in a fresh temp directory (in /dev/shm when there is
-        /// one), which is removed on exit.
+        /// Stage builds and save state here. Without it, the config's data_dir; without that,
+        /// a fresh directory under cargo's target directory, removed on exit.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// State or a table a new build cannot carry over (its type changed, no migration)
+        /// starts fresh, with a warning, instead of refusing the build.
+        #[arg(long)]
+        fresh_state: bool,
     },
     /// Deploy a release directory to a running server; exits 1 with the reason if it is refused.
     ///
@@ -440,9 +448,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             release,
             data_dir,
+            fresh_state,
         } => {
             let config = ServeConfig::load(&config)?;
-            let dev = graft::dev::DevLoop::new(crates)?.release(release);
+            let dev = graft::dev::DevLoop::new(crates)?
+                .release(release)
+                .fresh_state(fresh_state);
             // Said at once: a build under way is not waited for, the server drains first.
             let stopping = async {
                 shutdown_signal().await;

@@ -58,12 +58,7 @@ pub(crate) fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<Tem
 /// A new, empty temp file in `dir` (named after `name`), open for reading and writing; the
 /// caller writes it, flushes it (`sync_all`) and [persists](Temp::persist) it.
 pub(crate) fn create_temp(dir: &Path, name: &str) -> io::Result<(File, Temp)> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let path = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let path = temp_path(dir, name);
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -72,11 +67,41 @@ pub(crate) fn create_temp(dir: &Path, name: &str) -> io::Result<(File, Temp)> {
     Ok((file, Temp(Some(path))))
 }
 
+/// A name in `dir` for a temp file (after `name`) that no other temp file of this process has.
+pub(crate) fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// A temp file; removed when dropped unless persisted.
 #[derive(Debug)]
 pub(crate) struct Temp(Option<PathBuf>);
 
 impl Temp {
+    /// The temp file at `path`, made by the caller.
+    pub(crate) fn at(path: PathBuf) -> Self {
+        Self(Some(path))
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
+        self.0
+            .as_deref()
+            .expect("a temp file is there until persisted")
+    }
+
+    /// Renames the file to `path` (in the same directory), flushing nothing: for files that
+    /// need not survive a power cut.
+    pub(crate) fn rename(mut self, path: &Path) -> io::Result<()> {
+        fs::rename(self.path(), path)?;
+        self.0 = None;
+        Ok(())
+    }
+
     /// Renames the file to `path` (in the same directory) and flushes the directory entry.
     pub(crate) fn persist(mut self, path: &Path) -> io::Result<()> {
         let temp = self.0.as_deref().expect("a temp file is persisted once");

@@ -117,6 +117,7 @@ pub use request::{
     current_request, in_request, with_request, InRequest, RequestContext, TraceContext,
 };
 pub use services::{set_async_services, AsyncServices, BoxFuture};
+pub use stage::Staging;
 pub use table::{Durability, TableSettings};
 pub use typed::{Returned, TypedExport};
 pub use unload::{is_mapped, UnloadPolicy};

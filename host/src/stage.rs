@@ -6,6 +6,10 @@
 //! rename. The file is streamed, never held in memory (a 400 MB "plugin" costs disk, not RAM),
 //! and only a regular file is read at all ([`input::open_regular`]). The checksum and ELF
 //! checks run on the staged copy itself, so what was checked is what `dlopen` maps.
+//!
+//! [`Staging::Development`] trades that durability for speed in a development loop: a build is
+//! staged as a hard link (no byte copied) where it is on the staging directory's filesystem, and
+//! nothing is flushed.
 
 use std::fs;
 use std::io::{self, Read as _, Seek as _};
@@ -17,6 +21,24 @@ use crate::atomic_file;
 use crate::digest::sha256_hex_of;
 use crate::elf::{self, ElfError};
 use crate::input;
+
+/// How plugin files are staged (see [`HostBuilder::staging`](crate::HostBuilder::staging)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Staging {
+    /// Each file copied to a temp file, flushed to disk and renamed: a staged copy survives a
+    /// power cut, and no later write to the file it came from can reach it.
+    #[default]
+    Durable,
+    /// For a development loop, on libraries only a build tool writes: a file on the staging
+    /// directory's filesystem is staged as a hard link to it (no byte copied; it is still read
+    /// once, for its checksum and ELF checks), and nothing is flushed to disk. The trades: a
+    /// power cut can lose a staged build (the next build stages again), and a file overwritten
+    /// *in place* (`cp` over it; cargo and rustc never do, they write a new file) would change
+    /// under the code running from it. Files a release manifest names are staged as
+    /// [`Durable`](Self::Durable) ones whatever this says.
+    Development,
+}
 
 /// Why a plugin file could not be staged.
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +143,15 @@ pub(crate) fn stage(
     source: &Path,
     expected_sha256: Option<&str>,
     cache: &ChecksumCache,
+    how: Staging,
 ) -> Result<(PathBuf, String), StageError> {
     let read_at = SystemTime::now();
     let mut file = input::open_regular(source).map_err(StageError::Read)?;
+    if how == Staging::Development && expected_sha256.is_none() {
+        if let Some(staged) = stage_linked(staging_dir, name, source, &file)? {
+            return Ok(staged);
+        }
+    }
     let key = FileKey::of(&file.metadata().map_err(StageError::Read)?);
     let unchanged = || fs::metadata(source).is_ok_and(|m| FileKey::of(&m) == key);
     let matches = |actual: String| match expected_sha256 {
@@ -149,16 +177,58 @@ pub(crate) fn stage(
     let (mut copy, temp) =
         atomic_file::create_temp(staging_dir, name).map_err(StageError::Write)?;
     let len = io::copy(&mut file, &mut copy).map_err(StageError::Write)?;
-    copy.sync_all().map_err(StageError::Write)?;
+    if how == Staging::Durable {
+        copy.sync_all().map_err(StageError::Write)?;
+    }
     copy.rewind().map_err(StageError::Write)?;
     let sha256 = matches(sha256_hex_of((&copy).take(len)).map_err(StageError::Write)?)?;
     elf::check_file(&copy, len).map_err(StageError::Elf)?;
     let staged = staged_path(staging_dir, name, &sha256);
-    temp.persist(&staged).map_err(StageError::Write)?;
+    match how {
+        Staging::Durable => temp.persist(&staged),
+        Staging::Development => temp.rename(&staged),
+    }
+    .map_err(StageError::Write)?;
     if expected_sha256.is_some() && unchanged() {
         cache.insert(source, key, &sha256, read_at);
     }
     Ok((staged, sha256))
+}
+
+/// Stages `source` (open as `file`) as a hard link in `staging_dir`, checked and named by its
+/// checksum as a copy would be, with nothing flushed; `None` if it cannot be linked there (another
+/// filesystem, say): then it is copied.
+fn stage_linked(
+    staging_dir: &Path,
+    name: &str,
+    source: &Path,
+    file: &fs::File,
+) -> Result<Option<(PathBuf, String)>, StageError> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
+    // The file itself, not a symbolic link to it (which `link` would link).
+    let Ok(target) = fs::canonicalize(source) else {
+        return Ok(None);
+    };
+    let temp = atomic_file::temp_path(staging_dir, name);
+    if fs::hard_link(&target, &temp).is_err() {
+        return Ok(None);
+    }
+    let temp = atomic_file::Temp::at(temp);
+    let linked = input::open_regular(temp.path()).map_err(StageError::Read)?;
+    let (opened, now) = (
+        file.metadata().map_err(StageError::Read)?,
+        linked.metadata().map_err(StageError::Read)?,
+    );
+    // Replaced between the open and the link: copy what was opened instead.
+    if (opened.dev(), opened.ino()) != (now.dev(), now.ino()) {
+        return Ok(None);
+    }
+    let sha256 = sha256_hex_of(&linked).map_err(StageError::Read)?;
+    elf::check_file(&linked, now.len()).map_err(StageError::Elf)?;
+    let staged = staged_path(staging_dir, name, &sha256);
+    temp.rename(&staged).map_err(StageError::Write)?;
+    Ok(Some((staged, sha256)))
 }
 
 fn staged_path(staging_dir: &Path, name: &str, sha256: &str) -> PathBuf {

@@ -9,6 +9,14 @@ use std::time::Duration;
 
 use crate::util::{graft_bin, target_dir, workspace_root, Env, KillOnDrop};
 
+/// The dev profile the README recommends for plugin crates (and `scripts/dev-loop.sh` uses):
+/// the library graft dev hashes and loads is a few MB, not 18.
+const DEV_PROFILE: &str = r#"[profile.dev]
+split-debuginfo = "unpacked"
+[profile.dev.package."*"]
+debug = false
+"#;
+
 /// A plugin crate outside the workspace, the way a user's own plugin would be.
 fn write_plugin_crate(dir: &Path, greeting: &str) {
     write_crate(dir, "dev-loop-plugin");
@@ -35,6 +43,7 @@ graft-api = {{ path = {api:?} }}
 abi_stable = "0.11.3"
 serde = {{ version = "1", features = ["derive"] }}
 
+{DEV_PROFILE}
 [workspace]
 "#
         ),
@@ -283,4 +292,153 @@ fn a_change_spanning_two_crates_lands_once_both_are_saved_and_sigterm_stops_it()
     let status = child.wait().unwrap();
     eprintln!("graft dev exited {:?} after SIGTERM", started.elapsed());
     assert!(status.success(), "{status:?}");
+}
+
+/// A workspace of three crates: `types` (a library: the `Price` type and the `price@1`
+/// contract), `catalog` (a plugin exporting `price@1`) and `cart` (a plugin importing it and
+/// exporting `checkout@1`).
+fn write_shop(root: &Path) {
+    let api = workspace_root().join("plugin-api");
+    let manifest = |name: &str, kind: &str, types: bool| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let types = if types {
+            "shop-types = { path = \"../types\" }\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!(
+                r#"[package]
+name = "shop-{name}"
+version = "1.0.0"
+edition = "2021"
+
+[lib]
+crate-type = [{kind:?}]
+
+[dependencies]
+graft-api = {{ path = {api:?} }}
+abi_stable = "0.11.3"
+{types}"#
+            ),
+        )
+        .unwrap();
+    };
+    manifest("types", "rlib", false);
+    manifest("catalog", "cdylib", true);
+    manifest("cart", "cdylib", true);
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!("[workspace]\nmembers = [\"types\", \"catalog\", \"cart\"]\nresolver = \"2\"\n\n{DEV_PROFILE}"),
+    )
+    .unwrap();
+    std::fs::copy(workspace_root().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
+    set_price_type(root, "pub cents: u64,");
+    set_source(root, "catalog", &catalog_source("Price { cents: a * 2 }"));
+    set_source(
+        root,
+        "cart",
+        r#"use graft_api::{Context, Error};
+use shop_types::PriceV1;
+
+graft_api::contract! {
+    pub struct Checkout = "checkout@1": json fn(u64) -> u64;
+}
+
+graft_api::plugin! {
+    name: "cart",
+    version: env!("CARGO_PKG_VERSION"),
+    imports: { PRICE: PriceV1 },
+    exports: { Checkout => checkout },
+}
+
+fn checkout(ctx: &Context<'_>, a: u64) -> Result<u64, Error> {
+    let price = ctx.call(PRICE, a)?;
+    Ok(price.cents + 1)
+}
+"#,
+    );
+}
+
+fn set_source(root: &Path, krate: &str, text: &str) {
+    std::fs::write(root.join(krate).join("src/lib.rs"), text).unwrap();
+}
+
+/// The shared type, with `fields`.
+fn set_price_type(root: &Path, fields: &str) {
+    set_source(
+        root,
+        "types",
+        &format!(
+            r#"use abi_stable::StableAbi;
+
+/// A price, passed by value.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct Price {{
+    {fields}
+}}
+
+graft_api::contract! {{
+    pub struct PriceV1 = "price@1": fn(u64) -> Price;
+}}
+"#
+        ),
+    );
+}
+
+/// catalog's source, returning `price` (an expression of `a`).
+fn catalog_source(price: &str) -> String {
+    format!(
+        r#"use graft_api::{{Context, Error}};
+use shop_types::{{Price, PriceV1}};
+
+graft_api::plugin! {{
+    name: "catalog",
+    version: env!("CARGO_PKG_VERSION"),
+    exports: {{ PriceV1 => price }},
+}}
+
+fn price(_: &Context<'_>, a: u64) -> Result<Price, Error> {{
+    Ok({price})
+}}
+"#
+    )
+}
+
+#[test]
+fn a_field_added_to_a_shared_type_lands_in_exporter_and_importer_together_once_both_compile() {
+    let env = Env::new();
+    let shop = env.path("shop");
+    write_shop(&shop);
+    // The workspace itself: graft dev finds its plugins (catalog, cart) with cargo metadata.
+    let (_child, base, rx) = spawn_graft_dev_of(&env, &[&shop], "checkout");
+    let line = expect_line(&rx, "reload 1: generation 1 live");
+    assert!(line.contains("catalog") && line.contains("cart"), "{line}");
+    assert_eq!(checkout(&base), "21");
+
+    // A field added to the shared type: both plugins are rebuilt, in one cargo build; catalog
+    // no longer compiles (it builds a Price without it), so nothing is deployed, and nothing
+    // half: cart alone would not link against the catalog that is live.
+    set_price_type(&shop, "pub cents: u64,\n    pub tax: u64,");
+    let line = expect_line(&rx, "reload 2: build failed");
+    assert!(line.contains("shop-catalog"), "{line}");
+    assert!(line.ends_with("generation 1 keeps serving"), "{line}");
+    assert_eq!(checkout(&base), "21");
+
+    // catalog fixed: it and cart (pending since the type changed) go live together, as one
+    // release, with no other step.
+    set_source(
+        &shop,
+        "catalog",
+        &catalog_source("Price { cents: a * 3, tax: 5 }"),
+    );
+    let line = expect_line(&rx, "reload 3: generation 2 live");
+    assert!(
+        line.contains("catalog 1.0.0 replaced") && line.contains("cart 1.0.0 replaced"),
+        "{line}"
+    );
+    assert_eq!(checkout(&base), "31");
 }

@@ -121,6 +121,65 @@ fn a_migration_from_another_type_than_the_live_one_is_refused_saying_which_field
 }
 
 #[test]
+fn with_fresh_state_a_state_that_cannot_carry_over_starts_fresh_with_a_warning() {
+    // What `graft dev --fresh-state` sets: the release `refused_over` shows refused goes live.
+    let env = Env::new();
+    let host = Host::builder(env.path("data"))
+        .fresh_state(true)
+        .build()
+        .unwrap();
+    host.deploy(env.complete_release("live", &["counter-v1"]))
+        .unwrap();
+    incr(&host, 2, 1);
+    let report = host
+        .deploy(env.complete_release("mistyped", &["counter-mistyped"]))
+        .unwrap_or_else(|e| panic!("{}", DisplayChain(&e)));
+    assert!(report.migrated.is_empty(), "{:?}", report.migrated);
+    let [warning] = &report.warnings[..] else {
+        panic!("one warning expected: {:?}", report.warnings)
+    };
+    assert!(
+        warning.starts_with("the state of plugin counter starts fresh (fresh state is on)")
+            && warning.contains("field total is AtomicU64 in the live one"),
+        "{warning}"
+    );
+    assert_eq!(total(&host), 0, "started from its initial value");
+}
+
+#[test]
+fn a_build_staged_for_development_is_a_hard_link_to_it_named_by_its_checksum() {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = Env::new();
+    let host = Host::builder(env.path("data"))
+        .staging(graft_host::Staging::Development)
+        .build()
+        .unwrap();
+    let library = crate::util::library("counter-v1");
+    host.deploy_libraries(Some("dev".into()), &[library.to_owned()])
+        .unwrap_or_else(|e| panic!("{}", DisplayChain(&e)));
+    let staged = crate::util::staged_path(&host, "counter");
+    let (built, staged_meta) = (
+        std::fs::metadata(library).unwrap(),
+        std::fs::metadata(&staged).unwrap(),
+    );
+    let sha = graft_host::sha256_hex_of(std::fs::File::open(library).unwrap()).unwrap();
+    assert!(
+        staged
+            .to_string_lossy()
+            .ends_with(&format!("-{}.so", &sha[..16])),
+        "{}",
+        staged.display()
+    );
+    if built.dev() == env.path("data").metadata().unwrap().dev() {
+        assert_eq!(staged_meta.ino(), built.ino(), "a hard link, no copy");
+    } else {
+        // Another filesystem: copied (no link can cross it).
+        assert_ne!(staged_meta.ino(), built.ino());
+    }
+    assert_eq!(total(&host), 0);
+}
+
+#[test]
 fn a_panicking_migration_refuses_the_release_with_the_state_intact() {
     let (_env, host, err, text) = refused_over("counter-v2", 5, "counter-faulty");
     assert_eq!(err.step(), Step::Migrate, "{err}");

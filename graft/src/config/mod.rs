@@ -86,6 +86,12 @@ pub struct ServeConfig {
     /// the front reaches the worker through its channel only.
     #[serde(skip)]
     pub(crate) headless: bool,
+    /// Set by `graft dev`: how plugin files are staged.
+    #[serde(skip)]
+    pub(crate) staging: graft_host::Staging,
+    /// Set by `graft dev --fresh-state`: state that cannot be carried over starts fresh.
+    #[serde(skip)]
+    pub(crate) fresh_state: bool,
     /// Where graft keeps staged plugin copies, the record of live releases and saved state.
     /// Required by `graft serve`; `graft dev` stages in a temporary directory without it.
     #[serde(default)]

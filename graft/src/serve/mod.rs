@@ -284,6 +284,8 @@ impl Server {
             .migration_drain(Duration::from_millis(config.migration_drain_ms))
             .limits(config.limits)
             .trusted_keys(config.trusted_keys.clone())
+            .staging(config.staging)
+            .fresh_state(config.fresh_state)
             .build()
             .map_err(|source| ServeError::Host {
                 dir: config.data_dir.clone(),

@@ -57,21 +57,26 @@ pub(crate) struct Carried {
     pub cells: Vec<Option<Arc<StateCell>>>,
     /// The migrations publish runs again on the quiescent state.
     pub migrations: Vec<Migration>,
+    /// What started fresh instead of being refused (with `fresh`).
+    pub warnings: Vec<String>,
 }
 
 /// Carries the state of `base` over to the plugin set `set`: passes a cell through where the
 /// schema and type agree, starts a fresh one for a plugin `base` holds no state for, and
 /// migrates (a trial run, into a new cell) where the schema changed. With `saved` (the first
 /// release a host publishes), a plugin `base` holds no state for starts from its saved state
-/// instead, if it has some: as it is, or migrated up by the plugin.
+/// instead, if it has some: as it is, or migrated up by the plugin. With `fresh`, a value that
+/// cannot be carried over starts fresh instead of refusing the release (a warning says so).
 pub(crate) fn carry(
     base: &Generation,
     set: &[Arc<LoadedPlugin>],
     saved: Option<&Store>,
+    fresh: bool,
 ) -> Result<Carried, DeployError> {
     let mut carried = Carried {
         cells: Vec::with_capacity(set.len()),
         migrations: Vec::new(),
+        warnings: Vec::new(),
     };
     for plugin in set {
         let Some(info) = plugin.state() else {
@@ -91,18 +96,37 @@ pub(crate) fn carry(
                 .flatten(),
             None => None,
         };
+        let fresh_cell = || {
+            info.fresh(&plugin.info().name)
+                .map(Arc::new)
+                .map_err(|e| refuse.live(format!("initial value of schema {}: {e}", info.schema)))
+        };
         let cell = match found {
-            None => Arc::new(info.fresh(&plugin.info().name).map_err(|e| {
-                refuse.live(format!("initial value of schema {}: {e}", info.schema))
-            })?),
-            Some((old, source)) if old.schema == info.schema => {
-                pass_through(old, info, &source, &refuse)?
-            }
+            None => fresh_cell()?,
             Some((old, source)) => {
-                let migration = migrate(old, &source, plugin, info, &refuse)?;
-                let to = Arc::clone(&migration.to);
-                carried.migrations.push(migration);
-                to
+                let carried_over = if old.schema == info.schema {
+                    pass_through(old, info, &source, &refuse)
+                } else {
+                    migrate(old, &source, plugin, info, &refuse).map(|migration| {
+                        let to = Arc::clone(&migration.to);
+                        carried.migrations.push(migration);
+                        to
+                    })
+                };
+                match carried_over {
+                    Ok(cell) => cell,
+                    Err(refused) if fresh => {
+                        let warning = format!(
+                            "the state of plugin {} starts fresh (fresh state is on): {}",
+                            plugin.info().name,
+                            refused.cause()
+                        );
+                        tracing::warn!("{warning}");
+                        carried.warnings.push(warning);
+                        fresh_cell()?
+                    }
+                    Err(refused) => return Err(refused),
+                }
             }
         };
         carried.cells.push(Some(cell));

@@ -33,6 +33,8 @@ pub(crate) struct CarriedTables {
     pub(crate) tables: Vec<Vec<Arc<Table>>>,
     /// The migrations publish finishes.
     pub(crate) migrations: Vec<TableMigration>,
+    /// What started empty instead of being refused (with [`TableHome::fresh`]).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Where the host keeps what a carry needs besides the generations: the operator's settings
@@ -44,6 +46,8 @@ pub(crate) struct TableHome<'a> {
     pub(crate) saved: Option<&'a Store>,
     /// Makes every-write tables durable.
     pub(crate) committer: &'a Arc<Committer>,
+    /// A table that cannot be carried over starts empty instead of refusing the release.
+    pub(crate) fresh: bool,
 }
 
 /// Carries the tables of `base` over to the plugin set `set` (see the module docs).
@@ -62,10 +66,10 @@ pub(crate) fn carry(
                 subject: Some(format!("table {}.{}", plugin.info().name, info.name)),
             };
             let settings = (home.settings)(&plugin.info().name, &info.name);
-            let table = match base.table_of(&plugin.info().name, &info.name) {
+            let carried_over = match base.table_of(&plugin.info().name, &info.name) {
                 Some((old, holder)) if old.schema == info.schema => {
                     if old.fingerprint != info.shape.fingerprint {
-                        return Err(refuse.live(format!(
+                        Err(refuse.live(format!(
                             "schema {} is live with another value type: {}; a changed value \
                              type needs a new schema number and migrations",
                             info.schema,
@@ -77,18 +81,35 @@ pub(crate) fn carry(
                                     "this build's"
                                 ),
                             )
-                        )));
+                        )))
+                    } else {
+                        Ok(Some(Arc::clone(old)))
                     }
-                    Arc::clone(old)
                 }
                 Some((old, holder)) => {
                     let to = new_table(plugin, info, settings, home.committer)?;
-                    let migration = TableMigration::start(old, to, plugin, holder, info, &refuse)?;
-                    let to = Arc::clone(&migration.to);
-                    carried.migrations.push(migration);
-                    to
+                    TableMigration::start(old, to, plugin, holder, info, &refuse).map(|migration| {
+                        let to = Arc::clone(&migration.to);
+                        carried.migrations.push(migration);
+                        Some(to)
+                    })
                 }
-                None => {
+                None => Ok(None),
+            };
+            let table = match carried_over {
+                Ok(Some(table)) => table,
+                Err(refused) if !home.fresh => return Err(refused),
+                refused => {
+                    if let Err(refused) = refused {
+                        let warning = format!(
+                            "table {}.{} starts empty (fresh state is on): {}",
+                            plugin.info().name,
+                            info.name,
+                            refused.cause()
+                        );
+                        tracing::warn!("{warning}");
+                        carried.warnings.push(warning);
+                    }
                     let table = new_table(plugin, info, settings, home.committer)?;
                     let restored = match (home.saved, settings.durability.is_persisted()) {
                         (Some(store), true) => restore(store, &table, info, &refuse)?,

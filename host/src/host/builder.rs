@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::error::BuildError;
 use crate::provided::ProvideError;
 use crate::release::Limits;
+use crate::stage::Staging;
 use crate::store::Store;
 use crate::table::{Committer, TableSettings};
 use crate::unload::UnloadPolicy;
@@ -159,6 +160,22 @@ impl HostBuilder {
             .tables
             .each
             .insert(format!("{plugin}.{table}"), settings);
+        self
+    }
+
+    /// How plugin files are staged (default [`Staging::Durable`]; [`Staging::Development`]
+    /// for a development loop).
+    pub fn staging(mut self, staging: Staging) -> Self {
+        self.settings.pipeline.staging = staging;
+        self
+    }
+
+    /// For development: a plugin's state or table that cannot be carried over to a new build
+    /// (its type changed under the same schema, or no migration leads to the new schema) starts
+    /// fresh, said in the deploy report's warnings, instead of refusing the release. Off by
+    /// default: in production a release that would lose state is refused.
+    pub fn fresh_state(mut self, fresh: bool) -> Self {
+        self.settings.pipeline.fresh_state = fresh;
         self
     }
 

@@ -38,7 +38,7 @@ use crate::release::Limits;
 use crate::report::{Change, DeployReport, PluginChange};
 use crate::services;
 use crate::signature::TrustedKey;
-use crate::stage::{self, ChecksumCache, StageError};
+use crate::stage::{self, ChecksumCache, StageError, Staging};
 use crate::status::{PluginRecord, ReleaseRecord};
 use crate::store::Store;
 use crate::table::{Committer, TableConfig};
@@ -63,6 +63,11 @@ pub(super) struct PipelineSettings {
     pub(super) provided: Arc<Provided>,
     /// Routes the embedder serves itself (method, pattern, who), which no plugin may claim.
     pub(super) reserved_routes: Vec<(String, String, String)>,
+    /// How plugin files are staged.
+    pub(super) staging: Staging,
+    /// State or a table that cannot be carried over starts fresh (said in the report's
+    /// warnings) instead of refusing the release: for development.
+    pub(super) fresh_state: bool,
 }
 
 impl Default for PipelineSettings {
@@ -76,6 +81,8 @@ impl Default for PipelineSettings {
             required: Vec::new(),
             provided: Arc::default(),
             reserved_routes: Vec::new(),
+            staging: Staging::Durable,
+            fresh_state: false,
         }
     }
 }
@@ -182,7 +189,7 @@ impl Pipeline {
         let present: HashSet<&str> = base.plugins().map(|p| p.name.as_str()).collect();
         // Removing what is gone already is done: said, not refused (a release that removes a
         // plugin deploys again).
-        let warnings: Vec<String> = plan
+        let mut warnings: Vec<String> = plan
             .remove
             .iter()
             .filter(|name| !present.contains(name.as_str()))
@@ -255,14 +262,16 @@ impl Pipeline {
         // The first release a host publishes (over the empty generation 0) starts from the
         // state the last run saved.
         let saved = (base.id() == 0).then_some(&*self.store);
-        let state = carry_state(base, &set, saved)?;
+        let state = carry_state(base, &set, saved, self.settings.fresh_state)?;
         let settings = |plugin: &str, name: &str| self.settings.tables.of(plugin, name);
         let home = TableHome {
             settings: &settings,
             saved,
             committer: &self.committer,
+            fresh: self.settings.fresh_state,
         };
         let tables = carry_tables(base, &set, &home)?;
+        warnings.extend(state.warnings.iter().chain(&tables.warnings).cloned());
         self.initialise(&shipped)?;
         pre_activate(&shipped, self.settings.hook_timeout)?;
         let linked_in = staged.elapsed();
@@ -382,6 +391,7 @@ impl Pipeline {
             &planned.source,
             planned.sha256.as_deref(),
             &self.checksums,
+            self.settings.staging,
         )
         .map_err(|e| {
             let (step, cause) = match e {
