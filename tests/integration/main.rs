@@ -26,6 +26,7 @@ mod signing;
 mod state;
 mod switch;
 mod tables;
+mod ui;
 mod unload;
 mod uploads;
 mod watch;

@@ -295,7 +295,7 @@ fn a_plan_given_at_start_overrides_the_configured_one() {
 
 /// POSTs to `url` with extra headers; returns the generation, the `x-graft-route` header and
 /// whether the answer was a 200.
-fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool) {
+pub(crate) fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool) {
     let mut request = crate::serve::agent()
         .post(url)
         .content_type("application/json");
@@ -319,7 +319,7 @@ fn post_hello(url: &str, headers: &[(&str, &str)]) -> (u64, Option<String>, bool
 /// A `graft.toml` serving `hello@1` at `POST /hello` from release v1 (hello-v1), with the plan
 /// `50:1h,100` (never promoted by time in a test), the analysis every 50 ms, and `extra` in
 /// `[rollout]`.
-fn hello_config(env: &Env, extra: &str) -> std::path::PathBuf {
+pub(crate) fn hello_config(env: &Env, extra: &str) -> std::path::PathBuf {
     env.complete_release("v1", &["hello-v1"]);
     let config = env.path("graft.toml");
     std::fs::write(

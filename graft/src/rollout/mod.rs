@@ -42,11 +42,11 @@ use serde::Deserialize;
 
 pub use analysis::{AnalysisConfig, Thresholds, Verdict, WindowStats};
 pub use plan::{PlanStep, RolloutPlan};
-pub use status::{RolloutEvent, RolloutState, RolloutStatus, Route};
+pub use status::{RolloutEvent, RolloutSample, RolloutState, RolloutStatus, Route, SAMPLES_KEPT};
 
 use analysis::{analyze, Counts, SideStats};
 use bucket::BUCKETS;
-use status::{push_event, read_record, write_record};
+use status::{push_event, push_sample, read_record, write_record};
 
 /// `[rollout]` in `graft.toml`: the default plan, the sticky key and the analysis.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,6 +113,8 @@ struct Active {
     step_started: Instant,
     /// Each side's counters when the step started.
     baseline: (Counts, Counts),
+    /// Each side's counters at the last sample.
+    sampled: (Counts, Counts),
     waiting_logged: bool,
     /// The canary, until it is published (promoted) or dropped (aborted).
     prepared: Option<Prepared>,
@@ -277,11 +279,13 @@ impl Rollouts {
                 last_verdict: None,
                 events: Vec::new(),
                 analysis: analysis.clone(),
+                samples: Vec::new(),
             },
             plan,
             analysis,
             step_started: Instant::now(),
             baseline: (Counts::default(), Counts::default()),
+            sampled: (Counts::default(), Counts::default()),
             waiting_logged: false,
             prepared: Some(prepared),
             unrecorded: true,
@@ -463,8 +467,23 @@ impl Rollouts {
         if !active.status.state.is_under_way() {
             return;
         }
+        self.sample(active);
         self.analyse(active);
         self.publish_snapshot(active);
+    }
+
+    /// Records what each side did since the last sample.
+    fn sample(&self, active: &mut Active) {
+        let Some(sides) = self.sides.load_full() else {
+            return;
+        };
+        let now = (sides.stable.snapshot(), sides.canary.snapshot());
+        let (stable, canary) = (
+            now.0.since(&active.sampled.0),
+            now.1.since(&active.sampled.1),
+        );
+        push_sample(&mut active.status, stable.window(), canary.window());
+        active.sampled = now;
     }
 
     fn analyse(&self, active: &mut Active) {
@@ -599,6 +618,7 @@ impl Rollouts {
             plan: self.config.plan.clone(),
             step_started: Instant::now(),
             baseline: (Counts::default(), Counts::default()),
+            sampled: (Counts::default(), Counts::default()),
             waiting_logged: false,
             prepared: None,
             unrecorded: false,

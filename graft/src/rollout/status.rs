@@ -86,6 +86,24 @@ pub struct RolloutEvent {
     pub canary: WindowStats,
 }
 
+/// One analysis interval of a rollout: what each side did during it (not over the step), for a
+/// chart of canary against stable over time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RolloutSample {
+    /// When the interval ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The canary's weight then, in percent.
+    pub weight: u32,
+    /// Stable during the interval.
+    pub stable: WindowStats,
+    /// The canary during the interval.
+    pub canary: WindowStats,
+}
+
+/// How many samples a status keeps (the newest).
+pub const SAMPLES_KEPT: usize = 300;
+
 /// A rollout, as `graft rollout status` and `GET /rollout` show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -117,6 +135,9 @@ pub struct RolloutStatus {
     /// The thresholds it is judged by (the configured ones, or its own).
     #[serde(default)]
     pub analysis: super::AnalysisConfig,
+    /// Each analysis interval while it ran, oldest first (the last [`SAMPLES_KEPT`]).
+    #[serde(default)]
+    pub samples: Vec<RolloutSample>,
 }
 
 impl RolloutStatus {
@@ -140,6 +161,19 @@ pub(super) fn push_event(status: &mut RolloutStatus, kind: &str, message: String
     status.events.push(entry);
     if status.events.len() > EVENTS_KEPT {
         status.events.remove(0);
+    }
+}
+
+/// Adds the interval that just ended.
+pub(super) fn push_sample(status: &mut RolloutStatus, stable: WindowStats, canary: WindowStats) {
+    status.samples.push(RolloutSample {
+        at_ms: now_ms(),
+        weight: status.weight,
+        stable,
+        canary,
+    });
+    if status.samples.len() > SAMPLES_KEPT {
+        status.samples.remove(0);
     }
 }
 

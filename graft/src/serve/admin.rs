@@ -9,7 +9,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -27,6 +26,7 @@ use tracing::Instrument as _;
 
 use super::app::{method_not_allowed, not_found, rejected_body};
 use super::deployer::Deployer;
+use super::ui;
 use crate::api::{
     ApiError, DeployRequest, DeployResponse, ErrorCode, RollbackRequest, RolloutAction,
     RolloutOptions, StatusResponse, MAX_DIR_BYTES,
@@ -62,6 +62,7 @@ pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
         .route("/deploy", post(deploy).fallback(method_not_allowed))
         .route("/rollback", post(rollback).fallback(method_not_allowed))
         .route("/rollout", get(rollout_status).fallback(method_not_allowed))
+        .route("/ui", get(super::ui::page).fallback(method_not_allowed))
         .route(
             "/rollout/{action}",
             post(rollout_action).fallback(method_not_allowed),
@@ -71,7 +72,7 @@ pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
         .with_state(admin);
     let router = match token {
         Some(token) => router.layer(middleware::from_fn_with_state(
-            Arc::new(format!("Bearer {token}")),
+            Arc::new(token),
             require_token,
         )),
         None => router,
@@ -93,30 +94,25 @@ async fn trace(request: Request, next: Next) -> Response {
     next.run(request).instrument(span).await
 }
 
-async fn require_token(
-    State(expected): State<Arc<String>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
     // Compared in constant time: how long a refusal takes says nothing of the token.
-    let matches =
-        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
-    if matches {
-        next.run(request).await
-    } else {
-        // And the connection is closed: one without the token holds no admin slot.
-        let mut refused =
-            ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response();
-        refused.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        refused
+    if ui::credential(&request, &token).is_some() {
+        return next.run(request).await;
     }
+    if let Some(signed_in) = ui::sign_in(&request, &token) {
+        return signed_in;
+    }
+    let mut refused = if request.uri().path() == "/ui" {
+        ui::sign_in_page()
+    } else {
+        ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token").into_response()
+    };
+    // And the connection is closed: one without the token holds no admin slot.
+    refused.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    refused
 }
 
 async fn status(State(admin): State<Admin>) -> Json<StatusResponse> {

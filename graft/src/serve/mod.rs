@@ -3,6 +3,7 @@
 //!
 //! - `app.rs`: the service's routes; each request pins one generation.
 //! - `admin.rs`: status, metrics, deploy, rollback, rollouts (see [`api`](crate::api)).
+//! - `ui.rs`, `ui.html`: the dashboard the admin API serves at `/ui`, and how a browser signs in.
 //! - `deployer.rs`: the one deploy path, for the admin API and watch mode: prepare, then
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
@@ -25,6 +26,7 @@ mod listen;
 pub mod mode;
 mod routes;
 mod trace;
+mod ui;
 mod worker_process;
 
 use std::future::Future;
