@@ -188,13 +188,32 @@ impl Rollouts {
             record,
         });
         let weak: Weak<Self> = Arc::downgrade(&rollouts);
+        // The analysis runs every `interval` on a fixed schedule (the time a round takes does
+        // not push the next one back), and also the moment a step's bake time ends, so that a
+        // step passes at its bake time rather than up to an interval later.
         let spawned = std::thread::Builder::new()
             .name("graft-rollout".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                match weak.upgrade() {
-                    Some(rollouts) => rollouts.tick(),
-                    None => return,
+            .spawn(move || {
+                let mut next = Instant::now() + interval;
+                loop {
+                    let Some(rollouts) = weak.upgrade() else {
+                        return;
+                    };
+                    let now = Instant::now();
+                    let wake = rollouts
+                        .bake_ends()
+                        .filter(|&end| end > now && end < next)
+                        .unwrap_or(next);
+                    drop(rollouts);
+                    std::thread::sleep(wake.saturating_duration_since(now));
+                    match weak.upgrade() {
+                        Some(rollouts) => rollouts.tick(),
+                        None => return,
+                    }
+                    let now = Instant::now();
+                    while next <= now {
+                        next += interval;
+                    }
                 }
             });
         if let Err(error) = spawned {
@@ -456,6 +475,18 @@ impl Rollouts {
             }
             _ => Err(RolloutError::NoRollout),
         }
+    }
+
+    /// When the current step's bake time ends, for a rollout under way.
+    fn bake_ends(&self) -> Option<Instant> {
+        let snapshot = self.snapshot.load();
+        let snapshot = snapshot.as_deref()?;
+        let status = &snapshot.status;
+        let step = status.plan.get(status.step.checked_sub(1)?)?;
+        status
+            .state
+            .is_under_way()
+            .then(|| snapshot.step_started + step.bake)
     }
 
     /// One round of analysis: abort on a breach, step up or promote when a step has passed.
