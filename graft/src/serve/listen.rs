@@ -46,6 +46,8 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tower::Service;
 
+use super::arrival::{LastReceived, Stamped};
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnLimits {
@@ -174,6 +176,8 @@ struct Service1 {
     tracked: Arc<Tracked>,
     body_timeout: Duration,
     direct: Option<Arc<Direct>>,
+    /// When this connection's last bytes arrived.
+    received: Arc<LastReceived>,
 }
 
 /// A request being served: the router's future (or the direct handler's), and the connection
@@ -218,7 +222,10 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.tracked.busy.fetch_add(1, Ordering::Relaxed);
         let timeout = self.body_timeout;
-        let request = request.map(|body| Body::new(TimedBody::new(body, timeout)));
+        let mut request = request.map(|body| Body::new(TimedBody::new(body, timeout)));
+        if let Some(arrived) = self.received.arrived() {
+            request.extensions_mut().insert(arrived);
+        }
         let response = match &self.direct {
             Some(direct) if direct.configured.at(request.uri().path()).is_err() => {
                 Answer::Direct((direct.serve)(request))
@@ -298,12 +305,14 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let (stream, received) = Stamped::new(stream);
         let (id, tracked) = connections.track();
         let service = Service1 {
             router: RefCell::new(router.clone()),
             tracked: Arc::clone(&tracked),
             body_timeout: limits.body_timeout,
             direct: direct.clone(),
+            received,
         };
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let connections = Arc::clone(&connections);

@@ -8,6 +8,8 @@
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
 //! - `listen.rs`: accepting connections under a cap, header-read and body timeouts.
+//! - `arrival.rs`: when a request's bytes arrived (the kernel's receive stamp), where its
+//!   latency is counted from.
 //! - `worker_process.rs`: `graft worker`, this server without listeners, serving the requests
 //!   its front forwards over its channel (see [`worker`](crate::worker)).
 //!
@@ -21,6 +23,7 @@
 
 mod admin;
 mod app;
+mod arrival;
 mod deployer;
 mod listen;
 pub mod mode;

@@ -70,6 +70,8 @@ pub(super) fn direct(
 /// One request to a route some plugin of the pinned generation declares.
 pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let started = Instant::now();
+    // Latency is counted from when the request's bytes arrived (see `arrival.rs`).
+    let arrived = super::arrival::Arrived::of(&request, started);
     let mut request = request;
     let http_method = request.method().clone();
     let uri = std::mem::take(request.uri_mut());
@@ -131,7 +133,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         method,
         pin: &pin,
         side,
-        started,
+        arrived,
     };
     if let Some(worker) = routes.workers.route(pin.generation(), side) {
         // The generation runs in a worker process: it answers, the front counts and stamps.
@@ -215,13 +217,13 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
 }
 
 /// Where a request was answered: the route's pattern and method, the pinned generation, the
-/// side, and when the request started.
+/// side, and when the request's bytes arrived.
 struct Served<'a> {
     pattern: &'a str,
     method: &'a str,
     pin: &'a OwnedPin,
     side: Side,
-    started: Instant,
+    arrived: Instant,
 }
 
 /// Counts an answered request (per route, per generation, for the rollout) and stamps it.
@@ -231,7 +233,7 @@ fn counted(
     served: &Served<'_>,
     context: &RequestContext,
 ) -> Response {
-    let elapsed = served.started.elapsed();
+    let elapsed = served.arrived.elapsed();
     let (pin, status) = (served.pin, response.status());
     routes.metrics.route(
         served.pattern,
