@@ -194,7 +194,7 @@ pub(super) const HELD_RETRY: Duration = Duration::from_micros(200);
 /// answer with the generation that served it.
 async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request) -> Response {
     let started = Instant::now();
-    // Latency is counted from when the request's bytes arrived (see `arrival.rs`).
+    // A rollout counts latency from when the request's bytes arrived (see `arrival.rs`).
     let arrived = super::arrival::Arrived::of(&request, started);
     // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
     // is read under the body limit the request carries.
@@ -252,7 +252,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             .instrument(span)
             .await;
         drop((slot, pin));
-        let elapsed = arrived.elapsed();
+        let elapsed = started.elapsed();
         let response = forwarded(answer);
         let ok = !response.status().is_server_error();
         route.metrics.request(generation, ok, elapsed);
@@ -264,7 +264,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             body
         };
         let result = run(&route, pin, input, span, slot, &context).await;
-        let elapsed = arrived.elapsed();
+        let elapsed = started.elapsed();
         route
             .metrics
             .request(generation, matches!(result, Ok(Ok(_))), elapsed);
@@ -281,7 +281,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     );
     route
         .rollouts
-        .record(generation, status.is_server_error(), elapsed);
+        .record(generation, status.is_server_error(), arrived.elapsed());
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);
     response

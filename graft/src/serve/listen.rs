@@ -46,7 +46,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tower::Service;
 
-use super::arrival::{LastReceived, Stamped};
+use super::arrival::{LastReceived, Stamped, Wanted};
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -240,11 +240,13 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
 }
 
 /// Serves `router` on `listener` (and, for a request none of its paths match, `direct`) until
-/// `stop` turns true, then lets open connections finish their requests.
+/// `stop` turns true, then lets open connections finish their requests. While `stamps` says
+/// so, requests carry when their bytes arrived (see `arrival.rs`).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     direct: Option<Arc<Direct>>,
+    stamps: Option<Wanted>,
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
 ) {
@@ -305,7 +307,7 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (stream, received) = Stamped::new(stream);
+        let (stream, received) = Stamped::new(stream, stamps.clone());
         let (id, tracked) = connections.track();
         let service = Service1 {
             router: RefCell::new(router.clone()),

@@ -8,8 +8,8 @@
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
 //! - `listen.rs`: accepting connections under a cap, header-read and body timeouts.
-//! - `arrival.rs`: when a request's bytes arrived (the kernel's receive stamp), where its
-//!   latency is counted from.
+//! - `arrival.rs`: when a request's bytes arrived (the kernel's receive stamp), where a
+//!   rollout counts its latency from.
 //! - `worker_process.rs`: `graft worker`, this server without listeners, serving the requests
 //!   its front forwards over its channel (see [`worker`](crate::worker)).
 //!
@@ -363,7 +363,7 @@ impl Server {
                 host: Arc::clone(&host),
                 workers: Arc::clone(&workers),
                 metrics,
-                rollouts,
+                rollouts: Arc::clone(&rollouts),
                 deployer: Arc::clone(&deployer),
                 uploads: config.data_dir.join("uploads"),
                 bundle_limits: config.admin.bundle_limits(),
@@ -394,12 +394,15 @@ impl Server {
                 app_listener,
                 app,
                 Some(direct),
+                // Stamped while a rollout is under way: it counts latency from arrival.
+                Some(Arc::new(move || rollouts.under_way())),
                 limits.app,
                 stopped.clone(),
             ));
             let admin = admin_runtime.handle().spawn(listen::serve(
                 admin_listener,
                 admin,
+                None,
                 None,
                 limits.admin,
                 stopped,

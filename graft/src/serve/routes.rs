@@ -70,7 +70,7 @@ pub(super) fn direct(
 /// One request to a route some plugin of the pinned generation declares.
 pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let started = Instant::now();
-    // Latency is counted from when the request's bytes arrived (see `arrival.rs`).
+    // A rollout counts latency from when the request's bytes arrived (see `arrival.rs`).
     let arrived = super::arrival::Arrived::of(&request, started);
     let mut request = request;
     let http_method = request.method().clone();
@@ -133,6 +133,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         method,
         pin: &pin,
         side,
+        started,
         arrived,
     };
     if let Some(worker) = routes.workers.route(pin.generation(), side) {
@@ -217,12 +218,13 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
 }
 
 /// Where a request was answered: the route's pattern and method, the pinned generation, the
-/// side, and when the request's bytes arrived.
+/// side, when its handler started and when its bytes arrived.
 struct Served<'a> {
     pattern: &'a str,
     method: &'a str,
     pin: &'a OwnedPin,
     side: Side,
+    started: Instant,
     arrived: Instant,
 }
 
@@ -233,7 +235,7 @@ fn counted(
     served: &Served<'_>,
     context: &RequestContext,
 ) -> Response {
-    let elapsed = served.arrived.elapsed();
+    let elapsed = served.started.elapsed();
     let (pin, status) = (served.pin, response.status());
     routes.metrics.route(
         served.pattern,
@@ -248,7 +250,7 @@ fn counted(
         .request(pin.id(), !status.is_server_error(), elapsed);
     routes
         .rollouts
-        .record(pin.id(), status.is_server_error(), elapsed);
+        .record(pin.id(), status.is_server_error(), served.arrived.elapsed());
     stamped(response, pin, served.side, context)
 }
 
