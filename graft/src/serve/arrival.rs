@@ -249,31 +249,37 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn bytes_read_carry_the_time_they_arrived_not_the_time_they_were_read() {
+    /// A client, and the server's end of its connection stamped while `wanted` says so, once
+    /// the kernel stamps packets: it turns stamping on for the whole system a moment after the
+    /// first socket asks (a deferred static key), and until then packets come unstamped.
+    async fn stamped_pair(wanted: Wanted) -> (TcpStream, Stamped, Arc<LastReceived>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (mut server, last) = Stamped::new(server, Some(Arc::new(|| true)));
+        let (mut server, last) = Stamped::new(server, Some(wanted));
         assert!(last.arrived().is_none(), "nothing read yet");
-        // The kernel turns stamping on for the whole system a moment after the first socket
-        // asks (a deferred static key): until then packets come unstamped.
-        let mut buffer = [0; 64];
+        let mut buffer = [0; 8];
         for _ in 0..200 {
             client.write_all(b"x").await.unwrap();
             assert_eq!(server.read(&mut buffer).await.unwrap(), 1);
             if last.arrived().is_some() {
-                break;
+                return (client, server, last);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        panic!("the kernel never stamped a packet");
+    }
 
+    #[tokio::test]
+    async fn bytes_read_carry_the_time_they_arrived_not_the_time_they_were_read() {
+        let (mut client, mut server, last) = stamped_pair(Arc::new(|| true)).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         // Read well after the bytes arrived: the stamp says when they arrived.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let read_at = Instant::now();
+        let mut buffer = [0; 64];
         let n = server.read(&mut buffer).await.unwrap();
         assert_eq!(&buffer[..n], b"GET / HTTP/1.1\r\n\r\n");
         let arrived = last.arrived().expect("a receive stamp").0;
@@ -291,30 +297,14 @@ mod tests {
 
     #[tokio::test]
     async fn unwanted_no_stamp_is_kept_and_reads_work_as_ever() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
         let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let asked = Arc::clone(&wanted);
-        let (mut server, last) = Stamped::new(
-            server,
-            Some(Arc::new(move || asked.load(Ordering::Relaxed))),
-        );
-        let mut buffer = [0; 64];
-        for _ in 0..200 {
-            client.write_all(b"one").await.unwrap();
-            assert_eq!(server.read(&mut buffer).await.unwrap(), 3);
-            if last.arrived().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(last.arrived().is_some(), "stamped while wanted");
+        let (mut client, mut server, last) =
+            stamped_pair(Arc::new(move || asked.load(Ordering::Relaxed))).await;
         // The rollout ended: the stamp is forgotten, reads go on.
         wanted.store(false, Ordering::Relaxed);
         client.write_all(b"two").await.unwrap();
+        let mut buffer = [0; 8];
         assert_eq!(server.read(&mut buffer).await.unwrap(), 3);
         assert!(last.arrived().is_none());
     }
