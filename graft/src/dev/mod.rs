@@ -57,6 +57,8 @@ pub struct DevLoop {
     cargo: PathBuf,
     /// As read at the start; [`run`](Self::run) reads it again when a manifest changes.
     graph: Arc<Graph>,
+    /// Directories whose changes are never sources (the server's data directory).
+    ignored: BTreeSet<PathBuf>,
 }
 
 /// What the dev loop did; [`DevLoop::run`] reports each to its caller.
@@ -263,7 +265,16 @@ impl DevLoop {
             fresh_state: false,
             cargo,
             graph,
+            ignored: BTreeSet::new(),
         })
+    }
+
+    /// Changes under `dir` rebuild nothing (the server's data directory, should it be inside
+    /// a crate: staging a build there would otherwise start the next one).
+    pub fn ignore(mut self, dir: &Path) -> Self {
+        self.ignored
+            .insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()));
+        self
     }
 
     /// Builds with `--release` instead.
@@ -353,17 +364,13 @@ impl DevLoop {
             let mut changed = Vec::new();
             while changed.is_empty() {
                 match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(path) => changed
-                        .extend(Some(path).filter(|p| is_source_change(p, &graph.target_dirs))),
+                    Ok(path) => changed.extend(Some(path).filter(|p| self.is_source(p, &graph))),
                     Err(RecvTimeoutError::Timeout) if stop() => return Ok(()),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
-            changed.extend(
-                rx.try_iter()
-                    .filter(|p| is_source_change(p, &graph.target_dirs)),
-            );
+            changed.extend(rx.try_iter().filter(|p| self.is_source(p, &graph)));
             if changed.iter().any(|p| p.ends_with("Cargo.toml")) {
                 // The graph itself may have changed: read it again, rebuild everything (cargo
                 // skips what is fresh).
@@ -381,6 +388,12 @@ impl DevLoop {
             changed_since_last_try |= !affected.is_empty();
             pending.extend(affected);
         }
+    }
+
+    /// Whether a change of `path` can change a build.
+    fn is_source(&self, path: &Path, graph: &Graph) -> bool {
+        is_source_change(path, &graph.target_dirs)
+            && !self.ignored.iter().any(|dir| path.starts_with(dir))
     }
 
     /// Builds the `pending` plugins and deploys what they produced as one release. Returns
@@ -492,6 +505,11 @@ pub async fn serve(
             Some(scratch)
         }
     };
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DevError::Io {
+        what: format!("creating the data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let dev = dev.ignore(&config.data_dir);
     let server = Server::start(config).await?;
     report(DevEvent::Serving {
         addr: server.addr(),
