@@ -1,8 +1,8 @@
 //! The dev loop: rebuild plugin crates when their sources change and deploy every build that
 //! compiles, while the server keeps serving.
 //!
-//! [`DevLoop::run`] reads the crate graph ([`graph`]: which plugin crates there are, and which
-//! local crates each is built from), builds every plugin ([`build`]: one `cargo build` per
+//! [`DevLoop::run`] reads the crate graph (`graph.rs`: which plugin crates there are, and which
+//! local crates each is built from), builds every plugin (`build.rs`: one `cargo build` per
 //! workspace, all at once), deploys the libraries as one release with
 //! [`Host::deploy_libraries`] (the same steps and the same single store as any deploy), then
 //! watches the sources and does it again after every change:
@@ -20,7 +20,7 @@
 //!   debounced.
 //! - Each reload reports how long the build took and how long after the build the new code was
 //!   live ([`DevEvent::Reloaded`]). [`serve`] stages builds with
-//!   [`Staging::Development`](graft_host::Staging::Development) (a hard link, nothing flushed),
+//!   [`Staging::Development`] (a hard link, nothing flushed),
 //!   and with `fresh_state`, state a new build cannot carry over starts fresh.
 
 mod build;
