@@ -91,8 +91,8 @@ import json, sys
 work, hosts, plan, interval_ms, started, ended = sys.argv[1:]
 hosts, interval_ms = int(hosts), int(interval_ms)
 over, promoted, steps = [], 0, 0
-for i in range(hosts):
-    r = json.load(open(f"{work}/rollout{i}.json"))
+rollouts = [json.load(open(f"{work}/rollout{i}.json")) for i in range(hosts)]
+for i, r in enumerate(rollouts):
     marks = [e for e in r["events"] if e["event"] in ("started", "step", "promoted", "aborted")]
     promoted += r["state"] == "promoted"
     for n, (a, b) in enumerate(zip(marks, marks[1:])):
@@ -110,8 +110,7 @@ while at < hosts:
     waves.append(range(at, min(at + size, hosts)))
     at, size = at + size, size * 2
 firsts = {}
-for i in range(hosts):
-    r_i = json.load(open(f"{work}/rollout{i}.json"))
+for i, r_i in enumerate(rollouts):
     ev = {e["event"]: e["at_ms"] for e in r_i["events"]}
     firsts[i] = (ev.get("started"), ev.get("promoted") or ev.get("aborted"))
 for n, wave in enumerate(waves):

@@ -148,6 +148,7 @@ pub(crate) fn stage(
     let read_at = SystemTime::now();
     let mut file = input::open_regular(source).map_err(StageError::Read)?;
     if how == Staging::Development && expected_sha256.is_none() {
+        fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
         if let Some(staged) = stage_linked(staging_dir, name, source, &file)? {
             return Ok(staged);
         }
@@ -205,7 +206,6 @@ fn stage_linked(
     file: &fs::File,
 ) -> Result<Option<(PathBuf, String)>, StageError> {
     use std::os::unix::fs::MetadataExt as _;
-    fs::create_dir_all(staging_dir).map_err(StageError::Write)?;
     // The file itself, not a symbolic link to it (which `link` would link).
     let Ok(target) = fs::canonicalize(source) else {
         return Ok(None);

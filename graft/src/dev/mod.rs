@@ -291,11 +291,6 @@ impl DevLoop {
         self
     }
 
-    /// The plugin crates found (their directories).
-    pub fn plugins(&self) -> Vec<PathBuf> {
-        self.graph.plugins.iter().map(|p| p.dir.clone()).collect()
-    }
-
     /// Builds every plugin crate and deploys the builds, then again whenever their sources
     /// change (see the module docs). Returns when `stop` says so (checked between events) or
     /// the watch ends.
@@ -425,12 +420,10 @@ impl DevLoop {
             }
         };
         let build = started.elapsed();
-        let built = Instant::now();
-        let deploying = Instant::now();
         match host.deploy_libraries(Some(format!("dev-{reload}")), &libraries) {
             Ok(deployed) => {
-                // `elapsed` runs from the start of the deploy to the store.
-                let live_after_build = deploying.duration_since(built) + deployed.elapsed;
+                // The deploy starts as the build ends; its `elapsed` runs to the store.
+                let live_after_build = deployed.elapsed;
                 report(DevEvent::Reloaded {
                     reload,
                     build,

@@ -98,18 +98,7 @@ pub(crate) fn carry(
             };
             let table = match carried_over {
                 Ok(Some(table)) => table,
-                Err(refused) if !home.fresh => return Err(refused),
-                refused => {
-                    if let Err(refused) = refused {
-                        let warning = format!(
-                            "table {}.{} starts empty (fresh state is on): {}",
-                            plugin.info().name,
-                            info.name,
-                            refused.cause()
-                        );
-                        tracing::warn!("{warning}");
-                        carried.warnings.push(warning);
-                    }
+                Ok(None) => {
                     let table = new_table(plugin, info, settings, home.committer)?;
                     let restored = match (home.saved, settings.durability.is_persisted()) {
                         (Some(store), true) => restore(store, &table, info, &refuse)?,
@@ -121,6 +110,23 @@ pub(crate) fn carry(
                     }
                     table
                 }
+                Err(refused) if home.fresh => {
+                    let warning = format!(
+                        "table {}.{} starts empty (fresh state is on): {}",
+                        plugin.info().name,
+                        info.name,
+                        refused.cause()
+                    );
+                    tracing::warn!("{warning}");
+                    carried.warnings.push(warning);
+                    let table = new_table(plugin, info, settings, home.committer)?;
+                    if settings.durability.is_persisted() {
+                        // The store holds the refused table under this name.
+                        table.replace_saved();
+                    }
+                    table
+                }
+                Err(refused) => return Err(refused),
             };
             tables.push(table);
         }
