@@ -233,6 +233,9 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             None => tokio::time::sleep(HELD_RETRY).await,
         }
     };
+    // The headers (and the body, once sent) share hyper's read buffer: dropped before waiting,
+    // so that hyper reads the connection's next request into that buffer, not a new one.
+    drop(headers);
     let generation = pin.id();
     let release = pin.release().map(str::to_owned);
     span.record("generation", generation);

@@ -1,20 +1,24 @@
-//! The channel between the front and a worker: a Unix socket in the worker's directory, two
-//! connections each carrying many requests at once, as length-prefixed binary frames.
+//! The channel between the front and a worker: a Unix socket in the worker's directory, one
+//! connection carrying many requests at once, as length-prefixed binary frames.
 //!
 //! Measured first, on 2 cores (`swap-under-load --isolation all`, the foo service, ratio =
 //! isolated / in-process throughput): HTTP/1.1 on loopback TCP, hyper on both sides, 0.385;
-//! these frames on a Unix socket, 0.47 to 0.53 (1 to 4 connections: within the noise); calls
-//! instead of HTTP requests for `[[route]]`s (below), 0.455 to 0.552 side by side. Each request
-//! is one frame appended to its connection's buffer; a writer task sends whatever accumulated in
-//! one `write` (under load 25 to 50 frames per system call; the worker's answers about 12), a
-//! reader task reads answers in large chunks and hands each to its waiting request by id.
+//! these frames on a Unix socket, 0.47 to 0.53; calls instead of HTTP requests for `[[route]]`s
+//! (below), 0.455 to 0.552 side by side. Each request is one frame appended to the connection's
+//! buffer; a writer task sends whatever accumulated in one `write`, a reader task reads answers
+//! in large chunks and hands each to its waiting request by id.
 //!
-//! What remains is not the system calls: the front spends 21 to 25 µs of CPU per request against
-//! 16.6 in process, of which the channel's own code (send, reader, writer) is about 5; the rest is
-//! the same HTTP work done slower with a second process on the cores (more wake-ups, colder
-//! caches), and the worker adds 6 to 8 µs. A shared-memory ring would take out the batched
-//! system calls only; answering calls inline in the worker's reader, or a single-threaded worker
-//! runtime, measured no better.
+//! What costs is wake-ups, not bytes: each batch wakes the worker and then the front's reader,
+//! and on this 2-core VM a wake-up on the other core costs far more than one on the same core
+//! (one request at a time: 79 µs a round trip isolated against 57 in process; 48 µs with
+//! wrk, front and worker pinned to one core). So the channel makes batches as large as it can:
+//! one connection, not two (requests spread over two made each write and each read carry half
+//! as many); the worker writes its answers as soon as the calls of a read have run, without the
+//! yield the front's writer makes (which cost the worker a driver poll and often a wake-up of its
+//! other thread per batch); frames are copied out of a read buffer that is reused, not split
+//! off it (which allocated a new 64 KiB buffer per read). Side by side, 8 rounds of 3 s, the
+//! previous channel against this one: 0.662 → 0.697 of in-process (plain wrk), 0.611 → 0.653
+//! (wrk checking every answer, as `swap-under-load` does).
 //!
 //! A request for a `[[route]]` export is a *call*: the route's number, the request's context and
 //! its body, which the worker hands straight to the route's call (no HTTP request is made, no
@@ -32,7 +36,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,10 +48,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
 use tower::ServiceExt as _;
-
-/// Connections per worker: requests are spread over them, so that one reader or writer task
-/// is never the bottleneck.
-const CONNECTIONS: usize = 2;
 
 /// The largest frame either side accepts (a worker is graft itself; this bounds a broken one).
 const MAX_FRAME: usize = 64 << 20;
@@ -73,35 +73,30 @@ struct Connection {
     waiting: Mutex<Option<HashMap<u64, Waiting>>>,
 }
 
-/// The front's side of a worker's channel.
+/// The front's side of a worker's channel: one connection, so that each system call carries
+/// as many frames as possible.
 #[derive(Debug)]
 pub(crate) struct Channel {
-    connections: Vec<Arc<Connection>>,
-    next: AtomicUsize,
+    connection: Arc<Connection>,
     ids: AtomicU64,
 }
 
 impl Channel {
     /// Connects to the worker's socket.
     pub(crate) async fn connect(path: &Path) -> Result<Self, ChannelError> {
-        let mut connections = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            let stream = UnixStream::connect(path)
-                .await
-                .map_err(ChannelError::Connect)?;
-            let (reader, writer) = stream.into_split();
-            let connection = Arc::new(Connection {
-                outgoing: Mutex::new(Vec::new()),
-                wake_writer: Notify::new(),
-                waiting: Mutex::new(Some(HashMap::new())),
-            });
-            tokio::spawn(write_loop(Arc::clone(&connection), writer));
-            tokio::spawn(read_answers(Arc::clone(&connection), reader));
-            connections.push(connection);
-        }
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(ChannelError::Connect)?;
+        let (reader, writer) = stream.into_split();
+        let connection = Arc::new(Connection {
+            outgoing: Mutex::new(Vec::new()),
+            wake_writer: Notify::new(),
+            waiting: Mutex::new(Some(HashMap::new())),
+        });
+        tokio::spawn(write_loop(Arc::clone(&connection), writer, Gather::Yield));
+        tokio::spawn(read_answers(Arc::clone(&connection), reader));
         Ok(Self {
-            connections,
-            next: AtomicUsize::new(0),
+            connection,
             ids: AtomicU64::new(0),
         })
     }
@@ -109,8 +104,7 @@ impl Channel {
     /// Sends one request (written into a frame at once, from the borrowed parts) and
     /// returns what its answer comes through.
     pub(crate) fn send(&self, request: &Outgoing<'_>) -> Result<Answer, ChannelError> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        let connection = &self.connections[n];
+        let connection = &self.connection;
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (answered, answer) = oneshot::channel();
         match lock(&connection.waiting).as_mut() {
@@ -178,13 +172,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// When a writer, woken, writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// After the other tasks ready now have run: the front's requests come from many tasks
+    /// (one per client connection), and one write then carries them all.
+    Yield,
+    /// At once: the worker's answers to the calls of one read are all written before the writer
+    /// runs ([`run_calls`]), and a yield costs the runtime a poll of its driver (a system call)
+    /// and often another thread woken: measured, 35,612 `futex` and 70,137 `epoll_wait` calls
+    /// in the worker over 4 s of load with it, 702 and 42,507 without.
+    Now,
+}
+
 /// Writes what accumulated in `outgoing` whenever woken, until the connection fails.
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(connection: Arc<Connection>, mut writer: W) {
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    connection: Arc<Connection>,
+    mut writer: W,
+    gather: Gather,
+) {
     let mut batch = Vec::new();
     loop {
         connection.wake_writer.notified().await;
-        // Let the tasks ready on this thread add their frames first: one write carries them all.
-        tokio::task::yield_now().await;
+        if gather == Gather::Yield {
+            tokio::task::yield_now().await;
+        }
         loop {
             std::mem::swap(&mut batch, &mut *lock(&connection.outgoing));
             if batch.is_empty() {
@@ -229,6 +241,10 @@ fn fail_all(connection: &Connection) {
 }
 
 /// The next whole frame's body, if `buffer` holds one; `Some(None)` for a frame too large.
+///
+/// The frame is copied out (frames are small), so that `buffer` is never shared and reads reuse
+/// its memory: frames split off it kept it shared until their requests were answered, and each
+/// read then allocated a new 64 KiB buffer.
 fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
     if buffer.len() < 4 {
         return None;
@@ -241,9 +257,9 @@ fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
         buffer.reserve(4 + len - buffer.len());
         return None;
     }
-    let mut frame = buffer.split_to(4 + len);
-    let _ = frame.split_to(4);
-    Some(Some(frame.freeze()))
+    let frame = Bytes::copy_from_slice(&buffer[4..4 + len]);
+    bytes::Buf::advance(buffer, 4 + len);
+    Some(Some(frame))
 }
 
 /// Serves the worker's side on `path`: HTTP requests with `router`, calls with `calls`, until
@@ -271,7 +287,7 @@ async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: A
         wake_writer: Notify::new(),
         waiting: Mutex::new(None),
     });
-    tokio::spawn(write_loop(Arc::clone(&connection), writer));
+    tokio::spawn(write_loop(Arc::clone(&connection), writer, Gather::Now));
     let mut buffer = bytes::BytesMut::with_capacity(64 << 10);
     loop {
         let mut batch = Vec::new();

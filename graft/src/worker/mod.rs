@@ -522,15 +522,17 @@ impl Workers {
     pub(crate) async fn forward(
         &self,
         slot: &Arc<Slot>,
-        request: Forward<'_>,
+        mut request: Forward<'_>,
     ) -> Result<Response<Bytes>, ApiError> {
         let context = request.context;
         let deadline = context.deadline.map(tokio::time::Instant::from_std);
         let start_timeout = Duration::from_millis(self.config.start_timeout_ms);
+        // Copied into the frame when sent; dropped then, as it shares hyper's read buffer.
+        let body = std::mem::take(&mut request.body);
         let outgoing = channel::Outgoing {
             asked: request.asked,
             context,
-            body: &request.body,
+            body: &body,
         };
         // A request whose worker's connection had already ended was never delivered: it waits
         // for that end to be handled and goes to the worker that replaced it, if one did.
@@ -551,6 +553,7 @@ impl Workers {
                 }
             }
         };
+        drop(body);
         let sending = InFlight::new(Arc::clone(&process));
         // Boxed, so that a call past its deadline can be moved to a task of its own and run on.
         let mut call = Box::pin(async move {
