@@ -233,8 +233,9 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
             None => tokio::time::sleep(HELD_RETRY).await,
         }
     };
-    // The headers (and the body, once sent) share hyper's read buffer: dropped before waiting,
-    // so that hyper reads the connection's next request into that buffer, not a new one.
+    // The headers (and the body, once sent) share hyper's read buffer, which hyper reads the
+    // connection's next request into while this one waits: released before waiting, so that
+    // the buffer is shared for less time (hyper may still read ahead before this runs).
     drop(headers);
     let generation = pin.id();
     let release = pin.release().map(str::to_owned);

@@ -70,7 +70,9 @@ pub(crate) struct Stamped {
     last: Arc<LastReceived>,
     /// Whether stamps are wanted (none: never).
     wanted: Option<Wanted>,
-    /// Whether the socket has stamping on.
+    /// What was last asked of the socket (stamps on or off).
+    asked: bool,
+    /// Whether the socket has stamping on (asked, and the kernel agreed).
     stamping: bool,
 }
 
@@ -78,6 +80,7 @@ impl std::fmt::Debug for Stamped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stamped")
             .field("stream", &self.stream)
+            .field("asked", &self.asked)
             .field("stamping", &self.stamping)
             .finish_non_exhaustive()
     }
@@ -91,6 +94,7 @@ impl Stamped {
             stream,
             last: Arc::clone(&last),
             wanted,
+            asked: false,
             stamping: false,
         };
         // Before anything arrives: the kernel stamps packets as they come in, and only on a
@@ -99,16 +103,22 @@ impl Stamped {
         (stamped, last)
     }
 
-    /// Turns the socket's receive stamps on or off as wanted; off, the last stamp is forgotten
+    /// Turns the socket's receive stamps on or off as wanted, asking the kernel only when that
+    /// changes (a refusal is not asked again at every read); off, the last stamp is forgotten
     /// (it would grow stale).
     fn follow(&mut self) {
         let wanted = self.wanted.as_ref().is_some_and(|wanted| wanted());
-        if wanted == self.stamping {
+        if wanted == self.asked {
             return;
         }
-        self.stamping = wanted && set_stamping(&self.stream, true);
-        if !wanted {
-            set_stamping(&self.stream, false);
+        self.asked = wanted;
+        if wanted {
+            self.stamping = set_stamping(&self.stream, true);
+        } else {
+            if self.stamping {
+                set_stamping(&self.stream, false);
+            }
+            self.stamping = false;
             self.last.0.store(0, Ordering::Relaxed);
         }
     }
