@@ -73,6 +73,17 @@ const CRASH_SETTLES: Duration = Duration::from_millis(200);
 /// How often workers no generation needs any more are looked for.
 const SWEEP: Duration = Duration::from_millis(100);
 
+/// Why a worker is started.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Its generation's first.
+    First,
+    /// Again on the same release, after a crash (counted in `restarts`).
+    AfterCrash,
+    /// In place of one with a call stuck past its deadline and grace.
+    Recycle,
+}
+
 /// Where a generation runs: in a worker (`Some`) or in the front (`None`: isolation does not
 /// cover it, or its plugins hold state).
 type Placement = Option<Arc<Slot>>;
@@ -230,7 +241,7 @@ impl Workers {
                     let (me, starting) = (self.me.clone(), Arc::clone(&slot));
                     std::thread::spawn(move || {
                         if let Some(me) = me.upgrade() {
-                            me.launch(&starting);
+                            me.launch(&starting, Start::First);
                         }
                     });
                 }
@@ -257,7 +268,7 @@ impl Workers {
 
     /// Starts a process for `slot`; on failure the slot is failed (and its requests answered
     /// 502).
-    fn launch(&self, slot: &Arc<Slot>) -> bool {
+    fn launch(&self, slot: &Arc<Slot>, start: Start) {
         let launch = Launch {
             binary: &self.binary,
             dir: &slot.dir,
@@ -275,17 +286,24 @@ impl Workers {
         match started {
             Ok(process) => {
                 tracing::info!(generation = slot.id, pid = process.pid, "worker serving");
+                // Counted before the process is seen: a request it serves finds it in status.
+                match start {
+                    Start::First => {}
+                    Start::AfterCrash => {
+                        slot.restarts.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.workers().restarted();
+                    }
+                    Start::Recycle => self.metrics.workers().recycled(),
+                }
                 slot.process.store(Some(Arc::clone(&process)));
                 slot.set(WorkerState::Serving, None);
                 self.count_running();
                 // Its end, however soon, is handled from here on: it finds it in the slot.
                 process.placed();
-                true
             }
             Err(why) => {
                 tracing::error!(generation = slot.id, %why, "worker could not start");
                 slot.set(WorkerState::Failed, Some(why));
-                false
             }
         }
     }
@@ -353,10 +371,7 @@ impl Workers {
         if slot.state().0 != WorkerState::Restarting {
             return; // stopped meanwhile
         }
-        if self.launch(slot) {
-            slot.restarts.fetch_add(1, Ordering::Relaxed);
-            self.metrics.workers().restarted();
-        }
+        self.launch(slot, Start::AfterCrash);
     }
 
     /// Replaces `stuck` (a worker with a call past its deadline and grace) by a fresh worker of
@@ -382,9 +397,7 @@ impl Workers {
             "recycling a worker: a call ran past its deadline and grace"
         );
         stuck.stopping.store(true, Ordering::SeqCst);
-        if self.launch(slot) {
-            self.metrics.workers().recycled();
-        }
+        self.launch(slot, Start::Recycle);
         let drain = Duration::from_secs(10);
         let since = Instant::now();
         while stuck.in_flight.load(Ordering::SeqCst) > stuck.overdue.load(Ordering::SeqCst)
