@@ -9,6 +9,7 @@
 //!   or aborted step by step; [`fleet`]: a release across many hosts in waves.
 //! - [`bundle`]: a release as one tar archive, for hosts that share no filesystem.
 //! - [`watch`]: deploy a release when its directory, files or pointer change.
+//! - `shards`: the app's threads, a runtime each, pinned to CPUs when graft has them to itself.
 //! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
 //!
 //! The `graft` binary (`src/main.rs`) parses arguments, calls these and prints.
@@ -23,6 +24,7 @@ mod metrics;
 pub mod outbound;
 pub mod rollout;
 pub mod serve;
+mod shards;
 pub mod signing;
 mod tables;
 pub mod watch;

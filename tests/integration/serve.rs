@@ -1051,3 +1051,35 @@ fn oversized_input_is_refused_with_a_short_error_and_a_short_status() {
     assert_eq!(client.status().unwrap().host.current, 1);
     assert!(runtime.block_on(server.shutdown()).is_clean());
 }
+
+#[test]
+fn connections_are_served_by_the_configured_app_threads() {
+    use std::io::Read as _;
+    let env = Env::new();
+    let path = config(&env, "app_threads = 3\npin_app_threads = false\n");
+    let (runtime, server) = in_process_with(&path, "[admin]");
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    for n in 0..3 {
+        let name = format!("graft-app-{n}");
+        assert!(threads.contains(&name), "{name} among {threads:?}");
+    }
+    assert!(!threads.contains(&"graft-app-3".to_owned()), "{threads:?}");
+    // Six connections open at once: two for each app thread, each answered whole.
+    let mut streams: Vec<_> = (0..6)
+        .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    for stream in &mut streams {
+        write_post(stream, "/foo", r#"{"a": 2}"#, "connection: close\r\n");
+    }
+    for mut stream in streams {
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""foo":"1.0.0""#), "{answer}");
+    }
+    assert!(runtime.block_on(server.shutdown()).is_clean());
+}

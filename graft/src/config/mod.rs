@@ -17,6 +17,8 @@
 //! body_timeout_ms = 30000
 //! route_timeout_ms = 30000     # routes plugins declare: answered 503 past it
 //! isolation = "none"           # none | canary | all: generations in worker processes
+//! app_threads = 0              # threads serving the app (0: one per CPU graft may use)
+//! # pin_app_threads = true     # unset: pinned when app_threads = the CPUs graft may use
 //!
 //! [workers]                    # see crate::worker
 //! grace_ms = 1000
@@ -182,6 +184,15 @@ pub struct ServeConfig {
     /// Worker processes: restarts, limits.
     #[serde(default)]
     pub workers: WorkerConfig,
+    /// How many threads serve the app's connections, each with a runtime of its own that a
+    /// connection stays on (0: one per CPU this process may use). See `graft/src/shards.rs`.
+    #[serde(default)]
+    pub app_threads: usize,
+    /// Whether each app thread is pinned to a CPU of its own (under `isolation`, with the
+    /// worker's thread that serves it). Unset: pinned when `app_threads` is the number of CPUs
+    /// this process may use (a machine or cpuset of its own), not otherwise.
+    #[serde(default)]
+    pub pin_app_threads: Option<bool>,
 }
 
 /// `[[table]]`: one table's durability and limits.

@@ -56,6 +56,7 @@ use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::rollout::Rollouts;
+use crate::shards::Shards;
 use crate::worker::Workers;
 
 /// How long file events must stop before the watcher reads a release.
@@ -129,6 +130,9 @@ pub enum ServeError {
     /// Worker processes cannot be started (the executable is not found).
     #[error("setting up worker processes: {0}")]
     Workers(String),
+    /// The app's threads could not start.
+    #[error("starting the app's threads")]
+    AppThreads(#[source] std::io::Error),
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -147,6 +151,9 @@ pub struct Server {
     admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
     _watch: Option<crate::watch::Watch>,
+    /// The app's threads (connections and worker channels run on them); stopped when the last
+    /// user lets go.
+    _shards: Arc<Shards>,
     /// Declared last: stopped after everything that runs on it.
     _admin_runtime: AdminRuntime,
 }
@@ -308,6 +315,16 @@ impl Server {
             .expect("the initial deploy does not panic")?;
         remove_uploads(&config.data_dir.join("uploads"));
         let metrics = Metrics::new();
+        // A worker has no listener: its channel's threads are started per connection.
+        let shards = Arc::new(if config.headless {
+            Shards::none()
+        } else {
+            let threads = match config.app_threads {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                n => n,
+            };
+            Shards::start(threads, config.pin_app_threads).map_err(ServeError::AppThreads)?
+        });
         let inline_budget = Duration::from_micros(config.inline_budget_us);
         let rollouts = Rollouts::recorded(
             Arc::clone(&host),
@@ -323,6 +340,7 @@ impl Server {
             Arc::clone(&rollouts),
             Arc::clone(&metrics),
             tokio::runtime::Handle::current(),
+            Arc::clone(&shards),
         )
         .map_err(ServeError::Workers)?;
         // Under `isolation = "all"` the restored release's worker serves before the server
@@ -392,6 +410,7 @@ impl Server {
             let limits = listen_limits(&config);
             let app = tokio::spawn(listen::serve(
                 app_listener,
+                Some(Arc::clone(&shards)),
                 app,
                 Some(direct),
                 // Stamped while a rollout is under way: it counts latency from arrival.
@@ -401,6 +420,7 @@ impl Server {
             ));
             let admin = admin_runtime.handle().spawn(listen::serve(
                 admin_listener,
+                None,
                 admin,
                 None,
                 None,
@@ -430,7 +450,8 @@ impl Server {
             )?),
             None => None,
         };
-        tracing::info!(%addr, %admin_addr, generation = host.pin().id(), "serving");
+        tracing::info!(%addr, %admin_addr, generation = host.pin().id(),
+            app_threads = shards.len(), pinned = shards.pinned(), "serving");
         Ok(Self {
             host,
             addr,
@@ -443,6 +464,7 @@ impl Server {
             admin,
             stop,
             _watch: watch,
+            _shards: shards,
             _admin_runtime: admin_runtime,
         })
     }

@@ -18,7 +18,11 @@
 //! other thread per batch); frames are copied out of a read buffer that is reused, not split
 //! off it (see [`next_frame`]). Side by side, 8 rounds of 3 s, the
 //! previous channel against this one: 0.662 → 0.697 of in-process (plain wrk), 0.611 → 0.653
-//! (wrk checking every answer, as `swap-under-load` does).
+//! (wrk checking every answer, as `swap-under-load` does). The connection runs on the front's
+//! first app thread (`crate::shards`) and, in the worker, on a thread of its own with a runtime
+//! of its own (on the same CPU when the front's threads are pinned), so its calls never move
+//! between the worker's threads. One connection per app thread, each with its worker thread on
+//! its CPU, was measured and dropped: see [`Channel`].
 //!
 //! A request for a `[[route]]` export is a *call*: the route's number, the request's context and
 //! its body, which the worker hands straight to the route's call (no HTTP request is made, no
@@ -36,7 +40,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,8 +53,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
 use tower::ServiceExt as _;
 
+use crate::shards::{run_thread, Shards};
+
 /// The largest frame either side accepts (a worker is graft itself; this bounds a broken one).
 const MAX_FRAME: usize = 64 << 20;
+
+/// A connection's hello (its first 4 bytes, front to worker) for a thread on any CPU.
+const ANY_CPU: u32 = u32::MAX;
 
 /// Why a request sent over the channel got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +73,35 @@ pub(crate) enum ChannelError {
 type Waiting = oneshot::Sender<Response<Bytes>>;
 
 /// One connection, front side.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Connection {
     /// Frames not written yet.
     outgoing: Mutex<Vec<u8>>,
     wake_writer: Notify,
     /// Requests sent and not answered, by id; `None` once the connection ended.
     waiting: Mutex<Option<HashMap<u64, Waiting>>>,
+    /// Set when the connection ended: its writer then ends too.
+    ended: AtomicBool,
+}
+
+impl Connection {
+    fn front() -> Self {
+        Self {
+            waiting: Mutex::new(Some(HashMap::new())),
+            ..Self::default()
+        }
+    }
 }
 
 /// The front's side of a worker's channel: one connection, so that each system call carries
-/// as many frames as possible.
+/// as many frames as possible, run by the front's first app thread ([`Shards`]) and served in
+/// the worker by a thread on the same CPU when that one is pinned.
+///
+/// Measured against one connection per app thread (each its own worker thread, on its CPU):
+/// the requests of 32 client connections spread over two channel connections made batches of
+/// one or two frames (the front's threads woke 1.6 times a request, against 0.27 with the
+/// pair of single-thread processes that inspired it), and isolated throughput fell from
+/// 82k-88k to 61k-64k requests/s.
 #[derive(Debug)]
 pub(crate) struct Channel {
     connection: Arc<Connection>,
@@ -82,19 +109,36 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    /// Connects to the worker's socket.
-    pub(crate) async fn connect(path: &Path) -> Result<Self, ChannelError> {
-        let stream = UnixStream::connect(path)
+    /// Connects to the worker's socket; the connection runs on the first shard if there is one
+    /// (else on the runtime this is called on).
+    pub(crate) async fn connect(path: &Path, shards: &Shards) -> Result<Self, ChannelError> {
+        let mut stream = UnixStream::connect(path)
             .await
             .map_err(ChannelError::Connect)?;
-        let (reader, writer) = stream.into_split();
-        let connection = Arc::new(Connection {
-            outgoing: Mutex::new(Vec::new()),
-            wake_writer: Notify::new(),
-            waiting: Mutex::new(Some(HashMap::new())),
-        });
-        tokio::spawn(write_loop(Arc::clone(&connection), writer, Gather::Yield));
-        tokio::spawn(read_answers(Arc::clone(&connection), reader));
+        // The hello: which CPU the worker's thread for this connection runs on.
+        let cpu = (shards.len() > 0)
+            .then(|| shards.cpu(0))
+            .flatten()
+            .and_then(|cpu| u32::try_from(cpu).ok())
+            .unwrap_or(ANY_CPU);
+        stream
+            .write_all(&cpu.to_le_bytes())
+            .await
+            .map_err(ChannelError::Connect)?;
+        let connection = Arc::new(Connection::front());
+        let runs = Arc::clone(&connection);
+        if shards.len() > 0 {
+            // Registered with the shard's I/O driver, on the shard.
+            let stream = stream.into_std().map_err(ChannelError::Connect)?;
+            shards.handle(0).spawn(async move {
+                match UnixStream::from_std(stream) {
+                    Ok(stream) => run_front(runs, stream),
+                    Err(_) => fail_all(&runs),
+                }
+            });
+        } else {
+            run_front(runs, stream);
+        }
         Ok(Self {
             connection,
             ids: AtomicU64::new(0),
@@ -114,6 +158,21 @@ impl Channel {
         encode_request(&mut lock(&connection.outgoing), id, request);
         connection.wake_writer.notify_one();
         Ok(Answer(answer))
+    }
+}
+
+/// Runs a front connection's writer and reader as tasks of the runtime this is called on.
+fn run_front(connection: Arc<Connection>, stream: UnixStream) {
+    let (reader, writer) = stream.into_split();
+    tokio::spawn(write_loop(Arc::clone(&connection), writer, Gather::Yield));
+    tokio::spawn(read_answers(connection, reader));
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // Nothing more is sent: the writer ends and lets go of the socket (the reader ends
+        // when the worker closes its side).
+        end(&self.connection);
     }
 }
 
@@ -194,6 +253,9 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     let mut batch = Vec::new();
     loop {
         connection.wake_writer.notified().await;
+        if connection.ended.load(Ordering::Acquire) {
+            return;
+        }
         if gather == Gather::Yield {
             tokio::task::yield_now().await;
         }
@@ -254,6 +316,13 @@ async fn read_answers(connection: Arc<Connection>, mut reader: tokio::net::unix:
 fn fail_all(connection: &Connection) {
     // Dropping the senders fails every waiting request.
     drop(lock(&connection.waiting).take());
+    end(connection);
+}
+
+/// Ends the connection's writer (which lets go of its socket).
+fn end(connection: &Connection) {
+    connection.ended.store(true, Ordering::Release);
+    connection.wake_writer.notify_one();
 }
 
 /// The next whole frame's body, if `buffer` holds one; `Some(None)` for a frame too large.
@@ -280,7 +349,9 @@ fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
 }
 
 /// Serves the worker's side on `path`: HTTP requests with `router`, calls with `calls`, until
-/// the process ends.
+/// the process ends. The front's connection is served by a thread of its own, with a runtime
+/// of its own (its calls never move to another thread), on the CPU its hello names if it
+/// names one (the CPU of the front's thread that runs it).
 ///
 /// # Errors
 ///
@@ -288,23 +359,59 @@ fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
 pub(crate) fn serve<C: Calls>(path: &Path, router: Router, calls: Arc<C>) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
+        let mut count = 0_usize;
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(stream, router.clone(), Arc::clone(&calls)));
+            let (router, calls) = (router.clone(), Arc::clone(&calls));
+            tokio::spawn(start_connection(count, stream, router, calls));
+            count += 1;
         }
     });
     Ok(())
+}
+
+/// Reads a connection's hello and starts the thread that serves it.
+async fn start_connection<C: Calls>(
+    index: usize,
+    mut stream: UnixStream,
+    router: Router,
+    calls: Arc<C>,
+) {
+    let mut hello = [0; 4];
+    if stream.read_exact(&mut hello).await.is_err() {
+        return;
+    }
+    let cpu = match u32::from_le_bytes(hello) {
+        ANY_CPU => None,
+        cpu => usize::try_from(cpu).ok(),
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "could not take the front's connection off the runtime");
+            return;
+        }
+    };
+    let served = async move {
+        match UnixStream::from_std(stream) {
+            Ok(stream) => serve_connection(stream, router, calls).await,
+            Err(error) => tracing::error!(%error, "could not serve the front's connection"),
+        }
+    };
+    let name = format!("graft-channel-{index}");
+    let started = tokio::task::spawn_blocking(move || run_thread(name, cpu, served)).await;
+    if let Ok(Err(error)) = started {
+        tracing::error!(%error, "could not start a thread for the front's connection");
+    }
 }
 
 /// One connection from the front: an HTTP request runs in a task of its own, the calls of one
 /// read in one task ([`run_calls`]); each answer is written with whatever else is ready.
 async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: Arc<C>) {
     let (mut reader, writer) = stream.into_split();
-    let connection = Arc::new(Connection {
-        outgoing: Mutex::new(Vec::new()),
-        wake_writer: Notify::new(),
-        waiting: Mutex::new(None),
-    });
+    let connection = Arc::new(Connection::default());
     tokio::spawn(write_loop(Arc::clone(&connection), writer, Gather::Now));
+    // The front closed the connection (or broke it): the writer ends with it.
+    let _ending = Ending(Arc::clone(&connection));
     let mut buffer = bytes::BytesMut::with_capacity(64 << 10);
     loop {
         let mut batch = Vec::new();
@@ -340,6 +447,15 @@ async fn serve_connection<C: Calls>(stream: UnixStream, router: Router, calls: A
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+/// Ends a worker connection's writer when dropped (its reader returned).
+struct Ending(Arc<Connection>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        end(&self.0);
     }
 }
 

@@ -61,6 +61,7 @@ use slot::{Kept, Slot};
 use crate::api::{ApiError, ErrorCode, WorkerState, WorkerStatus};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
+use crate::shards::Shards;
 use process::{Ended, Launch, Process};
 
 /// The longest wait before a crashed worker is started again.
@@ -101,6 +102,8 @@ pub(crate) struct Workers {
     rollouts: Arc<Rollouts>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    /// The front's app threads: each has a connection of its own to each worker.
+    shards: Arc<Shards>,
     /// Where each generation routed so far runs; replaced whole on a change (rare), read per
     /// request without a lock.
     placed: ArcSwap<HashMap<u64, Placement>>,
@@ -119,6 +122,7 @@ impl Workers {
         rollouts: Arc<Rollouts>,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
+        shards: Arc<Shards>,
     ) -> Result<Arc<Self>, String> {
         let binary = match &config.binary {
             Some(binary) => binary.clone(),
@@ -139,6 +143,7 @@ impl Workers {
             rollouts,
             metrics,
             runtime,
+            shards,
             placed: ArcSwap::default(),
             change: Mutex::new(()),
             me: me.clone(),
@@ -276,6 +281,7 @@ impl Workers {
             memory_limit_mb: self.config.memory_limit_mb,
             timeout: Duration::from_millis(self.config.start_timeout_ms),
             runtime: &self.runtime,
+            shards: &self.shards,
         };
         let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
         let started = process::start(&launch, move |process, ended, known| {

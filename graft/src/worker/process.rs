@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::channel::Channel;
 use crate::config::HttpClientConfig;
 use crate::config::Route;
+use crate::shards::Shards;
 
 /// What a worker serves with: the front's serving settings, written as the worker's
 /// `graft.toml` (the fields keep `graft.toml`'s names).
@@ -184,8 +185,10 @@ pub(crate) struct Launch<'a> {
     pub(crate) spec: &'a Spec,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) timeout: Duration,
-    /// The front's runtime: the channel's connections run on it.
+    /// The front's runtime: the channel connects from it.
     pub(crate) runtime: &'a tokio::runtime::Handle,
+    /// The front's app threads: the channel's connections run on them, one each.
+    pub(crate) shards: &'a Shards,
 }
 
 /// Starts a worker (with a config and a data directory of its own in the launch directory),
@@ -251,7 +254,7 @@ pub(crate) fn start(
     let channel = match &ready {
         Some(ready) => launch
             .runtime
-            .block_on(Channel::connect(&ready.channel))
+            .block_on(Channel::connect(&ready.channel, launch.shards))
             .map_err(|e| e.to_string()),
         None => Err(String::new()),
     };
