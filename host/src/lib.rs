@@ -105,7 +105,7 @@ pub use error::{
     BuildError, CallError, DeployCause, DeployError, DisplayChain, SaveStateError, Step,
 };
 pub use graft_api::{ErrorKind, API_VERSION};
-pub use host::{Host, HostBuilder, Prepared, RollbackTo, SavedState, RECORD, SAVE_HOLD};
+pub use host::{Host, HostBuilder, Prepared, RollbackTo, SavedState, Settle, RECORD, SAVE_HOLD};
 pub use live::calls::CallSite;
 pub use live::generation::{Export, Generation, Resolved};
 pub use live::pin::{self, OwnedPin, Pin, PinCache};

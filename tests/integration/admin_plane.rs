@@ -299,3 +299,47 @@ fn a_pre_unload_hook_past_hook_timeout_ms_shows_unloading_and_other_libraries_st
         || library_state(&admin, "slow-hooks").is_none(),
     );
 }
+
+#[test]
+fn a_promotion_still_writing_its_record_holds_up_no_operator_call() {
+    use graft::api::{RolloutAction, RolloutOptions};
+    use graft::rollout::RolloutState;
+
+    let env = Env::new();
+    // The promoted release's `post_activate` runs with its durable record, after it went live:
+    // held, it stands for a disk that takes seconds to flush.
+    let gate = hook_gate(&env, "post_activate");
+    let (_server, base, admin_url) = spawn_graft_serve_with(
+        &config(&env, "hook_timeout_ms = 60000"),
+        &[("GRAFT_TEST_HOOK_GATE", &gate)],
+        &[],
+    );
+    let admin = AdminClient::new(&admin_url, None).timeout(Duration::from_secs(10));
+    let canary = DeployRequest::new(env.release("hooked", &["slow-hooks"]))
+        .with_rollout(RolloutOptions::new(true, Some(50), None));
+    let started = admin.deploy(&canary).unwrap();
+    let canary_id = started.report.generation;
+    let promoting = std::thread::spawn(move || {
+        AdminClient::new(&admin_url, None)
+            .timeout(Duration::from_secs(60))
+            .rollout_action(RolloutAction::Promote)
+    });
+    wait_until(
+        "the promotion's post_activate",
+        Duration::from_secs(30),
+        || gate.join("post_activate-started").exists(),
+    );
+    // Live and said so while its record is being written; operators are answered at once.
+    assert_eq!(admin.rollout().unwrap().state, RolloutState::Promoted);
+    assert_eq!(admin.status().unwrap().host.current, canary_id);
+    let late = admin.rollout_action(RolloutAction::Pause).unwrap_err();
+    assert!(late.api().is_some(), "answered, not timed out: {late}");
+    assert_eq!(post(&format!("{base}/foo"), r#"{"a": 1}"#).1, canary_id);
+    assert!(
+        !promoting.is_finished(),
+        "the promote call answers once the release is recorded"
+    );
+    std::fs::write(gate.join("go"), b"").unwrap();
+    let promoted = promoting.join().unwrap().unwrap();
+    assert_eq!(promoted.state, RolloutState::Promoted);
+}

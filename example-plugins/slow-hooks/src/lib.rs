@@ -1,5 +1,5 @@
 //! Test plugin `slow-hooks`: when `GRAFT_TEST_HOOK_GATE` names a directory holding the file
-//! `hold-<hook>`, that hook (`pre_activate` or `pre_unload`) creates `<hook>-started` there and
+//! `hold-<hook>`, that hook (`pre_activate`, `post_activate` or `pre_unload`) creates `<hook>-started` there and
 //! waits (at most 60 s) for `go`. Tests use it to hold a hook past the host's hook deadline.
 
 use std::path::PathBuf;
@@ -18,11 +18,16 @@ graft_api::plugin! {
         HookedV1 => hooked,
     },
     pre_activate: pre_activate,
+    post_activate: post_activate,
     pre_unload: pre_unload,
 }
 
 fn pre_activate() -> Result<(), Error> {
     hold("pre_activate")
+}
+
+fn post_activate() -> Result<(), Error> {
+    hold("post_activate")
 }
 
 fn pre_unload() -> Result<(), Error> {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use graft_host::{
-    CallSite, DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared,
+    CallSite, DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared, Settle,
 };
 use serde::Deserialize;
 
@@ -120,6 +120,20 @@ struct Active {
     prepared: Option<Prepared>,
     /// A state change not yet written to the record.
     unrecorded: bool,
+    /// A promoted canary's durable record, to write once the state's lock is released.
+    settling: Option<Settle>,
+}
+
+/// What a state change leaves to do once the state's lock is released: writing to disk, which
+/// takes milliseconds, or seconds while the disk flushes something else, and must not hold up
+/// operators' calls and the analysis meanwhile.
+#[derive(Debug, Default)]
+#[must_use = "written only by Rollouts::write_down"]
+struct ToWrite {
+    /// The promoted release's record of live releases.
+    settle: Option<Settle>,
+    /// The rollout's status, numbered: a write never replaces a newer one.
+    status: Option<(u64, RolloutStatus)>,
 }
 
 /// What readers see: the status at the last change, and what refreshes its windows.
@@ -151,6 +165,10 @@ pub struct Rollouts {
     /// Where the rollout's status is written at each state change (`DATA/rollout.json`), so a
     /// restarted server knows a rollout was under way.
     record: Option<PathBuf>,
+    /// How many status changes were published, and (under its own lock, which the writes take)
+    /// the last one written to the record.
+    changes: AtomicU64,
+    recorded: Mutex<u64>,
 }
 
 impl Rollouts {
@@ -186,6 +204,8 @@ impl Rollouts {
             state: Mutex::new(None),
             snapshot: ArcSwapOption::empty(),
             record,
+            changes: AtomicU64::new(0),
+            recorded: Mutex::new(0),
         });
         let weak: Weak<Self> = Arc::downgrade(&rollouts);
         // The analysis runs every `interval` on a fixed schedule (the time a round takes does
@@ -308,12 +328,15 @@ impl Rollouts {
             waiting_logged: false,
             prepared: Some(prepared),
             unrecorded: true,
+            settling: None,
         };
         let message = format!("canary generation {canary} beside stable generation {stable}");
         event(&mut active, "started", message);
         let status = active.status.clone();
-        self.publish_snapshot(&mut active);
+        let to_write = self.publish_snapshot(&mut active);
         *state = Some(active);
+        drop(state);
+        self.write_down(to_write);
         Ok((report, status))
     }
 
@@ -467,14 +490,18 @@ impl Rollouts {
 
     fn operate(&self, act: impl FnOnce(&Self, &mut Active)) -> Result<RolloutStatus, RolloutError> {
         let mut state = self.lock();
-        match state.as_mut() {
+        let (status, to_write) = match state.as_mut() {
             Some(active) if active.status.state.is_under_way() => {
                 act(self, active);
-                self.publish_snapshot(active);
-                Ok(active.status.clone())
+                let to_write = self.publish_snapshot(active);
+                (active.status.clone(), to_write)
             }
-            _ => Err(RolloutError::NoRollout),
-        }
+            _ => return Err(RolloutError::NoRollout),
+        };
+        drop(state);
+        // Answered once written, as before; the next caller does not wait for it.
+        self.write_down(to_write);
+        Ok(status)
     }
 
     /// When the current step's bake time ends, for a rollout under way.
@@ -500,7 +527,9 @@ impl Rollouts {
         }
         self.sample(active);
         self.analyse(active);
-        self.publish_snapshot(active);
+        let to_write = self.publish_snapshot(active);
+        drop(state);
+        self.write_down(to_write);
     }
 
     /// Records what each side did since the last sample.
@@ -596,9 +625,13 @@ impl Rollouts {
         let Some(prepared) = active.prepared.take() else {
             return self.finish_abort(active, "the canary is gone".into());
         };
-        if let Err(error) = self.host.publish(prepared) {
-            let reason = format!("promotion refused: {}", DisplayChain(&error));
-            return self.finish_abort(active, reason);
+        match self.host.go_live(prepared) {
+            // Recorded once the state's lock is released (see `ToWrite`).
+            Ok((_, settle)) => active.settling = Some(settle),
+            Err(error) => {
+                let reason = format!("promotion refused: {}", DisplayChain(&error));
+                return self.finish_abort(active, reason);
+            }
         }
         // The canary is current now: requests still routed to it pin the same generation.
         self.set_weight(0);
@@ -626,16 +659,36 @@ impl Rollouts {
             .store(percent.min(100) * (BUCKETS / 100), Ordering::Relaxed);
     }
 
-    /// Publishes the status for readers and, after a state change, writes it to the record.
-    fn publish_snapshot(&self, active: &mut Active) {
+    /// Publishes the status for readers; returns what to write to disk after a state change,
+    /// once the state's lock is released ([`Rollouts::write_down`]).
+    fn publish_snapshot(&self, active: &mut Active) -> ToWrite {
         self.snapshot.store(Some(Arc::new(Snapshot {
             status: active.status.clone(),
             baseline: active.baseline.clone(),
             step_started: active.step_started,
         })));
-        if std::mem::take(&mut active.unrecorded) {
-            if let Some(path) = &self.record {
-                write_record(path, &active.status);
+        let changed = std::mem::take(&mut active.unrecorded) && self.record.is_some();
+        ToWrite {
+            settle: active.settling.take(),
+            status: changed.then(|| {
+                let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
+                (change, active.status.clone())
+            }),
+        }
+    }
+
+    /// Writes what a state change left to write: the promoted release's record first (as a
+    /// deploy does before it answers), then the rollout's status unless a newer one was
+    /// written meanwhile.
+    fn write_down(&self, to_write: ToWrite) {
+        if let Some(settle) = to_write.settle {
+            self.host.settle(settle);
+        }
+        if let (Some((change, status)), Some(path)) = (to_write.status, &self.record) {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            if *recorded < change {
+                write_record(path, &status);
+                *recorded = change;
             }
         }
     }
@@ -653,6 +706,7 @@ impl Rollouts {
             waiting_logged: false,
             prepared: None,
             unrecorded: false,
+            settling: None,
         };
         let status = &mut active.status;
         if status.state.is_under_way() {
@@ -670,8 +724,9 @@ impl Rollouts {
             push_event(status, "aborted", message);
             active.unrecorded = true;
         }
-        self.publish_snapshot(&mut active);
+        let to_write = self.publish_snapshot(&mut active);
         *self.lock() = Some(active);
+        self.write_down(to_write);
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Active>> {

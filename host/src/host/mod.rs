@@ -71,6 +71,7 @@ pub use ledger::{RollbackTo, RECORD};
 pub(crate) use live_set::MAX_LISTED;
 pub use prepared::Prepared;
 pub(crate) use prepared::Shipped;
+pub use publish::Settle;
 pub use save::{SavedState, SAVE_HOLD};
 
 /// Runs plugins and replaces them while callers keep calling.

@@ -3,9 +3,11 @@
 //! Under the publish lock (the [ledger](super::ledger)'s), and nothing slow: check that the
 //! release was prepared against the generation still current, store it in the
 //! [live set](super::live_set), update the history and the libraries the unload policy keeps.
-//! After the lock: write the record of live releases (temp file, fsync, rename; ordered, so an
+//! After the lock ([`Settle`], which a caller may defer past a lock of its own): write the
+//! record of live releases (temp file, fsync, rename; ordered, so an
 //! older history never overwrites a newer one) and delete staged copies nothing refers to.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::carry::{Migration, TableMigration};
@@ -13,6 +15,7 @@ use crate::error::{DeployCause, DeployError, Step};
 use crate::hook::Hook;
 use crate::live::gate::Closed;
 use crate::report::DeployReport;
+use crate::status::ReleaseRecord;
 
 use super::pipeline::From;
 use super::prepared::{Prepared, Shipped};
@@ -25,9 +28,22 @@ const CATCH_UP_ROUNDS: usize = 8;
 /// How few entries left to catch up are few enough to catch up while requests are held.
 const CATCH_UP_HELD: usize = 1024;
 
+/// What a release that went live leaves to do: the durable record of live releases (and the
+/// tables a migration left to write before or after it), the staged copies nothing refers to
+/// any more, the `post_activate` hooks. [`Host::settle`] does it; until then a restart comes
+/// back on the release before.
+#[must_use = "the release is live but not recorded until it is settled (Host::settle)"]
+#[derive(Debug)]
+pub struct Settle {
+    version: u64,
+    history: VecDeque<ReleaseRecord>,
+    table_migrations: Vec<TableMigration>,
+    shipped: Vec<Shipped>,
+}
+
 impl Host {
     /// Makes a prepared release the current generation: one atomic store, after which every new
-    /// pin gets it while pins already taken keep theirs.
+    /// pin gets it while pins already taken keep theirs; then records it durably ([`Settle`]).
     ///
     /// # Errors
     ///
@@ -35,6 +51,20 @@ impl Host {
     /// one was prepared: publishing it would undo that one (a rollback, or a newer deploy)
     /// without anyone asking. Nothing changes then; prepare it again to build on what is live.
     pub fn publish(&self, prepared: Prepared) -> Result<DeployReport, DeployError> {
+        let (report, settle) = self.go_live(prepared)?;
+        self.settle(settle);
+        Ok(report)
+    }
+
+    /// [`Host::publish`]'s first part: the release is current when this returns, and what is
+    /// left (a disk's fsync: milliseconds, or seconds on a busy disk) is returned, for a caller
+    /// that holds a lock of its own to do after releasing it. Records settled out of order keep
+    /// the newest: an older one never overwrites a newer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::publish`]; nothing changes then.
+    pub fn go_live(&self, prepared: Prepared) -> Result<(DeployReport, Settle), DeployError> {
         let publishing = Instant::now();
         let Prepared {
             generation,
@@ -93,6 +123,23 @@ impl Host {
             go_live_us = u64::try_from(report.go_live.as_micros()).unwrap_or(u64::MAX),
             "release live"
         );
+        let settle = Settle {
+            version,
+            history,
+            table_migrations,
+            shipped,
+        };
+        Ok((report, settle))
+    }
+
+    /// Does what a release that went live left to do (see [`Settle`]).
+    pub fn settle(&self, settle: Settle) {
+        let Settle {
+            version,
+            history,
+            table_migrations,
+            shipped,
+        } = settle;
         // The store stays readable by the build the record names: a table migrated down is
         // written in its new schema before the record names the older build; one migrated up
         // keeps its writes out of the store until the record names the newer build, then is
@@ -116,7 +163,6 @@ impl Host {
                 tracing::warn!(plugin = %plugin.info().name, ?failure, "post_activate hook failed");
             }
         }
-        Ok(report)
     }
 
     /// Closes the request boundary for the requests that can reach a migrating plugin, waits
