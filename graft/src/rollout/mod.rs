@@ -3,7 +3,8 @@
 //!
 //! The canary is a [`Prepared`] release held here, not in the host: [`Rollouts::start`] prepares
 //! the release against the current generation (outside any lock), routes a share of requests to
-//! its generation, and promotion is [`Host::publish`]. If stable changes under the canary (a
+//! its generation, and promotion is [`Host::go_live`] (its durable record written after the
+//! rollout's lock is released: `steps.rs`). If stable changes under the canary (a
 //! deploy or rollback went live by another way), the rollout aborts: promoting would undo that.
 //!
 //! - **Routing** ([`Rollouts::route`]): each request is routed to the canary or to stable when
@@ -28,6 +29,7 @@ mod analysis;
 mod bucket;
 mod plan;
 mod status;
+mod steps;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use graft_host::{
-    CallSite, DeployError, DeployReport, DisplayChain, Generation, Host, OwnedPin, Prepared, Settle,
+    CallSite, DeployError, DeployReport, Generation, Host, OwnedPin, Prepared, Settle,
 };
 use serde::Deserialize;
 
@@ -44,9 +46,10 @@ pub use analysis::{AnalysisConfig, Thresholds, Verdict, WindowStats};
 pub use plan::{PlanStep, RolloutPlan};
 pub use status::{RolloutEvent, RolloutSample, RolloutState, RolloutStatus, Route, SAMPLES_KEPT};
 
-use analysis::{analyze, Counts, SideStats};
+use analysis::{Counts, SideStats};
 use bucket::BUCKETS;
-use status::{push_event, push_sample, read_record, write_record};
+use status::{push_event, read_record};
+use steps::event;
 
 /// `[rollout]` in `graft.toml`: the default plan, the sticky key and the analysis.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,18 +125,6 @@ struct Active {
     unrecorded: bool,
     /// A promoted canary's durable record, to write once the state's lock is released.
     settling: Option<Settle>,
-}
-
-/// What a state change leaves to do once the state's lock is released: writing to disk, which
-/// takes milliseconds, or seconds while the disk flushes something else, and must not hold up
-/// operators' calls and the analysis meanwhile.
-#[derive(Debug, Default)]
-#[must_use = "written only by Rollouts::write_down"]
-struct ToWrite {
-    /// The promoted release's record of live releases.
-    settle: Option<Settle>,
-    /// The rollout's status, numbered: a write never replaces a newer one.
-    status: Option<(u64, RolloutStatus)>,
 }
 
 /// What readers see: the status at the last change, and what refreshes its windows.
@@ -516,183 +507,6 @@ impl Rollouts {
             .then(|| snapshot.step_started + step.bake)
     }
 
-    /// One round of analysis: abort on a breach, step up or promote when a step has passed.
-    pub fn tick(&self) {
-        let mut state = self.lock();
-        let Some(active) = state.as_mut() else {
-            return;
-        };
-        if !active.status.state.is_under_way() {
-            return;
-        }
-        self.sample(active);
-        self.analyse(active);
-        let to_write = self.publish_snapshot(active);
-        drop(state);
-        self.write_down(to_write);
-    }
-
-    /// Records what each side did since the last sample.
-    fn sample(&self, active: &mut Active) {
-        let Some(sides) = self.sides.load_full() else {
-            return;
-        };
-        let now = (sides.stable.snapshot(), sides.canary.snapshot());
-        let (stable, canary) = (
-            now.0.since(&active.sampled.0),
-            now.1.since(&active.sampled.1),
-        );
-        push_sample(&mut active.status, stable.window(), canary.window());
-        active.sampled = now;
-    }
-
-    fn analyse(&self, active: &mut Active) {
-        let stable_now = self.host.pin().id();
-        if stable_now != active.status.stable {
-            // A release went live by another way; promoting the canary would undo it.
-            let reason = format!(
-                "stable changed under the canary: generation {stable_now} went live beside the rollout"
-            );
-            self.finish_abort(active, reason);
-            return;
-        }
-        let (stable, canary) = self.refresh(active);
-        let verdict = analyze(&stable, &canary, &active.analysis);
-        active.status.last_verdict = Some(verdict.clone());
-        let step = active.plan.steps()[active.status.step - 1];
-        match verdict {
-            Verdict::Breach(reason) => self.finish_abort(active, reason),
-            _ if active.status.state == RolloutState::Paused => {}
-            _ if active.step_started.elapsed() < step.bake => {}
-            Verdict::Inconclusive(reason) => {
-                if !active.waiting_logged {
-                    active.waiting_logged = true;
-                    event(active, "waiting", format!("inconclusive: {reason}"));
-                }
-            }
-            Verdict::Healthy if active.status.step == active.plan.steps().len() => {
-                self.finish_promote(active, "every step passed".into());
-            }
-            Verdict::Healthy => {
-                active.status.step += 1;
-                let weight = active.plan.steps()[active.status.step - 1].weight;
-                self.set_weight(weight);
-                active.status.weight = weight;
-                let message = format!(
-                    "step {} passed; step {} of {}",
-                    active.status.step - 1,
-                    active.status.step,
-                    active.plan.steps().len()
-                );
-                event(active, "step", message);
-                self.restart_step(active);
-            }
-        }
-    }
-
-    /// Each side's counts since `baseline`.
-    fn windows(&self, baseline: &(Counts, Counts)) -> (Counts, Counts) {
-        match self.sides.load().as_deref() {
-            Some(sides) => (
-                sides.stable.snapshot().since(&baseline.0),
-                sides.canary.snapshot().since(&baseline.1),
-            ),
-            None => Default::default(),
-        }
-    }
-
-    /// Updates the status's windows from the counters; returns them.
-    fn refresh(&self, active: &mut Active) -> (Counts, Counts) {
-        let (stable, canary) = self.windows(&active.baseline);
-        active.status.stable_window = stable.window();
-        active.status.canary_window = canary.window();
-        active.status.step_elapsed_ms =
-            u64::try_from(active.step_started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        (stable, canary)
-    }
-
-    /// Starts the current step's window afresh.
-    fn restart_step(&self, active: &mut Active) {
-        if let Some(sides) = self.sides.load().as_deref() {
-            active.baseline = (sides.stable.snapshot(), sides.canary.snapshot());
-        }
-        active.step_started = Instant::now();
-        active.waiting_logged = false;
-    }
-
-    /// Publishes the canary as the current generation; aborts instead if the host refuses.
-    fn finish_promote(&self, active: &mut Active, reason: String) {
-        let Some(prepared) = active.prepared.take() else {
-            return self.finish_abort(active, "the canary is gone".into());
-        };
-        match self.host.go_live(prepared) {
-            // Recorded once the state's lock is released (see `ToWrite`).
-            Ok((_, settle)) => active.settling = Some(settle),
-            Err(error) => {
-                let reason = format!("promotion refused: {}", DisplayChain(&error));
-                return self.finish_abort(active, reason);
-            }
-        }
-        // The canary is current now: requests still routed to it pin the same generation.
-        self.set_weight(0);
-        self.canary.store(None);
-        self.sides.store(None);
-        active.status.state = RolloutState::Promoted;
-        active.status.weight = 100;
-        event(active, "promoted", reason);
-        active.status.weight = 0;
-    }
-
-    fn finish_abort(&self, active: &mut Active, reason: String) {
-        self.set_weight(0);
-        self.canary.store(None);
-        self.sides.store(None);
-        // Its in-flight requests keep their pins; its libraries go once they finish.
-        active.prepared = None;
-        active.status.state = RolloutState::Aborted;
-        active.status.weight = 0;
-        event(active, "aborted", reason);
-    }
-
-    fn set_weight(&self, percent: u32) {
-        self.weight
-            .store(percent.min(100) * (BUCKETS / 100), Ordering::Relaxed);
-    }
-
-    /// Publishes the status for readers; returns what to write to disk after a state change,
-    /// once the state's lock is released ([`Rollouts::write_down`]).
-    fn publish_snapshot(&self, active: &mut Active) -> ToWrite {
-        self.snapshot.store(Some(Arc::new(Snapshot {
-            status: active.status.clone(),
-            baseline: active.baseline.clone(),
-            step_started: active.step_started,
-        })));
-        let changed = std::mem::take(&mut active.unrecorded) && self.record.is_some();
-        ToWrite {
-            settle: active.settling.take(),
-            status: changed.then(|| {
-                let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
-                (change, active.status.clone())
-            }),
-        }
-    }
-
-    /// Writes what a state change left to write: the promoted release's record first (as a
-    /// deploy does before it answers), then the rollout's status unless a newer one was
-    /// written meanwhile.
-    fn write_down(&self, to_write: ToWrite) {
-        if let Some(settle) = to_write.settle {
-            self.host.settle(settle);
-        }
-        if let (Some((change, status)), Some(path)) = (to_write.status, &self.record) {
-            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
-            if *recorded < change {
-                write_record(path, &status);
-                *recorded = change;
-            }
-        }
-    }
-
     /// Takes a recorded rollout back as the last one; one that was under way is ended here as
     /// aborted: the restarted host serves stable, and its canary is gone.
     fn carry_over(&self, status: RolloutStatus) {
@@ -732,26 +546,4 @@ impl Rollouts {
     fn lock(&self) -> MutexGuard<'_, Option<Active>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Records a state change in the status and logs it as one event.
-fn event(active: &mut Active, kind: &str, message: String) {
-    let status = &active.status;
-    tracing::info!(
-        event = kind,
-        canary = status.canary,
-        stable = status.stable,
-        step = status.step,
-        weight = status.weight,
-        canary_requests = status.canary_window.requests,
-        canary_errors = status.canary_window.errors,
-        canary_p99_ms = status.canary_window.p99_ms.unwrap_or(0.0),
-        stable_requests = status.stable_window.requests,
-        stable_errors = status.stable_window.errors,
-        stable_p99_ms = status.stable_window.p99_ms.unwrap_or(0.0),
-        %message,
-        "rollout"
-    );
-    push_event(&mut active.status, kind, message);
-    active.unrecorded = true;
 }
