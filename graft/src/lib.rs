@@ -12,7 +12,7 @@
 //! - `shards`: the app's threads, a runtime each, pinned to CPUs when graft has them to itself.
 //! - [`dev`]: `graft dev`, rebuild plugin crates on change and deploy every build that compiles.
 //!
-//! The `graft` binary (`src/main.rs`) parses arguments, calls these and prints.
+//! The `graft` binary (`src/bin/graft/`) parses arguments (`args.rs`), calls these and prints.
 
 pub mod api;
 pub mod bundle;
