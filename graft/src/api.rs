@@ -241,6 +241,20 @@ pub struct StatusResponse {
     /// [`worker`](crate::worker)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerStatus>,
+    /// The threads serving the app's connections (`app_threads`, `pin_app_threads`).
+    #[serde(default)]
+    pub app_threads: AppThreads,
+}
+
+/// The threads serving the app's connections, and the CPU each is pinned to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AppThreads {
+    /// How many.
+    pub count: usize,
+    /// Thread `i`'s CPU at `i`, if they are pinned; empty if not.
+    #[serde(default)]
+    pub pinned_cpus: Vec<usize>,
 }
 
 /// A generation routed under `isolation`, and its worker process.

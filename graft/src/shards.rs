@@ -97,6 +97,14 @@ impl Shards {
         self.shards.first().is_some_and(|shard| shard.cpu.is_some())
     }
 
+    /// How many, and where each is pinned, as `/status` says.
+    pub(crate) fn describe(&self) -> crate::api::AppThreads {
+        crate::api::AppThreads {
+            count: self.shards.len(),
+            pinned_cpus: self.shards.iter().filter_map(|shard| shard.cpu).collect(),
+        }
+    }
+
     /// The next shard's runtime, in turn (a new connection's), or `None` without shards.
     pub(crate) fn next(&self) -> Option<&Handle> {
         if self.shards.is_empty() {

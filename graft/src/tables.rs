@@ -67,6 +67,11 @@ impl fmt::Display for StatusResponse {
                 plugins.join(", ")
             )?;
         }
+        let threads = &self.app_threads;
+        match threads.pinned_cpus.as_slice() {
+            [] => writeln!(f, "app threads: {}", threads.count)?,
+            cpus => writeln!(f, "app threads: {}, pinned to CPUs {cpus:?}", threads.count)?,
+        }
         writeln!(f, "libraries mapped: {}", status.libraries.len())?;
         // The ones not simply loaded: each says why it is still mapped.
         for library in &status.libraries {

@@ -1068,6 +1068,13 @@ fn connections_are_served_by_the_configured_app_threads() {
         assert!(threads.contains(&name), "{name} among {threads:?}");
     }
     assert!(!threads.contains(&"graft-app-3".to_owned()), "{threads:?}");
+    let admin = AdminClient::new(&format!("http://{}", server.admin_addr()), None);
+    let said = admin.status().unwrap().app_threads;
+    assert_eq!(
+        (said.count, said.pinned_cpus),
+        (3, vec![]),
+        "not pinned, as configured"
+    );
     // Six connections open at once: two for each app thread, each answered whole.
     let mut streams: Vec<_> = (0..6)
         .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())

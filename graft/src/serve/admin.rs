@@ -53,6 +53,7 @@ pub(super) struct Admin {
     pub(super) uploads: PathBuf,
     /// What an uploaded bundle may unpack to.
     pub(super) bundle_limits: BundleLimits,
+    pub(super) app_threads: crate::api::AppThreads,
 }
 
 pub(super) fn router(admin: Admin, token: Option<String>) -> Router {
@@ -120,6 +121,7 @@ async fn status(State(admin): State<Admin>) -> Json<StatusResponse> {
         host: admin.host.status(),
         rollout: admin.rollouts.status(),
         workers: admin.workers.status(),
+        app_threads: admin.app_threads.clone(),
     })
 }
 

@@ -385,6 +385,7 @@ impl Server {
                 deployer: Arc::clone(&deployer),
                 uploads: config.data_dir.join("uploads"),
                 bundle_limits: config.admin.bundle_limits(),
+                app_threads: shards.describe(),
             },
             config.admin.token.clone(),
         );
