@@ -70,7 +70,8 @@ impl Shards {
         })
     }
 
-    /// No shards: whoever would use one uses the runtime it runs on (a worker process, tests).
+    /// No shards: whoever would use one uses the runtime it runs on (a worker process, the
+    /// admin plane's listener, tests).
     pub(crate) fn none() -> Self {
         Self {
             shards: Vec::new(),

@@ -188,8 +188,8 @@ pub struct ServeConfig {
     /// connection stays on (0: one per CPU this process may use). See `graft/src/shards.rs`.
     #[serde(default)]
     pub app_threads: usize,
-    /// Whether each app thread is pinned to a CPU of its own (under `isolation`, with the
-    /// worker's thread that serves it). Unset: pinned when `app_threads` is the number of CPUs
+    /// Whether each app thread is pinned to a CPU of its own (under `isolation`, the worker's
+    /// thread that serves the channel shares the first one's). Unset: pinned when `app_threads` is the number of CPUs
     /// this process may use (a machine or cpuset of its own), not otherwise.
     #[serde(default)]
     pub pin_app_threads: Option<bool>,

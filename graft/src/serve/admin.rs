@@ -53,6 +53,7 @@ pub(super) struct Admin {
     pub(super) uploads: PathBuf,
     /// What an uploaded bundle may unpack to.
     pub(super) bundle_limits: BundleLimits,
+    /// What `/status` says of the app's threads (fixed at start).
     pub(super) app_threads: crate::api::AppThreads,
 }
 

@@ -242,12 +242,12 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
 
 /// Serves `router` on `listener` (and, for a request none of its paths match, `direct`) until
 /// `stop` turns true, then lets open connections finish their requests. Each connection is
-/// served from accept to close by one of `shards` in turn (without shards, on the runtime this
-/// runs on). While `stamps` says so, requests carry when their bytes arrived (see
+/// served from accept to close by one of `shards` in turn ([`Shards::none`]: on the runtime
+/// this runs on). While `stamps` says so, requests carry when their bytes arrived (see
 /// `arrival.rs`).
 pub(crate) async fn serve(
     listener: TcpListener,
-    shards: Option<Arc<Shards>>,
+    shards: Arc<Shards>,
     router: Router,
     direct: Option<Arc<Direct>>,
     stamps: Option<Wanted>,
@@ -316,33 +316,27 @@ pub(crate) async fn serve(
             (router.clone(), direct.clone(), stamps.clone(), http.clone());
         let body_timeout = limits.body_timeout;
         let connections = Arc::clone(&connections);
-        // A connection moved to a shard is registered with that runtime's I/O driver there.
-        let shard = shards.as_ref().and_then(|shards| shards.next()).cloned();
-        let stream = match (&shard, stream) {
-            (None, stream) => Handed::Here(stream),
-            (Some(_), stream) => match stream.into_std() {
-                Ok(stream) => Handed::Moved(stream),
-                Err(error) => {
-                    tracing::warn!(%error, "could not hand a connection to an app thread");
-                    connections.forget(id);
-                    continue;
-                }
-            },
+        // Taken off this runtime's I/O driver and registered with its shard's there (once per
+        // connection; the admin plane's, without shards, come back to this one).
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "could not hand a connection to an app thread");
+                connections.forget(id);
+                continue;
+            }
         };
         // The connection is polled on every wake-up, the close signal only when notified: one
         // `Notify` per connection carries both the sweeper's close and the listener's stop, so
         // serving a request touches nothing other connections share.
         let serving = async move {
-            let stream = match stream {
-                Handed::Here(stream) => stream,
-                Handed::Moved(stream) => match TcpStream::from_std(stream) {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "an app thread could not take a connection");
-                        connections.forget(id);
-                        return;
-                    }
-                },
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "an app thread could not take a connection");
+                    connections.forget(id);
+                    return;
+                }
             };
             let (stream, received) = Stamped::new(stream, stamps);
             let service = Service1 {
@@ -372,8 +366,8 @@ pub(crate) async fn serve(
             connections.forget(id);
             drop(slot);
         };
-        match shard {
-            Some(shard) => tasks.spawn_on(serving, &shard),
+        match shards.next() {
+            Some(shard) => tasks.spawn_on(serving, shard),
             None => tasks.spawn(serving),
         };
         // Reap the tasks that ended, so the set does not grow with every connection served.
@@ -383,14 +377,6 @@ pub(crate) async fn serve(
     connections.stop_all();
     while tasks.join_next().await.is_some() {}
     sweeper.abort();
-}
-
-/// An accepted connection, as its task gets it.
-enum Handed {
-    /// To be served on the runtime that accepted it.
-    Here(TcpStream),
-    /// Taken off the accepting runtime, for a shard's.
-    Moved(std::net::TcpStream),
 }
 
 /// A request body that must arrive within a timeout, counted from when it was first waited

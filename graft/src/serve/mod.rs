@@ -411,7 +411,7 @@ impl Server {
             let limits = listen_limits(&config);
             let app = tokio::spawn(listen::serve(
                 app_listener,
-                Some(Arc::clone(&shards)),
+                Arc::clone(&shards),
                 app,
                 Some(direct),
                 // Stamped while a rollout is under way: it counts latency from arrival.
@@ -421,7 +421,7 @@ impl Server {
             ));
             let admin = admin_runtime.handle().spawn(listen::serve(
                 admin_listener,
-                None,
+                Arc::new(Shards::none()),
                 admin,
                 None,
                 None,

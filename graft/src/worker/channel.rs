@@ -115,10 +115,11 @@ impl Channel {
         let mut stream = UnixStream::connect(path)
             .await
             .map_err(ChannelError::Connect)?;
+        // The first app thread runs the connection, if there are any.
+        let shard = (shards.len() > 0).then_some(0);
         // The hello: which CPU the worker's thread for this connection runs on.
-        let cpu = (shards.len() > 0)
-            .then(|| shards.cpu(0))
-            .flatten()
+        let cpu = shard
+            .and_then(|shard| shards.cpu(shard))
             .and_then(|cpu| u32::try_from(cpu).ok())
             .unwrap_or(ANY_CPU);
         stream
@@ -127,17 +128,18 @@ impl Channel {
             .map_err(ChannelError::Connect)?;
         let connection = Arc::new(Connection::front());
         let runs = Arc::clone(&connection);
-        if shards.len() > 0 {
-            // Registered with the shard's I/O driver, on the shard.
-            let stream = stream.into_std().map_err(ChannelError::Connect)?;
-            shards.handle(0).spawn(async move {
-                match UnixStream::from_std(stream) {
-                    Ok(stream) => run_front(runs, stream),
-                    Err(_) => fail_all(&runs),
-                }
-            });
-        } else {
-            run_front(runs, stream);
+        match shard {
+            Some(shard) => {
+                // Registered with the shard's I/O driver, on the shard.
+                let stream = stream.into_std().map_err(ChannelError::Connect)?;
+                shards.handle(shard).spawn(async move {
+                    match UnixStream::from_std(stream) {
+                        Ok(stream) => run_front(runs, stream),
+                        Err(_) => fail_all(&runs),
+                    }
+                });
+            }
+            None => run_front(runs, stream),
         }
         Ok(Self {
             connection,

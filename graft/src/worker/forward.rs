@@ -54,24 +54,28 @@ impl Workers {
         };
         drop(body);
         let sending = InFlight::new(Arc::clone(&process));
-        // Boxed, so that a call past its deadline can be moved to a task of its own and run on.
-        let mut call = Box::pin(async move {
+        let call = async move {
             let _sending = sending;
             sent.get().await
-        });
+        };
         let answer = match deadline {
             None => call.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, &mut call).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    self.overdue(slot, &process, self.runtime.spawn(call));
-                    let message = format!(
-                        "past the request's deadline; the call runs on in worker pid {} (recycled if still running {} ms later)",
-                        process.pid, self.config.grace_ms
-                    );
-                    return Err(ApiError::new(ErrorCode::DeadlineExceeded, message));
+            // Boxed, so that a call past its deadline can be moved to a task of its own and run
+            // on (a request without a deadline allocates nothing for it).
+            Some(deadline) => {
+                let mut call = Box::pin(call);
+                match tokio::time::timeout_at(deadline, &mut call).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        self.overdue(slot, &process, self.runtime.spawn(call));
+                        let message = format!(
+                            "past the request's deadline; the call runs on in worker pid {} (recycled if still running {} ms later)",
+                            process.pid, self.config.grace_ms
+                        );
+                        return Err(ApiError::new(ErrorCode::DeadlineExceeded, message));
+                    }
                 }
-            },
+            }
         };
         match answer {
             Ok(answer) => Ok(answer),

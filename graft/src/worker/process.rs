@@ -187,7 +187,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) timeout: Duration,
     /// The front's runtime: the channel connects from it.
     pub(crate) runtime: &'a tokio::runtime::Handle,
-    /// The front's app threads: the channel's connections run on them, one each.
+    /// The front's app threads: the channel's connection runs on the first.
     pub(crate) shards: &'a Shards,
 }
 
