@@ -111,3 +111,38 @@ fn a_prepared_release_is_live_nowhere_until_published_and_keeps_its_generation()
     assert_eq!(report.generation, id);
     assert_eq!(versions(&call_foo(&host, 1)), all("2.0.0"));
 }
+
+#[test]
+fn an_embedder_is_told_of_each_generation_made_current_right_after_the_store() {
+    let env = Env::new();
+    let host = std::sync::Arc::new(env.host());
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (seen, current) = (
+        std::sync::Arc::clone(&told),
+        std::sync::Arc::downgrade(&host),
+    );
+    assert!(host.on_switch(move |generation| {
+        // Already current when told.
+        let now = current.upgrade().map(|host| host.current().id());
+        seen.lock().unwrap().push((generation.id(), now));
+    }));
+    assert!(!host.on_switch(|_| {}), "set once");
+    let v1 = host
+        .deploy(env.complete_release("v1", V1))
+        .unwrap()
+        .generation;
+    let v2 = host
+        .deploy(env.complete_release("v2", V2))
+        .unwrap()
+        .generation;
+    let back = host.rollback().unwrap().generation;
+    let prepared = host.prepare(env.complete_release("v2", V2)).unwrap();
+    assert_eq!(
+        told.lock().unwrap().len(),
+        3,
+        "a prepared release is not current"
+    );
+    let last = host.publish(prepared).unwrap().generation;
+    let expected: Vec<_> = [v1, v2, back, last].iter().map(|&g| (g, Some(g))).collect();
+    assert_eq!(*told.lock().unwrap(), expected);
+}

@@ -21,6 +21,9 @@ use crate::status::CallStatus;
 /// How many calls in flight a refusal or a status lists at most (the oldest).
 pub(crate) const MAX_LISTED: usize = 16;
 
+/// What is told of each generation made current ([`crate::Host::on_switch`]).
+pub(super) type Switched = Box<dyn Fn(&Arc<Generation>) + Send + Sync>;
+
 /// The current generation, the generations still alive, and the request boundary.
 pub(super) struct LiveSet {
     current: ArcSwap<Generation>,
@@ -31,6 +34,8 @@ pub(super) struct LiveSet {
     /// Every generation prepared and not yet dropped, for status and for the calls a
     /// migration waits for.
     generations: Mutex<Vec<Weak<Generation>>>,
+    /// Told of each generation made current, right after the store.
+    switched: std::sync::OnceLock<Switched>,
 }
 
 impl LiveSet {
@@ -44,7 +49,13 @@ impl LiveSet {
             gate: Gate::default(),
             calls,
             generations: Mutex::new(Vec::new()),
+            switched: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what is told of each generation made current (once; `false` if it was set).
+    pub(super) fn on_switch(&self, told: Switched) -> bool {
+        self.switched.set(told).is_ok()
     }
 
     /// The calls register every generation of this set counts its calls in.
@@ -88,7 +99,11 @@ impl LiveSet {
     /// Makes `generation` current: one atomic store. Returns the generation it replaced.
     pub(super) fn swap(&self, generation: &Arc<Generation>) -> Arc<Generation> {
         generation.mark_published();
-        self.current.swap(Arc::clone(generation))
+        let replaced = self.current.swap(Arc::clone(generation));
+        if let Some(told) = self.switched.get() {
+            told(generation);
+        }
+        replaced
     }
 
     /// Generations prepared and still alive (the current one, replaced ones draining, prepared

@@ -154,6 +154,15 @@ impl Host {
         self.live.current()
     }
 
+    /// Has `told` called with each generation made current, right after the atomic store
+    /// (under the publish lock: it must be quick, and must not deploy). For an embedder that
+    /// serves some requests outside [`Host::pin`], such as `graft serve` with worker
+    /// processes, to stop serving the replaced generation at once. Set once: `false` if it was
+    /// set before (and `told` is dropped).
+    pub fn on_switch(&self, told: impl Fn(&Arc<Generation>) + Send + Sync + 'static) -> bool {
+        self.live.on_switch(Box::new(told))
+    }
+
     /// [`Host::pin_for`] without waiting: `None` while the request boundary holds the site's
     /// requests (async callers retry after a short sleep).
     pub fn try_pin_for(&self, site: &CallSite) -> Option<OwnedPin> {
