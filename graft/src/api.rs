@@ -33,6 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rollout::RolloutStatus;
 
+/// The response header naming the generation that served a request.
+pub const GENERATION_HEADER: &str = "x-graft-generation";
+
 /// The longest `dir` a deploy request may name, in bytes (Linux's `PATH_MAX`).
 pub const MAX_DIR_BYTES: usize = 4096;
 

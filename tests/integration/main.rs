@@ -7,6 +7,7 @@ mod admin_plane;
 mod bad_input;
 mod check_cli;
 mod dev;
+mod direct;
 mod docs;
 mod evolution;
 mod fleet;

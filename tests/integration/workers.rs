@@ -12,10 +12,10 @@ use graft::rollout::RolloutState;
 use crate::serve::{admin_metrics as metrics, agent, spawn_graft_serve_logged};
 use crate::util::{wait_until, Env};
 
-const FORCE_TOKEN: &str = "operators-force-the-canary";
+pub(crate) const FORCE_TOKEN: &str = "operators-force-the-canary";
 
 /// A config serving `hello@1` at `POST /hello` from release `v1` (hello-v1), with `extra`.
-fn config(env: &Env, extra: &str) -> std::path::PathBuf {
+pub(crate) fn config(env: &Env, extra: &str) -> std::path::PathBuf {
     env.complete_release("v1", &["hello-v1"]);
     let path = env.path("graft.toml");
     let text = format!(
@@ -45,7 +45,7 @@ timeout_ms = 1000
 }
 
 /// POSTs `name` to `/hello`; returns the status, the generation that answered, and the body.
-fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
+pub(crate) fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
     let mut request = agent()
         .post(format!("{base}/hello"))
         .content_type("application/json");
@@ -70,25 +70,33 @@ fn hello(base: &str, name: &str, canary: bool) -> (u16, u64, String) {
 
 /// How many TCP sockets process `pid` listens on.
 fn listening_tcp_sockets(pid: u32) -> usize {
-    let mut listening = std::collections::HashSet::new();
+    tcp_sockets(pid, "0A")
+}
+
+/// How many TCP sockets in state `st` (`/proc/net/tcp`'s hex: 0A listening, 01 established)
+/// process `pid` holds a descriptor of.
+pub(crate) fn tcp_sockets(pid: u32, st: &str) -> usize {
+    let mut sockets = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            // `st` 0A is LISTEN; the inode is the tenth field.
-            if fields.get(3) == Some(&"0A") {
-                listening.insert(format!("socket:[{}]", fields[9]));
+            // The inode is the tenth field.
+            if fields.get(3) == Some(&st) {
+                sockets.insert(format!("socket:[{}]", fields[9]));
             }
         }
     }
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter(|target| listening.contains(target.to_string_lossy().as_ref()))
-        .count()
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| sockets.contains(target.to_string_lossy().as_ref()))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
-fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
+pub(crate) fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
     let status = admin.status().unwrap();
     status
         .workers
@@ -96,7 +104,7 @@ fn worker_of(admin: &AdminClient, generation: u64) -> Option<WorkerStatus> {
         .find(|w| w.generation == generation)
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()

@@ -24,6 +24,7 @@
 //! grace_ms = 1000
 //! crash_limit = 3
 //! crash_window_ms = 60000
+//! serve_connections = true     # under "all": the worker serves client connections itself
 //!
 //! [http_client]                # graft.http.fetch@1, for plugins that import it
 //! allow = ["api.example.com", "127.0.0.1:8081"]   # host, or host:port

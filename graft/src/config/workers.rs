@@ -47,6 +47,15 @@ pub struct WorkerConfig {
     /// The most memory a worker may allocate (its `RLIMIT_DATA`), in MiB. No limit by default.
     #[serde(default)]
     pub memory_limit_mb: Option<u64>,
+    /// Under `isolation = "all"`, while no rollout is under way, the current generation's
+    /// worker serves client connections itself (the front hands them over) instead of the
+    /// front forwarding each request (default true). With false, every request is forwarded.
+    #[serde(default = "default_serve_connections")]
+    pub serve_connections: bool,
+}
+
+fn default_serve_connections() -> bool {
+    true
 }
 
 fn default_start_timeout_ms() -> u64 {
@@ -74,6 +83,7 @@ impl Default for WorkerConfig {
             crash_limit: default_crash_limit(),
             crash_window_ms: default_crash_window_ms(),
             restart_backoff_ms: default_restart_backoff_ms(),
+            serve_connections: default_serve_connections(),
             memory_limit_mb: None,
         }
     }

@@ -27,12 +27,12 @@ use crate::config::{method_filter, Route};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
 
+use super::conn::Tracking;
 use super::listen::BodyTimeoutError;
 use super::mode::{CallMode, Learned};
 use crate::worker::{Asked, Calls, Forward, Serves, Workers};
 
-/// The response header naming the generation that served a request.
-pub const GENERATION_HEADER: &str = "x-graft-generation";
+pub use crate::api::GENERATION_HEADER;
 
 /// The request header that forces a side of a rollout (`stable` or `canary`); canary answers
 /// carry it too.
@@ -196,11 +196,23 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     let started = Instant::now();
     // A rollout counts latency from when the request's bytes arrived (see `arrival.rs`).
     let arrived = super::arrival::Arrived::of(&request, started);
+    // In a worker serving its front's connection: its deadline and what it answered go to
+    // the front (`given.rs`).
+    let tracking = request.extensions_mut().remove::<Tracking>();
+    let deadline = match &tracking {
+        Some(tracking) => {
+            let deadline = route.deadline.map(|d| tracking.front_deadline(d));
+            let number = u32::try_from(route.index + 1).unwrap_or(u32::MAX);
+            tracking.started(number, deadline.map(|d| started + d));
+            deadline
+        }
+        None => route.deadline,
+    };
     // The headers are moved out, not cloned (as axum's `HeaderMap` extractor would); the body
     // is read under the body limit the request carries.
     let headers = std::mem::take(request.headers_mut());
     let body = Bytes::from_request(request, &()).await;
-    let context = super::trace::context(&headers, route.deadline.map(|d| started + d));
+    let context = super::trace::context(&headers, deadline.map(|d| started + d));
     let span = tracing::info_span!(
         "request",
         request_id = %context.id,
@@ -286,6 +298,9 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     route
         .rollouts
         .record(generation, status.is_server_error(), arrived.elapsed());
+    if let Some(tracking) = &tracking {
+        tracking.served(&route.method, &route.path, status.as_u16(), elapsed);
+    }
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);
     response

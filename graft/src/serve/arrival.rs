@@ -103,6 +103,14 @@ impl Stamped {
         (stamped, last)
     }
 
+    /// The socket, its receive stamps off (it goes to be served elsewhere).
+    pub(crate) fn into_inner(self) -> TcpStream {
+        if self.stamping {
+            set_stamping(&self.stream, false);
+        }
+        self.stream
+    }
+
     /// Turns the socket's receive stamps on or off as wanted, asking the kernel only when that
     /// changes (a refusal is not asked again at every read); off, the last stamp is forgotten
     /// (it would grow stale).

@@ -133,6 +133,9 @@ impl Deployer {
             .start(dir, options.canary, plan, options.thresholds())
         {
             Ok((report, rollout)) => {
+                // Requests split between the sides from now: the connections stable's worker
+                // serves itself come back to the front, which routes each request.
+                self.workers.placement_changed(None);
                 // Under isolation, the canary's worker serves before this answers; one that
                 // cannot start aborts the rollout it began.
                 if let Some(canary) = self.rollouts.canary() {

@@ -31,10 +31,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::Response;
 use axum::routing::future::RouteFuture;
@@ -42,12 +42,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tower::Service;
 
 use super::arrival::{LastReceived, Stamped, Wanted};
+use super::conn::{Conn, Ending, Tracking};
 use crate::shards::Shards;
+use crate::worker::{Elsewhere, Moving};
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +95,18 @@ struct Connections {
 }
 
 impl Connections {
+    /// New, with a sweeper closing those idle longer than `timeout` until `stop`.
+    fn start(timeout: Duration, stop: watch::Receiver<bool>) -> Arc<Self> {
+        let connections = Arc::new(Self {
+            started: Instant::now(),
+            coarse_ms: Arc::new(AtomicU64::new(0)),
+            next_id: AtomicU64::new(0),
+            open: Mutex::default(),
+        });
+        tokio::spawn(sweep(Arc::clone(&connections), timeout, stop));
+        connections
+    }
+
     fn now_ms(&self) -> u64 {
         self.coarse_ms.load(Ordering::Relaxed)
     }
@@ -179,6 +193,34 @@ struct Service1 {
     direct: Option<Arc<Direct>>,
     /// When this connection's last bytes arrived.
     received: Arc<LastReceived>,
+    /// In a worker serving the connection for its front: where the connection stands (see
+    /// `conn.rs`).
+    tracking: Option<Tracking>,
+}
+
+impl Service1 {
+    /// The service for one connection (read stamped while `stamps` says so), and the
+    /// connection.
+    fn new(
+        stream: TcpStream,
+        stamps: Option<Wanted>,
+        router: Router,
+        tracked: Arc<Tracked>,
+        body_timeout: Duration,
+        direct: Option<Arc<Direct>>,
+        tracking: Option<Tracking>,
+    ) -> (Stamped, Self) {
+        let (stream, received) = Stamped::new(stream, stamps);
+        let service = Self {
+            router: RefCell::new(router),
+            tracked,
+            body_timeout,
+            direct,
+            received,
+            tracking,
+        };
+        (stream, service)
+    }
 }
 
 /// A request being served: the router's future (or the direct handler's), and the connection
@@ -186,6 +228,7 @@ struct Service1 {
 struct Serving {
     response: Answer,
     tracked: Arc<Tracked>,
+    tracking: Option<Tracking>,
 }
 
 // The router's future stays inline, as it was before plugins had routes: boxing it would cost
@@ -200,10 +243,19 @@ impl Future for Serving {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.response {
-            Answer::Router(future) => Pin::new(future).poll(cx),
-            Answer::Direct(future) => future.as_mut().poll(cx).map(Ok),
-        }
+        let answer = match &mut self.response {
+            Answer::Router(future) => ready!(Pin::new(future).poll(cx)),
+            Answer::Direct(future) => Ok(ready!(future.as_mut().poll(cx))),
+        };
+        Poll::Ready(match &self.tracking {
+            Some(tracking) => answer.map(|mut answer| {
+                tracking.done();
+                tracking.stamp(answer.headers_mut());
+                let tracking = tracking.clone();
+                answer.map(|body| Body::new(Ending::new(body, tracking)))
+            }),
+            None => answer,
+        })
     }
 }
 
@@ -227,6 +279,17 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
         if let Some(arrived) = self.received.arrived() {
             request.extensions_mut().insert(arrived);
         }
+        if let Some(tracking) = &self.tracking {
+            if !tracking.admit() {
+                // Not served here: the connection goes back with this request (`serve_one`).
+                return Serving {
+                    response: Answer::Direct(Box::pin(std::future::pending())),
+                    tracked: Arc::clone(&self.tracked),
+                    tracking: None,
+                };
+            }
+            request.extensions_mut().insert(tracking.clone());
+        }
         let response = match &self.direct {
             Some(direct) if direct.configured.at(request.uri().path()).is_err() => {
                 Answer::Direct((direct.serve)(request))
@@ -236,136 +299,169 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
         Serving {
             response,
             tracked: Arc::clone(&self.tracked),
+            tracking: self.tracking.clone(),
         }
     }
 }
 
-/// Serves `router` on `listener` (and, for a request none of its paths match, `direct`) until
-/// `stop` turns true, then lets open connections finish their requests. Each connection is
-/// served from accept to close by one of `shards` in turn ([`Shards::none`]: on the runtime
-/// this runs on). While `stamps` says so, requests carry when their bytes arrived (see
-/// `arrival.rs`).
+/// What the app's listener serves with.
+pub(crate) struct App {
+    pub(crate) router: Router,
+    pub(crate) direct: Option<Arc<Direct>>,
+    /// Requests carry when their bytes arrived while this says so (see `arrival.rs`).
+    pub(crate) stamps: Option<Wanted>,
+    pub(crate) elsewhere: Option<Arc<dyn Elsewhere>>,
+}
+
+/// How one connection's serving ended.
+enum Outcome {
+    Closed,
+    /// Left between two requests, to be served elsewhere.
+    Left(TcpStream, Bytes),
+}
+
+/// When a connection leaves to be served elsewhere, at its next request boundary.
+pub(crate) struct Leave {
+    /// Changes when it may have to.
+    pub(crate) changes: watch::Receiver<u64>,
+    /// Whether it has to, asked at a boundary after a change.
+    pub(crate) now: Box<dyn Fn() -> bool + Send>,
+}
+
+/// Serves one connection until it closes, or leaves between two requests when `leave` says
+/// so: hyper is told to shut down only while no request is being served (on a request in
+/// flight it would answer `connection: close`), and gives back the socket and the bytes it
+/// read but did not parse. In a worker (`tracking`), a request the worker must not serve any
+/// more makes the connection leave at once, with that request's bytes and nothing written.
+async fn serve_one(
+    conn: Conn,
+    service: Service1,
+    http: &hyper::server::conn::http1::Builder,
+    mut leave: Option<Leave>,
+) -> Outcome {
+    let tracked = Arc::clone(&service.tracked);
+    let tracking = service.tracking.clone();
+    let mut connection = http.serve_connection(TokioIo::new(conn), service);
+    // Asked to leave at the next boundary; leaving (hyper told to shut down); closing.
+    let (mut wanted, mut leaving, mut closing) = (false, false, false);
+    loop {
+        let changed = async {
+            match leave.as_mut() {
+                Some(leave) => leave.changes.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let at_boundary = |wanted: bool| wanted && tracked.busy.load(Ordering::Acquire) == 0;
+        let polled = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            // Something to do between polls: a request to give back, or a boundary reached.
+            Poll::Pending
+                if tracking.as_ref().is_some_and(Tracking::replaying)
+                    || (at_boundary(wanted) && !leaving && !closing) =>
+            {
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        });
+        tokio::select! {
+            biased;
+            result = polled => match result {
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "connection ended with an error");
+                    return Outcome::Closed;
+                }
+                Some(Ok(())) if !leaving => return Outcome::Closed,
+                Some(Ok(())) => {
+                    let parts = connection.into_parts();
+                    let (stamped, mut unread) = parts.io.into_inner().into_parts();
+                    if !parts.read_buf.is_empty() {
+                        let mut joined = bytes::BytesMut::from(&unread[..]);
+                        joined.extend_from_slice(&parts.read_buf);
+                        unread = joined.freeze();
+                    }
+                    return Outcome::Left(stamped.into_inner(), unread);
+                }
+                None if tracking.as_ref().is_some_and(Tracking::replaying) => {
+                    // Nothing was written for the request that started: it goes back whole.
+                    let parts = connection.into_parts();
+                    let (stamped, replay) = parts.io.into_inner().into_replay();
+                    return Outcome::Left(stamped.into_inner(), replay);
+                }
+                None => {}
+            },
+            () = tracked.close.notified(), if !closing => {
+                if !tracked.graceful.load(Ordering::Relaxed) {
+                    return Outcome::Closed;
+                }
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                (closing, leaving) = (true, false);
+            }
+            open = changed, if !leaving && !closing => {
+                if open {
+                    wanted = true;
+                } else {
+                    leave = None;
+                }
+            }
+        }
+        if at_boundary(wanted) && !leaving && !closing {
+            wanted = false;
+            if leave.as_ref().is_some_and(|leave| (leave.now)()) {
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                leaving = true;
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then lets open connections finish
+/// their requests. Each connection is served from accept to close by one of `shards` in turn
+/// ([`Shards::none`]: on the runtime this runs on), unless it is served elsewhere
+/// ([`Elsewhere`]: it goes there when accepted, and at a request boundary whenever that opens).
 pub(crate) async fn serve(
     listener: TcpListener,
     shards: Arc<Shards>,
-    router: Router,
-    direct: Option<Arc<Direct>>,
-    stamps: Option<Wanted>,
+    app: App,
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
 ) {
-    let http = hyper::server::conn::http1::Builder::new();
+    let http = Arc::new(hyper::server::conn::http1::Builder::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let connections = Arc::new(Connections {
-        started: Instant::now(),
-        coarse_ms: Arc::new(AtomicU64::new(0)),
-        next_id: AtomicU64::new(0),
-        open: Mutex::default(),
-    });
-    let sweeper = tokio::spawn(sweep(
-        Arc::clone(&connections),
-        limits.header_read_timeout,
-        stop.clone(),
-    ));
+    let connections = Connections::start(limits.header_read_timeout, stop.clone());
+    let (back, mut returned) = mpsc::unbounded_channel::<Moving>();
+    if let Some(elsewhere) = &app.elsewhere {
+        elsewhere.attach(back.clone());
+    }
     let mut tasks = JoinSet::new();
-    let acquire = |slots: &Arc<Semaphore>, stop: &watch::Receiver<bool>| {
-        let (slots, stop) = (Arc::clone(slots), stop.clone());
-        async move {
-            tokio::select! {
-                slot = slots.acquire_owned() => Some(slot.expect("the semaphore is never closed")),
-                () = stopped(stop) => None,
-            }
-        }
-    };
     loop {
-        let early = if limits.evict_idle_at_cap {
-            None
-        } else {
-            let Some(slot) = acquire(&slots, &stop).await else {
-                break;
-            };
-            Some(slot)
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed; retrying");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+        // A connection back from a worker holds its place under the cap already: it is taken
+        // while the listener waits for room for a new one.
+        let moving = tokio::select! {
+            biased;
+            Some(moving) = returned.recv() => moving,
+            accepted = accept(&listener, &slots, limits.evict_idle_at_cap, &connections) => {
+                match accepted {
+                    Some(moving) => moving,
+                    None => continue,
                 }
-            },
+            }
             () = stopped(stop.clone()) => break,
         };
-        let slot = match early {
-            Some(slot) => slot,
-            None => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    connections.close_longest_idle();
-                    let Some(slot) = acquire(&slots, &stop).await else {
-                        break;
-                    };
-                    slot
-                }
+        let moving = match &app.elsewhere {
+            Some(elsewhere) if elsewhere.open() => match elsewhere.take(moving).await {
+                Some(moving) => moving,
+                None => continue,
             },
+            _ => moving,
         };
-        let _ = stream.set_nodelay(true);
-        let (id, tracked) = connections.track();
-        let (router, direct, stamps, http) =
-            (router.clone(), direct.clone(), stamps.clone(), http.clone());
-        let body_timeout = limits.body_timeout;
-        let connections = Arc::clone(&connections);
-        // Taken off this runtime's I/O driver and registered with its shard's there (once per
-        // connection; the admin plane's, without shards, come back to this one).
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "could not hand a connection to an app thread");
-                connections.forget(id);
-                continue;
-            }
-        };
-        // The connection is polled on every wake-up, the close signal only when notified: one
-        // `Notify` per connection carries both the sweeper's close and the listener's stop, so
-        // serving a request touches nothing other connections share.
-        let serving = async move {
-            let stream = match TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "an app thread could not take a connection");
-                    connections.forget(id);
-                    return;
-                }
-            };
-            let (stream, received) = Stamped::new(stream, stamps);
-            let service = Service1 {
-                router: RefCell::new(router),
-                tracked: Arc::clone(&tracked),
-                body_timeout,
-                direct,
-                received,
-            };
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                biased;
-                result = connection.as_mut() => result,
-                () = tracked.close.notified() => {
-                    if tracked.graceful.load(Ordering::Relaxed) {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    } else {
-                        Ok(())
-                    }
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-            connections.forget(id);
-            drop(slot);
-        };
+        let serving = serve_here(
+            moving,
+            &app,
+            Arc::clone(&connections),
+            Arc::clone(&http),
+            limits.body_timeout,
+            back.clone(),
+        );
         match shards.next() {
             Some(shard) => tasks.spawn_on(serving, shard),
             None => tasks.spawn(serving),
@@ -376,7 +472,202 @@ pub(crate) async fn serve(
     drop(listener);
     connections.stop_all();
     while tasks.join_next().await.is_some() {}
-    sweeper.abort();
+}
+
+/// Accepts the next connection under the cap (`None`: accept failed, try again): room first,
+/// then the connection; or, at the cap with `evict_idle`, the connection first, then the room
+/// of the connection idle the longest. Cancelled while it waits, it holds nothing (an accepted
+/// connection is never waited on for room but with `evict_idle`, the admin plane's, which has
+/// no connections coming back to race with).
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    evict_idle: bool,
+    connections: &Connections,
+) -> Option<Moving> {
+    let early = if evict_idle {
+        None
+    } else {
+        Some(
+            Arc::clone(slots)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        )
+    };
+    let stream = match listener.accept().await {
+        Ok((stream, _)) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "accept failed; retrying");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let permit = match early {
+        Some(permit) => permit,
+        None => match Arc::clone(slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                connections.close_longest_idle();
+                Arc::clone(slots)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        },
+    };
+    // Taken off this runtime's I/O driver, to be registered with the one that serves it (once
+    // per connection).
+    match stream.into_std() {
+        Ok(stream) => Some(Moving {
+            stream,
+            unread: Bytes::new(),
+            permit,
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "could not hand a connection to an app thread");
+            None
+        }
+    }
+}
+
+/// Serves a connection of the front's listener: until it closes, or until it leaves for a
+/// worker (then it goes back through `back`, to be handed over).
+fn serve_here(
+    moving: Moving,
+    app: &App,
+    connections: Arc<Connections>,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    body_timeout: Duration,
+    back: mpsc::UnboundedSender<Moving>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (id, tracked) = connections.track();
+    let (router, direct, stamps) = (app.router.clone(), app.direct.clone(), app.stamps.clone());
+    let leave = app.elsewhere.as_ref().map(|elsewhere| {
+        let open = Arc::clone(elsewhere);
+        Leave {
+            changes: elsewhere.changes(),
+            now: Box::new(move || open.open()),
+        }
+    });
+    async move {
+        let Moving {
+            stream,
+            unread,
+            permit,
+        } = moving;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "an app thread could not take a connection");
+                connections.forget(id);
+                return;
+            }
+        };
+        let (stream, service) =
+            Service1::new(stream, stamps, router, tracked, body_timeout, direct, None);
+        let outcome = serve_one(Conn::new(stream, unread, None), service, &http, leave).await;
+        connections.forget(id);
+        if let Outcome::Left(stream, unread) = outcome {
+            match stream.into_std() {
+                Ok(stream) => {
+                    let _ = back.send(Moving {
+                        stream,
+                        unread,
+                        permit,
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "a connection could not leave its app thread"),
+            }
+        }
+    }
+}
+
+/// A connection a worker serves for its front (`worker/direct.rs`): its slot in the shared
+/// states, the socket and the bytes read and not parsed.
+#[derive(Debug)]
+pub(crate) struct Given {
+    pub(crate) slot: u32,
+    pub(crate) stream: std::net::TcpStream,
+    pub(crate) unread: Bytes,
+    pub(crate) tracking: Tracking,
+}
+
+/// How a connection a worker served ended.
+#[derive(Debug)]
+pub(crate) enum GivenEnd {
+    /// Closed (or its answer taken over by the front).
+    Closed { slot: u32 },
+    /// Back to the front between two requests, with the bytes read and not parsed.
+    Returned { slot: u32, unread: Bytes },
+}
+
+/// Serves the connections the front gives a worker (`given`) until `stop`: each until it
+/// closes or, once `recall` changes, until its next request boundary; how each ended goes to
+/// `ended`. `watch` is told of each connection's requests, for deadlines (see `direct.rs`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_given(
+    mut given: mpsc::UnboundedReceiver<Given>,
+    router: Router,
+    direct: Option<Arc<Direct>>,
+    limits: ConnLimits,
+    recall: watch::Receiver<u64>,
+    ended: mpsc::UnboundedSender<GivenEnd>,
+    stop: watch::Receiver<bool>,
+) {
+    let http = Arc::new(hyper::server::conn::http1::Builder::new());
+    let connections = Connections::start(limits.header_read_timeout, stop.clone());
+    let mut tasks = JoinSet::new();
+    loop {
+        let given = tokio::select! {
+            Some(given) = given.recv() => given,
+            () = stopped(stop.clone()) => break,
+            else => break,
+        };
+        let (id, tracked) = connections.track();
+        let (router, direct, http) = (router.clone(), direct.clone(), Arc::clone(&http));
+        let (connections, ended) = (Arc::clone(&connections), ended.clone());
+        let mut recall = recall.clone();
+        recall.mark_unchanged();
+        let body_timeout = limits.body_timeout;
+        tasks.spawn(async move {
+            let Given {
+                slot,
+                stream,
+                unread,
+                tracking,
+            } = given;
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                let _ = ended.send(GivenEnd::Closed { slot });
+                connections.forget(id);
+                return;
+            };
+            let (stream, service) = Service1::new(
+                stream,
+                None,
+                router,
+                tracked,
+                body_timeout,
+                direct,
+                Some(tracking.clone()),
+            );
+            let leave = Leave {
+                changes: recall,
+                now: Box::new(|| true),
+            };
+            let conn = Conn::new(stream, unread, Some(tracking));
+            let outcome = serve_one(conn, service, &http, Some(leave)).await;
+            connections.forget(id);
+            let _ = ended.send(match outcome {
+                Outcome::Closed => GivenEnd::Closed { slot },
+                Outcome::Left(_, unread) => GivenEnd::Returned { slot, unread },
+            });
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    connections.stop_all();
+    while tasks.join_next().await.is_some() {}
 }
 
 /// A request body that must arrive within a timeout, counted from when it was first waited

@@ -24,7 +24,9 @@
 mod admin;
 mod app;
 mod arrival;
+mod conn;
 mod deployer;
+mod given;
 mod listen;
 pub mod mode;
 mod routes;
@@ -147,6 +149,8 @@ pub struct Server {
     /// calls (which a worker runs for the front).
     router: axum::Router,
     calls: Arc<app::RouteCalls>,
+    /// In a worker: what serves the client connections its front gives it.
+    links: crate::worker::Links,
     app: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -376,6 +380,7 @@ impl Server {
         )
         .map_err(ServeError::Route)?;
         let direct = routes::direct(plugin_routes, &config.routes).map_err(ServeError::Route)?;
+        let limits = listen_limits(&config);
         let admin = admin::router(
             admin::Admin {
                 host: Arc::clone(&host),
@@ -395,6 +400,13 @@ impl Server {
         let admin_runtime = AdminRuntime::start().map_err(ServeError::AdminRuntime)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let router = app.clone();
+        let links = given::links(
+            app.clone(),
+            Arc::clone(&direct),
+            limits.app,
+            Duration::from_millis(config.workers.grace_ms),
+            stopped.clone(),
+        );
         let (app, admin, addr, admin_addr) = if config.headless {
             // A worker: its front reaches it through its channel only, and nothing else can.
             let (app, admin) = (
@@ -408,23 +420,28 @@ impl Server {
                 let _in_admin = admin_runtime.handle().enter();
                 bind(config.admin.listen)?
             };
-            let limits = listen_limits(&config);
             let app = tokio::spawn(listen::serve(
                 app_listener,
                 Arc::clone(&shards),
-                app,
-                Some(direct),
-                // Stamped while a rollout is under way: it counts latency from arrival.
-                Some(Arc::new(move || rollouts.under_way())),
+                listen::App {
+                    router: app,
+                    direct: Some(direct),
+                    // Stamped while a rollout is under way: it counts latency from arrival.
+                    stamps: Some(Arc::new(move || rollouts.under_way())),
+                    elsewhere: workers.elsewhere(),
+                },
                 limits.app,
                 stopped.clone(),
             ));
             let admin = admin_runtime.handle().spawn(listen::serve(
                 admin_listener,
                 Arc::new(Shards::none()),
-                admin,
-                None,
-                None,
+                listen::App {
+                    router: admin,
+                    direct: None,
+                    stamps: None,
+                    elsewhere: None,
+                },
                 limits.admin,
                 stopped,
             ));
@@ -461,6 +478,7 @@ impl Server {
             workers,
             router,
             calls: Arc::new(calls),
+            links,
             app,
             admin,
             stop,
@@ -488,6 +506,11 @@ impl Server {
     /// The `[[route]]`s' calls, for the requests a front forwards to this worker.
     pub(crate) fn calls(&self) -> Arc<app::RouteCalls> {
         Arc::clone(&self.calls)
+    }
+
+    /// What serves the client connections a front gives this worker.
+    pub(crate) fn links(&self) -> crate::worker::Links {
+        self.links.clone()
     }
 
     /// The host behind the server.

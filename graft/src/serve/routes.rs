@@ -33,8 +33,10 @@ use super::app::{
     answer_failure, method_not_allowed, not_found, rejected_body, server_error, side_of, stamp,
     HELD_RETRY,
 };
+use super::conn::Tracking;
 use super::listen::Direct;
 use super::trace;
+use crate::worker::states::NO_ROUTE;
 
 /// What every request to a plugin route shares.
 pub(super) struct PluginRoutes {
@@ -76,10 +78,21 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
     let http_method = request.method().clone();
     let uri = std::mem::take(request.uri_mut());
     let headers = std::mem::take(request.headers_mut());
+    // In a worker serving its front's connection: its deadline and what it answered go to
+    // the front (`given.rs`).
+    let tracking = request.extensions_mut().remove::<Tracking>();
+    let deadline = match &tracking {
+        Some(tracking) => {
+            let deadline = tracking.front_deadline(routes.deadline);
+            tracking.started(NO_ROUTE, Some(started + deadline));
+            deadline
+        }
+        None => routes.deadline,
+    };
     // In a worker, the request is served in the context its front made for it.
     let context = match request.extensions_mut().remove::<Forwarded>() {
         Some(Forwarded(context)) => context,
-        None => trace::context(&headers, Some(started + routes.deadline)),
+        None => trace::context(&headers, Some(started + deadline)),
     };
     // The body first: a slow client must not hold a generation (and a migration) while it
     // sends.
@@ -135,6 +148,7 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
         side,
         started,
         arrived,
+        tracking: tracking.as_ref(),
     };
     if let Some(worker) = routes.workers.route(pin.generation(), side) {
         // The generation runs in a worker process: it answers, the front counts and stamps.
@@ -222,6 +236,8 @@ pub(super) async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Requ
 struct Served<'a> {
     pattern: &'a str,
     method: &'a str,
+    /// In a worker serving its front's connection: told what was answered.
+    tracking: Option<&'a Tracking>,
     pin: &'a OwnedPin,
     side: Side,
     started: Instant,
@@ -251,6 +267,9 @@ fn counted(
     routes
         .rollouts
         .record(pin.id(), status.is_server_error(), served.arrived.elapsed());
+    if let Some(tracking) = served.tracking {
+        tracking.served(served.method, served.pattern, status.as_u16(), elapsed);
+    }
     stamped(response, pin, served.side, context)
 }
 

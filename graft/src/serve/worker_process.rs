@@ -28,7 +28,7 @@ pub fn run(config: &Path, channel: &Path, memory_limit_mb: Option<u64>) -> anyho
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
-        crate::worker::serve_channel(channel, server.router(), server.calls())
+        crate::worker::serve_channel(channel, server.router(), server.calls(), server.links())
             .with_context(|| format!("binding {}", channel.display()))?;
         let ready = serde_json::to_string(&Ready {
             channel: channel.to_owned(),

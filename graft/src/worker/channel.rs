@@ -53,6 +53,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
 use tower::ServiceExt as _;
 
+use super::direct::FrontLink;
+use super::states::MAX_SLOTS;
 use crate::shards::{run_thread, Shards};
 
 /// The largest frame either side accepts (a worker is graft itself; this bounds a broken one).
@@ -60,6 +62,9 @@ const MAX_FRAME: usize = 64 << 20;
 
 /// A connection's hello (its first 4 bytes, front to worker) for a thread on any CPU.
 const ANY_CPU: u32 = u32::MAX;
+
+/// The hello of a link (`link.rs`), not a channel connection.
+const LINK: u32 = u32::MAX - 1;
 
 /// Why a request sent over the channel got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +150,26 @@ impl Channel {
             connection,
             ids: AtomicU64::new(0),
         })
+    }
+
+    /// Connects a link to the worker's socket, for client connections it serves itself, with
+    /// `slots` connection states.
+    pub(crate) async fn link(
+        path: &Path,
+        slots: usize,
+        generation: u64,
+    ) -> Result<FrontLink, ChannelError> {
+        let mut stream = UnixStream::connect(path)
+            .await
+            .map_err(ChannelError::Connect)?;
+        stream
+            .write_all(&LINK.to_le_bytes())
+            .await
+            .map_err(ChannelError::Connect)?;
+        let slots = u32::try_from(slots).unwrap_or(u32::MAX).clamp(1, MAX_SLOTS);
+        FrontLink::start(stream, slots, generation)
+            .await
+            .map_err(ChannelError::Connect)
     }
 
     /// Sends one request (written into a frame at once, from the borrowed parts) and
@@ -358,17 +383,32 @@ fn next_frame(buffer: &mut bytes::BytesMut) -> Option<Option<Bytes>> {
 /// # Errors
 ///
 /// If the socket cannot be bound.
-pub(crate) fn serve<C: Calls>(path: &Path, router: Router, calls: Arc<C>) -> std::io::Result<()> {
+pub(crate) fn serve<C: Calls>(
+    path: &Path,
+    router: Router,
+    calls: Arc<C>,
+    links: Links,
+) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
         let mut count = 0_usize;
         while let Ok((stream, _)) = listener.accept().await {
-            let (router, calls) = (router.clone(), Arc::clone(&calls));
-            tokio::spawn(start_connection(count, stream, router, calls));
+            let (router, calls, links) = (router.clone(), Arc::clone(&calls), links.clone());
+            tokio::spawn(start_connection(count, stream, router, calls, links));
             count += 1;
         }
     });
     Ok(())
+}
+
+/// What serves a link (a connection whose hello is a link's: see `link.rs`).
+#[derive(Clone)]
+pub(crate) struct Links(pub(crate) Arc<dyn Fn(UnixStream) + Send + Sync>);
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Links")
+    }
 }
 
 /// Reads a connection's hello and starts the thread that serves it.
@@ -377,12 +417,14 @@ async fn start_connection<C: Calls>(
     mut stream: UnixStream,
     router: Router,
     calls: Arc<C>,
+    links: Links,
 ) {
     let mut hello = [0; 4];
     if stream.read_exact(&mut hello).await.is_err() {
         return;
     }
     let cpu = match u32::from_le_bytes(hello) {
+        LINK => return (links.0)(stream),
         ANY_CPU => None,
         cpu => usize::try_from(cpu).ok(),
     };

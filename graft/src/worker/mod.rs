@@ -23,6 +23,12 @@
 //! - **Memory**: [`WorkerConfig::memory_limit_mb`] bounds each worker (`RLIMIT_DATA`); an
 //!   allocation past it aborts that worker alone.
 //!
+//! - **Connections served by the worker** (`direct.rs`): under `all`, while no rollout splits
+//!   requests, the current generation's worker serves client connections itself (the front
+//!   hands them over on the worker's link, `link.rs`), with the same guarantees: it stops
+//!   serving the moment its generation is replaced, a crash fails only the requests in flight
+//!   (the front keeps each connection's descriptor and reads its state, `states.rs`), a call
+//!   past its deadline is answered 503 by the front, and each request is counted by the front.
 //! - **A crash while loading**: the front prepares each release itself too (it routes, pins
 //!   and reports with that generation, and never calls into it), so it loads the release
 //!   first in a process of its own (`preflight.rs`): one that takes that process down, or
@@ -36,10 +42,13 @@
 //! code that crashes at random) still takes it down.
 
 mod channel;
+mod direct;
 mod forward;
+pub(crate) mod link;
 mod preflight;
 mod process;
 mod slot;
+pub(crate) mod states;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -51,11 +60,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use graft_host::{Generation, Host};
 
 pub use crate::config::{Isolation, WorkerConfig};
-pub(crate) use channel::{serve as serve_channel, Asked, Calls, Forwarded};
+pub(crate) use channel::{serve as serve_channel, Asked, Calls, Forwarded, Links};
 
+pub(crate) use direct::{Elsewhere, Moving};
 pub(crate) use forward::{Forward, Serves};
 pub(crate) use process::Ready;
-pub(crate) use process::Spec;
+pub(crate) use process::{front_deadline, Spec};
 use slot::{Kept, Slot};
 
 use crate::api::{ApiError, ErrorCode, WorkerState, WorkerStatus};
@@ -108,6 +118,14 @@ pub(crate) struct Workers {
     /// request without a lock.
     placed: ArcSwap<HashMap<u64, Placement>>,
     change: Mutex<()>,
+    /// Taken to pick the worker that serves connections, and by a switch of generation.
+    direct: Mutex<()>,
+    /// Bumped whenever the worker that serves connections may have changed.
+    direct_changes: tokio::sync::watch::Sender<u64>,
+    /// The pid of the worker that served connections at the last sweep.
+    direct_last: std::sync::atomic::AtomicU64,
+    /// Where connections back from a worker go to be served by the front's listener.
+    back: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Moving>>,
     me: Weak<Workers>,
 }
 
@@ -133,7 +151,8 @@ impl Workers {
         let root = data_dir.join("workers");
         // What a killed front left behind: its workers exited when their input closed.
         let _ = std::fs::remove_dir_all(&root);
-        Ok(Arc::new_cyclic(|me| Self {
+        let switching = Arc::clone(&host);
+        let workers = Arc::new_cyclic(|me: &Weak<Self>| Self {
             isolation,
             config,
             binary,
@@ -146,8 +165,22 @@ impl Workers {
             shards,
             placed: ArcSwap::default(),
             change: Mutex::new(()),
+            direct: Mutex::new(()),
+            direct_changes: tokio::sync::watch::Sender::new(0),
+            direct_last: std::sync::atomic::AtomicU64::new(0),
+            back: std::sync::OnceLock::new(),
             me: me.clone(),
-        }))
+        });
+        if isolation == Isolation::All {
+            // Right after each store: the replaced generation's worker stops serving at once.
+            let me = Arc::downgrade(&workers);
+            switching.on_switch(move |generation| {
+                if let Some(workers) = me.upgrade() {
+                    workers.placement_changed(Some(generation.id()));
+                }
+            });
+        }
+        Ok(workers)
     }
 
     /// The worker serving `generation` when a request routed to `side` pinned it, if it runs in
@@ -282,6 +315,9 @@ impl Workers {
             timeout: Duration::from_millis(self.config.start_timeout_ms),
             runtime: &self.runtime,
             shards: &self.shards,
+            link_slots: (self.isolation == Isolation::All && self.config.serve_connections)
+                .then_some(self.spec.max_connections()),
+            generation: slot.id,
         };
         let (me, watched) = (self.me.clone(), Arc::downgrade(slot));
         let started = process::start(&launch, move |process, ended, known| {
@@ -304,8 +340,12 @@ impl Workers {
                 slot.process.store(Some(Arc::clone(&process)));
                 slot.set(WorkerState::Serving, None);
                 self.count_running();
+                if let Some(me) = self.me.upgrade() {
+                    me.follow_link(slot, &process);
+                }
                 // Its end, however soon, is handled from here on: it finds it in the slot.
                 process.placed();
+                self.placement_changed(None);
             }
             Err(why) => {
                 tracing::error!(generation = slot.id, %why, "worker could not start");
@@ -404,9 +444,17 @@ impl Workers {
         );
         stuck.stopping.store(true, Ordering::SeqCst);
         self.launch(slot, Start::Recycle);
+        // The connections it serves itself come back (all but the stuck call's, which the
+        // front answered), to go to its successor.
+        if let Some(link) = &stuck.link {
+            link.close_serving(&self.runtime, link);
+        }
         let drain = Duration::from_secs(10);
         let since = Instant::now();
-        while stuck.in_flight.load(Ordering::SeqCst) > stuck.overdue.load(Ordering::SeqCst)
+        // Its requests forwarded and not overdue answered, and its connections back (the
+        // one with the stuck call was answered by the front).
+        while (stuck.in_flight.load(Ordering::SeqCst) > stuck.overdue.load(Ordering::SeqCst)
+            || stuck.link.as_ref().is_some_and(|link| link.holds()))
             && since.elapsed() < drain
         {
             std::thread::sleep(Duration::from_millis(10));
@@ -414,8 +462,15 @@ impl Workers {
         stuck.kill();
     }
 
-    /// Stops the workers of generations nothing routes to any more and no request holds.
+    /// Stops the workers of generations nothing routes to any more and no request holds; and
+    /// notices a change of the worker that serves connections (a rollout started or ended).
     fn sweep(&self) {
+        let target = self
+            .direct_target()
+            .map_or(0, |(_, process, _)| u64::from(process.pid));
+        if self.direct_last.swap(target, Ordering::SeqCst) != target {
+            self.placement_changed(None);
+        }
         let placed = self.placed.load_full();
         let canary = self.rollouts.canary_id();
         let current = self.host.current().id();
@@ -431,6 +486,15 @@ impl Workers {
                     .as_ref()
                     .and_then(|slot| slot.generation.upgrade())
                     .is_some_and(|g| g.in_flight() > 0);
+                // Connections it serves itself go back at their next request boundary first.
+                let serving = slot.as_ref().is_some_and(|slot| {
+                    slot.process
+                        .load()
+                        .as_ref()
+                        .and_then(|p| p.link.as_ref())
+                        .is_some_and(|link| link.holds())
+                });
+                let held = held || serving;
                 !routed && !kept && !held
             })
             .map(|(&id, _)| id)

@@ -18,6 +18,7 @@ use graft_host::Generation;
 use serde::{Deserialize, Serialize};
 
 use super::channel::Channel;
+use super::direct::FrontLink;
 use crate::config::HttpClientConfig;
 use crate::config::Route;
 use crate::shards::Shards;
@@ -35,17 +36,46 @@ pub(crate) struct Spec {
     route_timeout_ms: u64,
     inline_budget_us: u64,
     http_client: HttpClientConfig,
+    workers: WorkersSpec,
     #[serde(rename = "route")]
     routes: Vec<Route>,
 }
 
+/// The worker's `[workers]`: the grace period, by which its own deadlines are later than the
+/// front's (see [`front_deadline`]).
+#[derive(Debug, Clone, Serialize)]
+struct WorkersSpec {
+    grace_ms: u64,
+}
+
+/// How much later than the front's a worker's deadlines are, by the grace period.
+fn deadline_slack(grace_ms: u64) -> u64 {
+    grace_ms.saturating_mul(2)
+}
+
+/// The front's deadline of a request a worker serves itself (`direct.rs`), from the worker's
+/// own deadline for it (which [`Spec::of`] made later by twice the grace).
+pub(crate) fn front_deadline(worker_deadline: Duration, grace_ms: u64) -> Duration {
+    worker_deadline.saturating_sub(Duration::from_millis(deadline_slack(grace_ms)))
+}
+
 impl Spec {
+    /// `[[route]]` number `index` (from 0), as the front's config says it.
+    pub(crate) fn route(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
+    /// The most connections the front serves at once.
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     /// The front's serving settings, but for its deadlines. The front answers a request 503 at
     /// its deadline and recycles the worker if the call is still running `grace_ms` later; the
     /// worker's own deadlines come later still (by twice the grace), so that it never answers
     /// first and hides a call that runs on.
     pub(crate) fn of(config: &crate::config::ServeConfig) -> Self {
-        let later = |ms: u64| ms.saturating_add(config.workers.grace_ms.saturating_mul(2));
+        let later = |ms: u64| ms.saturating_add(deadline_slack(config.workers.grace_ms));
         let mut routes = config.routes.clone();
         for route in &mut routes {
             route.timeout_ms = route.timeout_ms.map(later);
@@ -60,6 +90,9 @@ impl Spec {
             route_timeout_ms: later(config.route_timeout_ms),
             inline_budget_us: config.inline_budget_us,
             http_client: config.http_client.clone(),
+            workers: WorkersSpec {
+                grace_ms: config.workers.grace_ms,
+            },
             routes,
         }
     }
@@ -86,6 +119,8 @@ pub(crate) struct Ready {
 pub(crate) struct Process {
     pub(crate) pid: u32,
     pub(crate) channel: Channel,
+    /// Its link, when it may serve client connections itself (`direct.rs`).
+    pub(crate) link: Option<std::sync::Arc<FrontLink>>,
     /// Requests forwarded to it and not answered yet.
     pub(crate) in_flight: AtomicUsize,
     /// Of those, the ones whose client was answered 503 at their deadline.
@@ -189,6 +224,10 @@ pub(crate) struct Launch<'a> {
     pub(crate) runtime: &'a tokio::runtime::Handle,
     /// The front's app threads: the channel's connection runs on the first.
     pub(crate) shards: &'a Shards,
+    /// With a link for client connections, of this many slots (the front's `max_connections`).
+    pub(crate) link_slots: Option<usize>,
+    /// The generation it serves, as the front numbers it.
+    pub(crate) generation: u64,
 }
 
 /// Starts a worker (with a config and a data directory of its own in the launch directory),
@@ -254,11 +293,20 @@ pub(crate) fn start(
     let channel = match &ready {
         Some(ready) => launch
             .runtime
-            .block_on(Channel::connect(&ready.channel, launch.shards))
+            .block_on(async {
+                let channel = Channel::connect(&ready.channel, launch.shards).await?;
+                let link = match launch.link_slots {
+                    Some(slots) => Some(std::sync::Arc::new(
+                        Channel::link(&ready.channel, slots, launch.generation).await?,
+                    )),
+                    None => None,
+                };
+                Ok::<_, super::channel::ChannelError>((channel, link))
+            })
             .map_err(|e| e.to_string()),
         None => Err(String::new()),
     };
-    let (Some(_), Ok(channel)) = (&ready, channel) else {
+    let (Some(_), Ok((channel, link))) = (&ready, channel) else {
         let _ = child.kill();
         let how = child.wait().map(Ended::of).map(|e| e.how);
         remove(&files);
@@ -278,6 +326,7 @@ pub(crate) fn start(
     let process = std::sync::Arc::new(Process {
         pid,
         channel,
+        link,
         in_flight: AtomicUsize::new(0),
         overdue: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),

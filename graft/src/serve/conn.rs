@@ -1,0 +1,362 @@
+//! A client connection as hyper reads and writes it: first the bytes read from it elsewhere and
+//! not parsed (a connection that came back from a worker, or went to one), then the socket
+//! ([`Stamped`]); and, when a worker serves it, its state in the memory the front reads
+//! (`worker/states.rs`), moved along as its requests are read and answered.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::arrival::Stamped;
+use crate::worker::link::Served;
+use crate::worker::states::{ANSWERING, CLEAN, IN_REQUEST, TAKEN};
+
+/// What a worker keeps of a connection its front gave it: its state in the shared memory, and
+/// what its requests tell the link (`worker/direct.rs`). Cloned into each request (an
+/// extension), so the route that serves it can say its deadline and what it answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracking(Arc<Tracked>);
+
+#[derive(Debug)]
+struct Tracked {
+    slot: u32,
+    link: Arc<dyn LinkSide>,
+    /// The whole answer is in hyper's hands: the next completed flush ends it.
+    answered: AtomicBool,
+    /// The request that started must be served by the front: the connection goes back with
+    /// its bytes, nothing written.
+    replay: AtomicBool,
+    /// When the request being served is past its deadline (set by its route).
+    deadline: Mutex<Option<Instant>>,
+    /// The request being served has its answer (whether or not it was written).
+    done: AtomicBool,
+}
+
+/// What a connection's tracking reaches of its worker's link.
+pub(crate) trait LinkSide: Send + Sync + std::fmt::Debug {
+    /// The connection's state word.
+    fn cell(&self, slot: u32) -> &AtomicU32;
+    /// The connection's route word (see `worker/states.rs`).
+    fn route(&self, slot: u32) -> &AtomicU32;
+    /// Whether the worker serves requests, or gives its connections back.
+    fn serving(&self) -> bool;
+    /// A request served: for the front's metrics.
+    fn served(&self, served: Served);
+    /// The workers' grace period (its deadlines are later than the front's by twice that).
+    fn grace(&self) -> Duration;
+    /// The front's number of the worker's generation: what its answers say served them.
+    fn generation(&self) -> &axum::http::HeaderValue;
+}
+
+impl Tracking {
+    pub(crate) fn new(slot: u32, link: Arc<dyn LinkSide>) -> Self {
+        Self(Arc::new(Tracked {
+            slot,
+            link,
+            answered: AtomicBool::new(false),
+            replay: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            done: AtomicBool::new(false),
+        }))
+    }
+
+    fn cell(&self) -> &AtomicU32 {
+        self.0.link.cell(self.0.slot)
+    }
+
+    /// The whole answer is in hyper's hands.
+    pub(crate) fn answered(&self) {
+        self.0.answered.store(true, Ordering::Release);
+    }
+
+    /// Whether a request starting now is served here; if not, the connection is marked to go
+    /// back with the request's bytes.
+    pub(crate) fn admit(&self) -> bool {
+        if self.0.link.serving() {
+            return true;
+        }
+        self.0.replay.store(true, Ordering::Release);
+        false
+    }
+
+    pub(crate) fn replaying(&self) -> bool {
+        self.0.replay.load(Ordering::Acquire)
+    }
+
+    /// The request being served answers 503 at `at`.
+    fn deadline(&self, at: Option<Instant>) {
+        *self
+            .0
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
+    /// The front's deadline for a route whose deadline is `deadline` in this worker's config
+    /// (later than the front's, see `worker/process.rs`): the one a request it serves itself
+    /// is answered at, and carries in its context.
+    pub(crate) fn front_deadline(&self, deadline: Duration) -> Duration {
+        let grace = u64::try_from(self.0.link.grace().as_millis()).unwrap_or(u64::MAX);
+        crate::worker::front_deadline(deadline, grace)
+    }
+
+    /// The request that started at `started` calls `[[route]]` number `route` (from 1; or
+    /// none: `NO_ROUTE`) and is answered at `deadline` (the front's): for the watch on
+    /// deadlines, and for the front's log if the worker ends during it.
+    pub(crate) fn started(&self, route: u32, deadline: Option<Instant>) {
+        self.0
+            .link
+            .route(self.0.slot)
+            .store(route, Ordering::Release);
+        self.0.done.store(false, Ordering::Release);
+        self.deadline(deadline);
+    }
+
+    /// The request being served has its answer.
+    pub(crate) fn done(&self) {
+        self.0.done.store(true, Ordering::Release);
+    }
+
+    /// Whether the request given up to the front (past its deadline) still has no answer: its
+    /// call still runs (or its answer came too late to tell).
+    pub(crate) fn runs_on(&self) -> bool {
+        self.cell().load(Ordering::Acquire) == TAKEN && !self.0.done.load(Ordering::Acquire)
+    }
+
+    /// The deadline of the request being served, if it has one.
+    pub(crate) fn deadline_at(&self) -> Option<Instant> {
+        *self
+            .0
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request served.
+    pub(crate) fn served(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.0.link.served(Served {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+            micros: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
+        });
+    }
+
+    /// Gives the request in flight up to the front (past its deadline): whether it was in
+    /// flight and no byte of its answer written (then nothing more is written here).
+    pub(crate) fn take(&self) -> bool {
+        self.cell()
+            .compare_exchange(IN_REQUEST, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn slot(&self) -> u32 {
+        self.0.slot
+    }
+
+    /// Says the front's number of the generation on an answer that names one (the worker
+    /// numbers its own generations from 1).
+    pub(crate) fn stamp(&self, headers: &mut axum::http::HeaderMap) {
+        if let Some(value) = headers.get_mut(crate::api::GENERATION_HEADER) {
+            value.clone_from(self.0.link.generation());
+        }
+    }
+}
+
+/// See the module's documentation.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stamped: Stamped,
+    unread: Bytes,
+    tracking: Option<Tracking>,
+    /// With tracking: what was read since the last answer was written (the request to replay
+    /// if it goes back to the front unserved).
+    since_answer: BytesMut,
+}
+
+impl Conn {
+    pub(crate) fn new(stamped: Stamped, unread: Bytes, tracking: Option<Tracking>) -> Self {
+        if let Some(tracking) = &tracking {
+            let state = if unread.is_empty() { CLEAN } else { IN_REQUEST };
+            tracking.cell().store(state, Ordering::Release);
+        }
+        Self {
+            stamped,
+            unread,
+            tracking,
+            since_answer: BytesMut::new(),
+        }
+    }
+
+    /// The socket, and what was read and not parsed yet (to go with it elsewhere).
+    pub(crate) fn into_parts(self) -> (Stamped, Bytes) {
+        (self.stamped, self.unread)
+    }
+
+    /// The socket, and every byte read since the last answer (the request to replay), then
+    /// what was never read.
+    pub(crate) fn into_replay(self) -> (Stamped, Bytes) {
+        let mut bytes = self.since_answer;
+        bytes.extend_from_slice(&self.unread);
+        (self.stamped, bytes.freeze())
+    }
+
+    /// Marks a write about to happen; an error if the answer is the front's now.
+    fn writing(&self) -> io::Result<()> {
+        let Some(tracking) = &self.tracking else {
+            return Ok(());
+        };
+        let cell = tracking.cell();
+        let mut state = cell.load(Ordering::Acquire);
+        loop {
+            match state {
+                TAKEN => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the front answers this request",
+                    ))
+                }
+                ANSWERING => return Ok(()),
+                _ => match cell.compare_exchange(
+                    state,
+                    ANSWERING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok(()),
+                    Err(now) => state = now,
+                },
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            let given = this.unread.split_to(n);
+            if this.tracking.is_some() {
+                this.since_answer.extend_from_slice(&given);
+            }
+            buf.put_slice(&given);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stamped).poll_read(cx, buf);
+        if let (Some(tracking), Poll::Ready(Ok(()))) = (&this.tracking, &read) {
+            if buf.filled().len() > before {
+                this.since_answer.extend_from_slice(&buf.filled()[before..]);
+                // Bytes of a request: in flight from here (unless it is being answered).
+                let _ = tracking.cell().compare_exchange(
+                    CLEAN,
+                    IN_REQUEST,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.writing()?;
+        Pin::new(&mut this.stamped).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.writing()?;
+        Pin::new(&mut this.stamped).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stamped.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.stamped).poll_flush(cx);
+        if let (Some(tracking), Poll::Ready(Ok(()))) = (&this.tracking, &flushed) {
+            if tracking.0.answered.swap(false, Ordering::AcqRel) {
+                // The answer is all written: between requests.
+                let _ = tracking.cell().compare_exchange(
+                    ANSWERING,
+                    CLEAN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                this.since_answer.clear();
+                tracking.deadline(None);
+            }
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stamped).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells [`Tracking`] when hyper has taken its last frame.
+pub(crate) struct Ending<B> {
+    inner: B,
+    tracking: Tracking,
+}
+
+impl<B> Ending<B> {
+    pub(crate) fn new(inner: B, tracking: Tracking) -> Self {
+        Self { inner, tracking }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Ending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.tracking.answered();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.tracking.answered();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
