@@ -7,7 +7,10 @@
 //! - `deployer.rs`: the one deploy path, for the admin API and watch mode: prepare, then
 //!   publish; how concurrent deploys order.
 //! - `mode.rs`: where a route's plugin calls run (inline on a worker, or on the blocking pool).
-//! - `listen.rs`: accepting connections under a cap, header-read and body timeouts.
+//! - `listen/`: accepting connections under a cap, header-read and body timeouts; handing them
+//!   to a worker and taking them back (`one.rs`).
+//! - `conn.rs`, `given.rs`: a connection as a worker serves it for its front, and the worker's
+//!   side of its link.
 //! - `arrival.rs`: when a request's bytes arrived (the kernel's receive stamp), where a
 //!   rollout counts its latency from.
 //! - `worker_process.rs`: `graft worker`, this server without listeners, serving the requests
