@@ -14,6 +14,10 @@ use crate::serve::{admin_metrics as metrics, spawn_graft_serve_logged};
 use crate::util::{wait_until, Env};
 use crate::workers::{config, hello, tcp_sockets, worker_of};
 
+/// Every generation in a worker; a keep-alive connection may stay idle while a worker restarts
+/// on a busy machine.
+const ALL: &str = "isolation = \"all\"\nheader_read_timeout_ms = 120000";
+
 /// One keep-alive HTTP/1.1 connection, read and written by hand so that every request of it
 /// goes over the same socket.
 struct KeepAlive {
@@ -83,7 +87,7 @@ fn deploy(admin: &AdminClient, release: &std::path::Path) -> u64 {
 #[test]
 fn a_connection_moves_to_the_new_generation_when_it_goes_live_and_outlives_a_crash() {
     let env = Env::new();
-    let path = config(&env, "isolation = \"all\"");
+    let path = config(&env, ALL);
     let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
     let admin = AdminClient::new(&admin_url, None);
     let v1 = admin.status().unwrap().host.current;
@@ -127,7 +131,7 @@ fn a_connection_moves_to_the_new_generation_when_it_goes_live_and_outlives_a_cra
 #[test]
 fn no_request_fails_while_releases_go_live_under_load() {
     let env = Env::new();
-    let path = config(&env, "isolation = \"all\"");
+    let path = config(&env, ALL);
     let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
     let v2 = env.complete_release("v2", &["hello-v2"]);
     let v1 = env.path("releases/v1");
@@ -169,7 +173,7 @@ fn no_request_fails_while_releases_go_live_under_load() {
 #[test]
 fn once_a_rollout_starts_each_request_of_a_connection_the_worker_held_picks_its_side() {
     let env = Env::new();
-    let path = config(&env, "isolation = \"all\"");
+    let path = config(&env, ALL);
     let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
     let admin = AdminClient::new(&admin_url, None);
     let stable = admin.status().unwrap().host.current;
