@@ -22,10 +22,10 @@ use crate::worker::states::{ANSWERING, CLEAN, IN_REQUEST, TAKEN};
 /// what its requests tell the link (`worker/direct.rs`). Cloned into each request (an
 /// extension), so the route that serves it can say its deadline and what it answered.
 #[derive(Debug, Clone)]
-pub(crate) struct Tracking(Arc<Tracked>);
+pub(crate) struct Tracking(Arc<Watched>);
 
 #[derive(Debug)]
-struct Tracked {
+struct Watched {
     slot: u32,
     link: Arc<dyn LinkSide>,
     /// The whole answer is in hyper's hands: the next completed flush ends it.
@@ -57,7 +57,7 @@ pub(crate) trait LinkSide: Send + Sync + std::fmt::Debug {
 
 impl Tracking {
     pub(crate) fn new(slot: u32, link: Arc<dyn LinkSide>) -> Self {
-        Self(Arc::new(Tracked {
+        Self(Arc::new(Watched {
             slot,
             link,
             answered: AtomicBool::new(false),
@@ -358,5 +358,112 @@ impl<B: http_body::Body + Unpin> http_body::Body for Ending<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A link's side kept in memory: one slot.
+    #[derive(Debug, Default)]
+    struct Words {
+        state: AtomicU32,
+        route: AtomicU32,
+        closed: AtomicBool,
+        served: Mutex<Vec<Served>>,
+    }
+
+    impl LinkSide for Words {
+        fn cell(&self, _: u32) -> &AtomicU32 {
+            &self.state
+        }
+        fn route(&self, _: u32) -> &AtomicU32 {
+            &self.route
+        }
+        fn serving(&self) -> bool {
+            !self.closed.load(Ordering::Acquire)
+        }
+        fn served(&self, served: Served) {
+            self.served.lock().unwrap().push(served);
+        }
+        fn grace(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+        fn generation(&self) -> &axum::http::HeaderValue {
+            static SEVEN: axum::http::HeaderValue = axum::http::HeaderValue::from_static("7");
+            &SEVEN
+        }
+    }
+
+    async fn pair(unread: &'static [u8]) -> (tokio::net::TcpStream, Conn, Tracking, Arc<Words>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let words = Arc::new(Words::default());
+        let tracking = Tracking::new(0, Arc::clone(&words) as Arc<dyn LinkSide>);
+        let (stamped, _) = Stamped::new(server, None);
+        let conn = Conn::new(stamped, Bytes::from_static(unread), Some(tracking.clone()));
+        (client, conn, tracking, words)
+    }
+
+    #[tokio::test]
+    async fn a_connections_state_follows_its_requests_and_a_taken_answer_is_not_written() {
+        let (mut client, mut conn, tracking, words) = pair(b"").await;
+        let state = || words.state.load(Ordering::Acquire);
+        assert_eq!(state(), CLEAN);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buffer = [0; 64];
+        let _ = conn.read(&mut buffer).await.unwrap();
+        assert_eq!(state(), IN_REQUEST, "bytes of a request read");
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert_eq!(state(), ANSWERING);
+        conn.flush().await.unwrap();
+        assert_eq!(state(), ANSWERING, "the answer is not all handed over yet");
+        tracking.answered();
+        conn.flush().await.unwrap();
+        assert_eq!(state(), CLEAN, "answered and flushed: between requests");
+        assert!(!tracking.take(), "nothing in flight to give up");
+
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = conn.read(&mut buffer).await.unwrap();
+        assert!(tracking.take(), "given up to the front");
+        assert_eq!(state(), TAKEN);
+        let refused = conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::BrokenPipe);
+        assert!(tracking.runs_on(), "no answer came");
+        tracking.done();
+        assert!(!tracking.runs_on());
+    }
+
+    #[tokio::test]
+    async fn a_request_the_worker_may_not_serve_goes_back_with_every_byte_read_since_the_answer() {
+        let (mut client, mut conn, tracking, words) = pair(b"POST /a HT").await;
+        assert_eq!(
+            words.state.load(Ordering::Acquire),
+            IN_REQUEST,
+            "a request's start given"
+        );
+        let mut buffer = [0; 4];
+        conn.read_exact(&mut buffer).await.unwrap();
+        client.write_all(b"TP/1.1\r\n").await.unwrap();
+        let mut rest = [0; 64];
+        let mut read = 0;
+        while read < 14 {
+            read += conn.read(&mut rest[read..]).await.unwrap();
+        }
+        assert!(tracking.admit(), "serving: admitted");
+        words.closed.store(true, Ordering::Release);
+        assert!(!tracking.admit(), "replaced: not admitted");
+        assert!(tracking.replaying());
+        let (_, replay) = conn.into_replay();
+        assert_eq!(&replay[..], b"POST /a HTTP/1.1\r\n");
     }
 }
