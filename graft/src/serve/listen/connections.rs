@@ -19,6 +19,8 @@ const SWEEPS_PER_TIMEOUT: u32 = 4;
 pub(super) struct Tracked {
     /// Requests being served (0 or 1 on HTTP/1 without pipelining).
     pub(super) busy: AtomicUsize,
+    /// Whether a request was ever served on it (by this server).
+    pub(super) served: AtomicBool,
     /// When it last went idle, in milliseconds since the listener started.
     pub(super) idle_since_ms: AtomicU64,
     /// Closes it: at once (idle), or after its request (`graceful`, on stop).
@@ -60,6 +62,7 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tracked = Arc::new(Tracked {
             busy: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(self.now_ms()),
             close: Notify::new(),
             graceful: AtomicBool::new(false),

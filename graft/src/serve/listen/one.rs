@@ -132,6 +132,7 @@ impl hyper::service::Service<Request<Incoming>> for Service1 {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.tracked.busy.fetch_add(1, Ordering::Relaxed);
+        self.tracked.served.store(true, Ordering::Relaxed);
         let timeout = self.body_timeout;
         let mut request = request.map(|body| Body::new(TimedBody::new(body, timeout)));
         if let Some(arrived) = self.received.arrived() {
@@ -175,6 +176,18 @@ pub(super) struct Leave {
     pub(super) changes: watch::Receiver<u64>,
     /// Whether it has to, asked at a boundary after a change.
     pub(super) now: Box<dyn Fn() -> bool + Send>,
+}
+
+/// A connection hyper let go of between two requests: the socket, and the bytes read and not
+/// parsed (those of the connection's own buffer, then hyper's).
+fn left(parts: hyper::server::conn::http1::Parts<TokioIo<Conn>, Service1>) -> Outcome {
+    let (stamped, mut unread) = parts.io.into_inner().into_parts();
+    if !parts.read_buf.is_empty() {
+        let mut joined = bytes::BytesMut::from(&unread[..]);
+        joined.extend_from_slice(&parts.read_buf);
+        unread = joined.freeze();
+    }
+    Outcome::Left(stamped.into_inner(), unread)
 }
 
 /// Serves one connection until it closes, or leaves between two requests when `leave` says
@@ -221,14 +234,7 @@ pub(super) async fn serve_one(
                 }
                 Some(Ok(())) if !leaving => return Outcome::Closed,
                 Some(Ok(())) => {
-                    let parts = connection.into_parts();
-                    let (stamped, mut unread) = parts.io.into_inner().into_parts();
-                    if !parts.read_buf.is_empty() {
-                        let mut joined = bytes::BytesMut::from(&unread[..]);
-                        joined.extend_from_slice(&parts.read_buf);
-                        unread = joined.freeze();
-                    }
-                    return Outcome::Left(stamped.into_inner(), unread);
+                    return left(connection.into_parts());
                 }
                 None if tracking.as_ref().is_some_and(Tracking::replaying) => {
                     // Nothing was written for the request that started: it goes back whole.
@@ -256,6 +262,13 @@ pub(super) async fn serve_one(
         if at_boundary(wanted) && !leaving && !closing {
             wanted = false;
             if leave.as_ref().is_some_and(|leave| (leave.now)()) {
+                if !tracked.served.load(Ordering::Relaxed) {
+                    // No request yet: hyper has written nothing, and does not count itself
+                    // idle before its first request (told to shut down, it would answer that
+                    // one with `connection: close`). The socket goes as it is, with what hyper
+                    // read of a request.
+                    return left(connection.into_parts());
+                }
                 std::pin::Pin::new(&mut connection).graceful_shutdown();
                 leaving = true;
             }
