@@ -274,6 +274,10 @@ pub struct WorkerStatus {
     pub uptime_ms: u64,
     /// Requests forwarded to it and not answered yet.
     pub in_flight: usize,
+    /// Client connections it serves itself (`[workers] serve_connections`): their requests do
+    /// not cross the front, and are not in `in_flight`.
+    #[serde(default)]
+    pub connections: usize,
     /// How many times a worker of this generation was started again after a crash.
     pub restarts: u64,
     /// Crashes within the crash window (`workers.crash_window_ms`).

@@ -190,7 +190,12 @@ impl FrontLink {
 
     /// Whether the worker serves connections the front gave it.
     pub(crate) fn holds(&self) -> bool {
-        !self.held().given.is_empty()
+        self.connections() > 0
+    }
+
+    /// How many connections the front gave the worker that it serves now.
+    pub(crate) fn connections(&self) -> usize {
+        self.held().given.len()
     }
 
     /// The connection in `slot`, no longer the worker's (its slot free again).

@@ -551,6 +551,7 @@ impl Workers {
                     pid: None,
                     uptime_ms: 0,
                     in_flight: 0,
+                    connections: 0,
                     restarts: 0,
                     crashes: 0,
                     reason: Some("its plugins hold state".into()),

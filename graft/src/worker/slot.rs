@@ -128,6 +128,10 @@ impl Slot {
             in_flight: process
                 .as_ref()
                 .map_or(0, |p| p.in_flight.load(Ordering::Relaxed)),
+            connections: process
+                .as_ref()
+                .and_then(|p| p.link.as_ref())
+                .map_or(0, |link| link.connections()),
             restarts: self.restarts.load(Ordering::Relaxed),
             crashes,
             reason,
