@@ -78,6 +78,25 @@ impl KeepAlive {
     }
 }
 
+/// `graft serve` of the hello config with every generation in a worker: the server, its app and
+/// admin URLs, and an admin client.
+fn serve_all(env: &Env) -> (crate::util::KillOnDrop, String, String, AdminClient) {
+    let path = config(env, ALL);
+    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let admin = AdminClient::new(&admin_url, None);
+    (server, base, admin_url, admin)
+}
+
+/// Waits until `generation`'s worker holds the one client connection itself.
+fn held_by_its_worker(admin: &AdminClient, generation: u64) {
+    let worker = worker_of(admin, generation).unwrap().pid.unwrap();
+    wait_until(
+        "the worker holding the connection",
+        Duration::from_secs(10),
+        || tcp_sockets(worker, "01") == 1,
+    );
+}
+
 /// Deploys `release`; the generation that went live.
 fn deploy(admin: &AdminClient, release: &std::path::Path) -> u64 {
     let request = graft::api::DeployRequest::new(release);
@@ -87,19 +106,12 @@ fn deploy(admin: &AdminClient, release: &std::path::Path) -> u64 {
 #[test]
 fn a_connection_moves_to_the_new_generation_when_it_goes_live_and_outlives_a_crash() {
     let env = Env::new();
-    let path = config(&env, ALL);
-    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
-    let admin = AdminClient::new(&admin_url, None);
+    let (server, base, admin_url, admin) = serve_all(&env);
     let v1 = admin.status().unwrap().host.current;
     let mut connection = KeepAlive::open(&base);
     assert_eq!(connection.hello("one"), (200, v1, "\"hello, one\"".into()));
     // The worker holds the client's connection itself: no request crosses the front.
-    let worker = worker_of(&admin, v1).unwrap().pid.unwrap();
-    wait_until(
-        "the worker holding the connection",
-        Duration::from_secs(10),
-        || tcp_sockets(worker, "01") == 1,
-    );
+    held_by_its_worker(&admin, v1);
     // Counted by the front all the same.
     wait_until("the request counted", Duration::from_secs(10), || {
         metrics(&admin_url).contains(&format!("graft_requests_total{{generation=\"{v1}\"}} 1"))
@@ -173,18 +185,11 @@ fn no_request_fails_while_releases_go_live_under_load() {
 #[test]
 fn once_a_rollout_starts_each_request_of_a_connection_the_worker_held_picks_its_side() {
     let env = Env::new();
-    let path = config(&env, ALL);
-    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
-    let admin = AdminClient::new(&admin_url, None);
+    let (server, base, _admin_url, admin) = serve_all(&env);
     let stable = admin.status().unwrap().host.current;
     let mut connection = KeepAlive::open(&base);
     assert_eq!(connection.hello("one").1, stable);
-    let worker = worker_of(&admin, stable).unwrap().pid.unwrap();
-    wait_until(
-        "the worker holding the connection",
-        Duration::from_secs(10),
-        || tcp_sockets(worker, "01") == 1,
-    );
+    held_by_its_worker(&admin, stable);
 
     let v2 = env.complete_release("v2", &["hello-v2"]);
     let options = graft::api::RolloutOptions::new(true, Some(1), None);

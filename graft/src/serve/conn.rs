@@ -5,8 +5,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,10 @@ struct Watched {
     /// The request that started must be served by the front: the connection goes back with
     /// its bytes, nothing written.
     replay: AtomicBool,
-    /// When the request being served is past its deadline (set by its route).
-    deadline: Mutex<Option<Instant>>,
+    /// When the request being served is past its deadline (set by its route): nanoseconds
+    /// after `since`, 0 for none. An atomic, not a lock: set per request, read by the watch.
+    deadline: AtomicU64,
+    since: Instant,
     /// The request being served has its answer (whether or not it was written).
     done: AtomicBool,
 }
@@ -62,7 +64,8 @@ impl Tracking {
             link,
             answered: AtomicBool::new(false),
             replay: AtomicBool::new(false),
-            deadline: Mutex::new(None),
+            deadline: AtomicU64::new(0),
+            since: Instant::now(),
             done: AtomicBool::new(false),
         }))
     }
@@ -92,11 +95,11 @@ impl Tracking {
 
     /// The request being served answers 503 at `at`.
     fn deadline(&self, at: Option<Instant>) {
-        *self
-            .0
-            .deadline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = at;
+        let nanos = at.map_or(0, |at| {
+            let after = at.saturating_duration_since(self.0.since).as_nanos();
+            u64::try_from(after).unwrap_or(u64::MAX).max(1)
+        });
+        self.0.deadline.store(nanos, Ordering::Release);
     }
 
     /// The front's deadline for a route whose deadline is `deadline` in this worker's config
@@ -132,11 +135,10 @@ impl Tracking {
 
     /// The deadline of the request being served, if it has one.
     pub(crate) fn deadline_at(&self) -> Option<Instant> {
-        *self
-            .0
-            .deadline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        match self.0.deadline.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.0.since + Duration::from_nanos(nanos)),
+        }
     }
 
     /// A request served.
@@ -363,6 +365,8 @@ impl<B: http_body::Body + Unpin> http_body::Body for Ending<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
