@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::arrival::Stamped;
 use crate::worker::link::Served;
-use crate::worker::states::{ANSWERING, CLEAN, IN_REQUEST, TAKEN};
+use crate::worker::states::{ANSWERING, CLEAN, ENDING, IN_REQUEST, READ_AHEAD, TAKEN};
 
 /// What a worker keeps of a connection its front gave it: its state in the shared memory, and
 /// what its requests tell the link (`worker/direct.rs`). Cloned into each request (an
@@ -47,6 +47,8 @@ pub(crate) trait LinkSide: Send + Sync + std::fmt::Debug {
     fn cell(&self, slot: u32) -> &AtomicU32;
     /// The connection's route word (see `worker/states.rs`).
     fn route(&self, slot: u32) -> &AtomicU32;
+    /// The connection's end word (see `worker/states.rs`).
+    fn end(&self, slot: u32) -> &AtomicU64;
     /// Whether the worker serves requests, or gives its connections back.
     fn serving(&self) -> bool;
     /// A request served: for the front's metrics.
@@ -181,6 +183,11 @@ pub(crate) struct Conn {
     /// With tracking: what was read since the last answer was written (the request to replay
     /// if it goes back to the front unserved).
     since_answer: BytesMut,
+    /// With tracking: how many of `since_answer`'s bytes were read before the answer being
+    /// written began (those of its request; later ones are the next request's).
+    answer_mark: usize,
+    /// With tracking: the bytes written on the connection since this worker got it.
+    written: u64,
 }
 
 impl Conn {
@@ -194,6 +201,8 @@ impl Conn {
             unread,
             tracking,
             since_answer: BytesMut::new(),
+            answer_mark: 0,
+            written: 0,
         }
     }
 
@@ -210,33 +219,62 @@ impl Conn {
         (self.stamped, bytes.freeze())
     }
 
-    /// Marks a write about to happen; an error if the answer is the front's now.
-    fn writing(&self) -> io::Result<()> {
+    /// Marks a write of `len` bytes about to happen: answering, or ending the answer if hyper
+    /// has all of it (then this write is of all the rest: hyper writes a tracked connection
+    /// from one flat buffer, see [`Conn::is_write_vectored`]); an error if the answer is the
+    /// front's now.
+    fn writing(&mut self, len: usize) -> io::Result<()> {
         let Some(tracking) = &self.tracking else {
             return Ok(());
+        };
+        let phase = if tracking.0.answered.load(Ordering::Acquire) {
+            let end = self.written.saturating_add(len as u64);
+            tracking
+                .0
+                .link
+                .end(tracking.0.slot)
+                .store(end, Ordering::Release);
+            ENDING
+        } else {
+            ANSWERING
         };
         let cell = tracking.cell();
         let mut state = cell.load(Ordering::Acquire);
         loop {
-            match state {
-                TAKEN => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the front answers this request",
-                    ))
+            let (now, read_ahead) = (state & !READ_AHEAD, state & READ_AHEAD);
+            if now == TAKEN {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the front answers this request",
+                ));
+            }
+            if now == phase {
+                return Ok(());
+            }
+            match cell.compare_exchange(
+                state,
+                phase | read_ahead,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if now != ANSWERING && now != ENDING {
+                        // The answer's first byte: what was read so far is its request's.
+                        self.answer_mark = self.since_answer.len();
+                    }
+                    return Ok(());
                 }
-                ANSWERING => return Ok(()),
-                _ => match cell.compare_exchange(
-                    state,
-                    ANSWERING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return Ok(()),
-                    Err(now) => state = now,
-                },
+                Err(changed) => state = changed,
             }
         }
+    }
+
+    /// Counts `written` bytes written.
+    fn wrote(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &written {
+            self.written = self.written.saturating_add(*n as u64);
+        }
+        written
     }
 }
 
@@ -261,13 +299,16 @@ impl AsyncRead for Conn {
         if let (Some(tracking), Poll::Ready(Ok(()))) = (&this.tracking, &read) {
             if buf.filled().len() > before {
                 this.since_answer.extend_from_slice(&buf.filled()[before..]);
-                // Bytes of a request: in flight from here (unless it is being answered).
-                let _ = tracking.cell().compare_exchange(
-                    CLEAN,
-                    IN_REQUEST,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                // Bytes of a request: in flight from here; while an answer is written, the
+                // next request's (read ahead).
+                let _ =
+                    tracking
+                        .cell()
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| match state {
+                            CLEAN => Some(IN_REQUEST),
+                            ANSWERING | ENDING => Some(state | READ_AHEAD),
+                            _ => None,
+                        });
             }
         }
         read
@@ -281,8 +322,9 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.writing()?;
-        Pin::new(&mut this.stamped).poll_write(cx, buf)
+        this.writing(buf.len())?;
+        let written = Pin::new(&mut this.stamped).poll_write(cx, buf);
+        this.wrote(written)
     }
 
     fn poll_write_vectored(
@@ -291,12 +333,15 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.writing()?;
-        Pin::new(&mut this.stamped).poll_write_vectored(cx, bufs)
+        this.writing(bufs.iter().map(|buf| buf.len()).sum())?;
+        let written = Pin::new(&mut this.stamped).poll_write_vectored(cx, bufs);
+        this.wrote(written)
     }
 
+    /// Not when tracked: hyper then writes from one flat buffer, so the write after an answer's
+    /// end is in its hands is of all the rest (see [`Conn::writing`]).
     fn is_write_vectored(&self) -> bool {
-        self.stamped.is_write_vectored()
+        self.tracking.is_none() && self.stamped.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -304,14 +349,20 @@ impl AsyncWrite for Conn {
         let flushed = Pin::new(&mut this.stamped).poll_flush(cx);
         if let (Some(tracking), Poll::Ready(Ok(()))) = (&this.tracking, &flushed) {
             if tracking.0.answered.swap(false, Ordering::AcqRel) {
-                // The answer is all written: between requests.
-                let _ = tracking.cell().compare_exchange(
-                    ANSWERING,
-                    CLEAN,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-                this.since_answer.clear();
+                // The answer is all written: between requests, or in the next one if bytes of
+                // it were read meanwhile.
+                let _ =
+                    tracking
+                        .cell()
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                            match state & !READ_AHEAD {
+                                ANSWERING | ENDING if state & READ_AHEAD != 0 => Some(IN_REQUEST),
+                                ANSWERING | ENDING => Some(CLEAN),
+                                _ => None,
+                            }
+                        });
+                let mark = std::mem::take(&mut this.answer_mark).min(this.since_answer.len());
+                let _ = this.since_answer.split_to(mark);
                 tracking.deadline(None);
             }
         }
@@ -376,6 +427,7 @@ mod tests {
     struct Words {
         state: AtomicU32,
         route: AtomicU32,
+        end: AtomicU64,
         closed: AtomicBool,
         served: Mutex<Vec<Served>>,
     }
@@ -386,6 +438,9 @@ mod tests {
         }
         fn route(&self, _: u32) -> &AtomicU32 {
             &self.route
+        }
+        fn end(&self, _: u32) -> &AtomicU64 {
+            &self.end
         }
         fn serving(&self) -> bool {
             !self.closed.load(Ordering::Acquire)
@@ -402,22 +457,34 @@ mod tests {
         }
     }
 
-    async fn pair(unread: &'static [u8]) -> (tokio::net::TcpStream, Conn, Tracking, Arc<Words>) {
+    /// A connection as a worker serves it; the client's end, and the front's descriptor.
+    async fn pair(
+        unread: &'static [u8],
+    ) -> (
+        tokio::net::TcpStream,
+        Conn,
+        Tracking,
+        Arc<Words>,
+        std::net::TcpStream,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        let front = std::os::fd::AsFd::as_fd(&server)
+            .try_clone_to_owned()
+            .unwrap();
         let words = Arc::new(Words::default());
         let tracking = Tracking::new(0, Arc::clone(&words) as Arc<dyn LinkSide>);
         let (stamped, _) = Stamped::new(server, None);
         let conn = Conn::new(stamped, Bytes::from_static(unread), Some(tracking.clone()));
-        (client, conn, tracking, words)
+        (client, conn, tracking, words, front.into())
     }
 
     #[tokio::test]
     async fn a_connections_state_follows_its_requests_and_a_taken_answer_is_not_written() {
-        let (mut client, mut conn, tracking, words) = pair(b"").await;
+        let (mut client, mut conn, tracking, words, _) = pair(b"").await;
         let state = || words.state.load(Ordering::Acquire);
         assert_eq!(state(), CLEAN);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
@@ -449,7 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_the_worker_may_not_serve_goes_back_with_every_byte_read_since_the_answer() {
-        let (mut client, mut conn, tracking, words) = pair(b"POST /a HT").await;
+        let (mut client, mut conn, tracking, words, _) = pair(b"POST /a HT").await;
         assert_eq!(
             words.state.load(Ordering::Acquire),
             IN_REQUEST,
@@ -469,5 +536,52 @@ mod tests {
         assert!(tracking.replaying());
         let (_, replay) = conn.into_replay();
         assert_eq!(&replay[..], b"POST /a HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_write_that_ends_an_answer_says_where_it_ends_and_a_request_read_meanwhile_is_kept()
+    {
+        let (mut client, mut conn, tracking, words, front) = pair(b"").await;
+        let state = || words.state.load(Ordering::Acquire);
+        let given = crate::worker::states::written(&front).unwrap();
+        assert!(
+            !conn.is_write_vectored(),
+            "one flat buffer: the last write is all the rest"
+        );
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buffer = [0; 64];
+        let _ = conn.read(&mut buffer).await.unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert_eq!(
+            state(),
+            ANSWERING,
+            "the answer's end not in hyper's hands yet"
+        );
+        tracking.answered();
+        conn.write_all(b"content-length: 0\r\n\r\n").await.unwrap();
+        assert_eq!(
+            state(),
+            ENDING,
+            "the last write returned, its flush not done"
+        );
+        let end = words.end.load(Ordering::Acquire);
+        assert_eq!(end, 17 + 21);
+        let since = crate::worker::states::written(&front).unwrap() - given;
+        assert_eq!(since, end, "what the front compares after a crash");
+
+        // The client's next request, read before the worker said the answer was written.
+        client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = conn.read(&mut buffer).await.unwrap();
+        assert_eq!(state(), ENDING | READ_AHEAD);
+        conn.flush().await.unwrap();
+        assert_eq!(state(), IN_REQUEST, "answered, and the next request read");
+        words.closed.store(true, Ordering::Release);
+        assert!(!tracking.admit());
+        let (_, replay) = conn.into_replay();
+        assert_eq!(
+            &replay[..],
+            b"GET /b HTTP/1.1\r\n\r\n",
+            "the next request, whole"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! the requests served, and the calls past their deadline, told to the front.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,10 @@ impl LinkSide for Side {
 
     fn route(&self, slot: u32) -> &AtomicU32 {
         self.states.route(slot).expect("a slot within the states")
+    }
+
+    fn end(&self, slot: u32) -> &AtomicU64 {
+        self.states.end(slot).expect("a slot within the states")
     }
 
     fn serving(&self) -> bool {

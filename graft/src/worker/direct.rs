@@ -14,9 +14,10 @@
 //!   answer.
 //! - **A crash fails only the requests in flight.** The front keeps its own descriptor of each
 //!   connection it handed over, and the worker keeps each connection's state in the shared
-//!   memory: on a crash, the front takes back the connections that were between requests,
-//!   answers 502 (the JSON error shape) on those with a request read and no answer begun, and
-//!   closes those whose answer was being written.
+//!   memory: on a crash, the front takes back the connections that were between requests
+//!   (including those whose answer's last write had returned when the worker had not said so
+//!   yet: [`Fate`]), answers 502 (the JSON error shape) on those with a request read and no
+//!   answer begun, and closes those whose answer was being written.
 //! - **A call past its deadline is answered 503 at the deadline** by the front, on the
 //!   connection the worker gives up (it marks the state `TAKEN` first, so that only one of
 //!   them ever writes); a call still running after the grace period has its worker recycled.
@@ -36,7 +37,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use super::link::{Incoming, Link, ToFront, ToWorker};
 use super::process::Process;
 use super::slot::Slot;
-use super::states::{States, CLEAN, IN_REQUEST, TAKEN};
+use super::states::{self, States, CLEAN, ENDING, IN_REQUEST, READ_AHEAD, TAKEN};
 use super::{Isolation, Workers};
 use crate::api::{ApiError, ErrorCode};
 use crate::rollout::Route as Side;
@@ -76,12 +77,51 @@ pub(crate) struct FrontLink {
 #[derive(Debug, Default)]
 struct Held {
     /// The connections the worker serves, by slot.
-    given: HashMap<u32, (std::net::TcpStream, OwnedSemaphorePermit)>,
+    given: HashMap<u32, Lent>,
     /// Slots whose connection the front answered (past its deadline) and the worker has not
     /// said ended yet: not reused until it has.
     taken: HashSet<u32>,
     free: Vec<u32>,
     next: u32,
+}
+
+/// A connection the worker serves: the front's descriptor of it, its place under the
+/// listener's cap, and the kernel's count of bytes written on it when it was given
+/// ([`states::written`]).
+#[derive(Debug)]
+struct Lent {
+    stream: std::net::TcpStream,
+    permit: OwnedSemaphorePermit,
+    written: Option<u64>,
+}
+
+/// What becomes of a connection a worker served when the worker ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Between two requests: served on.
+    Resume,
+    /// A request read and not answered: answered 502, closed.
+    Fail,
+    /// An answer partly written, or its state unknown: closed.
+    Close,
+}
+
+impl Fate {
+    /// By the slot's state and end word, and the bytes the kernel says were written on the
+    /// connection since it was given (`None`: unknown).
+    fn of(state: u32, end: u64, written: Option<u64>) -> Self {
+        let read_ahead = state & READ_AHEAD != 0;
+        match state & !READ_AHEAD {
+            CLEAN if !read_ahead => Self::Resume,
+            IN_REQUEST if !read_ahead => Self::Fail,
+            // The answer's last write returned: the worker had not said so yet.
+            ENDING if written == Some(end) => match read_ahead {
+                false => Self::Resume,
+                true => Self::Fail,
+            },
+            _ => Self::Close,
+        }
+    }
 }
 
 impl FrontLink {
@@ -164,7 +204,15 @@ impl FrontLink {
             }
         };
         // Held before it is sent: the worker may answer about it at once.
-        self.held().given.insert(slot, (stream, permit));
+        let written = states::written(&stream);
+        self.held().given.insert(
+            slot,
+            Lent {
+                stream,
+                permit,
+                written,
+            },
+        );
         let sent = self
             .link
             .send_to_worker(&ToWorker::Give {
@@ -177,7 +225,7 @@ impl FrontLink {
             Ok(()) => None,
             Err(_) => {
                 let mut held = self.held();
-                let (stream, permit) = held.given.remove(&slot)?;
+                let Lent { stream, permit, .. } = held.given.remove(&slot)?;
                 held.free.push(slot);
                 Some(Moving {
                     stream,
@@ -199,7 +247,7 @@ impl FrontLink {
     }
 
     /// The connection in `slot`, no longer the worker's (its slot free again).
-    fn release(&self, slot: u32) -> Option<(std::net::TcpStream, OwnedSemaphorePermit)> {
+    fn release(&self, slot: u32) -> Option<Lent> {
         let mut held = self.held();
         let released = held.given.remove(&slot);
         if released.is_some() || held.taken.remove(&slot) {
@@ -290,7 +338,7 @@ impl Workers {
     ) {
         match message {
             ToFront::Returned { slot: at, unread } => {
-                if let Some((stream, permit)) = link.release(at) {
+                if let Some(Lent { stream, permit, .. }) = link.release(at) {
                     let moving = Moving {
                         stream,
                         unread: Bytes::from(unread),
@@ -331,7 +379,7 @@ impl Workers {
                     given
                 };
                 let state = link.states.get(at).map(|s| s.load(Ordering::Acquire));
-                if let (Some((stream, _permit)), Some(TAKEN)) = (taken, state) {
+                if let (Some(Lent { stream, .. }), Some(TAKEN)) = (taken, state) {
                     let message = format!(
                         "past the request's deadline; the call runs on in worker pid {} (recycled if still running {} ms later)",
                         process.pid, self.config.grace_ms
@@ -359,10 +407,22 @@ impl Workers {
         link.closed.store(true, Ordering::Release);
         let given = std::mem::take(&mut link.held().given);
         let mut failed = Vec::new();
-        for (at, (stream, permit)) in given {
-            let state = link.states.get(at).map(|s| s.load(Ordering::Acquire));
-            match state {
-                Some(CLEAN) => {
+        for (at, lent) in given {
+            let Lent {
+                stream,
+                permit,
+                written,
+            } = lent;
+            let state = link
+                .states
+                .get(at)
+                .map_or(u32::MAX, |s| s.load(Ordering::Acquire));
+            let end = link.states.end(at).map_or(0, |e| e.load(Ordering::Acquire));
+            let since = written
+                .zip(states::written(&stream))
+                .and_then(|(then, now)| now.checked_sub(then));
+            match Fate::of(state, end, since) {
+                Fate::Resume => {
                     let moving = Moving {
                         stream,
                         unread: Bytes::new(),
@@ -371,15 +431,14 @@ impl Workers {
                     let me = Arc::clone(self);
                     self.runtime.spawn(async move { me.rehome(moving).await });
                 }
-                Some(IN_REQUEST) => {
+                Fate::Fail => {
                     let route = link
                         .states
                         .route(at)
                         .map_or(0, |r| r.load(Ordering::Acquire));
                     failed.push((stream, permit, route));
                 }
-                // An answer was being written: the connection cannot go on.
-                _ => drop((stream, permit)),
+                Fate::Close => drop((stream, permit)),
             }
         }
         self.placement_changed(None);
@@ -491,4 +550,38 @@ async fn answer_and_close(stream: std::net::TcpStream, error: &ApiError, generat
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(&body).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::states::ANSWERING;
+
+    #[test]
+    fn a_connection_is_resumed_after_a_crash_only_if_nothing_of_a_request_is_lost_or_half_answered()
+    {
+        assert_eq!(Fate::of(CLEAN, 0, None), Fate::Resume);
+        assert_eq!(Fate::of(IN_REQUEST, 0, None), Fate::Fail);
+        assert_eq!(Fate::of(ANSWERING, 0, Some(0)), Fate::Close);
+        assert_eq!(Fate::of(TAKEN, 0, Some(0)), Fate::Close);
+        // The answer's last write: returned (the kernel took the bytes) or not.
+        assert_eq!(Fate::of(ENDING, 120, Some(120)), Fate::Resume);
+        assert_eq!(Fate::of(ENDING, 120, Some(100)), Fate::Close);
+        assert_eq!(
+            Fate::of(ENDING, 120, None),
+            Fate::Close,
+            "the kernel did not say"
+        );
+        // The next request read meanwhile: lost with the worker, so in flight.
+        assert_eq!(Fate::of(ENDING | READ_AHEAD, 120, Some(120)), Fate::Fail);
+        assert_eq!(
+            Fate::of(ANSWERING | READ_AHEAD, 120, Some(120)),
+            Fate::Close
+        );
+        assert_eq!(
+            Fate::of(u32::MAX, 0, Some(0)),
+            Fate::Close,
+            "any other value"
+        );
+    }
 }

@@ -1,7 +1,15 @@
 //! Where each client connection a worker serves stands, in memory the front and the worker
-//! both map: a `u32` per connection (its slot), which the worker's serving moves along and the
-//! front reads when the worker crashes, so that it resumes the connections that were between
-//! requests and answers the requests that were in flight.
+//! both map: per connection (its slot) a state word, which the worker's serving moves along and
+//! the front reads when the worker crashes, so that it resumes the connections that were between
+//! requests and answers the requests that were in flight; the `[[route]]` the request in flight
+//! calls (for the front's log); and where the answer being written ends.
+//!
+//! An answer is complete once its last byte is written, but the worker can only say so after
+//! the write returns: a crash in between (the client has the whole answer, and may have sent its
+//! next request) would leave the connection marked as answering, and the front would close a
+//! connection it could resume. So before the write that ends an answer, the worker marks the
+//! slot [`ENDING`] with the count of bytes it will have written then; the front compares it with
+//! the kernel's count of the bytes the connection took ([`written`]) since it gave it.
 //!
 //! Before the slots, one word says whether the worker serves its connections' requests at all
 //! ([`States::serving`]): the front clears it the moment the worker's generation stops being
@@ -14,7 +22,7 @@
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Between requests: nothing of the next one read. The front may take the connection over.
 pub(crate) const CLEAN: u32 = 0;
@@ -27,6 +35,13 @@ pub(crate) const ANSWERING: u32 = 2;
 /// The worker gave up answering the request in flight (past its deadline): the front answers
 /// it, and the worker writes nothing more.
 pub(crate) const TAKEN: u32 = 3;
+/// The rest of an answer is being written: it is complete once the worker has written as many
+/// bytes on the connection as the slot's end word says ([`States::end`]). On a crash, the
+/// front resumes the connection if the kernel took that many, and closes it otherwise.
+pub(crate) const ENDING: u32 = 4;
+/// With [`ANSWERING`] or [`ENDING`]: bytes of the next request were read meanwhile (a crash
+/// loses them: that request is in flight).
+pub(crate) const READ_AHEAD: u32 = 1 << 8;
 
 /// The most slots a link has (a front's `max_connections` is bounded by file descriptors).
 pub(crate) const MAX_SLOTS: u32 = 1 << 20;
@@ -35,12 +50,16 @@ pub(crate) const MAX_SLOTS: u32 = 1 << 20;
 /// route), or none was read yet: 0.
 pub(crate) const NO_ROUTE: u32 = 0;
 
-/// The shared states: `len` slots, each a state word and a route word (the `[[route]]` the
-/// request in flight calls, numbered from 1 in the config's order; [`NO_ROUTE`]).
+/// Bytes per slot: a state word, a route word (the `[[route]]` the request in flight calls,
+/// numbered from 1 in the config's order; [`NO_ROUTE`]), and an end word (`u64`). The serving
+/// word takes the first slot's room, so that every end word is aligned.
+const SLOT_BYTES: usize = 16;
+
+/// The shared states: `len` slots (see [`SLOT_BYTES`]).
 #[derive(Debug)]
 pub(crate) struct States {
     memory: OwnedFd,
-    base: NonNull<AtomicU32>,
+    base: NonNull<u8>,
     len: u32,
 }
 
@@ -66,7 +85,7 @@ impl States {
         }
         // SAFETY: `fd` is a new descriptor nothing else owns.
         let memory = unsafe { OwnedFd::from_raw_fd(fd) };
-        let bytes = (libc::off_t::from(len) * 2 + 1) * 4;
+        let bytes = (libc::off_t::from(len) + 1) * SLOT_BYTES as libc::off_t;
         // SAFETY: ftruncate on a descriptor we own; the memory reads as zeros (CLEAN).
         if unsafe { libc::ftruncate(memory.as_raw_fd(), bytes) } != 0 {
             return Err(io::Error::last_os_error());
@@ -81,11 +100,7 @@ impl States {
     /// If it cannot be mapped, or is smaller than `len` slots.
     #[allow(unsafe_code)]
     pub(crate) fn open(memory: OwnedFd, len: u32) -> io::Result<Self> {
-        let bytes = usize::try_from(len)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(2)
-            .saturating_add(1)
-            .saturating_mul(4);
+        let bytes = mapped(len);
         // SAFETY: fstat writes into a stat we own.
         let size = unsafe {
             let mut stat: libc::stat = std::mem::zeroed();
@@ -100,8 +115,8 @@ impl States {
                 format!("connection states of {size} bytes for {len} slots"),
             ));
         }
-        // SAFETY: a shared mapping of `bytes` bytes (`2 len + 1` words) of a file at least that large; checked
-        // for failure below; unmapped in Drop, after which nothing refers to it.
+        // SAFETY: a shared mapping of `bytes` bytes (`len + 1` slots) of a file at least that
+        // large; checked for failure below; unmapped in Drop, after which nothing refers to it.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -115,7 +130,7 @@ impl States {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(base.cast::<AtomicU32>()).ok_or_else(io::Error::last_os_error)?;
+        let base = NonNull::new(base.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         Ok(Self { memory, base, len })
     }
 
@@ -135,22 +150,84 @@ impl States {
 
     /// Slot `slot`'s state; `None` past the last slot.
     pub(crate) fn get(&self, slot: u32) -> Option<&AtomicU32> {
-        (slot < self.len).then(|| self.word(slot as usize * 2 + 1))
+        (slot < self.len).then(|| self.word((slot as usize + 1) * SLOT_BYTES))
     }
 
     /// Slot `slot`'s route word; `None` past the last slot.
     pub(crate) fn route(&self, slot: u32) -> Option<&AtomicU32> {
-        (slot < self.len).then(|| self.word(slot as usize * 2 + 2))
+        (slot < self.len).then(|| self.word((slot as usize + 1) * SLOT_BYTES + 4))
+    }
+
+    /// Slot `slot`'s end word: how many bytes the worker will have written on the connection
+    /// once the answer being written ([`ENDING`]) is; `None` past the last slot.
+    #[allow(unsafe_code)]
+    pub(crate) fn end(&self, slot: u32) -> Option<&AtomicU64> {
+        (slot < self.len).then(|| {
+            let offset = (slot as usize + 1) * SLOT_BYTES + 8;
+            // SAFETY: within the mapping (slot < len, `len + 1` slots mapped), 8-aligned (the
+            // mapping is page-aligned, slots are 16 bytes, the word is at 8 in its slot),
+            // living as long as `self`, and only accessed atomically; any u64 is valid.
+            unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+        })
     }
 
     #[allow(unsafe_code)]
-    fn word(&self, index: usize) -> &AtomicU32 {
-        debug_assert!(index <= self.len as usize * 2);
-        // SAFETY: `index` is at most `2 len`, within the mapping of `2 len + 1` words, which is
-        // page-aligned (so each u32 is aligned), lives as long as `self`, and is only
-        // accessed atomically; AtomicU32 has u32's layout, and any u32 is a valid value.
-        unsafe { &*self.base.as_ptr().add(index) }
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset + 4 <= mapped(self.len));
+        // SAFETY: `offset` is within the mapping of `len + 1` slots and 4-aligned (the mapping
+        // is page-aligned), lives as long as `self`, and is only accessed atomically; AtomicU32
+        // has u32's layout, and any u32 is a valid value.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
     }
+}
+
+/// The bytes mapped for `len` slots.
+fn mapped(len: u32) -> usize {
+    usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+        .saturating_mul(SLOT_BYTES)
+}
+
+/// How many bytes `stream` ever took to send (acknowledged by the peer, or still queued), from
+/// an origin fixed for the connection: the difference of two counts is what was written
+/// between them, whoever wrote it. `None` if the kernel does not say (it needs Linux 4.1's
+/// `tcpi_bytes_acked`), or the count kept moving.
+#[allow(unsafe_code)]
+pub(crate) fn written(stream: &std::net::TcpStream) -> Option<u64> {
+    let fd = stream.as_raw_fd();
+    let acked = || {
+        // SAFETY: tcp_info is plain data (all zeros is valid); getsockopt writes at most
+        // `length` bytes into it and says how many it wrote.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut length = libc::socklen_t::try_from(size_of::<libc::tcp_info>()).ok()?;
+        // SAFETY: as above; `fd` is open (borrowed from `stream`).
+        let done = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &raw mut length,
+            )
+        };
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + size_of::<u64>();
+        (done == 0 && usize::try_from(length).ok()? >= needed).then_some(info.tcpi_bytes_acked)
+    };
+    // Acknowledgements move bytes from the queue to the acknowledged count between the two
+    // reads: a count read between two equal acknowledged counts is consistent.
+    for _ in 0..16 {
+        let before = acked()?;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int; `fd` is open.
+        if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut queued) } != 0 {
+            return None;
+        }
+        if acked()? == before {
+            return before.checked_add(u64::try_from(queued).ok()?);
+        }
+    }
+    None
 }
 
 impl Drop for States {
@@ -159,7 +236,7 @@ impl Drop for States {
         // SAFETY: the mapping made in `open`, of this length; no reference to it outlives
         // `self` (`get` borrows it).
         unsafe {
-            libc::munmap(self.base.as_ptr().cast(), (self.len as usize * 2 + 1) * 4);
+            libc::munmap(self.base.as_ptr().cast(), mapped(self.len));
         }
     }
 }
@@ -177,9 +254,35 @@ mod tests {
         assert_eq!(front.get(2).unwrap().load(Ordering::Acquire), IN_REQUEST);
         assert_eq!(front.get(1).unwrap().load(Ordering::Acquire), CLEAN);
         assert!(front.get(4).is_none());
+        worker
+            .end(3)
+            .unwrap()
+            .store(u64::MAX - 1, Ordering::Release);
+        assert_eq!(front.end(3).unwrap().load(Ordering::Acquire), u64::MAX - 1);
+        assert_eq!(front.route(3).unwrap().load(Ordering::Acquire), NO_ROUTE);
+        assert_eq!(front.get(3).unwrap().load(Ordering::Acquire), CLEAN);
         assert!(
             States::open(front.memory().unwrap(), 5).is_err(),
             "fewer bytes than slots"
         );
+    }
+
+    #[test]
+    fn the_kernels_count_of_bytes_written_moves_by_what_either_copy_of_a_socket_writes() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let before = written(&server).expect("Linux says");
+        let mut copy = server.try_clone().unwrap();
+        copy.write_all(&[7; 1000]).unwrap();
+        assert_eq!(
+            written(&server),
+            Some(before + 1000),
+            "queued or acknowledged"
+        );
+        let mut read = vec![0; 1000];
+        client.read_exact(&mut read).unwrap();
+        assert_eq!(written(&server), Some(before + 1000), "read by the peer");
     }
 }
