@@ -374,6 +374,23 @@ fn a_worker_serves_each_request_in_the_fronts_context_and_a_plugins_own_routes_t
         left > 4000 && left <= 5000,
         "route_timeout_ms, the front's: {left}"
     );
+    // Counted by the front under each route's pattern (a `[[route]]` by its number, a
+    // plugin's route by its pattern, as the worker reports them).
+    wait_until("both routes counted", Duration::from_secs(10), || {
+        let metrics = metrics(&admin_url);
+        [
+            "route=\"/hello\",method=\"POST\"",
+            "route=\"/ping/context\",method=\"GET\"",
+        ]
+        .iter()
+        .all(|route| {
+            metrics.lines().any(|line| {
+                line.starts_with(&format!(
+                    "graft_http_requests_total{{{route},role=\"stable\""
+                )) && line.ends_with("status=\"2xx\"} 1")
+            })
+        })
+    });
 
     // Both ran in the worker: a crash there fails one request (logged with its route and the
     // plugin that serves it), and the routes answer on.

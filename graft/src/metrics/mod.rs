@@ -71,6 +71,9 @@ struct GenerationMetrics {
 /// The metrics of one server.
 #[derive(Debug)]
 pub(crate) struct Metrics {
+    /// Whether requests are counted: not in a worker, whose front counts the requests it
+    /// serves (a worker's registry is never scraped).
+    counted: bool,
     /// The handles of the [`CACHED_GENERATIONS`] generations most recently served, newest
     /// first: the current one, and during a rollout the other side too, so requests that
     /// alternate between stable and canary find theirs without a lock.
@@ -99,6 +102,15 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Arc<Self> {
+        Self::counting(true)
+    }
+
+    /// Metrics for a worker process: requests are not counted (see [`Metrics::counted`]).
+    pub(crate) fn for_worker() -> Arc<Self> {
+        Self::counting(false)
+    }
+
+    fn counting(counted: bool) -> Arc<Self> {
         let mut registry = Registry::with_prefix("graft");
         let requests = Family::<GenerationLabel, ShardedCounter>::default();
         let errors = Family::<GenerationLabel, ShardedCounter>::default();
@@ -197,6 +209,7 @@ impl Metrics {
         Arc::new(Self {
             routes,
             workers,
+            counted,
             recent: arc_swap::ArcSwap::default(),
             served: Mutex::default(),
             registry,
@@ -219,6 +232,9 @@ impl Metrics {
     }
 
     pub(crate) fn request(&self, generation: u64, ok: bool, elapsed: Duration) {
+        if !self.counted {
+            return;
+        }
         let recent = self.recent.load();
         let fresh;
         let handles = match recent.iter().find(|h| h.generation == generation) {
@@ -257,6 +273,9 @@ impl Metrics {
         status: axum::http::StatusCode,
         elapsed: Duration,
     ) {
+        if !self.counted {
+            return;
+        }
         self.routes
             .record(route, method, side, release, status, elapsed);
     }

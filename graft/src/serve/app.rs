@@ -299,7 +299,8 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         .rollouts
         .record(generation, status.is_server_error(), arrived.elapsed());
     if let Some(tracking) = &tracking {
-        tracking.served(&route.method, &route.path, status.as_u16(), elapsed);
+        let number = u32::try_from(route.index + 1).unwrap_or(u32::MAX);
+        tracking.served(Ok(number), status.as_u16(), elapsed);
     }
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);

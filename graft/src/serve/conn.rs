@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::arrival::Stamped;
-use crate::worker::link::Served;
+use crate::worker::link::{Served, ServedRoute};
 use crate::worker::states::{ANSWERING, CLEAN, ENDING, IN_REQUEST, READ_AHEAD, TAKEN};
 
 /// What a worker keeps of a connection its front gave it: its state in the shared memory, and
@@ -143,11 +143,18 @@ impl Tracking {
         }
     }
 
-    /// A request served.
-    pub(crate) fn served(&self, method: &str, route: &str, status: u16, took: Duration) {
+    /// A request served: by `[[route]]` number `route` (from 1), or by a plugin's own route
+    /// (its method and pattern).
+    pub(crate) fn served(&self, route: Result<u32, (&str, &str)>, status: u16, took: Duration) {
+        let route = match route {
+            Ok(number) => ServedRoute::Configured(number),
+            Err((method, pattern)) => ServedRoute::Plugin {
+                method: method.to_owned(),
+                pattern: pattern.to_owned(),
+            },
+        };
         self.0.link.served(Served {
-            method: method.to_owned(),
-            route: route.to_owned(),
+            route,
             status,
             micros: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
         });

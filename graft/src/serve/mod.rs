@@ -321,7 +321,10 @@ impl Server {
             .await
             .expect("the initial deploy does not panic")?;
         remove_uploads(&config.data_dir.join("uploads"));
-        let metrics = Metrics::new();
+        let metrics = match config.headless {
+            true => Metrics::for_worker(),
+            false => Metrics::new(),
+        };
         // A worker has no listener: its channel's threads are started per connection.
         let shards = Arc::new(if config.headless {
             Shards::none()

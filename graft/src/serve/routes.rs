@@ -268,7 +268,11 @@ fn counted(
         .rollouts
         .record(pin.id(), status.is_server_error(), served.arrived.elapsed());
     if let Some(tracking) = served.tracking {
-        tracking.served(served.method, served.pattern, status.as_u16(), elapsed);
+        tracking.served(
+            Err((served.method, served.pattern)),
+            status.as_u16(),
+            elapsed,
+        );
     }
     stamped(response, pin, served.side, context)
 }

@@ -21,8 +21,9 @@
 //! - **A call past its deadline is answered 503 at the deadline** by the front, on the
 //!   connection the worker gives up (it marks the state `TAKEN` first, so that only one of
 //!   them ever writes); a call still running after the grace period has its worker recycled.
-//! - **Metrics**: the worker reports each request it served (its route, status and time), and
-//!   the front counts it as if it had served it.
+//! - **Metrics**: the worker reports each request it served (its `[[route]]`'s number, or a
+//!   plugin route's method and pattern; its status and time), and the front counts it as if it
+//!   had served it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -34,7 +35,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::link::{Incoming, Link, ToFront, ToWorker};
+use super::link::{Incoming, Link, ServedRoute, ToFront, ToWorker};
 use super::process::Process;
 use super::slot::Slot;
 use super::states::{self, States, CLEAN, ENDING, IN_REQUEST, READ_AHEAD, TAKEN};
@@ -359,14 +360,21 @@ impl Workers {
                         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
                     self.metrics
                         .request(slot.id, !status.is_server_error(), took);
-                    self.metrics.route(
-                        &one.route,
-                        &one.method,
-                        Side::Stable,
-                        release.as_deref(),
-                        status,
-                        took,
-                    );
+                    let (pattern, method) = match &one.route {
+                        ServedRoute::Configured(number) => {
+                            let index = (*number as usize).checked_sub(1);
+                            match index.and_then(|index| self.spec.route(index)) {
+                                Some(route) => (route.path.as_str(), route.method.as_str()),
+                                None => continue, // not one of ours: the worker is wrong
+                            }
+                        }
+                        ServedRoute::Plugin { method, pattern } => {
+                            (pattern.as_str(), method.as_str())
+                        }
+                    };
+                    let release = release.as_deref();
+                    self.metrics
+                        .route(pattern, method, Side::Stable, release, status, took);
                 }
             }
             ToFront::Overdue { slot: at } => {

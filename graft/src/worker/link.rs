@@ -60,11 +60,19 @@ pub(crate) enum ToFront {
 /// One request a worker served, as the front counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Served {
-    pub(crate) method: String,
-    /// The route's path (its pattern, not the request's).
-    pub(crate) route: String,
+    pub(crate) route: ServedRoute,
     pub(crate) status: u16,
     pub(crate) micros: u32,
+}
+
+/// The route that served a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ServedRoute {
+    /// `[[route]]` number `n` (from 1, in the config's order: the front has their method and
+    /// path).
+    Configured(u32),
+    /// A plugin's own route: its method and pattern (not the request's path).
+    Plugin { method: String, pattern: String },
 }
 
 const HELLO: u8 = 1;
@@ -307,8 +315,14 @@ fn encode_to_front(out: &mut Vec<u8>, message: &ToFront) {
         ToFront::Ended { slot } => frame(out, ENDED, |out| out.put_u32_le(*slot)),
         ToFront::Served(served) => frame(out, SERVED, |out| {
             for one in served {
-                put_str(out, &one.method);
-                put_str(out, &one.route);
+                match &one.route {
+                    ServedRoute::Configured(number) => out.put_u32_le(*number),
+                    ServedRoute::Plugin { method, pattern } => {
+                        out.put_u32_le(0);
+                        put_str(out, method);
+                        put_str(out, pattern);
+                    }
+                }
                 out.put_u16_le(one.status);
                 out.put_u32_le(one.micros);
             }
@@ -346,13 +360,17 @@ fn decode_to_front(kind: u8, mut message: BytesMut) -> io::Result<ToFront> {
         SERVED => {
             let mut served = Vec::new();
             while !message.is_empty() {
-                let method = string(&mut message)?;
-                let route = string(&mut message)?;
+                let route = match slot(&mut message)? {
+                    0 => ServedRoute::Plugin {
+                        method: string(&mut message)?,
+                        pattern: string(&mut message)?,
+                    },
+                    number => ServedRoute::Configured(number),
+                };
                 if message.len() < 6 {
                     return Err(invalid(kind));
                 }
                 served.push(Served {
-                    method,
                     route,
                     status: message.get_u16_le(),
                     micros: message.get_u32_le(),
@@ -497,12 +515,21 @@ mod tests {
         );
 
         let messages = [
-            ToFront::Served(vec![Served {
-                method: "POST".into(),
-                route: "/foo".into(),
-                status: 200,
-                micros: 41,
-            }]),
+            ToFront::Served(vec![
+                Served {
+                    route: ServedRoute::Configured(2),
+                    status: 200,
+                    micros: 41,
+                },
+                Served {
+                    route: ServedRoute::Plugin {
+                        method: "GET".into(),
+                        pattern: "/notes/{id}".into(),
+                    },
+                    status: 404,
+                    micros: 7,
+                },
+            ]),
             ToFront::Returned {
                 slot: 7,
                 unread: b"partial".to_vec(),
