@@ -37,6 +37,9 @@ struct Watched {
     /// after `since`, 0 for none. An atomic, not a lock: set per request, read by the watch.
     deadline: AtomicU64,
     since: Instant,
+    /// The kernel's count of bytes written on the connection when the worker got it
+    /// (`worker/states.rs`): what its answers' ends count from.
+    given_at: Option<u64>,
     /// The request being served has its answer (whether or not it was written).
     done: AtomicBool,
 }
@@ -60,7 +63,10 @@ pub(crate) trait LinkSide: Send + Sync + std::fmt::Debug {
 }
 
 impl Tracking {
-    pub(crate) fn new(slot: u32, link: Arc<dyn LinkSide>) -> Self {
+    /// The tracking of the connection in `slot`, whose socket had taken `given_at` bytes to
+    /// send when the worker got it ([`crate::worker::states::written`]; `None`: the kernel
+    /// did not say, and an answer is never marked as ending).
+    pub(crate) fn new(slot: u32, link: Arc<dyn LinkSide>, given_at: Option<u64>) -> Self {
         Self(Arc::new(Watched {
             slot,
             link,
@@ -68,6 +74,7 @@ impl Tracking {
             replay: AtomicBool::new(false),
             deadline: AtomicU64::new(0),
             since: Instant::now(),
+            given_at,
             done: AtomicBool::new(false),
         }))
     }
@@ -193,8 +200,9 @@ pub(crate) struct Conn {
     /// With tracking: how many of `since_answer`'s bytes were read before the answer being
     /// written began (those of its request; later ones are the next request's).
     answer_mark: usize,
-    /// With tracking: the bytes written on the connection since this worker got it.
-    written: u64,
+    /// With tracking: the kernel's count of bytes written on the connection (from when the
+    /// worker got it, on), if it said.
+    written: Option<u64>,
 }
 
 impl Conn {
@@ -203,13 +211,14 @@ impl Conn {
             let state = if unread.is_empty() { CLEAN } else { IN_REQUEST };
             tracking.cell().store(state, Ordering::Release);
         }
+        let written = tracking.as_ref().and_then(|tracking| tracking.0.given_at);
         Self {
             stamped,
             unread,
             tracking,
             since_answer: BytesMut::new(),
             answer_mark: 0,
-            written: 0,
+            written,
         }
     }
 
@@ -234,16 +243,14 @@ impl Conn {
         let Some(tracking) = &self.tracking else {
             return Ok(());
         };
-        let phase = if tracking.0.answered.load(Ordering::Acquire) {
-            let end = self.written.saturating_add(len as u64);
-            tracking
-                .0
-                .link
-                .end(tracking.0.slot)
-                .store(end, Ordering::Release);
-            ENDING
-        } else {
-            ANSWERING
+        let phase = match self.written {
+            Some(written) if tracking.0.answered.load(Ordering::Acquire) => {
+                let end = written.saturating_add(len as u64);
+                let slot = tracking.0.slot;
+                tracking.0.link.end(slot).store(end, Ordering::Release);
+                ENDING
+            }
+            _ => ANSWERING,
         };
         let cell = tracking.cell();
         let mut state = cell.load(Ordering::Acquire);
@@ -278,8 +285,8 @@ impl Conn {
 
     /// Counts `written` bytes written.
     fn wrote(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        if let Poll::Ready(Ok(n)) = &written {
-            self.written = self.written.saturating_add(*n as u64);
+        if let (Poll::Ready(Ok(n)), Some(count)) = (&written, &mut self.written) {
+            *count = count.saturating_add(*n as u64);
         }
         written
     }
@@ -481,12 +488,14 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let front = std::os::fd::AsFd::as_fd(&server)
             .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
             .unwrap();
         let words = Arc::new(Words::default());
-        let tracking = Tracking::new(0, Arc::clone(&words) as Arc<dyn LinkSide>);
+        let given_at = crate::worker::states::written(&front);
+        let tracking = Tracking::new(0, Arc::clone(&words) as Arc<dyn LinkSide>, given_at);
         let (stamped, _) = Stamped::new(server, None);
         let conn = Conn::new(stamped, Bytes::from_static(unread), Some(tracking.clone()));
-        (client, conn, tracking, words, front.into())
+        (client, conn, tracking, words, front)
     }
 
     #[tokio::test]
@@ -551,6 +560,7 @@ mod tests {
         let (mut client, mut conn, tracking, words, front) = pair(b"").await;
         let state = || words.state.load(Ordering::Acquire);
         let given = crate::worker::states::written(&front).unwrap();
+        assert_eq!(tracking.0.given_at, Some(given));
         assert!(
             !conn.is_write_vectored(),
             "one flat buffer: the last write is all the rest"
@@ -572,9 +582,9 @@ mod tests {
             "the last write returned, its flush not done"
         );
         let end = words.end.load(Ordering::Acquire);
-        assert_eq!(end, 17 + 21);
-        let since = crate::worker::states::written(&front).unwrap() - given;
-        assert_eq!(since, end, "what the front compares after a crash");
+        assert_eq!(end, given + 17 + 21);
+        let now = crate::worker::states::written(&front);
+        assert_eq!(now, Some(end), "what the front compares after a crash");
 
         // The client's next request, read before the worker said the answer was written.
         client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();

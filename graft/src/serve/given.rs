@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::conn::{LinkSide, Tracking};
 use super::listen::{self, ConnLimits, Direct, Given, GivenEnd};
 use crate::worker::link::{Incoming, Link, Served, ToFront, ToWorker};
-use crate::worker::states::States;
+use crate::worker::states::{self, States};
 use crate::worker::Links;
 
 /// How often the requests served are reported, and deadlines looked at.
@@ -193,7 +193,10 @@ async fn serve_link(
                 }
                 let stream = std::net::TcpStream::from(connection);
                 let _ = stream.set_nonblocking(true);
-                let tracking = Tracking::new(slot, Arc::clone(&side) as Arc<dyn LinkSide>);
+                // Counted here, off the front's accept loop: where this worker's writes start.
+                let given_at = states::written(&stream);
+                let link_side = Arc::clone(&side) as Arc<dyn LinkSide>;
+                let tracking = Tracking::new(slot, link_side, given_at);
                 side.serving
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

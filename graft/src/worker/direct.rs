@@ -86,14 +86,12 @@ struct Held {
     next: u32,
 }
 
-/// A connection the worker serves: the front's descriptor of it, its place under the
-/// listener's cap, and the kernel's count of bytes written on it when it was given
-/// ([`states::written`]).
+/// A connection the worker serves: the front's descriptor of it, and its place under the
+/// listener's cap.
 #[derive(Debug)]
 struct Lent {
     stream: std::net::TcpStream,
     permit: OwnedSemaphorePermit,
-    written: Option<u64>,
 }
 
 /// What becomes of a connection a worker served when the worker ends.
@@ -108,8 +106,8 @@ enum Fate {
 }
 
 impl Fate {
-    /// By the slot's state and end word, and the bytes the kernel says were written on the
-    /// connection since it was given (`None`: unknown).
+    /// By the slot's state and end word, and the kernel's count of bytes written on the
+    /// connection ([`states::written`]; `None`: unknown).
     fn of(state: u32, end: u64, written: Option<u64>) -> Self {
         let read_ahead = state & READ_AHEAD != 0;
         match state & !READ_AHEAD {
@@ -205,15 +203,7 @@ impl FrontLink {
             }
         };
         // Held before it is sent: the worker may answer about it at once.
-        let written = states::written(&stream);
-        self.held().given.insert(
-            slot,
-            Lent {
-                stream,
-                permit,
-                written,
-            },
-        );
+        self.held().given.insert(slot, Lent { stream, permit });
         let sent = self
             .link
             .send_to_worker(&ToWorker::Give {
@@ -415,21 +405,13 @@ impl Workers {
         link.closed.store(true, Ordering::Release);
         let given = std::mem::take(&mut link.held().given);
         let mut failed = Vec::new();
-        for (at, lent) in given {
-            let Lent {
-                stream,
-                permit,
-                written,
-            } = lent;
+        for (at, Lent { stream, permit }) in given {
             let state = link
                 .states
                 .get(at)
                 .map_or(u32::MAX, |s| s.load(Ordering::Acquire));
             let end = link.states.end(at).map_or(0, |e| e.load(Ordering::Acquire));
-            let since = written
-                .zip(states::written(&stream))
-                .and_then(|(then, now)| now.checked_sub(then));
-            match Fate::of(state, end, since) {
+            match Fate::of(state, end, states::written(&stream)) {
                 Fate::Resume => {
                     let moving = Moving {
                         stream,

@@ -8,8 +8,9 @@
 //! the write returns: a crash in between (the client has the whole answer, and may have sent its
 //! next request) would leave the connection marked as answering, and the front would close a
 //! connection it could resume. So before the write that ends an answer, the worker marks the
-//! slot [`ENDING`] with the count of bytes it will have written then; the front compares it with
-//! the kernel's count of the bytes the connection took ([`written`]) since it gave it.
+//! slot [`ENDING`] with the kernel's count of the bytes the connection took ([`written`]) as it
+//! will be once that write is done (the count when the worker got the connection, plus what it
+//! wrote since); after a crash, the front compares it with the kernel's count then.
 //!
 //! Before the slots, one word says whether the worker serves its connections' requests at all
 //! ([`States::serving`]): the front clears it the moment the worker's generation stops being
@@ -158,8 +159,8 @@ impl States {
         (slot < self.len).then(|| self.word((slot as usize + 1) * SLOT_BYTES + 4))
     }
 
-    /// Slot `slot`'s end word: how many bytes the worker will have written on the connection
-    /// once the answer being written ([`ENDING`]) is; `None` past the last slot.
+    /// Slot `slot`'s end word: the kernel's count of bytes written on the connection
+    /// ([`written`]) once the answer being written ([`ENDING`]) is; `None` past the last slot.
     #[allow(unsafe_code)]
     pub(crate) fn end(&self, slot: u32) -> Option<&AtomicU64> {
         (slot < self.len).then(|| {
