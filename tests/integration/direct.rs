@@ -143,8 +143,7 @@ fn a_connection_moves_to_the_new_generation_when_it_goes_live_and_outlives_a_cra
 #[test]
 fn no_request_fails_while_releases_go_live_under_load() {
     let env = Env::new();
-    let path = config(&env, ALL);
-    let (server, base, admin_url, _log) = spawn_graft_serve_logged(&path, &[], &[]);
+    let (server, base, _admin_url, admin) = serve_all(&env);
     let v2 = env.complete_release("v2", &["hello-v2"]);
     let v1 = env.path("releases/v1");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -164,7 +163,6 @@ fn no_request_fails_while_releases_go_live_under_load() {
             })
         })
         .collect();
-    let admin = AdminClient::new(&admin_url, None);
     let mut generations = Vec::new();
     for n in 0..10 {
         generations.push(deploy(&admin, if n % 2 == 0 { &v2 } else { &v1 }));

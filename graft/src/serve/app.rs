@@ -26,6 +26,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::config::{method_filter, Route};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
+use crate::worker::link::ServedRoute;
 
 use super::conn::Tracking;
 use super::listen::BodyTimeoutError;
@@ -65,6 +66,14 @@ struct RouteState {
     limit: Option<(Arc<Semaphore>, usize)>,
     /// How long a call may run before the request is answered without it.
     deadline: Option<Duration>,
+}
+
+impl RouteState {
+    /// Its number among the config's `[[route]]`s, from 1: how a worker names it to its
+    /// front (`worker/states.rs`, `worker/link.rs`).
+    fn number(&self) -> u32 {
+        u32::try_from(self.index + 1).unwrap_or(u32::MAX)
+    }
 }
 
 impl RouteState {
@@ -202,8 +211,7 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
     let deadline = match &tracking {
         Some(tracking) => {
             let deadline = route.deadline.map(|d| tracking.front_deadline(d));
-            let number = u32::try_from(route.index + 1).unwrap_or(u32::MAX);
-            tracking.started(number, deadline.map(|d| started + d));
+            tracking.started(route.number(), deadline.map(|d| started + d));
             deadline
         }
         None => route.deadline,
@@ -299,8 +307,8 @@ async fn call_export(State(route): State<Arc<RouteState>>, mut request: Request)
         .rollouts
         .record(generation, status.is_server_error(), arrived.elapsed());
     if let Some(tracking) = &tracking {
-        let number = u32::try_from(route.index + 1).unwrap_or(u32::MAX);
-        tracking.served(Ok(number), status.as_u16(), elapsed);
+        let served = ServedRoute::Configured(route.number());
+        tracking.served(served, status.as_u16(), elapsed);
     }
     stamp(response.headers_mut(), generation, side);
     super::trace::stamp_id(response.headers_mut(), &context);

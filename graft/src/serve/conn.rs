@@ -150,16 +150,8 @@ impl Tracking {
         }
     }
 
-    /// A request served: by `[[route]]` number `route` (from 1), or by a plugin's own route
-    /// (its method and pattern).
-    pub(crate) fn served(&self, route: Result<u32, (&str, &str)>, status: u16, took: Duration) {
-        let route = match route {
-            Ok(number) => ServedRoute::Configured(number),
-            Err((method, pattern)) => ServedRoute::Plugin {
-                method: method.to_owned(),
-                pattern: pattern.to_owned(),
-            },
-        };
+    /// A request served, by `route`.
+    pub(crate) fn served(&self, route: ServedRoute, status: u16, took: Duration) {
         self.0.link.served(Served {
             route,
             status,
@@ -376,7 +368,7 @@ impl AsyncWrite for Conn {
                             }
                         });
                 let mark = std::mem::take(&mut this.answer_mark).min(this.since_answer.len());
-                let _ = this.since_answer.split_to(mark);
+                bytes::Buf::advance(&mut this.since_answer, mark);
                 tracking.deadline(None);
             }
         }

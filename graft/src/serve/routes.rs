@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::api::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::rollout::{Rollouts, Route as Side};
+use crate::worker::link::ServedRoute;
 use crate::worker::{Asked, Forward, Forwarded, Serves, Workers};
 
 use super::app::{
@@ -268,11 +269,11 @@ fn counted(
         .rollouts
         .record(pin.id(), status.is_server_error(), served.arrived.elapsed());
     if let Some(tracking) = served.tracking {
-        tracking.served(
-            Err((served.method, served.pattern)),
-            status.as_u16(),
-            elapsed,
-        );
+        let route = ServedRoute::Plugin {
+            method: served.method.to_owned(),
+            pattern: served.pattern.to_owned(),
+        };
+        tracking.served(route, status.as_u16(), elapsed);
     }
     stamped(response, pin, served.side, context)
 }
